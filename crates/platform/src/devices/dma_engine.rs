@@ -1,0 +1,1 @@
+//! The `dma-engine` device model (helper: to be written).

@@ -1,0 +1,1 @@
+//! The iommufd selftest mock device model (helper: to be written).

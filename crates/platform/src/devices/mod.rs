@@ -1,0 +1,63 @@
+//! Device models: what a PCI function does when its registers are accessed.
+//!
+//! A model sees the rest of the machine only through a [`DmaPort`], which translates every
+//! access through the IOMMU (and records faults there). Interrupts leave the model through an
+//! [`IrqSink`] that the layer above plugs in (an eventfd for VFIO users).
+
+pub mod dma_engine;
+pub mod mock;
+
+use crate::addr::Iova;
+use crate::hw::FaultReason;
+
+/// A DMA access that the IOMMU (or memory behind it) refused.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("DMA fault at {iova}: {reason:?}")]
+pub struct DmaFault {
+    /// The first IOVA that faulted.
+    pub iova: Iova,
+    /// Why.
+    pub reason: FaultReason,
+}
+
+/// The device side of the bus: DMA through the IOMMU.
+pub trait DmaPort {
+    /// Read `buf.len()` bytes at `iova`.
+    fn dma_read(&mut self, iova: Iova, buf: &mut [u8]) -> Result<(), DmaFault>;
+    /// Write `data` at `iova`.
+    fn dma_write(&mut self, iova: Iova, data: &[u8]) -> Result<(), DmaFault>;
+}
+
+/// Where a model's interrupts go: called with the vector number.
+pub type IrqSink = Box<dyn FnMut(u32) + Send>;
+
+/// A BAR a model exposes.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct BarInfo {
+    /// BAR index (0..6).
+    pub index: u8,
+    /// Size in bytes (a power of two).
+    pub size: u64,
+    /// Whether userspace may mmap it.
+    pub mmap: bool,
+}
+
+/// What every device model does.
+pub trait DeviceModel: Send + std::fmt::Debug {
+    /// The BARs the function implements.
+    fn bars(&self) -> Vec<BarInfo>;
+    /// PCI config space (256 bytes, or 4096 for PCIe).
+    fn config(&self) -> &[u8];
+    /// Write config space (the model applies its write masks).
+    fn config_write(&mut self, offset: u64, data: &[u8]);
+    /// Read a register range of a BAR. Out-of-range bytes read as all-ones.
+    fn mmio_read(&mut self, bar: u8, offset: u64, buf: &mut [u8]);
+    /// Write a register range of a BAR; a doorbell write may issue DMA through `dma`.
+    fn mmio_write(&mut self, bar: u8, offset: u64, data: &[u8], dma: &mut dyn DmaPort);
+    /// Number of interrupt vectors (MSI-X table size; 0 if none).
+    fn irq_count(&self) -> u32;
+    /// Plug in (or remove) where interrupts go.
+    fn set_irq_sink(&mut self, sink: Option<IrqSink>);
+    /// Function-level reset: registers to power-on state.
+    fn reset(&mut self);
+}

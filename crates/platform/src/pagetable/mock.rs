@@ -1,0 +1,1 @@
+//! Selftest mock page table (helper: to be written).

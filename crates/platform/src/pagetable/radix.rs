@@ -1,0 +1,1 @@
+//! Radix page table (helper: to be written).
