@@ -1,1 +1,9 @@
-//! core
+//! The iommufd engine: security contexts over the emulated platform.
+
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod io_pagetable;
+pub mod pages;
+
+pub use error::{Error, Result};

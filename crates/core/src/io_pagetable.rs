@@ -1,0 +1,1 @@
+//! IOVA space of an IOAS (helper: to be written).

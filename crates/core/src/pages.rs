@@ -1,0 +1,1 @@
+//! Pinned pages and accounting (helper: to be written).
