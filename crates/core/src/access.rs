@@ -1,0 +1,208 @@
+//! Access objects: how emulated devices (and in-process consumers) reach an IOAS without an
+//! IOMMU domain, as the kernel's `iommufd_access` does for mdev-style drivers.
+//!
+//! An access is created with [`AccessOps`], attached to an IOAS, and then pins pages (getting
+//! their frames) or reads and writes through IOVAs. When an IOVA range it holds pins in is
+//! unmapped, the engine calls [`AccessOps::unmap`] *without* holding its lock, so the owner can
+//! unpin; then it retries the unmap. An owner that does not let go makes the unmap fail with
+//! EDEADLK after a few rounds, leaving the mapping in place.
+
+use crate::engine::{ioas_in, Context, State};
+use crate::error::{Error, Result};
+use crate::group::CtxId;
+use crate::io_pagetable::{AccessId, PtEnv, RwBuf};
+use crate::object::ObjId;
+use crate::Object;
+use std::sync::Arc;
+use uiommu_platform::memory::Pfn;
+use uiommu_platform::Iova;
+
+/// What the owner of an access is told.
+pub trait AccessOps: Send + Sync {
+    /// `[iova, iova + len)` is being unmapped from the access's IOAS: unpin every page you hold
+    /// in it (with [`Context::access_unpin`]) before returning.
+    fn unmap(&self, ctx: &Context, access: ObjId, iova: Iova, len: u64);
+}
+
+/// An access object.
+pub(crate) struct AccessObj {
+    pub ioas: Option<ObjId>,
+    pub ops: Arc<dyn AccessOps>,
+    /// Ranges pinned through this access, as pinned.
+    pub pins: Vec<(Iova, u64)>,
+}
+
+impl std::fmt::Debug for AccessObj {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessObj").field("ioas", &self.ioas).field("pins", &self.pins).finish()
+    }
+}
+
+const UNMAP_NOTIFY_ROUNDS: usize = 4;
+
+fn access_obj(st: &mut State, c: CtxId, id: ObjId) -> Result<&mut AccessObj> {
+    match st.ctx_mut(c)?.objects.get_mut(id)? {
+        Object::Access(a) => Ok(a),
+        _ => Err(Error::WrongType { id: id.0, expected: "an access" }),
+    }
+}
+
+/// Unmap a range (or everything), telling accesses that hold pins in it to let go first.
+pub(crate) fn unmap_with_notify(ctx: &Context, ioas: ObjId, range: Option<(Iova, u64)>) -> Result<u64> {
+    for round in 0..=UNMAP_NOTIFY_ROUNDS {
+        let r = ctx.with(|st, c| {
+            let State { ctxs, platform, acct, .. } = st;
+            let ioas = ioas_in(ctxs, c, ioas)?;
+            let mut env = PtEnv { platform, acct };
+            match range {
+                Some((iova, len)) => ioas.iopt.unmap(&mut env, iova, len),
+                None => ioas.iopt.unmap_all(&mut env),
+            }
+        });
+        match r {
+            Err(Error::Busy(_)) if round < UNMAP_NOTIFY_ROUNDS => {}
+            Err(Error::Busy(_)) => return Err(Error::Deadlock("an access did not unpin its pages")),
+            other => return other,
+        }
+        let (iova, len) = range.unwrap_or((Iova(0), u64::MAX));
+        let holders: Vec<(ObjId, Arc<dyn AccessOps>)> = ctx.with(|st, c| {
+            let ctx = st.ctx(c)?;
+            let ids = match ctx.objects.get(ioas)? {
+                Object::Ioas(i) => i.iopt.accesses_in(iova, len),
+                _ => Vec::new(),
+            };
+            Ok(ids
+                .into_iter()
+                .filter_map(|a| match ctx.objects.get(ObjId(a.0)) {
+                    Ok(Object::Access(o)) => Some((ObjId(a.0), o.ops.clone())),
+                    _ => None,
+                })
+                .collect())
+        })?;
+        if holders.is_empty() {
+            return Err(Error::Deadlock("the range is held by pins that no access owns"));
+        }
+        for (id, ops) in holders {
+            ops.unmap(ctx, id, iova, len);
+        }
+    }
+    Err(Error::Deadlock("an access did not unpin its pages"))
+}
+
+/// Unpin everything an access holds and detach it from its IOAS.
+pub(crate) fn release(st: &mut State, c: CtxId, id: ObjId) {
+    let Ok(a) = access_obj(st, c, id) else { return };
+    let pins = std::mem::take(&mut a.pins);
+    let Some(ioas_id) = a.ioas.take() else { return };
+    let State { ctxs, platform, acct, .. } = st;
+    if let Ok(ioas) = ioas_in(ctxs, c, ioas_id) {
+        let mut env = PtEnv { platform, acct };
+        for (iova, len) in pins {
+            ioas.iopt.access_unpin(&mut env, AccessId(id.0), iova, len);
+        }
+    }
+    if let Some(ctx) = ctxs.get_mut(&c) {
+        ctx.objects.put_user(ioas_id);
+    }
+}
+
+impl Context {
+    /// Create an access object owned by the caller (an emulated device); returns its id.
+    pub fn access_create(&self, ops: Arc<dyn AccessOps>) -> Result<ObjId> {
+        self.with(|st, c| {
+            let ctx = st.ctx_mut(c)?;
+            let id = ctx.objects.insert(Object::Access(AccessObj { ioas: None, ops, pins: Vec::new() }))?;
+            // The owner holds it until access_destroy: DESTROY sees it in use.
+            ctx.objects.get_user(id);
+            Ok(id)
+        })
+    }
+
+    /// Attach an access to an IOAS (EINVAL if already attached).
+    pub fn access_attach(&self, access: ObjId, ioas: ObjId) -> Result<()> {
+        self.with(|st, c| {
+            if access_obj(st, c, access)?.ioas.is_some() {
+                return Err(Error::Invalid("the access is already attached"));
+            }
+            ioas_in(&mut st.ctxs, c, ioas)?;
+            st.ctx_mut(c)?.objects.get_user(ioas);
+            access_obj(st, c, access)?.ioas = Some(ioas);
+            Ok(())
+        })
+    }
+
+    /// Move an attached access to another IOAS (its pins are dropped first).
+    pub fn access_replace(&self, access: ObjId, ioas: ObjId) -> Result<()> {
+        self.with(|st, c| {
+            if access_obj(st, c, access)?.ioas.is_none() {
+                return Err(Error::Invalid("the access is not attached"));
+            }
+            ioas_in(&mut st.ctxs, c, ioas)?;
+            release(st, c, access);
+            st.ctx_mut(c)?.objects.get_user(ioas);
+            access_obj(st, c, access)?.ioas = Some(ioas);
+            Ok(())
+        })
+    }
+
+    /// Detach an access from its IOAS, unpinning anything it still holds.
+    pub fn access_detach(&self, access: ObjId) -> Result<()> {
+        self.with(|st, c| {
+            access_obj(st, c, access)?;
+            release(st, c, access);
+            Ok(())
+        })
+    }
+
+    /// Destroy an access (its owner is done with it).
+    pub fn access_destroy(&self, access: ObjId) -> Result<()> {
+        self.with(|st, c| {
+            access_obj(st, c, access)?;
+            release(st, c, access);
+            let ctx = st.ctx_mut(c)?;
+            ctx.objects.put_user(access);
+            ctx.objects.remove(access).map(|_| ())
+        })
+    }
+
+    /// Pin the pages behind `[iova, iova + len)` for the access; returns one frame per 4 KiB
+    /// page. The range stays mapped until unpinned (an unmap first asks the owner).
+    pub fn access_pin(&self, access: ObjId, iova: Iova, len: u64, write: bool) -> Result<Vec<Pfn>> {
+        self.with(|st, c| {
+            let ioas_id = access_obj(st, c, access)?.ioas.ok_or(Error::Invalid("the access is not attached"))?;
+            let State { ctxs, platform, acct, .. } = st;
+            let ioas = ioas_in(ctxs, c, ioas_id)?;
+            let pfns = ioas.iopt.access_pin(&mut PtEnv { platform, acct }, AccessId(access.0), iova, len, write)?;
+            access_obj(st, c, access)?.pins.push((iova, len));
+            Ok(pfns)
+        })
+    }
+
+    /// Unpin a range pinned by [`Context::access_pin`] (the same iova and length).
+    pub fn access_unpin(&self, access: ObjId, iova: Iova, len: u64) -> Result<()> {
+        self.with(|st, c| {
+            let a = access_obj(st, c, access)?;
+            let ioas_id = a.ioas.ok_or(Error::Invalid("the access is not attached"))?;
+            let pos = a
+                .pins
+                .iter()
+                .position(|p| *p == (iova, len))
+                .ok_or(Error::Invalid("the range was not pinned by this access"))?;
+            a.pins.swap_remove(pos);
+            let State { ctxs, platform, acct, .. } = st;
+            let ioas = ioas_in(ctxs, c, ioas_id)?;
+            ioas.iopt.access_unpin(&mut PtEnv { platform, acct }, AccessId(access.0), iova, len);
+            Ok(())
+        })
+    }
+
+    /// Read or write through the access's IOAS at `iova`.
+    pub fn access_rw(&self, access: ObjId, iova: Iova, buf: RwBuf<'_>) -> Result<()> {
+        self.with(|st, c| {
+            let ioas_id = access_obj(st, c, access)?.ioas.ok_or(Error::Invalid("the access is not attached"))?;
+            let State { ctxs, platform, acct, .. } = st;
+            let ioas = ioas_in(ctxs, c, ioas_id)?;
+            ioas.iopt.access_rw(&mut PtEnv { platform, acct }, iova, buf)
+        })
+    }
+}

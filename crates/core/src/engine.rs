@@ -1,0 +1,494 @@
+//! The engine and its security contexts.
+//!
+//! An [`Engine`] owns the emulated [`Platform`] and every security context opened on it. All
+//! state sits behind one lock: an operation of a context, a driver bind and a device's DMA are
+//! each atomic with respect to each other. A [`Context`] is a handle to one security context —
+//! the equivalent of one open file of `/dev/iommu`. Clones of the handle are dup'd file
+//! descriptors: they share the context, and the context is torn down (accesses destroyed,
+//! devices detached and unbound, page tables freed, pages unpinned and uncharged) when the last
+//! handle is dropped or [`Context::close`] is called.
+//!
+//! Every operation validates fully before it changes anything, so a refused call leaves the
+//! state as it was (invariant I5).
+
+use crate::coherency::RightState;
+use crate::error::{Error, Result};
+use crate::group::{CtxId, Groups};
+use crate::io_pagetable::{IoPagetable, PtEnv};
+use crate::object::{ObjId, ObjectTable, ObjType};
+use crate::pages::{AccountMode, Accounting};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use uiommu_platform::devices::DmaFault;
+use uiommu_platform::drivers::Driver;
+use uiommu_platform::hw::FaultRecord;
+use uiommu_platform::memory::{SpaceId, UserMemory};
+use uiommu_platform::pagetable::Prot;
+use uiommu_platform::topology::{DeviceId, GroupId};
+use uiommu_platform::{Iova, Platform, Range, UserVa};
+
+/// Privileges and limits of the programs using the engine (what the kernel reads from the
+/// calling task's credentials and rlimits).
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// RLIMIT_MEMLOCK in pages (`None`: unlimited).
+    pub memlock_limit_pages: Option<u64>,
+    /// CAP_IPC_LOCK: pinned pages are not accounted at all.
+    pub cap_ipc_lock: bool,
+    /// CAP_SYS_RESOURCE: IOMMU_OPTION_RLIMIT_MODE may be set.
+    pub cap_sys_resource: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { memlock_limit_pages: Some(8192 * 1024 / 4), cap_ipc_lock: false, cap_sys_resource: true }
+    }
+}
+
+/// An IOAS object.
+#[derive(Debug)]
+pub(crate) struct Ioas {
+    pub iopt: IoPagetable,
+    /// Paging HWPTs built on this IOAS, in creation order (the kernel's `hwpt_list`).
+    pub hwpts: Vec<ObjId>,
+}
+
+/// The state of the engine behind its lock.
+pub(crate) struct State {
+    pub platform: Platform,
+    pub acct: Accounting,
+    pub groups: Groups,
+    pub ctxs: HashMap<CtxId, Ctx>,
+    pub next_ctx: u64,
+    pub config: EngineConfig,
+    /// Devices whose DMA can bypass cache coherency (no-snoop capable).
+    pub noncoherent: std::collections::HashSet<DeviceId>,
+    /// Revocation callbacks to run once the lock is dropped.
+    pub pending_revocations: Vec<Box<dyn FnOnce() + Send>>,
+}
+
+/// One security context.
+pub(crate) struct Ctx {
+    pub space: SpaceId,
+    pub objects: ObjectTable<crate::Object>,
+    pub account_mode: AccountMode,
+    /// The IOAS the VFIO type1 compatibility layer uses.
+    pub vfio_ioas: Option<ObjId>,
+    pub coherency: Arc<RightState>,
+}
+
+impl State {
+    pub fn ctx(&self, id: CtxId) -> Result<&Ctx> {
+        self.ctxs.get(&id).ok_or(Error::NoDevice("the context is closed"))
+    }
+    pub fn ctx_mut(&mut self, id: CtxId) -> Result<&mut Ctx> {
+        self.ctxs.get_mut(&id).ok_or(Error::NoDevice("the context is closed"))
+    }
+}
+
+/// The engine: an emulated platform and the security contexts on it.
+pub struct Engine {
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Engine")
+    }
+}
+
+impl Engine {
+    /// An engine over `platform`: every group in its default domain.
+    pub fn new(mut platform: Platform, config: EngineConfig) -> Result<Arc<Engine>> {
+        let groups = Groups::new(&mut platform)?;
+        let acct = Accounting::new(if config.cap_ipc_lock { None } else { config.memlock_limit_pages });
+        Ok(Arc::new(Engine {
+            state: Mutex::new(State {
+                platform,
+                acct,
+                groups,
+                ctxs: HashMap::new(),
+                next_ctx: 1,
+                config,
+                noncoherent: Default::default(),
+                pending_revocations: Vec::new(),
+            }),
+        }))
+    }
+
+    /// An engine over the built-in default platform with default limits.
+    pub fn builtin() -> Arc<Engine> {
+        // The built-in platform is well-formed; Groups::new only fails if the IOMMU cannot
+        // allocate its first two domains, which an empty IOMMU always can.
+        Engine::new(Platform::builtin(), EngineConfig::default()).expect("built-in platform")
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock is a bug; keep serving with the state as it is.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Run `f` under the lock, then fire any revocation callbacks it queued.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let (r, fired) = {
+            let mut st = self.lock();
+            let r = f(&mut st);
+            (r, std::mem::take(&mut st.pending_revocations))
+        };
+        for cb in fired {
+            cb();
+        }
+        r
+    }
+
+    /// Look at (or drive) the platform directly: topology, fault log, device models.
+    pub fn with_platform<R>(&self, f: impl FnOnce(&mut Platform) -> R) -> R {
+        self.with(|st| f(&mut st.platform))
+    }
+
+    /// Register a program's address space; contexts opened on it map its addresses.
+    pub fn add_space(&self, mem: Arc<dyn UserMemory>) -> SpaceId {
+        self.with(|st| st.platform.memory.add_space(mem))
+    }
+
+    /// Open a security context for the program whose memory is `space` (`open("/dev/iommu")`).
+    pub fn open(self: &Arc<Self>, space: SpaceId) -> Result<Context> {
+        let id = self.with(|st| {
+            if st.platform.memory.space(space).is_none() {
+                return Err(Error::Invalid("unknown address space"));
+            }
+            let id = CtxId(st.next_ctx);
+            st.next_ctx += 1;
+            st.ctxs.insert(
+                id,
+                Ctx {
+                    space,
+                    objects: ObjectTable::default(),
+                    account_mode: AccountMode::User,
+                    vfio_ioas: None,
+                    coherency: Arc::new(RightState::default()),
+                },
+            );
+            Ok(id)
+        })?;
+        Ok(Context { inner: Arc::new(ContextInner { engine: self.clone(), id }) })
+    }
+
+    /// Bind a kernel driver to a device (`echo BDF > /sys/bus/pci/drivers/X/bind`). A DMA-doing
+    /// driver in a group a context owns is refused with EBUSY and nothing changes.
+    pub fn driver_bind(&self, dev: DeviceId, driver: Driver) -> Result<()> {
+        self.with(|st| {
+            let State { groups, platform, .. } = st;
+            groups.driver_bind(platform, dev, driver)
+        })
+    }
+
+    /// Unbind a device's driver. EBUSY while a context has the device bound.
+    pub fn driver_unbind(&self, dev: DeviceId) -> Result<()> {
+        self.with(|st| {
+            let in_use = crate::device::device_in_use(st, dev);
+            let State { groups, platform, .. } = st;
+            groups.driver_unbind(platform, dev, in_use)
+        })
+    }
+
+    /// Mark whether a device can issue non-coherent (no-snoop) DMA. Such a device cannot be
+    /// attached to a page table that enforces coherency, and while it is attached its context
+    /// holds the coherency right ([`Context::coherency_right`]).
+    pub fn set_device_noncoherent(&self, dev: DeviceId, noncoherent: bool) {
+        self.with(|st| {
+            if noncoherent {
+                st.noncoherent.insert(dev);
+            } else {
+                st.noncoherent.remove(&dev);
+            }
+        })
+    }
+
+    /// DMA read by a device, translated by the IOMMU as its group is set up now.
+    pub fn dma_read(&self, dev: DeviceId, iova: Iova, buf: &mut [u8]) -> std::result::Result<(), DmaFault> {
+        self.with(|st| st.platform.dma_read(dev, iova, buf))
+    }
+
+    /// DMA write by a device, translated by the IOMMU as its group is set up now.
+    pub fn dma_write(&self, dev: DeviceId, iova: Iova, data: &[u8]) -> std::result::Result<(), DmaFault> {
+        self.with(|st| st.platform.dma_write(dev, iova, data))
+    }
+
+    /// The IOMMU fault log, oldest first.
+    pub fn faults(&self) -> Vec<FaultRecord> {
+        self.with(|st| st.platform.iommu.faults().to_vec())
+    }
+
+    /// Who owns a group and which kind of domain it is in now.
+    pub fn group_status(&self, gid: GroupId) -> Option<GroupStatus> {
+        self.with(|st| {
+            let g = st.groups.get(gid)?;
+            let domain = g.domain.and_then(|d| st.platform.iommu.domain_kind(d));
+            Some(GroupStatus { owner: g.owner, users: g.owner_cnt, domain, hwpt: g.hwpt })
+        })
+    }
+
+    /// Number of pages pinned in the whole machine (a page pinned twice counts twice).
+    pub fn total_pins(&self) -> u64 {
+        self.with(|st| st.platform.memory.frames.total_pins())
+    }
+
+    /// Pages charged to the user (RLIMIT_MODE user) over all contexts.
+    pub fn user_charged_pages(&self) -> u64 {
+        self.with(|st| st.acct.user_pages())
+    }
+
+    /// Pages charged to the process owning `space` (RLIMIT_MODE process).
+    pub fn process_charged_pages(&self, space: SpaceId) -> u64 {
+        self.with(|st| st.acct.process_pages(space))
+    }
+
+    /// Check the security invariants I1–I4 over the whole engine (see `invariants`).
+    pub fn check_invariants(&self) -> std::result::Result<(), crate::invariants::Violations> {
+        self.with(|st| crate::invariants::check(st))
+    }
+
+    /// Number of open contexts.
+    pub fn contexts(&self) -> usize {
+        self.with(|st| st.ctxs.len())
+    }
+}
+
+/// Ownership and domain of a group, for display and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupStatus {
+    /// The owning context (`None`: kernel-owned).
+    pub owner: Option<CtxId>,
+    /// Users: claimed devices plus devices bound to DMA drivers.
+    pub users: u32,
+    /// The kind of domain the hardware uses for the group now.
+    pub domain: Option<uiommu_platform::hw::DomainKind>,
+    /// The HWPT the owner attached the group to.
+    pub hwpt: Option<ObjId>,
+}
+
+struct ContextInner {
+    engine: Arc<Engine>,
+    id: CtxId,
+}
+
+impl Drop for ContextInner {
+    fn drop(&mut self) {
+        crate::teardown::close(&self.engine, self.id);
+    }
+}
+
+/// A security context: one open file of `/dev/iommu`.
+///
+/// Clone it to share it (like `dup`); the context is torn down when the last clone is dropped.
+#[derive(Clone)]
+pub struct Context {
+    inner: Arc<ContextInner>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Context({})", self.inner.id.0)
+    }
+}
+
+/// The reply of IOMMU_IOAS_IOVA_RANGES.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IovaRanges {
+    /// Usable IOVA ranges, ascending.
+    pub ranges: Vec<Range>,
+    /// Every IOVA and length must be a multiple of this.
+    pub alignment: u64,
+}
+
+impl Context {
+    /// This context's id in the engine.
+    pub fn id(&self) -> CtxId {
+        self.inner.id
+    }
+
+    /// The engine this context lives in.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.inner.engine
+    }
+
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut State, CtxId) -> Result<R>) -> Result<R> {
+        let id = self.inner.id;
+        self.inner.engine.with(|st| {
+            let r = f(st, id);
+            crate::coherency::update(st, id);
+            r
+        })
+    }
+
+    /// Close this handle; the context is torn down if it was the last one.
+    pub fn close(self) {
+        drop(self)
+    }
+
+    /// The type of object `id` (ENOENT if none).
+    pub fn object_type(&self, id: ObjId) -> Result<ObjType> {
+        self.with(|st, c| Ok(st.ctx(c)?.objects.get(id)?.kind()))
+    }
+
+    /// Ids of all objects in the context, ascending.
+    pub fn objects(&self) -> Result<Vec<ObjId>> {
+        self.with(|st, c| Ok(st.ctx(c)?.objects.ids()))
+    }
+
+    /// IOMMU_DESTROY: destroy an IOAS or HWPT nothing depends on (EBUSY otherwise). Devices
+    /// and accesses belong to their drivers: EBUSY.
+    pub fn destroy(&self, id: ObjId) -> Result<()> {
+        self.with(|st, c| crate::teardown::destroy(st, c, id))
+    }
+
+    /// IOMMU_IOAS_ALLOC: a new, empty I/O address space.
+    pub fn ioas_alloc(&self) -> Result<ObjId> {
+        self.with(|st, c| {
+            st.ctx_mut(c)?
+                .objects
+                .insert(crate::Object::Ioas(Ioas { iopt: IoPagetable::new(), hwpts: Vec::new() }))
+        })
+    }
+
+    /// IOMMU_IOAS_ALLOW_IOVAS: restrict automatic and fixed IOVAs to `ranges` (empty: no
+    /// restriction).
+    pub fn ioas_allow_iovas(&self, ioas: ObjId, ranges: &[Range]) -> Result<()> {
+        self.with(|st, c| ioas_mut(st, c, ioas)?.iopt.set_allowed(ranges))
+    }
+
+    /// IOMMU_IOAS_IOVA_RANGES: the usable IOVA ranges and the required alignment.
+    pub fn ioas_iova_ranges(&self, ioas: ObjId) -> Result<IovaRanges> {
+        self.with(|st, c| {
+            let ioas = ioas_mut(st, c, ioas)?;
+            Ok(IovaRanges { ranges: ioas.iopt.iova_ranges(), alignment: ioas.iopt.iova_alignment() })
+        })
+    }
+
+    /// IOMMU_IOAS_MAP: map `len` bytes of the program's memory at `uva` into the IOAS at `iova`
+    /// (or at an IOVA the allocator picks); returns the IOVA.
+    pub fn ioas_map(&self, ioas: ObjId, uva: UserVa, len: u64, iova: Option<Iova>, prot: Prot) -> Result<Iova> {
+        if !prot.read && !prot.write {
+            return Err(Error::Invalid("a mapping must be readable or writable"));
+        }
+        self.with(|st, c| {
+            let ctx = st.ctx(c)?;
+            let space = ctx.space;
+            let mode = if st.config.cap_ipc_lock { AccountMode::None } else { ctx.account_mode };
+            let State { ctxs, platform, acct, .. } = st;
+            let ioas = ioas_in(ctxs, c, ioas)?;
+            let mut env = PtEnv { platform, acct };
+            ioas.iopt.map_user(&mut env, space, uva, len, iova, prot, mode)
+        })
+    }
+
+    /// IOMMU_IOAS_COPY: map the pages behind `[src_iova, src_iova + len)` of `src` into `dst`
+    /// as well, sharing them (no new pins); returns the destination IOVA.
+    pub fn ioas_copy(
+        &self,
+        dst: ObjId,
+        src: ObjId,
+        src_iova: Iova,
+        len: u64,
+        dst_iova: Option<Iova>,
+        prot: Prot,
+    ) -> Result<Iova> {
+        if !prot.read && !prot.write {
+            return Err(Error::Invalid("a mapping must be readable or writable"));
+        }
+        self.with(|st, c| {
+            let list = ioas_in(&mut st.ctxs, c, src)?.iopt.get_pages(src_iova, len)?;
+            let State { ctxs, platform, acct, .. } = st;
+            let dst = ioas_in(ctxs, c, dst)?;
+            let mut env = PtEnv { platform, acct };
+            dst.iopt.map_pages(&mut env, list, dst_iova, prot)
+        })
+    }
+
+    /// IOMMU_IOAS_UNMAP of `[iova, iova + len)`: the range must cover whole mappings. Accesses
+    /// holding pins in it are told to let go first. Returns the bytes unmapped.
+    pub fn ioas_unmap(&self, ioas: ObjId, iova: Iova, len: u64) -> Result<u64> {
+        crate::access::unmap_with_notify(self, ioas, Some((iova, len)))
+    }
+
+    /// IOMMU_IOAS_UNMAP of everything (iova 0, length u64::MAX). Returns the bytes unmapped.
+    pub fn ioas_unmap_all(&self, ioas: ObjId) -> Result<u64> {
+        crate::access::unmap_with_notify(self, ioas, None)
+    }
+
+    /// IOMMU_OPTION_RLIMIT_MODE get: whether pins are charged to the process (`true`) or the
+    /// user (`false`).
+    pub fn rlimit_mode_process(&self) -> Result<bool> {
+        self.with(|st, c| Ok(st.ctx(c)?.account_mode == AccountMode::Process))
+    }
+
+    /// IOMMU_OPTION_RLIMIT_MODE set. EPERM without CAP_SYS_RESOURCE, EBUSY once the context has
+    /// objects.
+    pub fn set_rlimit_mode_process(&self, process: bool) -> Result<()> {
+        self.with(|st, c| {
+            if !st.config.cap_sys_resource {
+                return Err(Error::Permission("setting RLIMIT_MODE needs CAP_SYS_RESOURCE"));
+            }
+            let ctx = st.ctx_mut(c)?;
+            if ctx.objects.len() != 0 {
+                return Err(Error::Busy("the context already has objects"));
+            }
+            ctx.account_mode = if process { AccountMode::Process } else { AccountMode::User };
+            Ok(())
+        })
+    }
+
+    /// IOMMU_OPTION_HUGE_PAGES get for an IOAS.
+    pub fn huge_pages(&self, ioas: ObjId) -> Result<bool> {
+        self.with(|st, c| Ok(ioas_mut(st, c, ioas)?.iopt.large_pages()))
+    }
+
+    /// IOMMU_OPTION_HUGE_PAGES set for an IOAS (disabling is EINVAL once domains hold maps).
+    pub fn set_huge_pages(&self, ioas: ObjId, enabled: bool) -> Result<()> {
+        self.with(|st, c| {
+            let State { ctxs, platform, acct, .. } = st;
+            let ioas = ioas_in(ctxs, c, ioas)?;
+            ioas.iopt.set_large_pages(&mut PtEnv { platform, acct }, enabled)
+        })
+    }
+
+    /// The IOAS the VFIO type1 compatibility layer uses (IOMMU_VFIO_IOAS get): ENOENT if none.
+    pub fn vfio_ioas(&self) -> Result<ObjId> {
+        self.with(|st, c| st.ctx(c)?.vfio_ioas.ok_or(Error::NotFound("no VFIO compatibility IOAS")))
+    }
+
+    /// IOMMU_VFIO_IOAS set (`Some`) or clear (`None`).
+    pub fn set_vfio_ioas(&self, ioas: Option<ObjId>) -> Result<()> {
+        self.with(|st, c| {
+            if let Some(id) = ioas {
+                ioas_mut(st, c, id)?;
+            }
+            st.ctx_mut(c)?.vfio_ioas = ioas;
+            Ok(())
+        })
+    }
+
+    /// The address space this context maps from.
+    pub fn space(&self) -> Result<SpaceId> {
+        self.with(|st, c| Ok(st.ctx(c)?.space))
+    }
+
+    /// The IOAS's mappings, ascending by IOVA.
+    pub fn ioas_areas(&self, ioas: ObjId) -> Result<Vec<crate::io_pagetable::AreaInfo>> {
+        self.with(|st, c| Ok(ioas_mut(st, c, ioas)?.iopt.areas()))
+    }
+}
+
+/// The IOAS `id` of context `c`, mutably (ENOENT if absent or not an IOAS).
+pub(crate) fn ioas_mut(st: &mut State, c: CtxId, id: ObjId) -> Result<&mut Ioas> {
+    ioas_in(&mut st.ctxs, c, id)
+}
+
+pub(crate) fn ioas_in(ctxs: &mut HashMap<CtxId, Ctx>, c: CtxId, id: ObjId) -> Result<&mut Ioas> {
+    let ctx = ctxs.get_mut(&c).ok_or(Error::NoDevice("the context is closed"))?;
+    match ctx.objects.get_mut(id)? {
+        crate::Object::Ioas(i) => Ok(i),
+        _ => Err(Error::WrongType { id: id.0, expected: "an IOAS" }),
+    }
+}
