@@ -163,7 +163,7 @@ fn page_span(va: u64, len: u64) -> Option<(u64, u64)> {
     if len == 0 {
         return None;
     }
-    let last = va.checked_add(len - 1).unwrap_or(u64::MAX);
+    let last = va.saturating_add(len - 1);
     Some((va >> PAGE_SHIFT, last >> PAGE_SHIFT))
 }
 
@@ -775,13 +775,11 @@ mod tests {
         let mut buf = [0u8; 32];
         assert!(m.read(UserVa(u64::MAX - 3), &mut buf).is_err());
         assert!(m.write(UserVa(u64::MAX), &[1, 2]).is_err());
-        assert!(m
-            .probe(UserVa(u64::MAX & !0xfff), PAGE_SIZE * 2, false)
-            .is_err());
-        m.map(UserVa(u64::MAX & !0xfff), u64::MAX, true);
+        assert!(m.probe(UserVa(!0xfffu64), PAGE_SIZE * 2, false).is_err());
+        m.map(UserVa(!0xfffu64), u64::MAX, true);
         m.unmap(UserVa(u64::MAX), u64::MAX);
         // Top page mapped: a read running past the top still faults, at the top.
-        m.map(UserVa(u64::MAX & !0xfff), PAGE_SIZE, true);
+        m.map(UserVa(!0xfffu64), PAGE_SIZE, true);
         assert_eq!(
             m.read(UserVa(u64::MAX - 3), &mut buf),
             Err(MemFault::Unmapped(UserVa(u64::MAX)))
@@ -833,7 +831,7 @@ mod tests {
         assert_eq!(FrameTable::frame_of(SpaceId(1 << 16), UserVa(0)), None);
         assert_eq!(FrameTable::frame_of(SpaceId(0), UserVa(1 << 48)), None);
         let top = FrameTable::frame_of(SpaceId(0xffff), UserVa((1 << 48) - PAGE_SIZE)).unwrap();
-        assert_eq!(top.addr(), PhysAddr(u64::MAX & !0xfff));
+        assert_eq!(top.addr(), PhysAddr(!0xfffu64));
     }
 
     #[test]
