@@ -58,8 +58,77 @@ pub struct Platform {
 impl Platform {
     /// A machine for `topology`: boot drivers bound, a model for each modelled function, an IOMMU
     /// with no context entries (the layer above sets up default domains).
-    pub fn new(_topology: Topology) -> Platform {
-        todo!("helper: lib.rs Platform::new")
+    pub fn new(topology: Topology) -> Platform {
+        let mut drivers = DriverRegistry::default();
+        let mut models: HashMap<DeviceId, Box<dyn DeviceModel>> = HashMap::new();
+        for dev in topology.devices() {
+            drivers.set(dev.id, dev.boot_driver.clone());
+            if let Some(model) = Self::model_for(&topology, dev.id, 0) {
+                models.insert(dev.id, model);
+            }
+        }
+        Platform {
+            topology,
+            drivers,
+            iommu: Iommu::new(),
+            memory: Memory::default(),
+            models,
+        }
+    }
+
+    /// The model of a modelled function (`None` for [`topology::ModelKind::Generic`]); mock
+    /// devices get `mock_flags` (`None` when they are not valid mock flags).
+    fn model_for(
+        topology: &Topology,
+        id: DeviceId,
+        mock_flags: u32,
+    ) -> Option<Box<dyn DeviceModel>> {
+        let dev = topology.device(id)?;
+        match dev.model {
+            topology::ModelKind::DmaEngine => {
+                let multifunction = topology.info(id).is_some_and(|i| i.multifunction);
+                Some(Box::new(
+                    devices::dma_engine::DmaEngine::new(dev.vendor, dev.device, dev.class)
+                        .with_multifunction(multifunction),
+                ))
+            }
+            topology::ModelKind::Mock => devices::mock::MockDevice::new(mock_flags)
+                .map(|m| Box::new(m) as Box<dyn DeviceModel>),
+            topology::ModelKind::Generic => None,
+        }
+    }
+
+    /// Hot-add a selftest mock device (flags 0) in a group of its own, bound to its boot driver
+    /// ([`drivers::Driver::VfioPci`]), with its model. See [`Topology::add_mock_device`].
+    pub fn add_mock_device(&mut self) -> DeviceId {
+        // Flags 0 are always valid.
+        self.add_mock_device_with_flags(0)
+            .unwrap_or(DeviceId(u32::MAX))
+    }
+
+    /// Hot-add a selftest mock device with `flags` (`devices::mock::MOCK_FLAGS_DEVICE_*`);
+    /// `None` (and nothing added) when `flags` has unknown bits, which the selftest answers
+    /// with EINVAL. The flags can be read back with [`devices::mock::flags_from_config`].
+    pub fn add_mock_device_with_flags(&mut self, flags: u32) -> Option<DeviceId> {
+        let model = devices::mock::MockDevice::new(flags)?;
+        let id = self.topology.add_mock_device();
+        if let Some(dev) = self.topology.device(id) {
+            self.drivers.set(id, dev.boot_driver.clone());
+        }
+        self.models.insert(id, Box::new(model));
+        Some(id)
+    }
+
+    /// Hot-remove a device added by [`Platform::add_mock_device`]: its model, driver binding and
+    /// (now empty) group go. Context entries for its requester id are the caller's to clear
+    /// first. False, with nothing changed, for other devices.
+    pub fn remove_device(&mut self, dev: DeviceId) -> bool {
+        if !self.topology.remove_device(dev) {
+            return false;
+        }
+        self.models.remove(&dev);
+        self.drivers.set(dev, drivers::Driver::Unbound);
+        true
     }
 
     /// The built-in default machine.
@@ -70,14 +139,24 @@ impl Platform {
     /// DMA read by `dev` at `iova`, translated by the IOMMU.
     pub fn dma_read(&mut self, dev: DeviceId, iova: Iova, buf: &mut [u8]) -> Result<(), DmaFault> {
         let rid = self.dma_rid(dev);
-        let mut port = DmaContext { device: dev, rid, iommu: &mut self.iommu, memory: &self.memory };
+        let mut port = DmaContext {
+            device: dev,
+            rid,
+            iommu: &mut self.iommu,
+            memory: &self.memory,
+        };
         devices::DmaPort::dma_read(&mut port, iova, buf)
     }
 
     /// DMA write by `dev` at `iova`, translated by the IOMMU.
     pub fn dma_write(&mut self, dev: DeviceId, iova: Iova, data: &[u8]) -> Result<(), DmaFault> {
         let rid = self.dma_rid(dev);
-        let mut port = DmaContext { device: dev, rid, iommu: &mut self.iommu, memory: &self.memory };
+        let mut port = DmaContext {
+            device: dev,
+            rid,
+            iommu: &mut self.iommu,
+            memory: &self.memory,
+        };
         devices::DmaPort::dma_write(&mut port, iova, data)
     }
 
@@ -93,22 +172,61 @@ impl Platform {
     /// Read a BAR register range of `dev`.
     pub fn mmio_read(
         &mut self,
-        _dev: DeviceId,
-        _bar: u8,
-        _offset: u64,
-        _buf: &mut [u8],
+        dev: DeviceId,
+        bar: u8,
+        offset: u64,
+        buf: &mut [u8],
     ) -> Result<(), PlatformError> {
-        todo!("helper: lib.rs mmio")
+        let model = self.model_with_bar(dev, bar)?;
+        model.mmio_read(bar, offset, buf);
+        Ok(())
     }
 
     /// Write a BAR register range of `dev`; doorbells issue DMA through the IOMMU.
     pub fn mmio_write(
         &mut self,
-        _dev: DeviceId,
-        _bar: u8,
-        _offset: u64,
-        _data: &[u8],
+        dev: DeviceId,
+        bar: u8,
+        offset: u64,
+        data: &[u8],
     ) -> Result<(), PlatformError> {
-        todo!("helper: lib.rs mmio")
+        self.model_with_bar(dev, bar)?;
+        let rid = self.dma_rid(dev);
+        let Platform {
+            models,
+            iommu,
+            memory,
+            ..
+        } = self;
+        let model = models
+            .get_mut(&dev)
+            .ok_or(PlatformError::NoSuchRegion(dev))?;
+        let mut port = DmaContext {
+            device: dev,
+            rid,
+            iommu,
+            memory,
+        };
+        model.mmio_write(bar, offset, data, &mut port);
+        Ok(())
+    }
+
+    /// The model of `dev` if it implements BAR `bar`.
+    fn model_with_bar(
+        &mut self,
+        dev: DeviceId,
+        bar: u8,
+    ) -> Result<&mut Box<dyn DeviceModel>, PlatformError> {
+        if self.topology.device(dev).is_none() {
+            return Err(PlatformError::NoDevice(dev));
+        }
+        let model = self
+            .models
+            .get_mut(&dev)
+            .ok_or(PlatformError::NoSuchRegion(dev))?;
+        if !model.bars().iter().any(|b| b.index == bar) {
+            return Err(PlatformError::NoSuchRegion(dev));
+        }
+        Ok(model)
     }
 }
