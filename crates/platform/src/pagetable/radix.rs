@@ -974,6 +974,62 @@ mod tests {
         v
     }
 
+    /// Subtract `[s, e)` from disjoint sorted intervals; returns the bytes removed.
+    fn subtract(iv: &mut Vec<(u64, u64)>, s: u64, e: u64) -> u64 {
+        let mut removed = 0;
+        let mut out = Vec::new();
+        for &(a, b) in iv.iter() {
+            let (lo, hi) = (a.max(s), b.min(e));
+            if lo >= hi {
+                out.push((a, b));
+                continue;
+            }
+            removed += hi - lo;
+            if a < lo {
+                out.push((a, lo));
+            }
+            if hi < b {
+                out.push((hi, b));
+            }
+        }
+        *iv = out;
+        removed
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn unmapping_pieces_of_1g_leaves_matches_an_interval_model(
+            cuts in proptest::collection::vec(
+                (0u64..(3 * G1 / K4), prop_oneof![1u64..600, 1u64..200_000]),
+                1..12,
+            )
+        ) {
+            let base = G1;
+            let pa = 8 * G1;
+            let mut pt = RadixPageTable::new();
+            pt.map(Iova(base), PhysAddr(pa), 2 * G1, Prot::RW).unwrap();
+            let mut model = vec![(base, base + 2 * G1)];
+            for (page, pages) in cuts {
+                let (s, e) = (page * K4, page * K4 + pages * K4);
+                let want = subtract(&mut model, s, e);
+                prop_assert_eq!(pt.unmap(Iova(s), e - s), want);
+                let total: u64 = model.iter().map(|(a, b)| b - a).sum();
+                prop_assert_eq!(pt.mapped_bytes(), total);
+            }
+            let want: Vec<_> =
+                model.iter().map(|&(a, b)| (a, a - base + pa, b - a, Prot::RW)).collect();
+            prop_assert_eq!(runs(&pt, 0, 1 << 48), want);
+            for &(a, b) in &model {
+                prop_assert_eq!(pt.translate(Iova(a)).map(|t| t.pa.0), Some(a - base + pa));
+                prop_assert_eq!(pt.translate(Iova(b - 1)).map(|t| t.pa.0), Some(b - 1 - base + pa));
+                prop_assert!(pt.translate(Iova(b)).is_none() || model.iter().any(|&(c, _)| c == b));
+            }
+            pt.unmap(Iova(0), 1 << 48);
+            prop_assert_eq!(pt.table_bytes(), TABLE_BYTES);
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(96))]
         #[test]
