@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod io_pagetable;
+pub mod iova_alloc;
 pub mod pages;
 
 pub use error::{Error, Result};
