@@ -913,4 +913,185 @@ mod tests {
             })
             .unwrap();
     }
+
+    mod through_the_platform {
+        use super::super::*;
+        use crate::addr::{UserVa, PAGE_SIZE};
+        use crate::hw::DomainSpec;
+        use crate::memory::{SimMemory, UserMemory};
+        use crate::pagetable::radix::RadixPageTable;
+        use crate::pagetable::{Access, Prot};
+        use crate::{Platform, PlatformError};
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use std::sync::Arc;
+
+        const VA: u64 = 0x7f00_0000_0000;
+        const IOVA: u64 = 0x10_0000;
+
+        fn w(p: &mut Platform, dev: crate::topology::DeviceId, off: u64, v: u64, size: usize) {
+            p.mmio_write(dev, 0, off, &v.to_le_bytes()[..size]).unwrap();
+        }
+        /// Read a register: 8 bytes at 8-aligned offsets, else 4.
+        fn r(p: &mut Platform, dev: crate::topology::DeviceId, off: u64) -> u64 {
+            let mut b = [0u8; 8];
+            let n = if off & 7 == 0 { 8 } else { 4 };
+            p.mmio_read(dev, 0, off, &mut b[..n]).unwrap();
+            u64::from_le_bytes(b)
+        }
+        fn run(
+            p: &mut Platform,
+            dev: crate::topology::DeviceId,
+            op: u32,
+            src: u64,
+            dst: u64,
+            len: u64,
+        ) -> u32 {
+            w(p, dev, REG_SRC, src, 8);
+            w(p, dev, REG_DST, dst, 8);
+            w(p, dev, REG_LEN, len, 8);
+            w(p, dev, REG_OP, u64::from(op), 4);
+            w(p, dev, REG_DOORBELL, 1, 4);
+            r(p, dev, REG_STATUS) as u32
+        }
+
+        /// The builtin platform with 4 pages of program memory pinned and mapped read-write at
+        /// `IOVA` in a radix domain that `dev`'s requester id is attached to.
+        fn rig(name: &str) -> (Platform, crate::topology::DeviceId, Arc<SimMemory>) {
+            let mut p = Platform::builtin();
+            let dev = p.topology.find_name(name).unwrap();
+            let sim = SimMemory::new();
+            sim.map(UserVa(VA), 4 * PAGE_SIZE, true);
+            let space = p.memory.add_space(sim.clone());
+            let pfn = p.memory.frames.pin(space, UserVa(VA), 4).unwrap();
+            let domain = p
+                .iommu
+                .alloc_domain(DomainSpec::Paging(Box::new(RadixPageTable::new())))
+                .unwrap();
+            p.iommu
+                .map(domain, Iova(IOVA), pfn.addr(), 4 * PAGE_SIZE, Prot::RW)
+                .unwrap();
+            let rid = p.dma_rid(dev);
+            p.iommu.set_context(rid, Some(domain)).unwrap();
+            (p, dev, sim)
+        }
+
+        #[test]
+        fn dma_engine_copies_and_checksums_through_the_iommu() {
+            let (mut p, dma0, sim) = rig("dma0");
+            assert_eq!(r(&mut p, dma0, REG_ID) as u32, DMA_ENGINE_MAGIC);
+            let data: Vec<u8> = (0..PAGE_SIZE as usize)
+                .map(|i| (i * 13 + 1) as u8)
+                .collect();
+            sim.write(UserVa(VA), &data).unwrap();
+            let fired = Arc::new(AtomicU32::new(0));
+            let seen = fired.clone();
+            p.models
+                .get_mut(&dma0)
+                .unwrap()
+                .set_irq_sink(Some(Box::new(move |v| {
+                    seen.fetch_add(v + 1, Ordering::SeqCst);
+                })));
+            w(&mut p, dma0, REG_IRQ_ENABLE, 1, 4);
+            let st = run(
+                &mut p,
+                dma0,
+                OP_COPY,
+                IOVA,
+                IOVA + 2 * PAGE_SIZE + 8,
+                PAGE_SIZE,
+            );
+            assert_eq!(st, STATUS_DONE);
+            assert_eq!(fired.load(Ordering::SeqCst), 1, "vector 0 fired once");
+            let mut back = vec![0u8; data.len()];
+            sim.read(UserVa(VA + 2 * PAGE_SIZE + 8), &mut back).unwrap();
+            assert_eq!(back, data);
+            let st = run(&mut p, dma0, OP_CRC32, IOVA, 0, PAGE_SIZE);
+            assert_eq!(st, STATUS_DONE);
+            assert_eq!(
+                r(&mut p, dma0, REG_RESULT),
+                u64::from(crc32_update(0, &data))
+            );
+            assert!(p.iommu.faults().is_empty());
+        }
+
+        #[test]
+        fn dma_engine_faults_are_reported_and_recorded_by_the_iommu() {
+            let (mut p, dma0, _sim) = rig("dma0");
+            // The copy's write side runs past the mapping.
+            let st = run(
+                &mut p,
+                dma0,
+                OP_COPY,
+                IOVA,
+                IOVA + 3 * PAGE_SIZE,
+                2 * PAGE_SIZE,
+            );
+            assert_eq!(st, STATUS_FAULT);
+            assert_eq!(
+                r(&mut p, dma0, REG_FAULT_CODE) as u32,
+                FAULT_NOT_MAPPED | FAULT_WRITE
+            );
+            assert_eq!(r(&mut p, dma0, REG_FAULT_IOVA), IOVA + 4 * PAGE_SIZE);
+            let f = *p.iommu.faults().last().unwrap();
+            assert_eq!(
+                (f.device, f.iova, f.access),
+                (dma0, Iova(IOVA + 4 * PAGE_SIZE), Access::Write)
+            );
+            // A device with no context entry is blocked.
+            let dma1 = p.topology.find_name("dma1").unwrap();
+            assert_eq!(run(&mut p, dma1, OP_FILL, 0, IOVA, 16), STATUS_FAULT);
+            assert_eq!(
+                r(&mut p, dma1, REG_FAULT_CODE) as u32,
+                FAULT_BLOCKED | FAULT_WRITE
+            );
+        }
+
+        #[test]
+        fn devices_behind_the_pcie_to_pci_bridge_dma_with_the_alias_rid() {
+            let (mut p, legacy0, sim) = rig("legacy0");
+            let alias = p.dma_rid(legacy0);
+            let own = p.topology.device(legacy0).unwrap().bdf.rid();
+            assert_ne!(alias, own);
+            w(&mut p, legacy0, REG_FILL, 0x5a, 4);
+            assert_eq!(run(&mut p, legacy0, OP_FILL, 0, IOVA, 100), STATUS_DONE);
+            let mut b = [0u8; 101];
+            sim.read(UserVa(VA), &mut b).unwrap();
+            assert!(b[..100].iter().all(|&x| x == 0x5a) && b[100] == 0);
+            // Detaching the alias blocks it, whatever the device's own id has.
+            p.iommu.set_context(alias, None).unwrap();
+            assert_eq!(run(&mut p, legacy0, OP_FILL, 0, IOVA, 100), STATUS_FAULT);
+            assert_eq!(p.iommu.faults().last().unwrap().rid, alias);
+        }
+
+        #[test]
+        fn mmio_to_functions_without_registers_is_refused() {
+            let mut p = Platform::builtin();
+            let nvme0 = p.topology.find_name("nvme0").unwrap();
+            let dma0 = p.topology.find_name("dma0").unwrap();
+            let mut b = [0u8; 4];
+            assert!(matches!(
+                p.mmio_read(nvme0, 0, 0, &mut b),
+                Err(PlatformError::NoSuchRegion(_))
+            ));
+            assert!(matches!(
+                p.mmio_write(dma0, 2, 0, &b),
+                Err(PlatformError::NoSuchRegion(_))
+            ));
+            let ghost = crate::topology::DeviceId(9999);
+            assert!(matches!(
+                p.mmio_read(ghost, 0, 0, &mut b),
+                Err(PlatformError::NoDevice(_))
+            ));
+            // Out-of-range offsets inside an implemented BAR read all-ones.
+            p.mmio_read(dma0, 0, BAR0_SIZE, &mut b).unwrap();
+            assert_eq!(b, [0xff; 4]);
+            // Boot drivers are recorded and every modelled function has a model.
+            assert_eq!(
+                p.drivers.driver(nvme0),
+                &crate::drivers::Driver::Dma("nvme".into())
+            );
+            assert_eq!(p.drivers.driver(dma0), &crate::drivers::Driver::VfioPci);
+            assert_eq!(p.models.len(), 4);
+        }
+    }
 }

@@ -181,4 +181,36 @@ mod tests {
         m.reset();
         assert_eq!(m.config()[4], 0);
     }
+
+    #[test]
+    fn platform_keeps_mock_models_in_sync_with_the_topology() {
+        let mut p = crate::Platform::builtin();
+        let groups = p.topology.groups().count();
+        assert!(p.add_mock_device_with_flags(1 << 9).is_none());
+        assert_eq!(
+            p.topology.groups().count(),
+            groups,
+            "refused flags add nothing"
+        );
+        let m = p
+            .add_mock_device_with_flags(MOCK_FLAGS_DEVICE_HUGE_IOVA)
+            .unwrap();
+        let plain = p.add_mock_device();
+        assert_eq!(
+            flags_from_config(p.models[&m].config()),
+            Some(MOCK_FLAGS_DEVICE_HUGE_IOVA)
+        );
+        assert_eq!(flags_from_config(p.models[&plain].config()), Some(0));
+        assert_eq!(p.drivers.driver(m), &crate::drivers::Driver::VfioPci);
+        let g = p.topology.device(m).unwrap().group;
+        assert_eq!(p.topology.group(g).unwrap().devices, vec![m]);
+        assert_eq!(p.dma_rid(m), p.topology.device(m).unwrap().bdf.rid());
+        assert!(p.remove_device(m));
+        assert!(!p.models.contains_key(&m));
+        assert_eq!(p.drivers.driver(m), &crate::drivers::Driver::Unbound);
+        assert!(p.topology.group(g).is_none());
+        let dma0 = p.topology.find_name("dma0").unwrap();
+        assert!(!p.remove_device(dma0));
+        assert!(p.models.contains_key(&dma0));
+    }
 }
