@@ -2013,6 +2013,14 @@ mod tests {
     }
 
     #[test]
+    fn describe_prints_the_default_platform() {
+        // `cargo test -p uiommu-platform --lib describe_prints -- --nocapture` shows the tree.
+        let text = Topology::builtin_default().describe();
+        println!("{text}");
+        assert_eq!(text.lines().count(), 16);
+    }
+
+    #[test]
     fn the_empty_file_is_an_empty_platform() {
         let t = topo("");
         assert!(t.is_empty());
