@@ -2021,6 +2021,20 @@ mod tests {
     }
 
     #[test]
+    fn deeply_nested_toml_is_an_error_not_a_crash() {
+        for text in [
+            format!("a = {}{}", "[".repeat(100_000), "]".repeat(100_000)),
+            format!("x = {}1{}", "{a=".repeat(5_000), "}".repeat(5_000)),
+            format!(
+                "[[function]]\nname = \"{}\"\ntype = \"endpoint\"\n",
+                "n".repeat(100_000)
+            ),
+        ] {
+            assert!(Topology::from_toml(&text).is_err());
+        }
+    }
+
+    #[test]
     fn the_empty_file_is_an_empty_platform() {
         let t = topo("");
         assert!(t.is_empty());
