@@ -2117,4 +2117,100 @@ mod tests {
         pt.add_domain(&mut fx.env(), d).unwrap_err();
         teardown(&mut fx, &mut pt);
     }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        MapFixed(u64, u64),
+        MapAuto(u64, u64),
+        Unmap(u64, u64),
+        Copy(u64, u64),
+        ToggleDomain,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0u64..64, 1u64..8).prop_map(|(a, n)| Op::MapFixed(a, n)),
+            (0u64..64, 1u64..8).prop_map(|(a, n)| Op::MapAuto(a, n)),
+            (0u64..64, 1u64..16).prop_map(|(a, n)| Op::Unmap(a, n)),
+            (0u64..64, 1u64..8).prop_map(|(a, n)| Op::Copy(a, n)),
+            Just(Op::ToggleDomain),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn random_operations_keep_the_invariants(ops in proptest::collection::vec(op(), 1..40)) {
+            let mut fx = Fx::new();
+            fx.acct.set_limit(Some(48));
+            let mut pt = IoPagetable::new();
+            let d = fx.radix();
+            let base = 0x10_0000;
+            // Model: start page -> npages.
+            let mut model: BTreeMap<u64, u64> = BTreeMap::new();
+            for op in ops {
+                let before = pt.areas();
+                let result: Result<()> = match op {
+                    Op::MapFixed(a, n) => fx.map(&mut pt, a * P, n * P, Some(base + a * P)).map(|_| ()),
+                    Op::MapAuto(a, n) => fx.map(&mut pt, a * P, n * P, None).map(|_| ()),
+                    Op::Unmap(a, n) => pt.unmap(&mut fx.env(), Iova(base + a * P), n * P).map(|_| ()),
+                    Op::Copy(a, n) => match pt.get_pages(Iova(base + a * P), n * P) {
+                        Ok(list) => pt.map_pages(&mut fx.env(), list, None, Prot::RW).map(|_| ()),
+                        Err(e) => Err(e),
+                    },
+                    Op::ToggleDomain => {
+                        if pt.domains().is_empty() {
+                            pt.add_domain(&mut fx.env(), d)
+                        } else {
+                            pt.remove_domain(&mut fx.env(), d);
+                            Ok(())
+                        }
+                    }
+                };
+                let after = pt.areas();
+                if let Op::Unmap(a, n) = op {
+                    let (s, l) = (a, a + n - 1);
+                    let hit: Vec<u64> = model
+                        .iter()
+                        .filter(|(&st, &np)| st <= l && st + np - 1 >= s)
+                        .map(|(&st, _)| st)
+                        .collect();
+                    let cut = hit.iter().any(|st| *st < s || st + model[st] - 1 > l);
+                    let fixed_only = after.iter().all(|i| i.iova.start >= base && i.iova.last < base + 64 * P);
+                    if fixed_only {
+                        proptest::prop_assert_eq!(result.is_ok(), !cut && !hit.is_empty());
+                    }
+                }
+                if result.is_err() {
+                    proptest::prop_assert_eq!(&before, &after);
+                }
+                model = after
+                    .iter()
+                    .filter(|i| i.iova.start >= base)
+                    .map(|i| ((i.iova.start - base) / P, i.iova.len() / P))
+                    .collect();
+                // Areas are disjoint and ordered.
+                for w in after.windows(2) {
+                    proptest::prop_assert!(w[0].iova.last < w[1].iova.start);
+                }
+                // Pins and charges match the mappings exactly.
+                let pins = fx.plat.memory.frames.total_pins();
+                proptest::prop_assert_eq!(pins, fx.acct.user_pages());
+                proptest::prop_assert_eq!(pins, pt.pinned_pages());
+                let total: u64 = after.iter().map(|i| i.iova.len()).sum();
+                if pt.domains().is_empty() {
+                    proptest::prop_assert_eq!(pins, 0);
+                    proptest::prop_assert_eq!(fx.mapped(d), 0);
+                } else {
+                    proptest::prop_assert_eq!(fx.mapped(d), total);
+                    for i in &after {
+                        let off = i.uva.0 - BUF;
+                        proptest::prop_assert_eq!(fx.translate(d, i.iova.start), Some(fx.frame_addr(off)));
+                    }
+                }
+            }
+            teardown(&mut fx, &mut pt);
+        }
+    }
 }

@@ -140,7 +140,7 @@ impl Accounting {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum PageUsers {
     Uniform(u32),
-    Runs(Vec<(u64, u32)>),
+    Runs(Box<Vec<(u64, u32)>>),
 }
 
 impl PageUsers {
@@ -204,7 +204,7 @@ impl PageUsers {
         }
         let mut v = match std::mem::replace(self, PageUsers::Uniform(0)) {
             PageUsers::Uniform(c) => vec![(0, c)],
-            PageUsers::Runs(v) => v,
+            PageUsers::Runs(v) => *v,
         };
         split_at(&mut v, first);
         if let Some(end) = last.checked_add(1) {
@@ -249,7 +249,7 @@ impl PageUsers {
         *self = if out.len() == 1 {
             PageUsers::Uniform(out[0].1)
         } else {
-            PageUsers::Runs(out)
+            PageUsers::Runs(Box::new(out))
         };
     }
 }
@@ -276,7 +276,6 @@ pub struct Pages {
     writable: bool,
     uva: UserVa,
     npages: u64,
-    npinned: u64,
     users: PageUsers,
 }
 
@@ -322,7 +321,6 @@ impl Pages {
                 writable,
                 uva: base,
                 npages,
-                npinned: 0,
                 users: PageUsers::Uniform(0),
             },
             offset,
@@ -362,7 +360,7 @@ impl Pages {
     /// Change the accounting mode; only allowed while nothing is pinned (the kernel upgrades
     /// `User` to `Process` before the first pin). Returns false and changes nothing otherwise.
     pub fn set_account_mode(&mut self, mode: AccountMode) -> bool {
-        if self.npinned != 0 {
+        if self.npinned() != 0 {
             return false;
         }
         self.mode = mode;
@@ -371,7 +369,7 @@ impl Pages {
 
     /// Number of pages pinned (and charged) by this object.
     pub fn npinned(&self) -> u64 {
-        self.npinned
+        self.pinned_in(0, self.npages.saturating_sub(1))
     }
 
     /// Number of users (areas with domains, access pins) of page `index`.
@@ -449,7 +447,6 @@ impl Pages {
         }
         // Cannot fail: checked above.
         env.acct.charge(self.mode, self.space, needed)?;
-        self.npinned += needed;
         self.users.adjust(self.npages, first, last, true, |_, _| {});
         Ok(())
     }
@@ -473,7 +470,6 @@ impl Pages {
             }
             freed += n;
         });
-        self.npinned = self.npinned.saturating_sub(freed);
         env.acct.uncharge(self.mode, self.space, freed);
     }
 
@@ -539,6 +535,16 @@ mod tests {
         a.set_limit(None);
         a.charge(AccountMode::Process, SpaceId(1), 100).unwrap();
         assert_eq!(a.process_pages(SpaceId(1)), 104);
+    }
+
+    #[test]
+    fn pages_object_stays_small() {
+        // Per-mapping metadata budget: one Pages per IOMMU_IOAS_MAP.
+        assert!(
+            std::mem::size_of::<Pages>() <= 40,
+            "{}",
+            std::mem::size_of::<Pages>()
+        );
     }
 
     #[test]
