@@ -2173,7 +2173,7 @@ mod tests {
                     let (s, l) = (a, a + n - 1);
                     let hit: Vec<u64> = model
                         .iter()
-                        .filter(|(&st, &np)| st <= l && st + np - 1 >= s)
+                        .filter(|(&st, &np)| st <= l && st + np > s)
                         .map(|(&st, _)| st)
                         .collect();
                     let cut = hit.iter().any(|st| *st < s || st + model[st] - 1 > l);

@@ -140,7 +140,7 @@ impl Accounting {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum PageUsers {
     Uniform(u32),
-    Runs(Box<Vec<(u64, u32)>>),
+    Runs(Box<[(u64, u32)]>),
 }
 
 impl PageUsers {
@@ -204,7 +204,7 @@ impl PageUsers {
         }
         let mut v = match std::mem::replace(self, PageUsers::Uniform(0)) {
             PageUsers::Uniform(c) => vec![(0, c)],
-            PageUsers::Runs(v) => *v,
+            PageUsers::Runs(v) => v.into_vec(),
         };
         split_at(&mut v, first);
         if let Some(end) = last.checked_add(1) {
@@ -249,7 +249,7 @@ impl PageUsers {
         *self = if out.len() == 1 {
             PageUsers::Uniform(out[0].1)
         } else {
-            PageUsers::Runs(Box::new(out))
+            PageUsers::Runs(out.into_boxed_slice())
         };
     }
 }
