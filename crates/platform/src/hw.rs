@@ -200,12 +200,34 @@ fn granule_shift_of(sizes: u64) -> u32 {
     }
 }
 
+/// How a context entry's DMA is translated, worked out once when the entry is set (domain kinds
+/// and nested parents never change while a context entry names the domain).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Route {
+    /// No entry, or a blocking domain.
+    Blocked,
+    /// IOVA = physical address.
+    Identity,
+    /// Through the page table of paging domain `key`, cached in IOTLB granules of `1 << shift`.
+    Table { key: u32, shift: u32 },
+}
+
+/// A context entry: the domain it names and how that domain translates.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+struct Ctx {
+    domain: DomainId,
+    route: Route,
+}
+
 /// The IOMMU: domains, context entries, IOTLB, fault log.
 pub struct Iommu {
     /// Domains by id; `None` for a freed id (listed in `free_ids`).
     domains: Vec<Option<Domain>>,
     free_ids: Vec<u32>,
-    context: FastHashMap<Rid, DomainId>,
+    context: FastHashMap<Rid, Ctx>,
+    /// The route of the requester that translated last (a one-entry cache in front of
+    /// `context`; cleared whenever a context entry changes).
+    last_route: Option<(Rid, Route)>,
     slots: Box<[Slot]>,
     iotlb_len: usize,
     stats: IotlbStats,
@@ -239,6 +261,7 @@ impl Iommu {
             domains: Vec::new(),
             free_ids: Vec::new(),
             context: FastHashMap::default(),
+            last_route: None,
             slots: vec![EMPTY_SLOT; IOTLB_SLOTS].into_boxed_slice(),
             iotlb_len: 0,
             stats: IotlbStats::default(),
@@ -457,13 +480,27 @@ impl Iommu {
     /// the requester can reach only the new domain's translations: nothing needs flushing (the
     /// old domain's entries stay valid for the other requesters that use it).
     pub fn set_context(&mut self, rid: Rid, domain: Option<DomainId>) -> Result<(), HwError> {
-        if let Some(d) = domain {
-            self.dom(d).ok_or(HwError::NoDomain(d))?;
-        }
         let old = match domain {
-            Some(d) => self.context.insert(rid, d),
+            Some(d) => {
+                let dom = self.dom(d).ok_or(HwError::NoDomain(d))?;
+                let route = match &dom.body {
+                    Body::Blocking => Route::Blocked,
+                    Body::Identity => Route::Identity,
+                    Body::Paging(_) => Route::Table {
+                        key: d.0,
+                        shift: dom.granule_shift,
+                    },
+                    Body::Nested { parent, .. } => Route::Table {
+                        key: parent.0,
+                        shift: dom.granule_shift,
+                    },
+                };
+                self.context.insert(rid, Ctx { domain: d, route })
+            }
             None => self.context.remove(&rid),
-        };
+        }
+        .map(|c| c.domain);
+        self.last_route = None;
         if let Some(dom) = domain.and_then(|d| self.dom_mut(d)) {
             dom.users += 1;
         }
@@ -475,7 +512,7 @@ impl Iommu {
 
     /// The domain `rid`'s context entry names.
     pub fn context(&self, rid: Rid) -> Option<DomainId> {
-        self.context.get(&rid).copied()
+        self.context.get(&rid).map(|c| c.domain)
     }
 
     /// How many context entries and nested children refer to the domain.
@@ -485,6 +522,7 @@ impl Iommu {
 
     /// Translate one access, through the IOTLB. A failure is recorded in the fault log (with
     /// `device`) and returned. A successful write marks the leaf dirty.
+    #[inline]
     pub fn translate(
         &mut self,
         device: DeviceId,
@@ -516,21 +554,25 @@ impl Iommu {
         iova: Iova,
         access: Access,
     ) -> Result<Translation, FaultReason> {
-        let d = *self.context.get(&rid).ok_or(FaultReason::Blocked)?;
-        let dom = self.dom(d).ok_or(FaultReason::Blocked)?;
-        let key = match &dom.body {
-            Body::Blocking => return Err(FaultReason::Blocked),
-            Body::Identity => {
+        let route = match self.last_route {
+            Some((r, route)) if r == rid => route,
+            _ => {
+                let route = self.context.get(&rid).map_or(Route::Blocked, |c| c.route);
+                self.last_route = Some((rid, route));
+                route
+            }
+        };
+        let (key, shift) = match route {
+            Route::Table { key, shift } => (DomainId(key), shift),
+            Route::Blocked => return Err(FaultReason::Blocked),
+            Route::Identity => {
                 return Ok(Translation {
                     pa: PhysAddr(iova.0),
                     prot: Prot::RW,
                     leaf_size: PAGE_SIZE,
                 })
             }
-            Body::Paging(_) => d,
-            Body::Nested { parent, .. } => *parent,
         };
-        let shift = dom.granule_shift;
         let page = iova.0 >> shift;
         let off = iova.0 & ((1u64 << shift) - 1);
         let idx = slot_index(key.0, page);
@@ -1292,6 +1334,76 @@ mod tests {
             Err(FaultReason::NotMapped)
         );
         assert!(mmu.translate(DEV, RID, Iova(0x1004), Access::Read).is_ok());
+    }
+
+    #[test]
+    fn strided_accesses_spread_over_the_iotlb() {
+        let mut mmu = Iommu::new();
+        let d = mmu
+            .alloc_domain(DomainSpec::Paging(Box::new(RadixPageTable::new())))
+            .unwrap();
+        mmu.set_context(RID, Some(d)).unwrap();
+        mmu.map(d, Iova(0), PhysAddr(0), 64 << 30, Prot::RW)
+            .unwrap();
+        for p in 0..1024u64 {
+            mmu.translate(DEV, RID, Iova(p << 21), Access::Read)
+                .unwrap();
+        }
+        assert_eq!(
+            mmu.iotlb_entries(),
+            1024,
+            "one access per 2 MiB never collides"
+        );
+        mmu.flush_iotlb();
+        for p in 0..64u64 {
+            mmu.translate(DEV, RID, Iova(p << 30), Access::Read)
+                .unwrap();
+        }
+        assert_eq!(
+            mmu.iotlb_entries(),
+            64,
+            "one access per 1 GiB never collides"
+        );
+    }
+
+    #[test]
+    fn mock_format_domain_translates_each_2k_granule_on_its_own() {
+        use crate::pagetable::mock::MockPageTable;
+        let mut mmu = Iommu::new();
+        let d = mmu
+            .alloc_domain(DomainSpec::Paging(Box::new(MockPageTable::new())))
+            .unwrap();
+        mmu.set_context(RID, Some(d)).unwrap();
+        let base = 0x100_0000u64;
+        mmu.map(d, Iova(base), PhysAddr(0x5_0800), 2048, Prot::RW)
+            .unwrap();
+        mmu.map(d, Iova(base + 2048), PhysAddr(0x9_0000), 2048, Prot::RO)
+            .unwrap();
+        let t = mmu
+            .translate(DEV, RID, Iova(base + 5), Access::Write)
+            .unwrap();
+        assert_eq!(t.pa, PhysAddr(0x5_0805));
+        let t = mmu
+            .translate(DEV, RID, Iova(base + 2048 + 5), Access::Read)
+            .unwrap();
+        assert_eq!(t.pa, PhysAddr(0x9_0005));
+        assert_eq!(
+            mmu.translate(DEV, RID, Iova(base + 2048), Access::Write),
+            Err(FaultReason::Permission)
+        );
+        assert_eq!(mmu.iotlb_entries(), 2);
+        mmu.unmap(d, Iova(base), 2048).unwrap();
+        assert_eq!(
+            mmu.translate(DEV, RID, Iova(base + 5), Access::Read),
+            Err(FaultReason::NotMapped)
+        );
+        assert!(mmu
+            .translate(DEV, RID, Iova(base + 2048), Access::Read)
+            .is_ok());
+        assert_eq!(
+            mmu.translate(DEV, RID, Iova(0x1000), Access::Read),
+            Err(FaultReason::NotMapped)
+        );
     }
 
     #[test]

@@ -953,6 +953,149 @@ mod tests {
         assert_eq!(ft.run_count(), 1);
     }
 
+    /// Check the run invariants and compare the table with a per-page model.
+    fn check_against_model(ft: &FrameTable, model: &HashMap<(u32, u64), u32>) {
+        let mut prev: Option<(u64, PinRun)> = None;
+        for (&k, &r) in &ft.runs {
+            assert!(r.len >= 1 && r.count >= 1);
+            if let Some((pk, pr)) = prev {
+                assert!(pk + pr.len <= k, "runs overlap");
+                assert!(
+                    pk + pr.len < k || pr.count != r.count,
+                    "adjacent equal runs not merged"
+                );
+            }
+            prev = Some((k, r));
+        }
+        let total: u64 = model.values().map(|&c| u64::from(c)).sum();
+        assert_eq!(ft.total_pins(), total);
+        assert_eq!(ft.pinned_frames(), model.len() as u64);
+        for space in 0..3u32 {
+            for page in 0..80u64 {
+                let va = UserVa(page * PAGE_SIZE);
+                let want = model.get(&(space, page)).copied().unwrap_or(0);
+                assert_eq!(ft.pin_count(SpaceId(space), va), want);
+                let pfn = FrameTable::frame_of(SpaceId(space), va).unwrap();
+                assert_eq!(ft.resolve(pfn), (want > 0).then_some((SpaceId(space), va)));
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn frame_table_matches_a_per_page_model(
+            ops in proptest::collection::vec((0u32..3, 0u64..64, 1u64..16, 0u8..3), 1..60)
+        ) {
+            let mut ft = FrameTable::new();
+            let mut model: HashMap<(u32, u64), u32> = HashMap::new();
+            let mut held: Vec<(Pfn, u32, u64, u64)> = Vec::new();
+            for (space, page, n, op) in ops {
+                if op < 2 || held.is_empty() {
+                    let pfn = ft.pin(SpaceId(space), UserVa(page * PAGE_SIZE), n).unwrap();
+                    for p in page..page + n {
+                        *model.entry((space, p)).or_insert(0) += 1;
+                    }
+                    held.push((pfn, space, page, n));
+                } else {
+                    let (pfn, space, page, n) = held.swap_remove((page as usize) % held.len());
+                    ft.unpin(pfn, n);
+                    for p in page..page + n {
+                        let c = model.get_mut(&(space, p)).unwrap();
+                        *c -= 1;
+                        if *c == 0 {
+                            model.remove(&(space, p));
+                        }
+                    }
+                }
+                check_against_model(&ft, &model);
+            }
+        }
+    }
+
+    /// A per-page model of [`SimMemory`]: `None` unmapped, else (writable, contents).
+    type SimModel = Vec<Option<(bool, Vec<u8>)>>;
+
+    fn model_check(model: &SimModel, va: u64, len: u64, write: bool) -> Result<(), MemFault> {
+        if len == 0 {
+            return Ok(());
+        }
+        for page in va / PAGE_SIZE..=(va + len - 1) / PAGE_SIZE {
+            let at = UserVa((page * PAGE_SIZE).max(va));
+            match model.get(page as usize).and_then(Option::as_ref) {
+                None => return Err(MemFault::Unmapped(at)),
+                Some((false, _)) if write => return Err(MemFault::ReadOnly(at)),
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn sim_memory_matches_a_per_page_model(
+            ops in proptest::collection::vec((0u8..4, 0u64..16 * PAGE_SIZE, 0u64..3 * PAGE_SIZE, proptest::bool::ANY), 1..40)
+        ) {
+            const PAGES: usize = 20;
+            let m = SimMemory::new();
+            let mut model: SimModel = vec![None; PAGES];
+            for (op, addr, len, flag) in ops {
+                let (first, npages) = ((addr / PAGE_SIZE) as usize, (len / PAGE_SIZE) as usize + 1);
+                match op {
+                    0 => {
+                        m.map(UserVa(first as u64 * PAGE_SIZE), npages as u64 * PAGE_SIZE, flag);
+                        for slot in &mut model[first..first + npages] {
+                            *slot = Some((flag, vec![0; PAGE_SIZE as usize]));
+                        }
+                    }
+                    1 => {
+                        m.unmap(UserVa(first as u64 * PAGE_SIZE), npages as u64 * PAGE_SIZE);
+                        for slot in &mut model[first..first + npages] {
+                            *slot = None;
+                        }
+                    }
+                    2 => {
+                        let data: Vec<u8> = (0..len).map(|i| (i as u8) ^ (addr as u8) | 1).collect();
+                        let want = model_check(&model, addr, len, true);
+                        proptest::prop_assert_eq!(m.write(UserVa(addr), &data), want);
+                        if want.is_ok() {
+                            for (i, b) in data.iter().enumerate() {
+                                let a = addr + i as u64;
+                                if let Some((_, page)) = model[(a / PAGE_SIZE) as usize].as_mut() {
+                                    page[(a % PAGE_SIZE) as usize] = *b;
+                                }
+                            }
+                        }
+                    }
+                    _ => {
+                        let mut buf = vec![0u8; len as usize];
+                        let want = model_check(&model, addr, len, false);
+                        proptest::prop_assert_eq!(m.read(UserVa(addr), &mut buf), want);
+                        if want.is_ok() {
+                            for (i, b) in buf.iter().enumerate() {
+                                let a = addr + i as u64;
+                                let page = model[(a / PAGE_SIZE) as usize].as_ref().map(|(_, d)| d[(a % PAGE_SIZE) as usize]);
+                                proptest::prop_assert_eq!(Some(*b), page);
+                            }
+                        }
+                    }
+                }
+                let mapped = model.iter().filter(|p| p.is_some()).count() as u64 * PAGE_SIZE;
+                proptest::prop_assert_eq!(m.mapped_bytes(), mapped);
+                let inner = m.lock();
+                let mut prev: Option<(u64, SimRegion)> = None;
+                for (&k, &r) in &inner.regions {
+                    proptest::prop_assert!(r.last >= k);
+                    if let Some((_, pr)) = prev {
+                        proptest::prop_assert!(pr.last < k, "regions overlap");
+                        proptest::prop_assert!(pr.last + 1 < k || pr.writable != r.writable, "not merged");
+                    }
+                    prev = Some((k, r));
+                }
+                proptest::prop_assert!(inner.data.keys().all(|&p| model.get(p as usize).is_some_and(Option::is_some)));
+            }
+        }
+    }
+
     fn memory_with_pinned(va: u64, pages: u64) -> (Memory, Arc<SimMemory>, Pfn) {
         let sim = sim_with(va, pages * PAGE_SIZE, true);
         let mut mem = Memory::default();
