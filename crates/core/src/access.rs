@@ -28,30 +28,43 @@ pub trait AccessOps: Send + Sync {
 pub(crate) struct AccessObj {
     pub ioas: Option<ObjId>,
     pub ops: Arc<dyn AccessOps>,
-    /// Ranges pinned through this access, as pinned.
-    pub pins: Vec<(Iova, u64)>,
 }
 
 impl std::fmt::Debug for AccessObj {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AccessObj").field("ioas", &self.ioas).field("pins", &self.pins).finish()
+        f.debug_struct("AccessObj")
+            .field("ioas", &self.ioas)
+            .finish()
     }
 }
 
-const UNMAP_NOTIFY_ROUNDS: usize = 4;
+/// The kernel gives up on an access that keeps its pins after this many notifications.
+const UNMAP_NOTIFY_ROUNDS: usize = 100;
 
 fn access_obj(st: &mut State, c: CtxId, id: ObjId) -> Result<&mut AccessObj> {
     match st.ctx_mut(c)?.objects.get_mut(id)? {
         Object::Access(a) => Ok(a),
-        _ => Err(Error::WrongType { id: id.0, expected: "an access" }),
+        _ => Err(Error::WrongType {
+            id: id.0,
+            expected: "an access",
+        }),
     }
 }
 
 /// Unmap a range (or everything), telling accesses that hold pins in it to let go first.
-pub(crate) fn unmap_with_notify(ctx: &Context, ioas: ObjId, range: Option<(Iova, u64)>) -> Result<u64> {
+pub(crate) fn unmap_with_notify(
+    ctx: &Context,
+    ioas: ObjId,
+    range: Option<(Iova, u64)>,
+) -> Result<u64> {
     for round in 0..=UNMAP_NOTIFY_ROUNDS {
         let r = ctx.with(|st, c| {
-            let State { ctxs, platform, acct, .. } = st;
+            let State {
+                ctxs,
+                platform,
+                acct,
+                ..
+            } = st;
             let ioas = ioas_in(ctxs, c, ioas)?;
             let mut env = PtEnv { platform, acct };
             match range {
@@ -61,7 +74,9 @@ pub(crate) fn unmap_with_notify(ctx: &Context, ioas: ObjId, range: Option<(Iova,
         });
         match r {
             Err(Error::Busy(_)) if round < UNMAP_NOTIFY_ROUNDS => {}
-            Err(Error::Busy(_)) => return Err(Error::Deadlock("an access did not unpin its pages")),
+            Err(Error::Busy(_)) => {
+                return Err(Error::Deadlock("an access did not unpin its pages"))
+            }
             other => return other,
         }
         let (iova, len) = range.unwrap_or((Iova(0), u64::MAX));
@@ -80,7 +95,9 @@ pub(crate) fn unmap_with_notify(ctx: &Context, ioas: ObjId, range: Option<(Iova,
                 .collect())
         })?;
         if holders.is_empty() {
-            return Err(Error::Deadlock("the range is held by pins that no access owns"));
+            return Err(Error::Deadlock(
+                "the range is held by pins that no access owns",
+            ));
         }
         for (id, ops) in holders {
             ops.unmap(ctx, id, iova, len);
@@ -92,14 +109,16 @@ pub(crate) fn unmap_with_notify(ctx: &Context, ioas: ObjId, range: Option<(Iova,
 /// Unpin everything an access holds and detach it from its IOAS.
 pub(crate) fn release(st: &mut State, c: CtxId, id: ObjId) {
     let Ok(a) = access_obj(st, c, id) else { return };
-    let pins = std::mem::take(&mut a.pins);
     let Some(ioas_id) = a.ioas.take() else { return };
-    let State { ctxs, platform, acct, .. } = st;
+    let State {
+        ctxs,
+        platform,
+        acct,
+        ..
+    } = st;
     if let Ok(ioas) = ioas_in(ctxs, c, ioas_id) {
-        let mut env = PtEnv { platform, acct };
-        for (iova, len) in pins {
-            ioas.iopt.access_unpin(&mut env, AccessId(id.0), iova, len);
-        }
+        ioas.iopt
+            .detach_access(&mut PtEnv { platform, acct }, AccessId(id.0));
     }
     if let Some(ctx) = ctxs.get_mut(&c) {
         ctx.objects.put_user(ioas_id);
@@ -111,7 +130,9 @@ impl Context {
     pub fn access_create(&self, ops: Arc<dyn AccessOps>) -> Result<ObjId> {
         self.with(|st, c| {
             let ctx = st.ctx_mut(c)?;
-            let id = ctx.objects.insert(Object::Access(AccessObj { ioas: None, ops, pins: Vec::new() }))?;
+            let id = ctx
+                .objects
+                .insert(Object::Access(AccessObj { ioas: None, ops }))?;
             // The owner holds it until access_destroy: DESTROY sees it in use.
             ctx.objects.get_user(id);
             Ok(id)
@@ -124,7 +145,9 @@ impl Context {
             if access_obj(st, c, access)?.ioas.is_some() {
                 return Err(Error::Invalid("the access is already attached"));
             }
-            ioas_in(&mut st.ctxs, c, ioas)?;
+            ioas_in(&mut st.ctxs, c, ioas)?
+                .iopt
+                .attach_access(AccessId(access.0), true)?;
             st.ctx_mut(c)?.objects.get_user(ioas);
             access_obj(st, c, access)?.ioas = Some(ioas);
             Ok(())
@@ -137,7 +160,13 @@ impl Context {
             if access_obj(st, c, access)?.ioas.is_none() {
                 return Err(Error::Invalid("the access is not attached"));
             }
-            ioas_in(&mut st.ctxs, c, ioas)?;
+            let old = access_obj(st, c, access)?.ioas;
+            if old == Some(ioas) {
+                return Ok(());
+            }
+            ioas_in(&mut st.ctxs, c, ioas)?
+                .iopt
+                .attach_access(AccessId(access.0), true)?;
             release(st, c, access);
             st.ctx_mut(c)?.objects.get_user(ioas);
             access_obj(st, c, access)?.ioas = Some(ioas);
@@ -169,29 +198,42 @@ impl Context {
     /// page. The range stays mapped until unpinned (an unmap first asks the owner).
     pub fn access_pin(&self, access: ObjId, iova: Iova, len: u64, write: bool) -> Result<Vec<Pfn>> {
         self.with(|st, c| {
-            let ioas_id = access_obj(st, c, access)?.ioas.ok_or(Error::Invalid("the access is not attached"))?;
-            let State { ctxs, platform, acct, .. } = st;
+            let ioas_id = access_obj(st, c, access)?
+                .ioas
+                .ok_or(Error::Invalid("the access is not attached"))?;
+            let State {
+                ctxs,
+                platform,
+                acct,
+                ..
+            } = st;
             let ioas = ioas_in(ctxs, c, ioas_id)?;
-            let pfns = ioas.iopt.access_pin(&mut PtEnv { platform, acct }, AccessId(access.0), iova, len, write)?;
-            access_obj(st, c, access)?.pins.push((iova, len));
-            Ok(pfns)
+            ioas.iopt.access_pin(
+                &mut PtEnv { platform, acct },
+                AccessId(access.0),
+                iova,
+                len,
+                write,
+            )
         })
     }
 
-    /// Unpin a range pinned by [`Context::access_pin`] (the same iova and length).
+    /// Unpin a range pinned by [`Context::access_pin`] (the same iova and length; a range that
+    /// was not pinned is ignored, as the kernel's unpin is).
     pub fn access_unpin(&self, access: ObjId, iova: Iova, len: u64) -> Result<()> {
         self.with(|st, c| {
-            let a = access_obj(st, c, access)?;
-            let ioas_id = a.ioas.ok_or(Error::Invalid("the access is not attached"))?;
-            let pos = a
-                .pins
-                .iter()
-                .position(|p| *p == (iova, len))
-                .ok_or(Error::Invalid("the range was not pinned by this access"))?;
-            a.pins.swap_remove(pos);
-            let State { ctxs, platform, acct, .. } = st;
+            let ioas_id = access_obj(st, c, access)?
+                .ioas
+                .ok_or(Error::Invalid("the access is not attached"))?;
+            let State {
+                ctxs,
+                platform,
+                acct,
+                ..
+            } = st;
             let ioas = ioas_in(ctxs, c, ioas_id)?;
-            ioas.iopt.access_unpin(&mut PtEnv { platform, acct }, AccessId(access.0), iova, len);
+            ioas.iopt
+                .access_unpin(&mut PtEnv { platform, acct }, AccessId(access.0), iova, len);
             Ok(())
         })
     }
@@ -199,10 +241,18 @@ impl Context {
     /// Read or write through the access's IOAS at `iova`.
     pub fn access_rw(&self, access: ObjId, iova: Iova, buf: RwBuf<'_>) -> Result<()> {
         self.with(|st, c| {
-            let ioas_id = access_obj(st, c, access)?.ioas.ok_or(Error::Invalid("the access is not attached"))?;
-            let State { ctxs, platform, acct, .. } = st;
+            let ioas_id = access_obj(st, c, access)?
+                .ioas
+                .ok_or(Error::Invalid("the access is not attached"))?;
+            let State {
+                ctxs,
+                platform,
+                acct,
+                ..
+            } = st;
             let ioas = ioas_in(ctxs, c, ioas_id)?;
-            ioas.iopt.access_rw(&mut PtEnv { platform, acct }, iova, buf)
+            ioas.iopt
+                .access_rw(&mut PtEnv { platform, acct }, iova, buf)
         })
     }
 }

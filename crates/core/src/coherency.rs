@@ -42,7 +42,11 @@ impl CoherencyRight {
 
     /// Run `f` when the right ends; at once if it is not held now.
     pub fn on_revoke(&self, f: impl FnOnce() + Send + 'static) {
-        let mut l = self.state.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        let mut l = self
+            .state
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if self.is_active() {
             l.push(Box::new(f));
         } else {

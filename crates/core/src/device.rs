@@ -32,8 +32,6 @@ pub(crate) struct DeviceObj {
     pub group: GroupId,
     /// The HWPT this device is attached to.
     pub attached: Option<ObjId>,
-    /// The device can enforce cache coherency (no no-snoop DMA).
-    pub enforce_cc: bool,
 }
 
 /// A paging HWPT: a paging domain filled from an IOAS.
@@ -77,7 +75,9 @@ fn device_format(st: &State, dev: DeviceId) -> PageTableFormat {
 fn new_page_table(st: &State, dev: DeviceId) -> Box<dyn PageTable> {
     match device_format(st, dev) {
         PageTableFormat::Mock => {
-            let huge = st.platform.mock_flags(dev) & uiommu_platform::devices::mock::MOCK_FLAGS_DEVICE_HUGE_IOVA != 0;
+            let huge = st.platform.mock_flags(dev)
+                & uiommu_platform::devices::mock::MOCK_FLAGS_DEVICE_HUGE_IOVA
+                != 0;
             if huge {
                 Box::new(MockPageTable::new_huge_iova())
             } else {
@@ -91,7 +91,8 @@ fn new_page_table(st: &State, dev: DeviceId) -> Box<dyn PageTable> {
 fn dirty_capable(st: &State, dev: DeviceId) -> bool {
     match device_format(st, dev) {
         PageTableFormat::Mock => {
-            st.platform.mock_flags(dev) & uiommu_platform::devices::mock::MOCK_FLAGS_DEVICE_NO_DIRTY == 0
+            st.platform.mock_flags(dev) & uiommu_platform::devices::mock::MOCK_FLAGS_DEVICE_NO_DIRTY
+                == 0
         }
         PageTableFormat::Radix => true,
     }
@@ -99,13 +100,20 @@ fn dirty_capable(st: &State, dev: DeviceId) -> bool {
 
 /// Whether a context holds `dev` bound.
 pub(crate) fn device_in_use(st: &State, dev: DeviceId) -> bool {
-    st.ctxs.values().any(|c| c.objects.iter().any(|(_, o)| matches!(o, Object::Device(d) if d.dev == dev)))
+    st.ctxs.values().any(|c| {
+        c.objects
+            .iter()
+            .any(|(_, o)| matches!(o, Object::Device(d) if d.dev == dev))
+    })
 }
 
 fn device_obj(st: &State, c: CtxId, id: ObjId) -> Result<&DeviceObj> {
     match st.ctx(c)?.objects.get(id)? {
         Object::Device(d) => Ok(d),
-        _ => Err(Error::WrongType { id: id.0, expected: "a device" }),
+        _ => Err(Error::WrongType {
+            id: id.0,
+            expected: "a device",
+        }),
     }
 }
 
@@ -114,27 +122,46 @@ fn hwpt_domain(st: &State, c: CtxId, id: ObjId) -> Result<(DomainId, PageTableFo
     match st.ctx(c)?.objects.get(id)? {
         Object::HwptPaging(h) => Ok((h.domain, h.format, h.enforce_cc)),
         Object::HwptNested(h) => Ok((h.domain, h.format, false)),
-        _ => Err(Error::WrongType { id: id.0, expected: "a HWPT" }),
+        _ => Err(Error::WrongType {
+            id: id.0,
+            expected: "a HWPT",
+        }),
     }
 }
 
 /// Bind `dev` into context `c`.
 pub(crate) fn bind(st: &mut State, c: CtxId, dev: DeviceId) -> Result<ObjId> {
     st.ctx(c)?;
-    let pdev = st.platform.topology.device(dev).ok_or(Error::NoDevice("no such device"))?;
+    let pdev = st
+        .platform
+        .topology
+        .device(dev)
+        .ok_or(Error::NoDevice("no such device"))?;
     let group = pdev.group;
     let is_mock = pdev.model == ModelKind::Mock;
     if !is_mock && !st.platform.drivers.driver(dev).driver_managed_dma() {
         return Err(Error::NoDevice("the device is not bound to vfio-pci"));
     }
     if device_in_use(st, dev) {
-        return Err(Error::Busy("the device is already bound to a security context"));
+        return Err(Error::Busy(
+            "the device is already bound to a security context",
+        ));
     }
-    let State { groups, platform, ctxs, noncoherent, .. } = st;
+    let State {
+        groups,
+        platform,
+        ctxs,
+        ..
+    } = st;
     groups.claim(platform, group, c)?;
-    let enforce_cc = !noncoherent.contains(&dev);
-    let ctx = ctxs.get_mut(&c).ok_or(Error::NoDevice("the context is closed"))?;
-    match ctx.objects.insert(Object::Device(DeviceObj { dev, group, attached: None, enforce_cc })) {
+    let ctx = ctxs
+        .get_mut(&c)
+        .ok_or(Error::NoDevice("the context is closed"))?;
+    match ctx.objects.insert(Object::Device(DeviceObj {
+        dev,
+        group,
+        attached: None,
+    })) {
         Ok(id) => {
             // The binding driver holds the device until unbind: DESTROY sees it in use.
             ctx.objects.get_user(id);
@@ -148,7 +175,13 @@ pub(crate) fn bind(st: &mut State, c: CtxId, dev: DeviceId) -> Result<ObjId> {
 }
 
 /// Attach (or, with `replace`, replace) a device to an IOAS or HWPT; returns the HWPT id.
-pub(crate) fn change_pt(st: &mut State, c: CtxId, dev_id: ObjId, pt_id: ObjId, replace: bool) -> Result<ObjId> {
+pub(crate) fn change_pt(
+    st: &mut State,
+    c: CtxId,
+    dev_id: ObjId,
+    pt_id: ObjId,
+    replace: bool,
+) -> Result<ObjId> {
     let d = device_obj(st, c, dev_id)?;
     let (dev, group, attached) = (d.dev, d.group, d.attached);
     if !replace && attached.is_some() {
@@ -199,7 +232,10 @@ fn do_attach(
     replace: bool,
 ) -> Result<()> {
     let (domain, format, enforce_cc) = hwpt_domain(st, c, hwpt)?;
-    let gstate = st.groups.get(group).ok_or(Error::NoDevice("no IOMMU group"))?;
+    let gstate = st
+        .groups
+        .get(group)
+        .ok_or(Error::NoDevice("no IOMMU group"))?;
     let cur = gstate.hwpt;
     if replace {
         if cur.is_none() || !gstate.attached.contains(&dev_id) {
@@ -209,19 +245,39 @@ fn do_attach(
             return Ok(());
         }
     } else if cur.is_some() && cur != Some(hwpt) {
-        return Err(Error::Invalid("the group is attached to another page table"));
+        return Err(Error::Invalid(
+            "the group is attached to another page table",
+        ));
     }
     // Compatibility of every device that will be translated by the domain.
-    let members: Vec<DeviceId> = st.platform.topology.group(group).map(|g| g.devices.clone()).unwrap_or_default();
+    let members: Vec<DeviceId> = st
+        .platform
+        .topology
+        .group(group)
+        .map(|g| g.devices.clone())
+        .unwrap_or_default();
     if device_format(st, dev) != format {
-        return Err(Error::Invalid("the page-table format does not match the device's IOMMU"));
+        return Err(Error::Invalid(
+            "the page-table format does not match the device's IOMMU",
+        ));
     }
     if enforce_cc && members.iter().any(|m| st.noncoherent.contains(m)) {
-        return Err(Error::Invalid("the page table enforces coherency the device cannot"));
+        return Err(Error::Invalid(
+            "the page table enforces coherency the device cannot",
+        ));
     }
-    let State { groups, platform, ctxs, .. } = st;
-    let ctx = ctxs.get_mut(&c).ok_or(Error::NoDevice("the context is closed"))?;
-    let g = groups.get_mut(group).ok_or(Error::NoDevice("no IOMMU group"))?;
+    let State {
+        groups,
+        platform,
+        ctxs,
+        ..
+    } = st;
+    let ctx = ctxs
+        .get_mut(&c)
+        .ok_or(Error::NoDevice("the context is closed"))?;
+    let g = groups
+        .get_mut(group)
+        .ok_or(Error::NoDevice("no IOMMU group"))?;
     if replace {
         let old = g.hwpt.replace(hwpt);
         let n = g.attached.len() as u32;
@@ -229,7 +285,10 @@ fn do_attach(
         for _ in 0..n {
             ctx.objects.get_user(hwpt);
         }
-        let attached: Vec<ObjId> = groups.get(group).map(|g| g.attached.clone()).unwrap_or_default();
+        let attached: Vec<ObjId> = groups
+            .get(group)
+            .map(|g| g.attached.clone())
+            .unwrap_or_default();
         for d in attached {
             if let Ok(Object::Device(o)) = ctx.objects.get_mut(d) {
                 o.attached = Some(hwpt);
@@ -270,8 +329,17 @@ fn put_hwpt(st: &mut State, c: CtxId, hwpt: ObjId) {
 /// Detach a device; the last one of its group puts the group back in the blocking domain.
 pub(crate) fn detach(st: &mut State, c: CtxId, dev_id: ObjId) -> Result<()> {
     let d = device_obj(st, c, dev_id)?;
-    let (group, hwpt) = (d.group, d.attached.ok_or(Error::Invalid("the device is not attached"))?);
-    let State { groups, platform, ctxs, .. } = st;
+    let (group, hwpt) = (
+        d.group,
+        d.attached
+            .ok_or(Error::Invalid("the device is not attached"))?,
+    );
+    let State {
+        groups,
+        platform,
+        ctxs,
+        ..
+    } = st;
     let blocking = groups.blocking;
     if let Some(g) = groups.get_mut(group) {
         g.attached.retain(|x| *x != dev_id);
@@ -301,7 +369,9 @@ pub(crate) fn unbind(st: &mut State, c: CtxId, dev_id: ObjId) -> Result<()> {
     let ctx = st.ctx_mut(c)?;
     ctx.objects.put_user(dev_id);
     ctx.objects.remove(dev_id)?;
-    let State { groups, platform, .. } = st;
+    let State {
+        groups, platform, ..
+    } = st;
     groups.release(platform, group);
     Ok(())
 }
@@ -316,16 +386,29 @@ pub(crate) fn alloc_paging(
     auto: bool,
 ) -> Result<ObjId> {
     if flags.dirty_tracking && !dirty_capable(st, dev) {
-        return Err(Error::NotSupported("the device's IOMMU cannot track dirty pages"));
+        return Err(Error::NotSupported(
+            "the device's IOMMU cannot track dirty pages",
+        ));
     }
     let format = device_format(st, dev);
     let enforce_cc = !st.noncoherent.contains(&dev);
     let dirty = dirty_capable(st, dev);
     let pt = new_page_table(st, dev);
     ioas_in(&mut st.ctxs, c, ioas_id)?;
-    let domain = st.platform.iommu.alloc_domain(DomainSpec::Paging(pt)).map_err(|_| Error::NoMemory("domain"))?;
-    let State { ctxs, platform, acct, .. } = st;
-    let ctx = ctxs.get_mut(&c).ok_or(Error::NoDevice("the context is closed"))?;
+    let domain = st
+        .platform
+        .iommu
+        .alloc_domain(DomainSpec::Paging(pt))
+        .map_err(|_| Error::NoMemory("domain"))?;
+    let State {
+        ctxs,
+        platform,
+        acct,
+        ..
+    } = st;
+    let ctx = ctxs
+        .get_mut(&c)
+        .ok_or(Error::NoDevice("the context is closed"))?;
     let id = match ctx.objects.reserve() {
         Ok(id) => id,
         Err(e) => {
@@ -366,22 +449,41 @@ fn unreachable_ioas() -> ! {
 }
 
 /// Create a nested HWPT over paging HWPT `parent` with stage-1 `data`.
-pub(crate) fn alloc_nested(st: &mut State, c: CtxId, dev: DeviceId, parent: ObjId, data: Vec<u32>) -> Result<ObjId> {
+pub(crate) fn alloc_nested(
+    st: &mut State,
+    c: CtxId,
+    dev: DeviceId,
+    parent: ObjId,
+    data: Vec<u32>,
+) -> Result<ObjId> {
     let (pdomain, format) = match st.ctx(c)?.objects.get(parent)? {
         Object::HwptPaging(p) if p.nest_parent => (p.domain, p.format),
-        Object::HwptPaging(_) => return Err(Error::Invalid("the parent was not allocated as a nest parent")),
+        Object::HwptPaging(_) => {
+            return Err(Error::Invalid(
+                "the parent was not allocated as a nest parent",
+            ))
+        }
         _ => return Err(Error::Invalid("the parent must be a paging HWPT")),
     };
     if device_format(st, dev) != format {
-        return Err(Error::NotSupported("the device's IOMMU cannot nest on this parent"));
+        return Err(Error::NotSupported(
+            "the device's IOMMU cannot nest on this parent",
+        ));
     }
     let domain = st
         .platform
         .iommu
-        .alloc_domain(DomainSpec::Nested { parent: pdomain, data })
+        .alloc_domain(DomainSpec::Nested {
+            parent: pdomain,
+            data,
+        })
         .map_err(|_| Error::NoMemory("domain"))?;
     let ctx = st.ctx_mut(c)?;
-    match ctx.objects.insert(Object::HwptNested(HwptNested { parent, domain, format })) {
+    match ctx.objects.insert(Object::HwptNested(HwptNested {
+        parent,
+        domain,
+        format,
+    })) {
         Ok(id) => {
             ctx.objects.get_user(parent);
             Ok(id)
@@ -395,11 +497,19 @@ pub(crate) fn alloc_nested(st: &mut State, c: CtxId, dev: DeviceId, parent: ObjI
 
 /// Tear down a paging HWPT that nothing uses: empty its domain, free it, let go of the IOAS.
 pub(crate) fn destroy_paging(st: &mut State, c: CtxId, id: ObjId) {
-    let State { ctxs, platform, acct, .. } = st;
+    let State {
+        ctxs,
+        platform,
+        acct,
+        ..
+    } = st;
     let Some(ctx) = ctxs.get_mut(&c) else { return };
-    let Ok(Object::HwptPaging(h)) = ctx.objects.remove(id) else { return };
+    let Ok(Object::HwptPaging(h)) = ctx.objects.remove(id) else {
+        return;
+    };
     if let Ok(Object::Ioas(ioas)) = ctx.objects.get_mut(h.ioas) {
-        ioas.iopt.remove_domain(&mut PtEnv { platform, acct }, h.domain);
+        ioas.iopt
+            .remove_domain(&mut PtEnv { platform, acct }, h.domain);
         ioas.hwpts.retain(|x| *x != id);
     }
     ctx.objects.put_user(h.ioas);
@@ -408,8 +518,12 @@ pub(crate) fn destroy_paging(st: &mut State, c: CtxId, id: ObjId) {
 
 /// Tear down a nested HWPT that nothing uses.
 pub(crate) fn destroy_nested(st: &mut State, c: CtxId, id: ObjId) {
-    let Some(ctx) = st.ctxs.get_mut(&c) else { return };
-    let Ok(Object::HwptNested(h)) = ctx.objects.remove(id) else { return };
+    let Some(ctx) = st.ctxs.get_mut(&c) else {
+        return;
+    };
+    let Ok(Object::HwptNested(h)) = ctx.objects.remove(id) else {
+        return;
+    };
     ctx.objects.put_user(h.parent);
     let _ = st.platform.iommu.free_domain(h.domain);
 }
@@ -478,9 +592,18 @@ impl Context {
             let domain = match st.ctx(c)?.objects.get(hwpt)? {
                 Object::HwptPaging(h) if h.dirty_capable => h.domain,
                 Object::HwptPaging(_) => return Err(Error::NotSupported("no dirty tracking")),
-                _ => return Err(Error::WrongType { id: hwpt.0, expected: "a paging HWPT" }),
+                _ => {
+                    return Err(Error::WrongType {
+                        id: hwpt.0,
+                        expected: "a paging HWPT",
+                    })
+                }
             };
-            let pt = st.platform.iommu.page_table_mut(domain).ok_or(Error::NotSupported("no page table"))?;
+            let pt = st
+                .platform
+                .iommu
+                .page_table_mut(domain)
+                .ok_or(Error::NotSupported("no page table"))?;
             pt.set_dirty_tracking(enable);
             Ok(())
         })
@@ -499,9 +622,18 @@ impl Context {
         self.with(|st, c| {
             let domain = match st.ctx(c)?.objects.get(hwpt)? {
                 Object::HwptPaging(h) => h.domain,
-                _ => return Err(Error::WrongType { id: hwpt.0, expected: "a paging HWPT" }),
+                _ => {
+                    return Err(Error::WrongType {
+                        id: hwpt.0,
+                        expected: "a paging HWPT",
+                    })
+                }
             };
-            let pt = st.platform.iommu.page_table_mut(domain).ok_or(Error::NotSupported("no page table"))?;
+            let pt = st
+                .platform
+                .iommu
+                .page_table_mut(domain)
+                .ok_or(Error::NotSupported("no page table"))?;
             pt.read_and_clear_dirty(iova, len, keep, report);
             Ok(())
         })
@@ -512,9 +644,18 @@ impl Context {
         self.with(|st, c| {
             let domain = match st.ctx(c)?.objects.get(hwpt)? {
                 Object::HwptNested(h) => h.domain,
-                _ => return Err(Error::WrongType { id: hwpt.0, expected: "a nested HWPT" }),
+                _ => {
+                    return Err(Error::WrongType {
+                        id: hwpt.0,
+                        expected: "a nested HWPT",
+                    })
+                }
             };
-            let data = st.platform.iommu.nested_data_mut(domain).ok_or(Error::NotSupported("no stage-1 data"))?;
+            let data = st
+                .platform
+                .iommu
+                .nested_data_mut(domain)
+                .ok_or(Error::NotSupported("no stage-1 data"))?;
             f(data);
             Ok(())
         })

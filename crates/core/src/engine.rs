@@ -15,7 +15,7 @@ use crate::coherency::RightState;
 use crate::error::{Error, Result};
 use crate::group::{CtxId, Groups};
 use crate::io_pagetable::{IoPagetable, PtEnv};
-use crate::object::{ObjId, ObjectTable, ObjType};
+use crate::object::{ObjId, ObjType, ObjectTable};
 use crate::pages::{AccountMode, Accounting};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -41,7 +41,11 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { memlock_limit_pages: Some(8192 * 1024 / 4), cap_ipc_lock: false, cap_sys_resource: true }
+        EngineConfig {
+            memlock_limit_pages: Some(8192 * 1024 / 4),
+            cap_ipc_lock: false,
+            cap_sys_resource: true,
+        }
     }
 }
 
@@ -79,10 +83,14 @@ pub(crate) struct Ctx {
 
 impl State {
     pub fn ctx(&self, id: CtxId) -> Result<&Ctx> {
-        self.ctxs.get(&id).ok_or(Error::NoDevice("the context is closed"))
+        self.ctxs
+            .get(&id)
+            .ok_or(Error::NoDevice("the context is closed"))
     }
     pub fn ctx_mut(&mut self, id: CtxId) -> Result<&mut Ctx> {
-        self.ctxs.get_mut(&id).ok_or(Error::NoDevice("the context is closed"))
+        self.ctxs
+            .get_mut(&id)
+            .ok_or(Error::NoDevice("the context is closed"))
     }
 }
 
@@ -101,7 +109,11 @@ impl Engine {
     /// An engine over `platform`: every group in its default domain.
     pub fn new(mut platform: Platform, config: EngineConfig) -> Result<Arc<Engine>> {
         let groups = Groups::new(&mut platform)?;
-        let acct = Accounting::new(if config.cap_ipc_lock { None } else { config.memlock_limit_pages });
+        let acct = Accounting::new(if config.cap_ipc_lock {
+            None
+        } else {
+            config.memlock_limit_pages
+        });
         Ok(Arc::new(Engine {
             state: Mutex::new(State {
                 platform,
@@ -171,14 +183,21 @@ impl Engine {
             );
             Ok(id)
         })?;
-        Ok(Context { inner: Arc::new(ContextInner { engine: self.clone(), id }) })
+        Ok(Context {
+            inner: Arc::new(ContextInner {
+                engine: self.clone(),
+                id,
+            }),
+        })
     }
 
     /// Bind a kernel driver to a device (`echo BDF > /sys/bus/pci/drivers/X/bind`). A DMA-doing
     /// driver in a group a context owns is refused with EBUSY and nothing changes.
     pub fn driver_bind(&self, dev: DeviceId, driver: Driver) -> Result<()> {
         self.with(|st| {
-            let State { groups, platform, .. } = st;
+            let State {
+                groups, platform, ..
+            } = st;
             groups.driver_bind(platform, dev, driver)
         })
     }
@@ -187,8 +206,62 @@ impl Engine {
     pub fn driver_unbind(&self, dev: DeviceId) -> Result<()> {
         self.with(|st| {
             let in_use = crate::device::device_in_use(st, dev);
-            let State { groups, platform, .. } = st;
+            let State {
+                groups, platform, ..
+            } = st;
             groups.driver_unbind(platform, dev, in_use)
+        })
+    }
+
+    /// Hot-add a selftest mock device (in a group of its own) with the mock `flags`
+    /// (`MOCK_FLAGS_DEVICE_*`); EINVAL for unknown flags.
+    pub fn add_mock_device(&self, flags: u32) -> Result<DeviceId> {
+        self.with(|st| {
+            let dev = st
+                .platform
+                .add_mock_device_with_flags(flags)
+                .ok_or(Error::Invalid("unknown mock device flags"))?;
+            let gid = st
+                .platform
+                .topology
+                .device(dev)
+                .map(|d| d.group)
+                .ok_or(Error::NoDevice("mock device"))?;
+            let State {
+                groups, platform, ..
+            } = st;
+            groups.ensure(platform, gid);
+            Ok(dev)
+        })
+    }
+
+    /// Hot-remove a mock device added by [`Engine::add_mock_device`]; EBUSY while a context has
+    /// it bound.
+    pub fn remove_mock_device(&self, dev: DeviceId) -> Result<()> {
+        self.with(|st| {
+            if crate::device::device_in_use(st, dev) {
+                return Err(Error::Busy("the device is bound to a security context"));
+            }
+            let gid = st
+                .platform
+                .topology
+                .device(dev)
+                .map(|d| d.group)
+                .ok_or(Error::NoDevice("no such device"))?;
+            for rid in st
+                .platform
+                .topology
+                .device(dev)
+                .map(|d| d.rids.clone())
+                .unwrap_or_default()
+            {
+                let _ = st.platform.iommu.set_context(rid, None);
+            }
+            if !st.platform.remove_device(dev) {
+                return Err(Error::Invalid("only hot-added mock devices can be removed"));
+            }
+            st.groups.forget(gid);
+            Ok(())
         })
     }
 
@@ -206,12 +279,22 @@ impl Engine {
     }
 
     /// DMA read by a device, translated by the IOMMU as its group is set up now.
-    pub fn dma_read(&self, dev: DeviceId, iova: Iova, buf: &mut [u8]) -> std::result::Result<(), DmaFault> {
+    pub fn dma_read(
+        &self,
+        dev: DeviceId,
+        iova: Iova,
+        buf: &mut [u8],
+    ) -> std::result::Result<(), DmaFault> {
         self.with(|st| st.platform.dma_read(dev, iova, buf))
     }
 
     /// DMA write by a device, translated by the IOMMU as its group is set up now.
-    pub fn dma_write(&self, dev: DeviceId, iova: Iova, data: &[u8]) -> std::result::Result<(), DmaFault> {
+    pub fn dma_write(
+        &self,
+        dev: DeviceId,
+        iova: Iova,
+        data: &[u8],
+    ) -> std::result::Result<(), DmaFault> {
         self.with(|st| st.platform.dma_write(dev, iova, data))
     }
 
@@ -225,7 +308,12 @@ impl Engine {
         self.with(|st| {
             let g = st.groups.get(gid)?;
             let domain = g.domain.and_then(|d| st.platform.iommu.domain_kind(d));
-            Some(GroupStatus { owner: g.owner, users: g.owner_cnt, domain, hwpt: g.hwpt })
+            Some(GroupStatus {
+                owner: g.owner,
+                users: g.owner_cnt,
+                domain,
+                hwpt: g.hwpt,
+            })
         })
     }
 
@@ -348,7 +436,10 @@ impl Context {
         self.with(|st, c| {
             st.ctx_mut(c)?
                 .objects
-                .insert(crate::Object::Ioas(Ioas { iopt: IoPagetable::new(), hwpts: Vec::new() }))
+                .insert(crate::Object::Ioas(Box::new(Ioas {
+                    iopt: IoPagetable::new(),
+                    hwpts: Vec::new(),
+                })))
         })
     }
 
@@ -362,24 +453,44 @@ impl Context {
     pub fn ioas_iova_ranges(&self, ioas: ObjId) -> Result<IovaRanges> {
         self.with(|st, c| {
             let ioas = ioas_mut(st, c, ioas)?;
-            Ok(IovaRanges { ranges: ioas.iopt.iova_ranges(), alignment: ioas.iopt.iova_alignment() })
+            Ok(IovaRanges {
+                ranges: ioas.iopt.iova_ranges(),
+                alignment: ioas.iopt.iova_alignment(),
+            })
         })
     }
 
     /// IOMMU_IOAS_MAP: map `len` bytes of the program's memory at `uva` into the IOAS at `iova`
     /// (or at an IOVA the allocator picks); returns the IOVA.
-    pub fn ioas_map(&self, ioas: ObjId, uva: UserVa, len: u64, iova: Option<Iova>, prot: Prot) -> Result<Iova> {
+    pub fn ioas_map(
+        &self,
+        ioas: ObjId,
+        uva: UserVa,
+        len: u64,
+        iova: Option<Iova>,
+        prot: Prot,
+    ) -> Result<Iova> {
         if !prot.read && !prot.write {
             return Err(Error::Invalid("a mapping must be readable or writable"));
         }
         self.with(|st, c| {
             let ctx = st.ctx(c)?;
             let space = ctx.space;
-            let mode = if st.config.cap_ipc_lock { AccountMode::None } else { ctx.account_mode };
-            let State { ctxs, platform, acct, .. } = st;
+            let mode = if st.config.cap_ipc_lock {
+                AccountMode::None
+            } else {
+                ctx.account_mode
+            };
+            let State {
+                ctxs,
+                platform,
+                acct,
+                ..
+            } = st;
             let ioas = ioas_in(ctxs, c, ioas)?;
             let mut env = PtEnv { platform, acct };
-            ioas.iopt.map_user(&mut env, space, uva, len, iova, prot, mode)
+            ioas.iopt
+                .map_user(&mut env, space, uva, len, iova, prot, mode)
         })
     }
 
@@ -398,8 +509,15 @@ impl Context {
             return Err(Error::Invalid("a mapping must be readable or writable"));
         }
         self.with(|st, c| {
-            let list = ioas_in(&mut st.ctxs, c, src)?.iopt.get_pages(src_iova, len)?;
-            let State { ctxs, platform, acct, .. } = st;
+            let list = ioas_in(&mut st.ctxs, c, src)?
+                .iopt
+                .get_pages(src_iova, len)?;
+            let State {
+                ctxs,
+                platform,
+                acct,
+                ..
+            } = st;
             let dst = ioas_in(ctxs, c, dst)?;
             let mut env = PtEnv { platform, acct };
             dst.iopt.map_pages(&mut env, list, dst_iova, prot)
@@ -428,13 +546,19 @@ impl Context {
     pub fn set_rlimit_mode_process(&self, process: bool) -> Result<()> {
         self.with(|st, c| {
             if !st.config.cap_sys_resource {
-                return Err(Error::Permission("setting RLIMIT_MODE needs CAP_SYS_RESOURCE"));
+                return Err(Error::Permission(
+                    "setting RLIMIT_MODE needs CAP_SYS_RESOURCE",
+                ));
             }
             let ctx = st.ctx_mut(c)?;
             if ctx.objects.len() != 0 {
                 return Err(Error::Busy("the context already has objects"));
             }
-            ctx.account_mode = if process { AccountMode::Process } else { AccountMode::User };
+            ctx.account_mode = if process {
+                AccountMode::Process
+            } else {
+                AccountMode::User
+            };
             Ok(())
         })
     }
@@ -447,15 +571,25 @@ impl Context {
     /// IOMMU_OPTION_HUGE_PAGES set for an IOAS (disabling is EINVAL once domains hold maps).
     pub fn set_huge_pages(&self, ioas: ObjId, enabled: bool) -> Result<()> {
         self.with(|st, c| {
-            let State { ctxs, platform, acct, .. } = st;
+            let State {
+                ctxs,
+                platform,
+                acct,
+                ..
+            } = st;
             let ioas = ioas_in(ctxs, c, ioas)?;
-            ioas.iopt.set_large_pages(&mut PtEnv { platform, acct }, enabled)
+            ioas.iopt
+                .set_large_pages(&mut PtEnv { platform, acct }, enabled)
         })
     }
 
     /// The IOAS the VFIO type1 compatibility layer uses (IOMMU_VFIO_IOAS get): ENOENT if none.
     pub fn vfio_ioas(&self) -> Result<ObjId> {
-        self.with(|st, c| st.ctx(c)?.vfio_ioas.ok_or(Error::NotFound("no VFIO compatibility IOAS")))
+        self.with(|st, c| {
+            st.ctx(c)?
+                .vfio_ioas
+                .ok_or(Error::NotFound("no VFIO compatibility IOAS"))
+        })
     }
 
     /// IOMMU_VFIO_IOAS set (`Some`) or clear (`None`).
@@ -486,9 +620,14 @@ pub(crate) fn ioas_mut(st: &mut State, c: CtxId, id: ObjId) -> Result<&mut Ioas>
 }
 
 pub(crate) fn ioas_in(ctxs: &mut HashMap<CtxId, Ctx>, c: CtxId, id: ObjId) -> Result<&mut Ioas> {
-    let ctx = ctxs.get_mut(&c).ok_or(Error::NoDevice("the context is closed"))?;
+    let ctx = ctxs
+        .get_mut(&c)
+        .ok_or(Error::NoDevice("the context is closed"))?;
     match ctx.objects.get_mut(id)? {
         crate::Object::Ioas(i) => Ok(i),
-        _ => Err(Error::WrongType { id: id.0, expected: "an IOAS" }),
+        _ => Err(Error::WrongType {
+            id: id.0,
+            expected: "an IOAS",
+        }),
     }
 }

@@ -98,9 +98,10 @@ impl Error {
         use errno::*;
         match self {
             Error::Invalid(_) => EINVAL,
-            Error::NoObject(_) | Error::WrongType { .. } | Error::NotMapped(_) | Error::NotFound(_) => {
-                ENOENT
-            }
+            Error::NoObject(_)
+            | Error::WrongType { .. }
+            | Error::NotMapped(_)
+            | Error::NotFound(_) => ENOENT,
             Error::Busy(_) => EBUSY,
             Error::Exists(_) => EEXIST,
             Error::NoMemory(_) => ENOMEM,
@@ -130,7 +131,13 @@ mod tests {
         let table: &[(Error, i32)] = &[
             (Error::Invalid("x"), 22),
             (Error::NoObject(3), 2),
-            (Error::WrongType { id: 1, expected: "an IOAS" }, 2),
+            (
+                Error::WrongType {
+                    id: 1,
+                    expected: "an IOAS",
+                },
+                2,
+            ),
             (Error::NotMapped(r), 2),
             (Error::NotFound("x"), 2),
             (Error::Busy("x"), 16),

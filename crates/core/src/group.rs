@@ -63,7 +63,11 @@ impl Groups {
             .iommu
             .alloc_domain(DomainSpec::Identity)
             .map_err(|_| Error::NoMemory("identity domain"))?;
-        let mut g = Groups { groups: HashMap::new(), blocking, identity };
+        let mut g = Groups {
+            groups: HashMap::new(),
+            blocking,
+            identity,
+        };
         let ids: Vec<GroupId> = platform.topology.groups().map(|g| g.id).collect();
         for gid in ids {
             g.ensure(platform, gid);
@@ -134,7 +138,10 @@ impl Groups {
         self.ensure(platform, gid);
         let identity = self.identity;
         let blocking = self.blocking;
-        let st = self.groups.get_mut(&gid).ok_or(Error::NoDevice("no IOMMU group"))?;
+        let st = self
+            .groups
+            .get_mut(&gid)
+            .ok_or(Error::NoDevice("no IOMMU group"))?;
         if st.owner_cnt > 0 {
             if st.owner != Some(ctx) {
                 return Err(Error::Permission("the group is used by another owner"));
@@ -154,7 +161,9 @@ impl Groups {
     /// Drop one claim of `ctx` on the group; the last one returns it to the default domain.
     pub fn release(&mut self, platform: &mut Platform, gid: GroupId) {
         let identity = self.identity;
-        let Some(st) = self.groups.get_mut(&gid) else { return };
+        let Some(st) = self.groups.get_mut(&gid) else {
+            return;
+        };
         debug_assert!(st.owner.is_some() && st.owner_cnt > 0);
         st.owner_cnt = st.owner_cnt.saturating_sub(1);
         if st.owner_cnt == 0 {
@@ -168,8 +177,17 @@ impl Groups {
     /// Bind a driver to a device, with the viability guard: a DMA-doing driver is refused with
     /// EBUSY in a group that a context owns (or that is not in its default domain); any driver
     /// is refused with EBUSY on a device that already has one.
-    pub fn driver_bind(&mut self, platform: &mut Platform, dev: DeviceId, driver: Driver) -> Result<()> {
-        let gid = platform.topology.device(dev).ok_or(Error::NoDevice("no such device"))?.group;
+    pub fn driver_bind(
+        &mut self,
+        platform: &mut Platform,
+        dev: DeviceId,
+        driver: Driver,
+    ) -> Result<()> {
+        let gid = platform
+            .topology
+            .device(dev)
+            .ok_or(Error::NoDevice("no such device"))?
+            .group;
         if *platform.drivers.driver(dev) != Driver::Unbound {
             return Err(Error::Busy("the device already has a driver"));
         }
@@ -178,7 +196,10 @@ impl Groups {
         }
         self.ensure(platform, gid);
         let identity = self.identity;
-        let st = self.groups.get_mut(&gid).ok_or(Error::NoDevice("no IOMMU group"))?;
+        let st = self
+            .groups
+            .get_mut(&gid)
+            .ok_or(Error::NoDevice("no IOMMU group"))?;
         if !driver.driver_managed_dma() {
             if st.owner_cnt > 0 && (st.owner.is_some() || st.domain != Some(identity)) {
                 return Err(Error::Busy("the IOMMU group is owned by a user"));
@@ -191,8 +212,17 @@ impl Groups {
 
     /// Unbind a device's driver. `in_use` says whether a context holds the device (a VFIO
     /// device that is bound cannot lose its driver: EBUSY).
-    pub fn driver_unbind(&mut self, platform: &mut Platform, dev: DeviceId, in_use: bool) -> Result<()> {
-        let gid = platform.topology.device(dev).ok_or(Error::NoDevice("no such device"))?.group;
+    pub fn driver_unbind(
+        &mut self,
+        platform: &mut Platform,
+        dev: DeviceId,
+        in_use: bool,
+    ) -> Result<()> {
+        let gid = platform
+            .topology
+            .device(dev)
+            .ok_or(Error::NoDevice("no such device"))?
+            .group;
         let driver = platform.drivers.driver(dev).clone();
         if driver == Driver::Unbound {
             return Err(Error::NoDevice("the device has no driver"));

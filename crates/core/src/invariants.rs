@@ -80,12 +80,17 @@ fn check_groups(st: &State, v: &mut Vec<String>) {
             },
         };
         if gs.domain != expected {
-            v.push(format!("I1: group {} uses {:?}, expected {:?}", group.id.0, gs.domain, expected));
+            v.push(format!(
+                "I1: group {} uses {:?}, expected {:?}",
+                group.id.0, gs.domain, expected
+            ));
         }
         let mut dma_drivers = 0;
         let mut claimed = 0;
         for dev in &group.devices {
-            let Some(pdev) = topo.device(*dev) else { continue };
+            let Some(pdev) = topo.device(*dev) else {
+                continue;
+            };
             for rid in &pdev.rids {
                 let ctx_dom = st.platform.iommu.context(*rid);
                 if ctx_dom != expected {
@@ -101,21 +106,35 @@ fn check_groups(st: &State, v: &mut Vec<String>) {
             let holders: Vec<_> = st
                 .ctxs
                 .iter()
-                .filter(|(_, c)| c.objects.iter().any(|(_, o)| matches!(o, Object::Device(d) if d.dev == *dev)))
+                .filter(|(_, c)| {
+                    c.objects
+                        .iter()
+                        .any(|(_, o)| matches!(o, Object::Device(d) if d.dev == *dev))
+                })
                 .map(|(id, _)| *id)
                 .collect();
             if holders.len() > 1 {
-                v.push(format!("I2: {} is bound to {} contexts", pdev.name, holders.len()));
+                v.push(format!(
+                    "I2: {} is bound to {} contexts",
+                    pdev.name,
+                    holders.len()
+                ));
             }
             for h in &holders {
                 claimed += 1;
                 if gs.owner != Some(*h) {
-                    v.push(format!("I2: {} is bound to context {} but its group is owned by {:?}", pdev.name, h.0, gs.owner));
+                    v.push(format!(
+                        "I2: {} is bound to context {} but its group is owned by {:?}",
+                        pdev.name, h.0, gs.owner
+                    ));
                 }
             }
         }
         if gs.owner.is_some() && dma_drivers > 0 {
-            v.push(format!("I2: group {} is owned by a context and has {dma_drivers} DMA-driver devices", group.id.0));
+            v.push(format!(
+                "I2: group {} is owned by a context and has {dma_drivers} DMA-driver devices",
+                group.id.0
+            ));
         }
         if gs.owner_cnt != claimed + dma_drivers {
             v.push(format!(
@@ -127,7 +146,10 @@ fn check_groups(st: &State, v: &mut Vec<String>) {
             if let Some(c) = gs.owner {
                 match st.ctxs.get(&c).and_then(|c| c.objects.get(*dev_obj).ok()) {
                     Some(Object::Device(d)) if d.attached == gs.hwpt => {}
-                    _ => v.push(format!("I1: device object {} in group {} disagrees with the group's HWPT", dev_obj.0, group.id.0)),
+                    _ => v.push(format!(
+                        "I1: device object {} in group {} disagrees with the group's HWPT",
+                        dev_obj.0, group.id.0
+                    )),
                 }
             }
         }
@@ -140,7 +162,10 @@ fn check_domains(st: &State, v: &mut Vec<String>) {
         for (hid, obj) in ctx.objects.iter() {
             let Object::HwptPaging(h) = obj else { continue };
             let Ok(Object::Ioas(ioas)) = ctx.objects.get(h.ioas) else {
-                v.push(format!("I3: HWPT {} of context {} has no IOAS", hid.0, cid.0));
+                v.push(format!(
+                    "I3: HWPT {} of context {} has no IOAS",
+                    hid.0, cid.0
+                ));
                 continue;
             };
             let Some(pt) = st.platform.iommu.page_table(h.domain) else {
@@ -169,16 +194,25 @@ fn check_domains(st: &State, v: &mut Vec<String>) {
                             let uva = a.uva.raw() + i * PAGE_SIZE;
                             let ok = frames
                                 .resolve(uiommu_platform::memory::Pfn(t.pa.raw() >> 12))
-                                .is_some_and(|(sp, page)| sp == a.space && page.raw() == uva & !(PAGE_SIZE - 1));
+                                .is_some_and(|(sp, page)| {
+                                    sp == a.space && page.raw() == uva & !(PAGE_SIZE - 1)
+                                });
                             if !ok {
                                 v.push(format!("I3: HWPT {} translates {iova} to {:?}, not to user page {uva:#x}", hid.0, t.pa));
                             }
                             if t.prot != a.prot {
-                                v.push(format!("I3: HWPT {} maps {iova} with {:?}, the IOAS with {:?}", hid.0, t.prot, a.prot));
+                                v.push(format!(
+                                    "I3: HWPT {} maps {iova} with {:?}, the IOAS with {:?}",
+                                    hid.0, t.prot, a.prot
+                                ));
                             }
                         }
                     }
-                    i = if i + 1 == pages { pages } else { (i + step).min(pages - 1) };
+                    i = if i + 1 == pages {
+                        pages
+                    } else {
+                        (i + step).min(pages - 1)
+                    };
                 }
             }
         }
@@ -188,8 +222,14 @@ fn check_domains(st: &State, v: &mut Vec<String>) {
 fn check_pins(st: &State, v: &mut Vec<String>) {
     let frames = &st.platform.memory.frames;
     // Pins held by pages objects, each pages object counted once even if shared by a copy.
-    let mut per_pages: HashMap<usize, (u64, crate::pages::AccountMode, uiommu_platform::memory::SpaceId)> =
-        HashMap::new();
+    let mut per_pages: HashMap<
+        usize,
+        (
+            u64,
+            crate::pages::AccountMode,
+            uiommu_platform::memory::SpaceId,
+        ),
+    > = HashMap::new();
     for ctx in st.ctxs.values() {
         for (_, obj) in ctx.objects.iter() {
             if let Object::Ioas(ioas) = obj {
@@ -201,11 +241,21 @@ fn check_pins(st: &State, v: &mut Vec<String>) {
     }
     let held: u64 = per_pages.values().map(|p| p.0).sum();
     if frames.total_pins() != held {
-        v.push(format!("I4: the frame table holds {} pins, the pages objects {held}", frames.total_pins()));
+        v.push(format!(
+            "I4: the frame table holds {} pins, the pages objects {held}",
+            frames.total_pins()
+        ));
     }
-    let user: u64 = per_pages.values().filter(|p| p.1 == crate::pages::AccountMode::User).map(|p| p.0).sum();
+    let user: u64 = per_pages
+        .values()
+        .filter(|p| p.1 == crate::pages::AccountMode::User)
+        .map(|p| p.0)
+        .sum();
     if st.acct.user_pages() != user {
-        v.push(format!("I4: {} pages charged to the user, {user} pinned in user mode", st.acct.user_pages()));
+        v.push(format!(
+            "I4: {} pages charged to the user, {user} pinned in user mode",
+            st.acct.user_pages()
+        ));
     }
     if st.ctxs.is_empty() && (frames.total_pins() != 0 || st.acct.user_pages() != 0) {
         v.push("I4: no context is open but pins or charges remain".to_string());
@@ -218,12 +268,23 @@ pub(crate) fn snapshot(st: &State) -> String {
     let mut ctxs: Vec<_> = st.ctxs.iter().collect();
     ctxs.sort_by_key(|(id, _)| **id);
     for (id, ctx) in ctxs {
-        s += &format!("ctx {} mode {:?} vfio {:?}\n", id.0, ctx.account_mode, ctx.vfio_ioas);
+        s += &format!(
+            "ctx {} mode {:?} vfio {:?}\n",
+            id.0, ctx.account_mode, ctx.vfio_ioas
+        );
         for (oid, obj) in ctx.objects.iter() {
-            s += &format!("  obj {} users {} {:?}\n", oid.0, ctx.objects.users(oid), obj.kind());
+            s += &format!(
+                "  obj {} users {} {:?}\n",
+                oid.0,
+                ctx.objects.users(oid),
+                obj.kind()
+            );
             if let Object::Ioas(i) = obj {
                 for a in i.iopt.areas() {
-                    s += &format!("    area {:?} {:?} {:?} pinned {}\n", a.iova, a.uva, a.prot, a.pages_pinned);
+                    s += &format!(
+                        "    area {:?} {:?} {:?} pinned {}\n",
+                        a.iova, a.uva, a.prot, a.pages_pinned
+                    );
                 }
             }
         }
@@ -233,7 +294,11 @@ pub(crate) fn snapshot(st: &State) -> String {
     for (g, gs) in groups {
         s += &format!("group {} {:?}\n", g.0, gs);
     }
-    s += &format!("pins {} user {}\n", st.platform.memory.frames.total_pins(), st.acct.user_pages());
+    s += &format!(
+        "pins {} user {}\n",
+        st.platform.memory.frames.total_pins(),
+        st.acct.user_pages()
+    );
     s
 }
 

@@ -127,6 +127,12 @@ pub struct AreaInfo {
     pub pinned_pages: u64,
     /// Number of access pins on the area.
     pub accesses: u32,
+    /// Identity of the area's pages object (equal for areas that share one, as copies do).
+    pub pages_id: usize,
+    /// Pages pinned by the whole pages object.
+    pub pages_pinned: u64,
+    /// How the pages object's pins are charged.
+    pub account_mode: crate::pages::AccountMode,
 }
 
 /// One IOVA range mapped to a slice of a pages object. Keyed by its start IOVA.
@@ -1214,6 +1220,9 @@ impl IoPagetable {
                     prot: a.prot,
                     pinned_pages: p.pinned_in(a.first_index(), a.last_index(s)),
                     accesses: a.num_accesses,
+                    pages_id: std::sync::Arc::as_ptr(&a.pages) as usize,
+                    pages_pinned: p.npinned(),
+                    account_mode: p.account_mode(),
                 }
             })
             .collect()

@@ -45,7 +45,11 @@ pub(crate) struct ObjectTable<T> {
 
 impl<T> Default for ObjectTable<T> {
     fn default() -> Self {
-        ObjectTable { slots: BTreeMap::new(), free: BTreeSet::new(), next: 1 }
+        ObjectTable {
+            slots: BTreeMap::new(),
+            free: BTreeSet::new(),
+            next: 1,
+        }
     }
 }
 
@@ -172,7 +176,10 @@ impl<T> ObjectTable<T> {
 
     /// Number of visible objects.
     pub fn len(&self) -> usize {
-        self.slots.values().filter(|s| matches!(s, Slot::Live { .. })).count()
+        self.slots
+            .values()
+            .filter(|s| matches!(s, Slot::Live { .. }))
+            .count()
     }
 }
 

@@ -31,7 +31,12 @@ pub(crate) fn destroy(st: &mut State, c: CtxId, id: ObjId) -> Result<()> {
 }
 
 fn destroy_ioas(st: &mut State, c: CtxId, id: ObjId) {
-    let State { ctxs, platform, acct, .. } = st;
+    let State {
+        ctxs,
+        platform,
+        acct,
+        ..
+    } = st;
     let Some(ctx) = ctxs.get_mut(&c) else { return };
     if let Ok(Object::Ioas(mut ioas)) = ctx.objects.remove(id) {
         // No HWPT or access uses it (users was 0), so nothing can refuse the unmap.

@@ -131,6 +131,18 @@ impl Platform {
         true
     }
 
+    /// The selftest mock flags of a mock device (0 for any other device).
+    pub fn mock_flags(&self, dev: DeviceId) -> u32 {
+        match self.topology.device(dev) {
+            Some(d) if d.model == topology::ModelKind::Mock => self
+                .models
+                .get(&dev)
+                .and_then(|m| devices::mock::flags_from_config(m.config()))
+                .unwrap_or(0),
+            _ => 0,
+        }
+    }
+
     /// The built-in default machine.
     pub fn builtin() -> Platform {
         Platform::new(Topology::builtin_default())

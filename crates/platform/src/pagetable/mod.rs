@@ -28,11 +28,20 @@ pub struct Prot {
 
 impl Prot {
     /// Read and write.
-    pub const RW: Prot = Prot { read: true, write: true };
+    pub const RW: Prot = Prot {
+        read: true,
+        write: true,
+    };
     /// Read only.
-    pub const RO: Prot = Prot { read: true, write: false };
+    pub const RO: Prot = Prot {
+        read: true,
+        write: false,
+    };
     /// Write only.
-    pub const WO: Prot = Prot { read: false, write: true };
+    pub const WO: Prot = Prot {
+        read: false,
+        write: true,
+    };
 }
 
 /// The kind of access a device performs.
@@ -110,7 +119,8 @@ pub trait PageTable: Send + fmt::Debug {
     /// Map `[iova, iova + len)` to `[pa, pa + len)` with `prot`. All three must be aligned to the
     /// smallest page size, the range must lie in the aperture and be wholly unmapped. On error
     /// nothing changes.
-    fn map(&mut self, iova: Iova, pa: PhysAddr, len: u64, prot: Prot) -> Result<(), PageTableError>;
+    fn map(&mut self, iova: Iova, pa: PhysAddr, len: u64, prot: Prot)
+        -> Result<(), PageTableError>;
     /// Unmap whatever is mapped in `[iova, iova + len)` and return the number of bytes that were
     /// mapped there. A large leaf that straddles the range edge is split first, so that exactly
     /// the range is unmapped.
@@ -127,7 +137,13 @@ pub trait PageTable: Send + fmt::Debug {
     /// Call `report` with the IOVA of each dirty leaf of the smallest page size overlapping
     /// `[iova, iova + len)` (one call per smallest-page-sized unit that is dirty), clearing the
     /// marks unless `keep` is true.
-    fn read_and_clear_dirty(&mut self, iova: Iova, len: u64, keep: bool, report: &mut dyn FnMut(Iova));
+    fn read_and_clear_dirty(
+        &mut self,
+        iova: Iova,
+        len: u64,
+        keep: bool,
+        report: &mut dyn FnMut(Iova),
+    );
     /// Total bytes currently mapped.
     fn mapped_bytes(&self) -> u64;
     /// Bytes of memory the table's own structures use (for metadata accounting).
