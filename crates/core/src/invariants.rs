@@ -10,8 +10,8 @@
 //! - **I2** no group has devices held by two contexts, nor by a context and a DMA-doing kernel
 //!   driver; the group's user count matches its claimed devices plus DMA-driver devices.
 //! - **I3** every paging domain holds exactly the mappings of its IOAS (same IOVAs, each
-//!   translating to the frame of the mapped user page with the mapping's rights), so nothing
-//!   unmapped is reachable.
+//!   translating to the frame of the mapped user page with the mapping's rights), and no IOTLB
+//!   entry disagrees with its page table, so nothing unmapped is reachable.
 //! - **I4** pins match mappings: the frame table holds exactly the pins the pages objects hold,
 //!   the accounting charges match them, and with no context open both are zero.
 //!
@@ -49,6 +49,7 @@ pub(crate) fn check(st: &State) -> Result<(), Violations> {
     let mut v = Vec::new();
     check_groups(st, &mut v);
     check_domains(st, &mut v);
+    check_iotlb(st, &mut v);
     check_pins(st, &mut v);
     if v.is_empty() {
         Ok(())
@@ -216,6 +217,15 @@ fn check_domains(st: &State, v: &mut Vec<String>) {
                 }
             }
         }
+    }
+}
+
+fn check_iotlb(st: &State, v: &mut Vec<String>) {
+    for (dom, iova) in st.platform.iommu.stale_iotlb_entries() {
+        v.push(format!(
+            "I3: the IOTLB still translates {iova} of domain {} differently from its page table",
+            dom.0
+        ));
     }
 }
 

@@ -507,3 +507,50 @@ fn copy_shares_pages_without_new_pins() {
     assert_eq!(&b, b"copied");
     w.ok();
 }
+
+#[test]
+fn dma_reaches_real_process_memory_and_unmapped_memory_is_efault() {
+    use uiommu_platform::process_memory::ProcessMemory;
+    let engine = Engine::new(Platform::builtin(), EngineConfig::default()).unwrap();
+    let space = engine.add_space(Arc::new(ProcessMemory::this()));
+    let ctx = engine.open(space).unwrap();
+    let dma0 = engine
+        .with_platform(|p| p.topology.find_name("dma0"))
+        .unwrap();
+    let d = ctx.device_bind(dma0).unwrap();
+    let ioas = ctx.ioas_alloc().unwrap();
+    ctx.device_attach(d, ioas).unwrap();
+    // A page-aligned window inside a real buffer of this process.
+    let buf = vec![0u8; 4 * 4096];
+    let base = (buf.as_ptr() as u64 + 4095) & !4095;
+    ctx.ioas_map(
+        ioas,
+        UserVa(base),
+        2 * 4096,
+        Some(Iova(0x10_0000)),
+        Prot::RW,
+    )
+    .unwrap();
+    engine
+        .dma_write(dma0, Iova(0x10_0010), b"real memory")
+        .unwrap();
+    let off = (base - buf.as_ptr() as u64) as usize + 0x10;
+    assert_eq!(&buf[off..off + 11], b"real memory");
+    // Pinning memory that is not mapped in the process is EFAULT, and nothing changes.
+    let before = engine.snapshot();
+    let e = ctx
+        .ioas_map(
+            ioas,
+            UserVa(0x1000),
+            0x1000,
+            Some(Iova(0x20_0000)),
+            Prot::RW,
+        )
+        .unwrap_err();
+    assert_eq!(e.errno(), 14);
+    assert_eq!(engine.snapshot(), before);
+    engine.check_invariants().unwrap();
+    ctx.close();
+    assert_eq!(engine.total_pins(), 0);
+    drop(buf);
+}

@@ -671,6 +671,27 @@ impl Iommu {
         self.iotlb_len
     }
 
+    /// IOTLB entries that disagree with their domain's page table (the IOVA is no longer
+    /// mapped, or maps elsewhere or with other rights): always empty when invalidation is right.
+    /// Used by the invariant checker (I3).
+    pub fn stale_iotlb_entries(&self) -> Vec<(DomainId, Iova)> {
+        let mut stale = Vec::new();
+        for s in self.slots.iter().filter(|s| s.domain != EMPTY) {
+            let id = DomainId(s.domain);
+            let Some(pt) = self.page_table(id) else {
+                stale.push((id, Iova(s.page)));
+                continue;
+            };
+            let shift = granule_shift_of(pt.page_sizes());
+            let iova = Iova(s.page << shift);
+            match pt.translate(iova) {
+                Some(t) if t.pa.0 == s.pa && t.prot == s.prot => {}
+                _ => stale.push((id, iova)),
+            }
+        }
+        stale
+    }
+
     /// IOTLB hit and miss counters.
     pub fn iotlb_stats(&self) -> IotlbStats {
         self.stats

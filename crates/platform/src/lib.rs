@@ -17,6 +17,7 @@ pub mod drivers;
 pub mod hw;
 pub mod memory;
 pub mod pagetable;
+pub mod process_memory;
 pub mod topology;
 
 pub use addr::{Iova, PhysAddr, Range, UserVa, PAGE_SIZE};
