@@ -5,7 +5,7 @@ use std::sync::Arc;
 use uiommu_core::{Engine, EngineConfig, HwptFlags};
 use uiommu_platform::devices::mock::{MOCK_FLAGS_DEVICE_HUGE_IOVA, MOCK_FLAGS_DEVICE_NO_DIRTY};
 use uiommu_platform::hw::{DomainKind, FaultReason};
-use uiommu_platform::memory::{SimMemory, UserMemory};
+use uiommu_platform::memory::SimMemory;
 use uiommu_platform::pagetable::Prot;
 use uiommu_platform::{Iova, Platform, Range, UserVa};
 
