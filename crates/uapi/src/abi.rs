@@ -1,0 +1,1 @@
+//! ABI structs and ioctl numbers (to be written).

@@ -1,0 +1,1 @@
+//! The /dev/iommu file (to be written).

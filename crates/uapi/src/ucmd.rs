@@ -1,0 +1,1 @@
+//! The size-extensible command protocol (to be written).
