@@ -21,3 +21,22 @@ pub mod ucmd;
 
 /// A Linux errno (positive), what a failed ioctl leaves in `errno`.
 pub type Errno = i32;
+
+/// What a handler needs from the front-end's table of open files.
+pub trait FdTable {
+    /// The security context behind an open `/dev/iommu` file descriptor of the caller (EBADF
+    /// when `fd` is not open, EINVAL when it is not an iommufd).
+    fn iommufd(&self, fd: i32) -> Result<uiommu_core::Context, Errno>;
+    /// A function that signals the caller's eventfd `fd` (for VFIO interrupts); EBADF when `fd`
+    /// is not an open eventfd.
+    fn eventfd(&self, fd: i32) -> Result<Box<dyn Fn() + Send + Sync>, Errno>;
+}
+
+/// The caller of an ioctl as a handler sees it: its memory (where the argument pointers point)
+/// and its file table.
+pub struct Caller<'a> {
+    /// The caller's memory; every user pointer is read and written through it.
+    pub mem: &'a dyn uiommu_platform::memory::UserMemory,
+    /// The caller's open files.
+    pub fds: &'a dyn FdTable,
+}
