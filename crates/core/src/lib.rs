@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod abi_support;
 pub mod access;
 pub mod coherency;
 mod device;

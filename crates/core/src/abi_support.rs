@@ -1,0 +1,58 @@
+//! Read-only queries the uAPI layer needs about objects, beyond the operations of
+//! [`crate::engine`] and `device`.
+//!
+//! IOMMU_HWPT_GET_DIRTY_BITMAP and IOMMU_HWPT_SET_DIRTY_TRACKING check the IOVA range against
+//! the HWPT's IOAS (alignment, mapped areas) and whether tracking is on before they touch the
+//! page table; [`Context::hwpt_paging_info`] gives them that in one locked look-up.
+
+use crate::engine::Context;
+use crate::error::{Error, Result};
+use crate::object::ObjId;
+use crate::Object;
+
+/// What the uAPI needs to know about a paging HWPT.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct HwptPagingInfo {
+    /// The IOAS whose mappings the HWPT holds.
+    pub ioas: ObjId,
+    /// Created by an attach to an IOAS rather than by IOMMU_HWPT_ALLOC.
+    pub auto: bool,
+    /// Allocated with IOMMU_HWPT_ALLOC_NEST_PARENT.
+    pub nest_parent: bool,
+    /// The device's IOMMU can track dirty pages in this domain.
+    pub dirty_capable: bool,
+    /// Dirty tracking is on now.
+    pub dirty_tracking: bool,
+}
+
+impl Context {
+    /// Facts about paging HWPT `hwpt` (ENOENT when it is absent or not a paging HWPT).
+    pub fn hwpt_paging_info(&self, hwpt: ObjId) -> Result<HwptPagingInfo> {
+        self.with(|st, c| {
+            let (ioas, domain, auto, nest_parent, dirty_capable) =
+                match st.ctx(c)?.objects.get(hwpt)? {
+                    Object::HwptPaging(h) => {
+                        (h.ioas, h.domain, h.auto, h.nest_parent, h.dirty_capable)
+                    }
+                    _ => {
+                        return Err(Error::WrongType {
+                            id: hwpt.0,
+                            expected: "a paging HWPT",
+                        })
+                    }
+                };
+            let dirty_tracking = st
+                .platform
+                .iommu
+                .page_table(domain)
+                .is_some_and(|pt| pt.dirty_tracking());
+            Ok(HwptPagingInfo {
+                ioas,
+                auto,
+                nest_parent,
+                dirty_capable,
+                dirty_tracking,
+            })
+        })
+    }
+}
