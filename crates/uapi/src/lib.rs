@@ -18,6 +18,7 @@
 pub mod abi;
 pub mod iommufd;
 pub mod ucmd;
+pub mod vfio_abi;
 
 /// A Linux errno (positive), what a failed ioctl leaves in `errno`.
 pub type Errno = i32;
