@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use uiommu_core::{AccessOps, Context, CtxId, Engine, EngineConfig, HwptFlags, ObjId, ObjType};
 use uiommu_core::{Error, RwBuf};
 use uiommu_platform::drivers::Driver;
-use uiommu_platform::memory::{SimMemory, SpaceId, UserMemory};
+use uiommu_platform::memory::{SimMemory, SpaceId};
 use uiommu_platform::pagetable::Prot;
 use uiommu_platform::topology::DeviceId;
 use uiommu_platform::{Iova, Platform, Range, UserVa, PAGE_SIZE};
@@ -47,6 +47,8 @@ const TOP: u64 = u64::MAX - 0xfff;
 const IOVA_BASE: u64 = 0x100_0000;
 
 const SLOTS: usize = 3;
+/// What a page-table id (attach, replace) should name.
+const PT: &[ObjType] = &[ObjType::Ioas, ObjType::HwptPaging, ObjType::HwptNested];
 const NO_RIGHTS: Prot = Prot {
     read: false,
     write: false,
@@ -92,9 +94,11 @@ impl AccessOps for Owner {
 
 // ----- operations ------------------------------------------------------------------------------
 
-/// How an object id is chosen: an existing object, preferably of a kind, or a raw number.
+/// How an object id is chosen: an existing object of the kind the call wants, an existing
+/// object of a random kind (often the wrong type), or a raw number.
 #[derive(Clone, Debug)]
 enum IdSel {
+    Right(usize),
     Of(u8, usize),
     Raw(u32),
 }
@@ -131,6 +135,8 @@ enum Op {
     Map(usize, IdSel, UvaSel, AddrSel, Option<AddrSel>, u8),
     Unmap(usize, IdSel, AddrSel, AddrSel),
     UnmapAll(usize, IdSel),
+    /// A valid unmap: exactly the k-th area of an IOAS (accesses pinning in it are told).
+    UnmapArea(usize, IdSel, usize),
     Copy(usize, IdSel, IdSel, AddrSel, AddrSel, Option<AddrSel>, u8),
     AllowIovas(usize, IdSel, Vec<(u64, u64)>),
     IovaRanges(usize, IdSel),
@@ -165,7 +171,8 @@ enum Op {
 
 fn id_sel() -> impl Strategy<Value = IdSel> {
     prop_oneof![
-        6 => (0u8..5, any::<usize>()).prop_map(|(k, i)| IdSel::Of(k, i)),
+        8 => any::<usize>().prop_map(IdSel::Right),
+        2 => (0u8..5, any::<usize>()).prop_map(|(k, i)| IdSel::Of(k, i)),
         2 => (0u32..10).prop_map(IdSel::Raw),
         1 => Just(IdSel::Raw(u32::MAX)),
     ]
@@ -174,7 +181,7 @@ fn id_sel() -> impl Strategy<Value = IdSel> {
 fn addr() -> impl Strategy<Value = AddrSel> {
     prop_oneof![
         3 => (0..EDGES.len()).prop_map(AddrSel::Edge),
-        4 => (0u64..40).prop_map(AddrSel::Good),
+        5 => (0u64..12).prop_map(AddrSel::Good),
         1 => any::<u64>().prop_map(AddrSel::Any),
     ]
 }
@@ -182,14 +189,14 @@ fn addr() -> impl Strategy<Value = AddrSel> {
 fn len() -> impl Strategy<Value = AddrSel> {
     prop_oneof![
         3 => (0..EDGES.len()).prop_map(AddrSel::Edge),
-        5 => (1u64..8).prop_map(AddrSel::Good),
+        6 => (1u64..5).prop_map(AddrSel::Good),
         1 => any::<u64>().prop_map(AddrSel::Any),
     ]
 }
 
 fn uva() -> impl Strategy<Value = UvaSel> {
     prop_oneof![
-        5 => (0..RW_PAGES, prop_oneof![Just(0u64), Just(0x10), Just(0xfff)])
+        5 => (0..RW_PAGES, prop_oneof![4 => Just(0u64), 1 => Just(0x10), 1 => Just(0xfff)])
             .prop_map(|(p, o)| UvaSel::Rw(p, o)),
         2 => (0..RO_PAGES).prop_map(UvaSel::Ro),
         2 => (0u64..12).prop_map(UvaSel::Holey),
@@ -217,6 +224,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(c, i, u, l, a, p)| Op::Map(c, i, u, l, a, p)),
         4 => (c(), id_sel(), addr(), len()).prop_map(|(c, i, a, l)| Op::Unmap(c, i, a, l)),
         1 => (c(), id_sel()).prop_map(|(c, i)| Op::UnmapAll(c, i)),
+        2 => (c(), id_sel(), any::<usize>()).prop_map(|(c, i, k)| Op::UnmapArea(c, i, k)),
         3 => (c(), id_sel(), id_sel(), addr(), len(), proptest::option::of(addr()), 0u8..4)
             .prop_map(|(c, d, s, a, l, da, p)| Op::Copy(c, d, s, a, l, da, p)),
         1 => (c(), id_sel(), proptest::collection::vec((any::<u64>(), any::<u64>()), 0..3))
@@ -265,6 +273,8 @@ struct World {
     /// Open handles of each context slot (clones are dup'd fds).
     slots: Vec<Vec<Context>>,
     devs: Vec<DeviceId>,
+    /// `devs[..builtin]` are the platform's own devices, the rest hot-added mocks.
+    builtin: usize,
     owners: HashMap<(CtxId, ObjId), Arc<Owner>>,
 }
 
@@ -286,11 +296,13 @@ fn world() -> World {
     };
     let engine = Engine::new(Platform::builtin(), config).unwrap();
     let space = engine.add_space(memory());
-    let devs = engine.with_platform(|p| p.topology.devices().map(|d| d.id).collect());
+    let devs: Vec<DeviceId> =
+        engine.with_platform(|p| p.topology.devices().map(|d| d.id).collect());
     let mut w = World {
         engine,
         space,
         slots: (0..SLOTS).map(|_| Vec::new()).collect(),
+        builtin: devs.len(),
         devs,
         owners: HashMap::new(),
     };
@@ -298,6 +310,55 @@ fn world() -> World {
         let ctx = w.engine.open(space).unwrap();
         w.slots[s].push(ctx);
     }
+    // Start from a state worth attacking: context 0 has dma0 attached, pinned mappings and an
+    // uncooperative access,
+    // context 1 has dma1 bound (blocked) and an access holding a pin, context 2 an empty IOAS.
+    let find = |n: &str| w.engine.with_platform(|p| p.topology.find_name(n)).unwrap();
+    let (c0, c1, c2) = (w.ctx(0).unwrap(), w.ctx(1).unwrap(), w.ctx(2).unwrap());
+    let i0 = c0.ioas_alloc().unwrap();
+    let d0 = c0.device_bind(find("dma0")).unwrap();
+    c0.device_attach(d0, i0).unwrap();
+    c0.ioas_map(
+        i0,
+        UserVa(RW),
+        8 * PAGE_SIZE,
+        Some(Iova(IOVA_BASE)),
+        Prot::RW,
+    )
+    .unwrap();
+    c0.ioas_map(i0, UserVa(RO), 2 * PAGE_SIZE, None, Prot::RO)
+        .unwrap();
+    // An owner that never lets go: unmapping what it pins ends in EDEADLK.
+    let stubborn = Arc::new(Owner {
+        cooperative: false,
+        pins: Mutex::new(Vec::new()),
+    });
+    let a0 = c0.access_create(stubborn.clone()).unwrap();
+    c0.access_attach(a0, i0).unwrap();
+    w.owners.insert((c0.id(), a0), stubborn);
+    let i1 = c1.ioas_alloc().unwrap();
+    c1.device_bind(find("dma1")).unwrap();
+    c1.ioas_map(
+        i1,
+        UserVa(RW + 16 * PAGE_SIZE),
+        4 * PAGE_SIZE,
+        Some(Iova(IOVA_BASE + 4 * PAGE_SIZE)),
+        Prot::RW,
+    )
+    .unwrap();
+    let owner = Arc::new(Owner {
+        cooperative: true,
+        pins: Mutex::new(Vec::new()),
+    });
+    let a = c1.access_create(owner.clone()).unwrap();
+    c1.access_attach(a, i1).unwrap();
+    let pin = (Iova(IOVA_BASE + 5 * PAGE_SIZE), PAGE_SIZE);
+    c1.access_pin(a, pin.0, pin.1, true).unwrap();
+    owner.pins.lock().unwrap().push(pin);
+    w.owners.insert((c1.id(), a), owner);
+    c2.ioas_alloc().unwrap();
+    drop((c0, c1, c2));
+    w.engine.check_invariants().unwrap();
     w
 }
 
@@ -358,12 +419,16 @@ impl World {
         self.slots[s].first().cloned()
     }
 
-    fn id(&self, ctx: &Context, sel: &IdSel) -> ObjId {
-        match *sel {
-            IdSel::Raw(n) => ObjId(n),
-            IdSel::Of(k, i) => {
+    /// The id `sel` names; `right` is the kind (or kinds) the call expects.
+    fn id(&self, ctx: &Context, sel: &IdSel, right: &[ObjType]) -> ObjId {
+        let (want, i) = match *sel {
+            IdSel::Raw(n) => return ObjId(n),
+            IdSel::Right(i) => (right[i % right.len()], i / right.len()),
+            IdSel::Of(k, i) => (kind_of(k), i),
+        };
+        {
+            {
                 let all = ctx.objects().unwrap_or_default();
-                let want = kind_of(k);
                 let of: Vec<ObjId> = all
                     .iter()
                     .copied()
@@ -438,7 +503,15 @@ impl World {
                 return Some((done(r), false));
             }
             Op::RemoveMock(d) => {
-                return Some((self.engine.remove_mock_device(self.dev(d)), false));
+                // Only hot-added mocks and unknown ids: removing a built-in device is the known
+                // bug `remove_of_a_builtin_device_is_refused_without_touching_its_iommu_entry`.
+                let dev = match *d {
+                    DevSel::Known(i) if self.devs.len() > self.builtin => {
+                        self.devs[self.builtin + i % (self.devs.len() - self.builtin)]
+                    }
+                    _ => DeviceId(9999),
+                };
+                return Some((self.engine.remove_mock_device(dev), false));
             }
             Op::Noncoherent(d, n) => {
                 self.engine.set_device_noncoherent(self.dev(d), *n);
@@ -457,6 +530,7 @@ impl World {
             | Op::Map(s, ..)
             | Op::Unmap(s, ..)
             | Op::UnmapAll(s, ..)
+            | Op::UnmapArea(s, ..)
             | Op::Copy(s, ..)
             | Op::AllowIovas(s, ..)
             | Op::IovaRanges(s, ..)
@@ -486,25 +560,40 @@ impl World {
         let r = match op {
             Op::IoasAlloc(_) => done(ctx.ioas_alloc()),
             Op::Map(_, i, u, l, a, p) => done(ctx.ioas_map(
-                self.id(&ctx, i),
+                self.id(&ctx, i, &[ObjType::Ioas]),
                 uva_of(u),
                 len_of(l),
                 a.as_ref().map(|a| Iova(iova_of(a))),
                 prot_of(*p),
             )),
             Op::Unmap(_, i, a, l) => {
-                let r = done(ctx.ioas_unmap(self.id(&ctx, i), Iova(iova_of(a)), len_of(l)));
+                let r = done(ctx.ioas_unmap(
+                    self.id(&ctx, i, &[ObjType::Ioas]),
+                    Iova(iova_of(a)),
+                    len_of(l),
+                ));
+                let deadlock = matches!(&r, Err(e) if e.errno() == 35);
+                return Some((r, deadlock));
+            }
+            Op::UnmapArea(_, i, k) => {
+                let ioas = self.id(&ctx, i, &[ObjType::Ioas]);
+                let areas = ctx.ioas_areas(ioas).unwrap_or_default();
+                let (iova, len) = match areas.get(k % areas.len().max(1)) {
+                    Some(a) => (Iova(a.iova.start), a.iova.len()),
+                    None => (Iova(IOVA_BASE), PAGE_SIZE),
+                };
+                let r = done(ctx.ioas_unmap(ioas, iova, len));
                 let deadlock = matches!(&r, Err(e) if e.errno() == 35);
                 return Some((r, deadlock));
             }
             Op::UnmapAll(_, i) => {
-                let r = done(ctx.ioas_unmap_all(self.id(&ctx, i)));
+                let r = done(ctx.ioas_unmap_all(self.id(&ctx, i, &[ObjType::Ioas])));
                 let deadlock = matches!(&r, Err(e) if e.errno() == 35);
                 return Some((r, deadlock));
             }
             Op::Copy(_, d, s, a, l, da, p) => done(ctx.ioas_copy(
-                self.id(&ctx, d),
-                self.id(&ctx, s),
+                self.id(&ctx, d, &[ObjType::Ioas]),
+                self.id(&ctx, s, &[ObjType::Ioas]),
                 Iova(iova_of(a)),
                 len_of(l),
                 da.as_ref().map(|a| Iova(iova_of(a))),
@@ -516,34 +605,44 @@ impl World {
                     .iter()
                     .map(|&(start, last)| Range { start, last })
                     .collect();
-                ctx.ioas_allow_iovas(self.id(&ctx, i), &ranges)
+                ctx.ioas_allow_iovas(self.id(&ctx, i, &[ObjType::Ioas]), &ranges)
             }
-            Op::IovaRanges(_, i) => done(ctx.ioas_iova_ranges(self.id(&ctx, i))),
-            Op::Destroy(_, i) => ctx.destroy(self.id(&ctx, i)),
+            Op::IovaRanges(_, i) => done(ctx.ioas_iova_ranges(self.id(&ctx, i, &[ObjType::Ioas]))),
+            Op::Destroy(_, i) => ctx.destroy(self.id(
+                &ctx,
+                i,
+                &[ObjType::Ioas, ObjType::HwptPaging, ObjType::HwptNested],
+            )),
             Op::Bind(_, d) => done(ctx.device_bind(self.dev(d))),
-            Op::Unbind(_, i) => ctx.device_unbind(self.id(&ctx, i)),
-            Op::Attach(_, d, p) => done(ctx.device_attach(self.id(&ctx, d), self.id(&ctx, p))),
-            Op::Replace(_, d, p) => done(ctx.device_replace(self.id(&ctx, d), self.id(&ctx, p))),
-            Op::Detach(_, d) => ctx.device_detach(self.id(&ctx, d)),
+            Op::Unbind(_, i) => ctx.device_unbind(self.id(&ctx, i, &[ObjType::Device])),
+            Op::Attach(_, d, p) => {
+                done(ctx.device_attach(self.id(&ctx, d, &[ObjType::Device]), self.id(&ctx, p, PT)))
+            }
+            Op::Replace(_, d, p) => {
+                done(ctx.device_replace(self.id(&ctx, d, &[ObjType::Device]), self.id(&ctx, p, PT)))
+            }
+            Op::Detach(_, d) => ctx.device_detach(self.id(&ctx, d, &[ObjType::Device])),
             Op::HwptPaging(_, d, i, n, t) => done(ctx.hwpt_alloc_paging(
-                self.id(&ctx, d),
-                self.id(&ctx, i),
+                self.id(&ctx, d, &[ObjType::Device]),
+                self.id(&ctx, i, &[ObjType::Ioas]),
                 HwptFlags {
                     nest_parent: *n,
                     dirty_tracking: *t,
                 },
             )),
             Op::HwptNested(_, d, p, v) => done(ctx.hwpt_alloc_nested(
-                self.id(&ctx, d),
-                self.id(&ctx, p),
+                self.id(&ctx, d, &[ObjType::Device]),
+                self.id(&ctx, p, &[ObjType::HwptPaging]),
                 v.clone(),
             )),
-            Op::Dirty(_, h, e) => ctx.hwpt_set_dirty_tracking(self.id(&ctx, h), *e),
+            Op::Dirty(_, h, e) => {
+                ctx.hwpt_set_dirty_tracking(self.id(&ctx, h, &[ObjType::HwptPaging]), *e)
+            }
             Op::ReadDirty(_, h, a, l) => {
                 // Keep the walk bounded: the length is an edge value, the callback counts.
                 let mut n = 0u64;
                 ctx.hwpt_read_dirty(
-                    self.id(&ctx, h),
+                    self.id(&ctx, h, &[ObjType::HwptPaging]),
                     Iova(iova_of(a)),
                     len_of(l),
                     true,
@@ -561,17 +660,20 @@ impl World {
                 }
                 done(r)
             }
-            Op::AccessAttach(_, a, i) => ctx.access_attach(self.id(&ctx, a), self.id(&ctx, i)),
+            Op::AccessAttach(_, a, i) => ctx.access_attach(
+                self.id(&ctx, a, &[ObjType::Access]),
+                self.id(&ctx, i, &[ObjType::Ioas]),
+            ),
             Op::AccessReplace(_, a, i) => {
-                let a = self.id(&ctx, a);
-                let r = ctx.access_replace(a, self.id(&ctx, i));
+                let a = self.id(&ctx, a, &[ObjType::Access]);
+                let r = ctx.access_replace(a, self.id(&ctx, i, &[ObjType::Ioas]));
                 if r.is_ok() {
                     self.forget_pins(&ctx, a);
                 }
                 r
             }
             Op::AccessDetach(_, a) => {
-                let a = self.id(&ctx, a);
+                let a = self.id(&ctx, a, &[ObjType::Access]);
                 let r = ctx.access_detach(a);
                 if r.is_ok() {
                     self.forget_pins(&ctx, a);
@@ -579,7 +681,7 @@ impl World {
                 r
             }
             Op::AccessDestroy(_, a) => {
-                let a = self.id(&ctx, a);
+                let a = self.id(&ctx, a, &[ObjType::Access]);
                 let r = ctx.access_destroy(a);
                 if r.is_ok() {
                     self.owners.remove(&(ctx.id(), a));
@@ -587,7 +689,7 @@ impl World {
                 r
             }
             Op::AccessPin(_, a, i, l, w) => {
-                let a = self.id(&ctx, a);
+                let a = self.id(&ctx, a, &[ObjType::Access]);
                 let (iova, len) = (Iova(iova_of(i)), len_of(l));
                 let r = ctx.access_pin(a, iova, len, *w);
                 if r.is_ok() {
@@ -598,7 +700,7 @@ impl World {
                 done(r)
             }
             Op::AccessUnpin(_, a, i, l) => {
-                let a = self.id(&ctx, a);
+                let a = self.id(&ctx, a, &[ObjType::Access]);
                 let (iova, len) = (Iova(iova_of(i)), len_of(l));
                 let r = ctx.access_unpin(a, iova, len);
                 if r.is_ok() {
@@ -612,7 +714,7 @@ impl World {
                 r
             }
             Op::AccessRw(_, a, i, n, w) => {
-                let a = self.id(&ctx, a);
+                let a = self.id(&ctx, a, &[ObjType::Access]);
                 let mut buf = vec![0u8; [0usize, 8, 0x2000][*n as usize]];
                 let b = if *w {
                     RwBuf::Write(&buf)
@@ -622,11 +724,73 @@ impl World {
                 ctx.access_rw(a, Iova(iova_of(i)), b)
             }
             Op::RlimitMode(_, p) => ctx.set_rlimit_mode_process(*p),
-            Op::HugePages(_, i, e) => ctx.set_huge_pages(self.id(&ctx, i), *e),
-            Op::VfioIoas(_, i) => ctx.set_vfio_ioas(i.as_ref().map(|i| self.id(&ctx, i))),
+            Op::HugePages(_, i, e) => ctx.set_huge_pages(self.id(&ctx, i, &[ObjType::Ioas]), *e),
+            Op::VfioIoas(_, i) => {
+                ctx.set_vfio_ioas(i.as_ref().map(|i| self.id(&ctx, i, &[ObjType::Ioas])))
+            }
             _ => unreachable!("handled above"),
         };
         Some((r, false))
+    }
+
+    /// Everything the public API shows, on top of `Engine::snapshot`: areas (with their access
+    /// pins), IOVA ranges and options of every IOAS, attachments, HWPT domains, per-context
+    /// options, every device's driver, group status and IOMMU context entries. A refused call
+    /// must leave all of it as it was.
+    fn observe(&self) -> String {
+        let mut s = self.engine.snapshot();
+        for (k, handles) in self.slots.iter().enumerate() {
+            let Some(ctx) = handles.first() else { continue };
+            s += &format!(
+                "slot {k} ctx {:?} vfio {:?} process {:?}\n",
+                ctx.id(),
+                ctx.vfio_ioas(),
+                ctx.rlimit_mode_process()
+            );
+            for id in ctx.objects().unwrap_or_default() {
+                let t = ctx.object_type(id);
+                s += &format!("  {id:?} {t:?}");
+                match t {
+                    Ok(ObjType::Ioas) => {
+                        s += &format!(
+                            " {:?} {:?} {:?}",
+                            ctx.ioas_areas(id),
+                            ctx.ioas_iova_ranges(id),
+                            ctx.huge_pages(id)
+                        )
+                    }
+                    Ok(ObjType::Device) => {
+                        s += &format!(" {:?} {:?}", ctx.device_of(id), ctx.device_hwpt(id))
+                    }
+                    Ok(ObjType::HwptPaging | ObjType::HwptNested) => {
+                        s += &format!(" {:?}", ctx.hwpt_domain(id))
+                    }
+                    _ => {}
+                }
+                s += "\n";
+            }
+        }
+        for &dev in &self.devs {
+            s += &self.engine.with_platform(|p| match p.topology.device(dev) {
+                None => format!("{dev:?} gone\n"),
+                Some(d) => format!(
+                    "{dev:?} {:?} group {:?} ctx {:?}\n",
+                    p.drivers.driver(dev),
+                    d.group,
+                    d.rids
+                        .iter()
+                        .map(|r| p.iommu.context(*r))
+                        .collect::<Vec<_>>()
+                ),
+            });
+            if let Some(g) = self
+                .engine
+                .with_platform(|p| p.topology.device(dev).map(|d| d.group))
+            {
+                s += &format!("  {:?}\n", self.engine.group_status(g));
+            }
+        }
+        s
     }
 
     /// An access lost all its pins (detached or moved).
@@ -638,14 +802,19 @@ impl World {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 192, ..ProptestConfig::default() })]
+    // No regression file: the suite is this one file; failures found are kept below as tests.
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
     #[test]
     fn hostile_calls_never_panic_refusals_change_nothing_and_invariants_hold(
         ops in proptest::collection::vec(op(), 1..60)
     ) {
         let mut w = world();
         for (n, op) in ops.iter().enumerate() {
-            let before = w.engine.snapshot();
+            let before = w.observe();
             let Some((r, may_change)) = w.step(op) else { continue };
             if let Err(e) = &r {
                 prop_assert!(
@@ -654,7 +823,7 @@ proptest! {
                 );
                 if !may_change {
                     prop_assert_eq!(
-                        &w.engine.snapshot(), &before,
+                        &w.observe(), &before,
                         "step {} {:?} refused ({}) but changed state", n, op, e
                     );
                 }
@@ -716,15 +885,22 @@ fn map_of_zero_length_is_einval() {
         o.ctx
             .ioas_map(o.ioas, UserVa(RW), 0, Some(Iova(IOVA_BASE)), Prot::RW)
     });
-    o.refused(EINVAL, || o.ctx.ioas_map(o.ioas, UserVa(RW), 0, None, Prot::RW));
+    o.refused(EINVAL, || {
+        o.ctx.ioas_map(o.ioas, UserVa(RW), 0, None, Prot::RW)
+    });
 }
 
 #[test]
 fn map_without_read_or_write_is_einval() {
     let o = one();
     o.refused(EINVAL, || {
-        o.ctx
-            .ioas_map(o.ioas, UserVa(RW), PAGE_SIZE, Some(Iova(IOVA_BASE)), NO_RIGHTS)
+        o.ctx.ioas_map(
+            o.ioas,
+            UserVa(RW),
+            PAGE_SIZE,
+            Some(Iova(IOVA_BASE)),
+            NO_RIGHTS,
+        )
     });
 }
 
@@ -748,8 +924,13 @@ fn map_with_user_address_plus_length_wrapping_is_eoverflow() {
     // iopt_alloc_pages: uptr + length must not wrap (the end is exclusive, so even the last
     // page of the address space wraps).
     o.refused(EOVERFLOW, || {
-        o.ctx
-            .ioas_map(o.ioas, UserVa(TOP), PAGE_SIZE, Some(Iova(IOVA_BASE)), Prot::RW)
+        o.ctx.ioas_map(
+            o.ioas,
+            UserVa(TOP),
+            PAGE_SIZE,
+            Some(Iova(IOVA_BASE)),
+            Prot::RW,
+        )
     });
 }
 
@@ -757,7 +938,13 @@ fn map_with_user_address_plus_length_wrapping_is_eoverflow() {
 fn map_over_an_existing_mapping_is_eexist() {
     let o = one();
     o.ctx
-        .ioas_map(o.ioas, UserVa(RW), 2 * PAGE_SIZE, Some(Iova(IOVA_BASE)), Prot::RW)
+        .ioas_map(
+            o.ioas,
+            UserVa(RW),
+            2 * PAGE_SIZE,
+            Some(Iova(IOVA_BASE)),
+            Prot::RW,
+        )
         .unwrap();
     o.refused(EEXIST, || {
         o.ctx.ioas_map(
@@ -797,12 +984,23 @@ fn map_of_unmapped_or_read_only_memory_fails_on_pinning() {
     });
     // Writable DMA into read-only memory: pin_user_pages(FOLL_WRITE) fails, EFAULT.
     o.refused(EFAULT, || {
-        o.ctx
-            .ioas_map(o.ioas, UserVa(RO), PAGE_SIZE, Some(Iova(IOVA_BASE)), Prot::RW)
+        o.ctx.ioas_map(
+            o.ioas,
+            UserVa(RO),
+            PAGE_SIZE,
+            Some(Iova(IOVA_BASE)),
+            Prot::RW,
+        )
     });
     // Read-only DMA of read-only memory is fine.
     o.ctx
-        .ioas_map(o.ioas, UserVa(RO), PAGE_SIZE, Some(Iova(IOVA_BASE)), Prot::RO)
+        .ioas_map(
+            o.ioas,
+            UserVa(RO),
+            PAGE_SIZE,
+            Some(Iova(IOVA_BASE)),
+            Prot::RO,
+        )
         .unwrap();
     o.engine.check_invariants().unwrap();
 }
@@ -810,19 +1008,31 @@ fn map_of_unmapped_or_read_only_memory_fails_on_pinning() {
 #[test]
 fn unmap_of_an_unmapped_range_is_enoent() {
     let o = one();
-    o.refused(ENOENT, || o.ctx.ioas_unmap(o.ioas, Iova(IOVA_BASE), PAGE_SIZE));
+    o.refused(ENOENT, || {
+        o.ctx.ioas_unmap(o.ioas, Iova(IOVA_BASE), PAGE_SIZE)
+    });
     // Cutting into a mapping is ENOENT too, and leaves it whole.
     o.ctx
-        .ioas_map(o.ioas, UserVa(RW), 2 * PAGE_SIZE, Some(Iova(IOVA_BASE)), Prot::RW)
+        .ioas_map(
+            o.ioas,
+            UserVa(RW),
+            2 * PAGE_SIZE,
+            Some(Iova(IOVA_BASE)),
+            Prot::RW,
+        )
         .unwrap();
-    o.refused(ENOENT, || o.ctx.ioas_unmap(o.ioas, Iova(IOVA_BASE), PAGE_SIZE));
+    o.refused(ENOENT, || {
+        o.ctx.ioas_unmap(o.ioas, Iova(IOVA_BASE), PAGE_SIZE)
+    });
 }
 
 #[test]
 fn unmap_with_all_ones_iova_or_length_is_eoverflow_but_whole_space_is_unmap_all() {
     let o = one();
     o.refused(EOVERFLOW, || o.ctx.ioas_unmap(o.ioas, Iova(u64::MAX), 1));
-    o.refused(EOVERFLOW, || o.ctx.ioas_unmap(o.ioas, Iova(0x1000), u64::MAX));
+    o.refused(EOVERFLOW, || {
+        o.ctx.ioas_unmap(o.ioas, Iova(0x1000), u64::MAX)
+    });
     o.refused(EINVAL, || o.ctx.ioas_unmap(o.ioas, Iova(IOVA_BASE), 0));
     // iova 0, length u64::MAX means "everything" and succeeds on an empty IOAS.
     assert_eq!(o.ctx.ioas_unmap(o.ioas, Iova(0), u64::MAX), Ok(0));
@@ -837,7 +1047,8 @@ fn copy_from_an_unmapped_range_is_enoent() {
             .ioas_copy(dst, o.ioas, Iova(IOVA_BASE), PAGE_SIZE, None, Prot::RW)
     });
     o.refused(EINVAL, || {
-        o.ctx.ioas_copy(dst, o.ioas, Iova(IOVA_BASE), 0, None, Prot::RW)
+        o.ctx
+            .ioas_copy(dst, o.ioas, Iova(IOVA_BASE), 0, None, Prot::RW)
     });
 }
 
@@ -857,6 +1068,15 @@ fn destroy_of_an_object_in_use_or_of_a_device_is_ebusy() {
     o.refused(EBUSY, || o.ctx.destroy(o.ioas));
     o.refused(EBUSY, || o.ctx.destroy(hwpt));
     o.refused(EBUSY, || o.ctx.destroy(d));
+    // An access belongs to its driver (iommufd_access_create keeps a users reference).
+    let a = o
+        .ctx
+        .access_create(Arc::new(Owner {
+            cooperative: true,
+            pins: Mutex::new(Vec::new()),
+        }))
+        .unwrap();
+    o.refused(EBUSY, || o.ctx.destroy(a));
 }
 
 #[test]
@@ -899,7 +1119,9 @@ fn unbind_twice_is_enoent() {
 fn bind_of_an_unknown_device_is_enodev() {
     let o = one();
     o.refused(ENODEV, || o.ctx.device_bind(DeviceId(9999)));
-    o.refused(ENODEV, || o.engine.driver_bind(DeviceId(9999), Driver::VfioPci));
+    o.refused(ENODEV, || {
+        o.engine.driver_bind(DeviceId(9999), Driver::VfioPci)
+    });
 }
 
 #[test]
@@ -907,33 +1129,106 @@ fn dma_driver_bind_into_a_user_owned_group_is_ebusy_and_bind_next_to_it_is_eperm
     let o = one();
     let (dma1, dma2) = (o.dev("dma1"), o.dev("dma2"));
     o.ctx.device_bind(dma1).unwrap();
+    let space = o.ctx.space().unwrap();
+    let other = o.engine.open(space).unwrap();
+    o.refused(EPERM, || other.device_bind(dma2));
     o.engine.driver_unbind(dma2).unwrap();
     o.refused(EBUSY, || {
         o.engine.driver_bind(dma2, Driver::Dma("nvme".into()))
     });
-    let space = o.ctx.space().unwrap();
-    let other = o.engine.open(space).unwrap();
-    o.refused(EPERM, || other.device_bind(dma1));
 }
 
 #[test]
-fn access_pin_before_attach_is_einval_and_unpin_of_nothing_is_ignored() {
+fn access_pin_of_nothing_is_einval_or_enoent_and_unpin_of_nothing_is_ignored() {
     let o = one();
     let owner = Arc::new(Owner {
         cooperative: true,
         pins: Mutex::new(Vec::new()),
     });
     let a = o.ctx.access_create(owner).unwrap();
-    o.refused(EINVAL, || o.ctx.access_pin(a, Iova(IOVA_BASE), PAGE_SIZE, true));
     o.ctx.access_attach(a, o.ioas).unwrap();
+    o.refused(EINVAL, || o.ctx.access_pin(a, Iova(IOVA_BASE), 0, true));
+    o.refused(EOVERFLOW, || o.ctx.access_pin(a, Iova(u64::MAX), 2, true));
     // Nothing mapped there.
-    o.refused(EINVAL, || o.ctx.access_pin(a, Iova(IOVA_BASE), PAGE_SIZE, true))
-        .to_owned();
+    o.refused(ENOENT, || {
+        o.ctx.access_pin(a, Iova(IOVA_BASE), PAGE_SIZE, true)
+    });
     let before = o.engine.snapshot();
-    o.ctx
-        .access_unpin(a, Iova(IOVA_BASE), PAGE_SIZE)
-        .unwrap();
+    o.ctx.access_unpin(a, Iova(IOVA_BASE), PAGE_SIZE).unwrap();
     assert_eq!(o.engine.snapshot(), before);
     o.ctx.access_destroy(a).unwrap();
     o.engine.check_invariants().unwrap();
+}
+
+#[test]
+#[ignore = "bug: access_pin/access_rw on an unattached access return EINVAL, the kernel ENOENT (a fix is in progress in the working tree: un-ignore with it)"]
+fn access_pin_before_attach_is_enoent() {
+    // iommufd_access_pin_pages / iommufd_access_rw: no IOAS yet is ENOENT.
+    let o = one();
+    let owner = Arc::new(Owner {
+        cooperative: true,
+        pins: Mutex::new(Vec::new()),
+    });
+    let a = o.ctx.access_create(owner).unwrap();
+    o.refused(ENOENT, || {
+        o.ctx.access_pin(a, Iova(IOVA_BASE), PAGE_SIZE, true)
+    });
+    o.refused(ENOENT, || {
+        o.ctx
+            .access_rw(a, Iova(IOVA_BASE), RwBuf::Read(&mut [0u8; 8]))
+    });
+}
+
+// ----- bugs found (kept failing, ignored so the suite stays green) -----------------------------
+
+#[test]
+#[ignore = "bug: remove_mock_device of a built-in device clears its IOMMU context entry, then refuses"]
+fn remove_of_a_builtin_device_is_refused_without_touching_its_iommu_entry() {
+    let o = one();
+    let host0 = o.dev("host0");
+    o.refused(EINVAL, || o.engine.remove_mock_device(host0));
+    // The refused removal must not have changed how the device's DMA is translated (I1).
+    o.engine.check_invariants().unwrap();
+}
+
+#[test]
+#[ignore = "bug: IOAS_MAP with length u64::MAX is EINVAL (pages.rs length check), the kernel EOVERFLOW"]
+fn map_with_all_ones_length_is_eoverflow() {
+    // ioas.c checks `iova >= ULONG_MAX || length >= ULONG_MAX` before anything else, even
+    // before the rights and the IOAS id.
+    let o = one();
+    o.refused(EOVERFLOW, || {
+        o.ctx.ioas_map(
+            o.ioas,
+            UserVa(RW),
+            u64::MAX,
+            Some(Iova(IOVA_BASE)),
+            Prot::RW,
+        )
+    });
+    o.refused(EOVERFLOW, || {
+        o.ctx.ioas_map(
+            o.ioas,
+            UserVa(RW),
+            u64::MAX,
+            Some(Iova(IOVA_BASE)),
+            NO_RIGHTS,
+        )
+    });
+}
+
+#[test]
+#[ignore = "bug: IOAS_COPY with src_iova or length u64::MAX is ENOENT, the kernel EOVERFLOW"]
+fn copy_with_all_ones_iova_or_length_is_eoverflow() {
+    // ioas.c checks `length/src_iova/dst_iova >= ULONG_MAX` before looking at the IOASes.
+    let o = one();
+    let dst = o.ctx.ioas_alloc().unwrap();
+    o.refused(EOVERFLOW, || {
+        o.ctx
+            .ioas_copy(dst, o.ioas, Iova(u64::MAX), 1, None, Prot::RW)
+    });
+    o.refused(EOVERFLOW, || {
+        o.ctx
+            .ioas_copy(dst, o.ioas, Iova(0), u64::MAX, None, Prot::RW)
+    });
 }
