@@ -51,6 +51,16 @@ fn access_obj(st: &mut State, c: CtxId, id: ObjId) -> Result<&mut AccessObj> {
     }
 }
 
+/// The length checks the kernel makes before it looks at the access: EINVAL for zero length,
+/// EOVERFLOW when the range wraps.
+fn check_len(iova: Iova, len: u64) -> Result<()> {
+    if len == 0 {
+        return Err(Error::Invalid("zero length"));
+    }
+    iova.raw().checked_add(len - 1).ok_or(Error::Overflow)?;
+    Ok(())
+}
+
 /// Unmap a range (or everything), telling accesses that hold pins in it to let go first.
 pub(crate) fn unmap_with_notify(
     ctx: &Context,
@@ -154,19 +164,25 @@ impl Context {
         })
     }
 
-    /// Move an attached access to another IOAS (its pins are dropped first).
+    /// Move an attached access to another IOAS: the owner is told to unpin everything (as for
+    /// an unmap of the whole space), then whatever it still holds is dropped. ENOENT when the
+    /// access is not attached.
     pub fn access_replace(&self, access: ObjId, ioas: ObjId) -> Result<()> {
-        self.with(|st, c| {
-            if access_obj(st, c, access)?.ioas.is_none() {
-                return Err(Error::Invalid("the access is not attached"));
-            }
-            let old = access_obj(st, c, access)?.ioas;
-            if old == Some(ioas) {
-                return Ok(());
+        let ops = self.with(|st, c| {
+            let cur = access_obj(st, c, access)?
+                .ioas
+                .ok_or(Error::NotFound("the access is not attached"))?;
+            if cur == ioas {
+                return Ok(None);
             }
             ioas_in(&mut st.ctxs, c, ioas)?
                 .iopt
                 .attach_access(AccessId(access.0), true)?;
+            Ok(Some(access_obj(st, c, access)?.ops.clone()))
+        })?;
+        let Some(ops) = ops else { return Ok(()) };
+        ops.unmap(self, access, Iova(0), u64::MAX);
+        self.with(|st, c| {
             release(st, c, access);
             st.ctx_mut(c)?.objects.get_user(ioas);
             access_obj(st, c, access)?.ioas = Some(ioas);
@@ -174,8 +190,22 @@ impl Context {
         })
     }
 
-    /// Detach an access from its IOAS, unpinning anything it still holds.
+    /// Tell an attached access's owner to unpin everything, outside the engine's lock.
+    fn access_notify_all(&self, access: ObjId) -> Result<()> {
+        let ops = self.with(|st, c| {
+            let a = access_obj(st, c, access)?;
+            Ok(a.ioas.map(|_| a.ops.clone()))
+        })?;
+        if let Some(ops) = ops {
+            ops.unmap(self, access, Iova(0), u64::MAX);
+        }
+        Ok(())
+    }
+
+    /// Detach an access from its IOAS: the owner is told to unpin everything first, then
+    /// whatever it still holds is dropped.
     pub fn access_detach(&self, access: ObjId) -> Result<()> {
+        self.access_notify_all(access)?;
         self.with(|st, c| {
             access_obj(st, c, access)?;
             release(st, c, access);
@@ -183,8 +213,9 @@ impl Context {
         })
     }
 
-    /// Destroy an access (its owner is done with it).
+    /// Destroy an access (its owner is done with it), detaching it first.
     pub fn access_destroy(&self, access: ObjId) -> Result<()> {
+        self.access_notify_all(access)?;
         self.with(|st, c| {
             access_obj(st, c, access)?;
             release(st, c, access);
@@ -198,9 +229,10 @@ impl Context {
     /// page. The range stays mapped until unpinned (an unmap first asks the owner).
     pub fn access_pin(&self, access: ObjId, iova: Iova, len: u64, write: bool) -> Result<Vec<Pfn>> {
         self.with(|st, c| {
+            check_len(iova, len)?;
             let ioas_id = access_obj(st, c, access)?
                 .ioas
-                .ok_or(Error::Invalid("the access is not attached"))?;
+                .ok_or(Error::NotFound("the access is not attached"))?;
             let State {
                 ctxs,
                 platform,
@@ -224,7 +256,7 @@ impl Context {
         self.with(|st, c| {
             let ioas_id = access_obj(st, c, access)?
                 .ioas
-                .ok_or(Error::Invalid("the access is not attached"))?;
+                .ok_or(Error::NotFound("the access is not attached"))?;
             let State {
                 ctxs,
                 platform,
@@ -241,9 +273,14 @@ impl Context {
     /// Read or write through the access's IOAS at `iova`.
     pub fn access_rw(&self, access: ObjId, iova: Iova, buf: RwBuf<'_>) -> Result<()> {
         self.with(|st, c| {
+            let len = match &buf {
+                RwBuf::Read(b) => b.len(),
+                RwBuf::Write(b) => b.len(),
+            };
+            check_len(iova, len as u64)?;
             let ioas_id = access_obj(st, c, access)?
                 .ioas
-                .ok_or(Error::Invalid("the access is not attached"))?;
+                .ok_or(Error::NotFound("the access is not attached"))?;
             let State {
                 ctxs,
                 platform,

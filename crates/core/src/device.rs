@@ -418,7 +418,15 @@ pub(crate) fn alloc_paging(
     };
     let ioas = match ctx.objects.get_mut(ioas_id) {
         Ok(Object::Ioas(i)) => i,
-        _ => unreachable_ioas(),
+        _ => {
+            // Checked above under the same lock; kept as an error rather than a panic.
+            ctx.objects.abort(id);
+            let _ = platform.iommu.free_domain(domain);
+            return Err(Error::WrongType {
+                id: ioas_id.0,
+                expected: "an IOAS",
+            });
+        }
     };
     if let Err(e) = ioas.iopt.add_domain(&mut PtEnv { platform, acct }, domain) {
         ctx.objects.abort(id);
@@ -440,12 +448,6 @@ pub(crate) fn alloc_paging(
         }),
     );
     Ok(id)
-}
-
-#[allow(clippy::panic)]
-fn unreachable_ioas() -> ! {
-    // ioas_in() above proved the object is an IOAS and nothing ran in between.
-    panic!("IOAS vanished under the engine lock")
 }
 
 /// Create a nested HWPT over paging HWPT `parent` with stage-1 `data`.

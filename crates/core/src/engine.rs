@@ -242,38 +242,40 @@ impl Engine {
             if crate::device::device_in_use(st, dev) {
                 return Err(Error::Busy("the device is bound to a security context"));
             }
-            let gid = st
+            let pdev = st
                 .platform
                 .topology
                 .device(dev)
-                .map(|d| d.group)
                 .ok_or(Error::NoDevice("no such device"))?;
-            for rid in st
-                .platform
-                .topology
-                .device(dev)
-                .map(|d| d.rids.clone())
-                .unwrap_or_default()
-            {
-                let _ = st.platform.iommu.set_context(rid, None);
+            if pdev.model != uiommu_platform::topology::ModelKind::Mock {
+                return Err(Error::Invalid("only hot-added mock devices can be removed"));
             }
+            let (gid, rids) = (pdev.group, pdev.rids.clone());
             if !st.platform.remove_device(dev) {
                 return Err(Error::Invalid("only hot-added mock devices can be removed"));
+            }
+            for rid in rids {
+                let _ = st.platform.iommu.set_context(rid, None);
             }
             st.groups.forget(gid);
             Ok(())
         })
     }
 
-    /// Mark whether a device can issue non-coherent (no-snoop) DMA. Such a device cannot be
-    /// attached to a page table that enforces coherency, and while it is attached its context
-    /// holds the coherency right ([`Context::coherency_right`]).
+    /// Mark whether a device can issue non-coherent (no-snoop) DMA (a property of the
+    /// hardware: set it before the device is attached). Such a device cannot be attached to a
+    /// page table that enforces coherency, and while it is attached its context holds the
+    /// coherency right ([`Context::coherency_right`]).
     pub fn set_device_noncoherent(&self, dev: DeviceId, noncoherent: bool) {
         self.with(|st| {
             if noncoherent {
                 st.noncoherent.insert(dev);
             } else {
                 st.noncoherent.remove(&dev);
+            }
+            let ids: Vec<CtxId> = st.ctxs.keys().copied().collect();
+            for c in ids {
+                crate::coherency::update(st, c);
             }
         })
     }
@@ -470,6 +472,9 @@ impl Context {
         iova: Option<Iova>,
         prot: Prot,
     ) -> Result<Iova> {
+        if len == u64::MAX || iova.is_some_and(|i| i.raw() == u64::MAX) {
+            return Err(Error::Overflow);
+        }
         if !prot.read && !prot.write {
             return Err(Error::Invalid("a mapping must be readable or writable"));
         }
@@ -505,6 +510,12 @@ impl Context {
         dst_iova: Option<Iova>,
         prot: Prot,
     ) -> Result<Iova> {
+        if len == u64::MAX
+            || src_iova.raw() == u64::MAX
+            || dst_iova.is_some_and(|i| i.raw() == u64::MAX)
+        {
+            return Err(Error::Overflow);
+        }
         if !prot.read && !prot.write {
             return Err(Error::Invalid("a mapping must be readable or writable"));
         }
@@ -583,7 +594,7 @@ impl Context {
         })
     }
 
-    /// The IOAS the VFIO type1 compatibility layer uses (IOMMU_VFIO_IOAS get): ENOENT if none.
+    /// The IOAS the VFIO type1 compatibility layer uses (IOMMU_VFIO_IOAS get): ENODEV if none.
     pub fn vfio_ioas(&self) -> Result<ObjId> {
         self.with(|st, c| {
             st.ctx(c)?

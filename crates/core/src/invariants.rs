@@ -304,6 +304,20 @@ pub(crate) fn snapshot(st: &State) -> String {
     for (g, gs) in groups {
         s += &format!("group {} {:?}\n", g.0, gs);
     }
+    for dev in st.platform.topology.devices() {
+        for rid in &dev.rids {
+            s += &format!(
+                "rid {:#x} -> {:?}\n",
+                rid.0,
+                st.platform.iommu.context(*rid)
+            );
+        }
+        s += &format!(
+            "driver {} {:?}\n",
+            dev.name,
+            st.platform.drivers.driver(dev.id)
+        );
+    }
     s += &format!(
         "pins {} user {}\n",
         st.platform.memory.frames.total_pins(),

@@ -1161,7 +1161,6 @@ fn access_pin_of_nothing_is_einval_or_enoent_and_unpin_of_nothing_is_ignored() {
 }
 
 #[test]
-#[ignore = "bug: access_pin/access_rw on an unattached access return EINVAL, the kernel ENOENT (a fix is in progress in the working tree: un-ignore with it)"]
 fn access_pin_before_attach_is_enoent() {
     // iommufd_access_pin_pages / iommufd_access_rw: no IOAS yet is ENOENT.
     let o = one();
@@ -1182,7 +1181,6 @@ fn access_pin_before_attach_is_enoent() {
 // ----- bugs found (kept failing, ignored so the suite stays green) -----------------------------
 
 #[test]
-#[ignore = "bug: remove_mock_device of a built-in device clears its IOMMU context entry, then refuses"]
 fn remove_of_a_builtin_device_is_refused_without_touching_its_iommu_entry() {
     let o = one();
     let host0 = o.dev("host0");
@@ -1192,7 +1190,6 @@ fn remove_of_a_builtin_device_is_refused_without_touching_its_iommu_entry() {
 }
 
 #[test]
-#[ignore = "bug: IOAS_MAP with length u64::MAX is EINVAL (pages.rs length check), the kernel EOVERFLOW"]
 fn map_with_all_ones_length_is_eoverflow() {
     // ioas.c checks `iova >= ULONG_MAX || length >= ULONG_MAX` before anything else, even
     // before the rights and the IOAS id.
@@ -1218,7 +1215,6 @@ fn map_with_all_ones_length_is_eoverflow() {
 }
 
 #[test]
-#[ignore = "bug: IOAS_COPY with src_iova or length u64::MAX is ENOENT, the kernel EOVERFLOW"]
 fn copy_with_all_ones_iova_or_length_is_eoverflow() {
     // ioas.c checks `length/src_iova/dst_iova >= ULONG_MAX` before looking at the IOASes.
     let o = one();

@@ -554,3 +554,51 @@ fn dma_reaches_real_process_memory_and_unmapped_memory_is_efault() {
     assert_eq!(engine.total_pins(), 0);
     drop(buf);
 }
+
+#[test]
+fn detaching_an_access_first_tells_its_owner_to_unpin_everything() {
+    let w = world();
+    let ctx = w.open();
+    let ioas = ctx.ioas_alloc().unwrap();
+    ctx.ioas_map(ioas, BUF, 0x2000, Some(Iova(0x10_0000)), Prot::RW)
+        .unwrap();
+    let ops = Arc::new(Unpinner {
+        pinned: Mutex::new(Vec::new()),
+        calls: AtomicUsize::new(0),
+    });
+    let acc = ctx.access_create(ops.clone()).unwrap();
+    ctx.access_attach(acc, ioas).unwrap();
+    ctx.access_pin(acc, Iova(0x10_0000), 0x1000, false).unwrap();
+    ops.pinned
+        .lock()
+        .unwrap()
+        .push((acc, Iova(0x10_0000), 0x1000));
+    ctx.access_detach(acc).unwrap();
+    assert_eq!(ops.calls.load(Ordering::SeqCst), 1);
+    assert!(ops.pinned.lock().unwrap().is_empty());
+    assert_eq!(w.engine.total_pins(), 0);
+    // Unattached: pin is ENOENT, after the length checks (EINVAL for zero length).
+    assert_eq!(
+        ctx.access_pin(acc, Iova(0x10_0000), 0, false)
+            .unwrap_err()
+            .errno(),
+        22
+    );
+    assert_eq!(
+        ctx.access_pin(acc, Iova(0x10_0000), 0x1000, false)
+            .unwrap_err()
+            .errno(),
+        2
+    );
+    w.ok();
+}
+
+#[test]
+fn refusing_to_remove_a_built_in_device_changes_nothing() {
+    let w = world();
+    let dma0 = w.dev("dma0");
+    let before = w.engine.snapshot();
+    assert_eq!(w.engine.remove_mock_device(dma0).unwrap_err().errno(), 22);
+    assert_eq!(w.engine.snapshot(), before);
+    w.ok();
+}
