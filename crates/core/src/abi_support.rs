@@ -9,6 +9,7 @@ use crate::engine::Context;
 use crate::error::{Error, Result};
 use crate::object::ObjId;
 use crate::Object;
+use uiommu_platform::pagetable::PageTableFormat;
 
 /// What the uAPI needs to know about a paging HWPT.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -23,17 +24,26 @@ pub struct HwptPagingInfo {
     pub dirty_capable: bool,
     /// Dirty tracking is on now.
     pub dirty_tracking: bool,
+    /// The page-table format of its domain.
+    pub format: PageTableFormat,
+    /// The smallest page size of its domain: the unit [`Context::hwpt_read_dirty`] reports.
+    pub granule: u64,
 }
 
 impl Context {
     /// Facts about paging HWPT `hwpt` (ENOENT when it is absent or not a paging HWPT).
     pub fn hwpt_paging_info(&self, hwpt: ObjId) -> Result<HwptPagingInfo> {
         self.with(|st, c| {
-            let (ioas, domain, auto, nest_parent, dirty_capable) =
+            let (ioas, domain, auto, nest_parent, dirty_capable, format) =
                 match st.ctx(c)?.objects.get(hwpt)? {
-                    Object::HwptPaging(h) => {
-                        (h.ioas, h.domain, h.auto, h.nest_parent, h.dirty_capable)
-                    }
+                    Object::HwptPaging(h) => (
+                        h.ioas,
+                        h.domain,
+                        h.auto,
+                        h.nest_parent,
+                        h.dirty_capable,
+                        h.format,
+                    ),
                     _ => {
                         return Err(Error::WrongType {
                             id: hwpt.0,
@@ -41,17 +51,22 @@ impl Context {
                         })
                     }
                 };
-            let dirty_tracking = st
-                .platform
-                .iommu
-                .page_table(domain)
-                .is_some_and(|pt| pt.dirty_tracking());
+            let pt = st.platform.iommu.page_table(domain);
+            let dirty_tracking = pt.is_some_and(|pt| pt.dirty_tracking());
+            let sizes = pt.map_or(0, |pt| pt.page_sizes());
+            let granule = if sizes == 0 {
+                uiommu_platform::addr::PAGE_SIZE
+            } else {
+                1u64 << sizes.trailing_zeros()
+            };
             Ok(HwptPagingInfo {
                 ioas,
                 auto,
                 nest_parent,
                 dirty_capable,
                 dirty_tracking,
+                format,
+                granule,
             })
         })
     }
