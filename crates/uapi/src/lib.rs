@@ -19,6 +19,7 @@ pub mod abi;
 pub mod iommufd;
 pub mod ucmd;
 pub mod vfio_abi;
+pub mod vfio_device;
 
 /// A Linux errno (positive), what a failed ioctl leaves in `errno`.
 pub type Errno = i32;
@@ -31,6 +32,34 @@ pub trait FdTable {
     /// A function that signals the caller's eventfd `fd` (for VFIO interrupts); EBADF when `fd`
     /// is not an open eventfd.
     fn eventfd(&self, fd: i32) -> Result<Box<dyn Fn() + Send + Sync>, Errno>;
+    /// Give the caller a new file descriptor for `file` (the selftest's access objects, fault
+    /// queues); closing the last descriptor drops it. The default refuses (EOPNOTSUPP), for
+    /// front-ends that cannot create files.
+    fn install(&self, file: std::sync::Arc<dyn EngineFile>, cloexec: bool) -> Result<i32, Errno> {
+        let _ = (file, cloexec);
+        Err(95)
+    }
+    /// The file behind a descriptor made by [`FdTable::install`]; EBADF otherwise.
+    fn file(&self, fd: i32) -> Result<std::sync::Arc<dyn EngineFile>, Errno> {
+        let _ = fd;
+        Err(9)
+    }
+}
+
+/// A file the engine creates for the caller (see [`FdTable::install`]).
+pub trait EngineFile: Send + Sync + 'static {
+    /// For downcasting to the concrete file type.
+    fn as_any(&self) -> &dyn std::any::Any;
+    /// `read(2)` on the file (EINVAL unless the file supports it).
+    fn read(&self, caller: &Caller<'_>, buf: &mut [u8]) -> Result<usize, Errno> {
+        let _ = (caller, buf);
+        Err(22)
+    }
+    /// `write(2)` on the file (EINVAL unless the file supports it).
+    fn write(&self, caller: &Caller<'_>, data: &[u8]) -> Result<usize, Errno> {
+        let _ = (caller, data);
+        Err(22)
+    }
 }
 
 /// The caller of an ioctl as a handler sees it: its memory (where the argument pointers point)
