@@ -27,6 +27,7 @@ pub mod iova_alloc;
 pub mod object;
 pub mod pages;
 mod teardown;
+mod vfio_support;
 
 pub use access::AccessOps;
 pub use coherency::CoherencyRight;
