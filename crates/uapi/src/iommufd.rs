@@ -20,6 +20,7 @@ use crate::ucmd::{clear_user, read_size, read_user, read_value, write_user, writ
 use crate::{Caller, Errno};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
+use uiommu_core::abi_support::HwptPagingInfo;
 use uiommu_core::error::errno::{
     EFAULT, EINVAL, EMSGSIZE, ENODEV, ENOENT, ENOMEM, ENOTTY, EOPNOTSUPP, EOVERFLOW,
 };
@@ -152,8 +153,10 @@ impl IommufdFile {
         self.dirty_hwpts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn has_dirty_ops(&self, hwpt: u32) -> bool {
-        self.dirty_set().contains(&hwpt)
+    /// Whether paging HWPT `hwpt` (described by `info`) has dirty-tracking operations: it was
+    /// allocated here with DIRTY_TRACKING (automatic HWPTs never are).
+    fn has_dirty_ops(&self, hwpt: u32, info: &HwptPagingInfo) -> bool {
+        !info.auto && info.dirty_capable && self.dirty_set().contains(&hwpt)
     }
 }
 
@@ -534,7 +537,7 @@ fn hwpt_set_dirty_tracking(f: &IommufdFile, _c: &Caller<'_>, u: &Ucmd<'_>) -> Re
     }
     let hwpt = ObjId(cmd.hwpt_id);
     let info = f.ctx.hwpt_paging_info(hwpt).map_err(eno)?;
-    if !f.has_dirty_ops(cmd.hwpt_id) {
+    if !f.has_dirty_ops(cmd.hwpt_id, &info) {
         return Err(EOPNOTSUPP);
     }
     let enable = cmd.flags & IOMMU_HWPT_DIRTY_TRACKING_ENABLE != 0;
@@ -588,7 +591,7 @@ fn hwpt_get_dirty_bitmap(f: &IommufdFile, c: &Caller<'_>, u: &Ucmd<'_>) -> Resul
     if cmd.iova & (ps - 1) != 0 || end & (ps - 1) != 0 {
         return Err(EINVAL);
     }
-    if !f.has_dirty_ops(cmd.hwpt_id) {
+    if !f.has_dirty_ops(cmd.hwpt_id, &info) {
         return Err(EOPNOTSUPP);
     }
     if !info.dirty_tracking {

@@ -1790,3 +1790,94 @@ fn closing_the_file_tears_the_context_down() {
     assert_eq!(engine.contexts(), 0);
     assert_eq!(engine.total_pins(), 0);
 }
+
+// --- hostile arguments ------------------------------------------------------------------------
+
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Values that hit ids, flags, types, sizes and the mapped/unmapped/read-only memory.
+    fn word() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            Just(0u64),
+            Just(1),
+            Just(2),
+            Just(3),
+            Just(4),
+            Just(8),
+            Just(2048),
+            Just(PAGE),
+            Just(0xdead),
+            Just(0xfeed_beef),
+            Just(0xdead_beef_0000_0001),
+            Just(u64::from(u32::MAX)),
+            Just(u64::MAX),
+            Just(BUF),
+            Just(SCRATCH),
+            Just(RO),
+            Just(UNMAPPED),
+            Just(MOCK_APERTURE_START),
+            any::<u64>(),
+        ]
+    }
+
+    fn size(min: usize, known: usize) -> impl Strategy<Value = u32> {
+        prop_oneof![
+            Just(0u32),
+            Just((min - 1) as u32),
+            Just(min as u32),
+            Just(known as u32),
+            Just(known as u32 + 8),
+            Just(4096),
+            Just(u32::MAX),
+        ]
+    }
+
+    fn call() -> impl Strategy<Value = (u32, u32, Vec<u64>)> {
+        let cmds = commands();
+        (0..cmds.len() + 2).prop_flat_map(move |i| {
+            let (number, known, min) =
+                cmds.get(i)
+                    .copied()
+                    .unwrap_or((io(IOMMUFD_TYPE, 0x7e + i as u32 % 2), 16, 8));
+            (
+                Just(number),
+                size(min, known),
+                prop::collection::vec(word(), 12),
+            )
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        /// No argument makes the server panic, and the security invariants hold after every
+        /// call, whatever it returned.
+        #[test]
+        fn hostile_calls_never_panic_and_keep_the_invariants(
+            calls in prop::collection::vec(call(), 1..12)
+        ) {
+            let e = env();
+            let ioas = e.ioas_alloc();
+            let (_, dev) = e.mock(0);
+            e.map(ioas, BUF, 16 * PAGE, Some(0x10_0000)).unwrap();
+            let _ = e.hwpt_alloc(IommuHwptAlloc {
+                dev_id: dev,
+                pt_id: ioas,
+                flags: IOMMU_HWPT_ALLOC_NEST_PARENT | IOMMU_HWPT_ALLOC_DIRTY_TRACKING,
+                ..Default::default()
+            });
+            for (number, size, words) in calls {
+                let mut bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+                bytes[..4].copy_from_slice(&size.to_le_bytes());
+                e.sim.write(UserVa(ARG), &bytes).unwrap();
+                let _ = e.raw(number, ARG);
+                prop_assert!(e.engine.check_invariants().is_ok());
+            }
+            let Env { engine, file, .. } = e;
+            drop(file);
+            prop_assert_eq!(engine.total_pins(), 0);
+        }
+    }
+}
