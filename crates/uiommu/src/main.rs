@@ -1,8 +1,13 @@
 //! The `uiommu` command.
 
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+/// File name of the preload library, looked for next to the `uiommu` executable.
+const PRELOAD_NAME: &str = "libuiommu_preload.so";
 
 /// uiommu: the Linux iommufd security model, in userspace, over an emulated IOMMU platform.
 #[derive(Parser)]
@@ -22,6 +27,22 @@ enum Command {
         /// Platform file (TOML); the built-in default platform when omitted.
         #[arg(long)]
         platform: Option<PathBuf>,
+    },
+    /// Run an unmodified program against uiommu: it finds /dev/iommu and
+    /// /dev/vfio/devices/vfioN of the emulated platform (LD_PRELOAD of libuiommu_preload.so).
+    /// The exit status is the program's.
+    Run {
+        /// Platform file (TOML) the program's engine is built from; default: $UIOMMU_PLATFORM,
+        /// else the built-in platform.
+        #[arg(long)]
+        platform: Option<PathBuf>,
+        /// The preload library; default: $UIOMMU_PRELOAD, else libuiommu_preload.so next to
+        /// the uiommu executable.
+        #[arg(long)]
+        preload: Option<PathBuf>,
+        /// The program and its arguments (after `--`).
+        #[arg(last = true, required = true, value_name = "PROGRAM")]
+        command: Vec<OsString>,
     },
 }
 
@@ -68,5 +89,105 @@ fn main() -> ExitCode {
             print!("{}", topo.describe());
             ExitCode::SUCCESS
         }
+        Command::Run {
+            platform,
+            preload,
+            command,
+        } => match run(platform, preload, &command) {
+            // `run` only returns when the program could not be started.
+            Ok(never) => match never {},
+            Err((code, msg)) => {
+                eprintln!("uiommu run: {msg}");
+                ExitCode::from(code)
+            }
+        },
+    }
+}
+
+/// The preload library to use: `--preload`, `$UIOMMU_PRELOAD`, or next to this executable.
+fn find_preload(flag: Option<PathBuf>) -> Result<PathBuf, String> {
+    let candidate = match flag.or_else(|| std::env::var_os("UIOMMU_PRELOAD").map(PathBuf::from)) {
+        Some(p) => p,
+        None => {
+            let exe = std::env::current_exe()
+                .map_err(|e| format!("cannot locate the uiommu executable: {e}"))?;
+            exe.parent()
+                .map(|d| d.join(PRELOAD_NAME))
+                .ok_or_else(|| format!("{}: no parent directory", exe.display()))?
+        }
+    };
+    // LD_PRELOAD is resolved by the program's loader, possibly after a chdir: make it absolute.
+    std::fs::canonicalize(&candidate).map_err(|e| {
+        format!(
+            "{}: {e} (build it with `cargo build --workspace`, or pass --preload)",
+            candidate.display()
+        )
+    })
+}
+
+/// `existing` with `lib` appended, as `LD_PRELOAD` lists libraries (`:`-separated).
+fn append_preload(existing: Option<&OsStr>, lib: &Path) -> OsString {
+    let mut value = OsString::new();
+    if let Some(e) = existing.filter(|e| !e.is_empty()) {
+        value.push(e);
+        value.push(":");
+    }
+    value.push(lib);
+    value
+}
+
+/// Replace this process by `command` with the preload library and platform in its
+/// environment. Returns only on failure: (exit code, message).
+fn run(
+    platform: Option<PathBuf>,
+    preload: Option<PathBuf>,
+    command: &[OsString],
+) -> Result<std::convert::Infallible, (u8, String)> {
+    let lib = find_preload(preload).map_err(|m| (2, m))?;
+    let (program, args) = command
+        .split_first()
+        .ok_or((2, "no program given".to_string()))?;
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args);
+    if let Some(path) = platform {
+        // Refuse a bad file here, with its error, rather than in the program's first open.
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| (2, format!("{}: {e}", path.display())))?;
+        uiommu::platform::topology::Topology::from_toml(&text)
+            .map_err(|e| (2, format!("{}: {e}", path.display())))?;
+        let abs =
+            std::fs::canonicalize(&path).map_err(|e| (2, format!("{}: {e}", path.display())))?;
+        cmd.env("UIOMMU_PLATFORM", abs);
+    }
+    let existing = std::env::var_os("LD_PRELOAD");
+    cmd.env("LD_PRELOAD", append_preload(existing.as_deref(), &lib));
+    let err = cmd.exec();
+    let code = if err.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    };
+    Err((code, format!("{}: {err}", Path::new(program).display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preload_is_appended_to_an_existing_list() {
+        let lib = Path::new("/x/libuiommu_preload.so");
+        assert_eq!(
+            append_preload(None, lib),
+            OsString::from("/x/libuiommu_preload.so")
+        );
+        assert_eq!(
+            append_preload(Some(OsStr::new("")), lib),
+            OsString::from("/x/libuiommu_preload.so")
+        );
+        assert_eq!(
+            append_preload(Some(OsStr::new("/a.so")), lib),
+            OsString::from("/a.so:/x/libuiommu_preload.so")
+        );
     }
 }

@@ -1,0 +1,846 @@
+//! `libuiommu_preload.so`: uiommu under an unmodified program, through `LD_PRELOAD`.
+//!
+//! The library interposes the C library's file functions. Opening `/dev/iommu` gives the
+//! program a security context of an in-process engine; opening `/dev/vfio/devices/vfioN` gives
+//! it the N-th `vfio-pci` function of the emulated platform ([`vfio_devices`]). The file
+//! descriptors are real memfds (named `uiommu:iommu`, `uiommu:vfio`, `uiommu:file`), so the
+//! kernel numbers them and shares them through `dup`, `fcntl(F_DUPFD)`, `fork` and
+//! `SCM_RIGHTS`; the state behind them is keyed by the memfd's inode ([`table`]). `ioctl`,
+//! `read`, `write`, `pread`, `pwrite` and `mmap` on those fds are served by the ABI layer
+//! (`uiommu-uapi`); everything else goes to the real function, found with
+//! `dlsym(RTLD_NEXT, ...)` ([`real`]).
+//!
+//! Paths under `/dev/vfio/` other than `devices/vfioN` — the legacy container
+//! `/dev/vfio/vfio` and group nodes `/dev/vfio/<group>` — do not exist yet: `ENOENT`, as on a
+//! machine whose kernel has VFIO cdevs but no group interface. Any other path goes straight to
+//! the real `open` after a comparison of its first bytes: no lock, no allocation.
+//!
+//! # The exported functions
+//!
+//! Each is `#[no_mangle] pub unsafe extern "C"`, runs its body under
+//! [`std::panic::catch_unwind`] (a panic fails the call with EIO, never unwinds into C) and
+//! goes to the real function at once when the calling thread is already inside this library
+//! ([`hook`]: the Rust code's own `open`/`close`/`read` calls, e.g. reading `/proc`). When the
+//! process has none of our files open, an fd-taking call costs one atomic load before the real
+//! call; otherwise one `fstat` decides whether the fd is ours.
+//!
+//! C variadic functions (`open`, `openat`, `ioctl`) cannot be defined in stable Rust. They
+//! are defined with the optional argument as an ordinary parameter: in the x86-64 System V
+//! (and AArch64 Linux) calling convention a variadic argument travels in the same register as
+//! the same-position named argument, so the function reads what the caller passed (or an
+//! unspecified value that is then not used, as `open` without `O_CREAT` ignores `mode`). The
+//! real functions are called through variadic function-pointer types, so those calls are
+//! well-formed variadic calls.
+//!
+//! Not interposed, because inode keying needs nothing from them: `dup` and `fcntl` (a
+//! duplicate refers to the same inode, so it is ours without being registered), `munmap`
+//! (no mapping of our files is ever made). `dup2`, `dup3`, `close_range` and `closefrom` are
+//! interposed because they close fds implicitly. See `docs/preload.md` for the limits.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+// The variadic-argument convention above, and `c_ulong` = `u64` for ioctl arguments.
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+compile_error!("uiommu-preload supports Linux on x86-64 and AArch64 only");
+
+pub mod hook;
+pub mod real;
+mod state;
+pub mod table;
+
+pub use state::vfio_devices;
+
+use hook::{ffi, in_hook, Hook};
+use libc::{c_char, c_int, c_uint, c_ulong, c_void, off64_t, off_t, size_t, ssize_t};
+use real::{errno, set_errno};
+use state::{global, global_if_any, Global, Kind, OpenFile};
+use uiommu_platform::UserVa;
+use uiommu_uapi::iommufd::IommufdFile;
+use uiommu_uapi::vfio_device::VfioDeviceFile;
+use uiommu_uapi::Errno;
+
+/// What an opened path of ours is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// `/dev/iommu`.
+    Iommu,
+    /// `/dev/vfio/devices/vfioN`.
+    VfioDevice(u32),
+    /// Another path under `/dev/vfio/` (container, groups): not there yet, ENOENT.
+    NoEnt,
+}
+
+/// Whether `path` (without its NUL) is one of ours.
+pub fn target_of(path: &[u8]) -> Option<Target> {
+    if path == b"/dev/iommu" {
+        return Some(Target::Iommu);
+    }
+    let rest = path.strip_prefix(b"/dev/vfio/")?;
+    let Some(num) = rest.strip_prefix(b"devices/vfio") else {
+        return Some(Target::NoEnt);
+    };
+    // Decimal without sign or leading zeros, as the kernel names the nodes.
+    let canonical =
+        !num.is_empty() && num.iter().all(u8::is_ascii_digit) && (num.len() == 1 || num[0] != b'0');
+    let n = canonical
+        .then(|| std::str::from_utf8(num).ok()?.parse::<u32>().ok())
+        .flatten();
+    Some(n.map_or(Target::NoEnt, Target::VfioDevice))
+}
+
+/// The fast path of every `open`: whether the C string `path` is one of ours.
+///
+/// # Safety
+/// `path` is null or points to a NUL-terminated string (the contract of `open` itself).
+unsafe fn classify(path: *const c_char) -> Option<Target> {
+    const DEV: &[u8] = b"/dev/";
+    if path.is_null() {
+        return None;
+    }
+    for (i, &want) in DEV.iter().enumerate() {
+        // SAFETY: every byte before `i` matched a non-NUL byte of DEV, so the string has not
+        // ended before index `i`.
+        let got = unsafe { *path.add(i) } as u8;
+        if got != want {
+            return None;
+        }
+    }
+    // SAFETY: `path` is a NUL-terminated string (the caller's contract).
+    let bytes = unsafe { std::ffi::CStr::from_ptr(path) }.to_bytes();
+    target_of(bytes)
+}
+
+/// Fail the call with `e`: errno set, -1 returned.
+fn fail(e: Errno) -> c_int {
+    set_errno(e);
+    -1
+}
+
+/// `fail` for calls returning `ssize_t`.
+fn fail_ssize(e: Errno) -> ssize_t {
+    set_errno(e);
+    -1
+}
+
+/// Open one of our paths.
+fn open_ours(target: Target, flags: c_int) -> Result<c_int, Errno> {
+    // What the VFS refuses for an existing character device before its open runs.
+    if flags & libc::O_DIRECTORY != 0 {
+        return Err(libc::ENOTDIR);
+    }
+    if flags & (libc::O_CREAT | libc::O_EXCL) == libc::O_CREAT | libc::O_EXCL {
+        return Err(libc::EEXIST);
+    }
+    match target {
+        Target::NoEnt => Err(libc::ENOENT),
+        Target::Iommu => {
+            let g = global()?;
+            let file = IommufdFile::open(&g.engine, g.space)?;
+            register(g, c"uiommu:iommu", Kind::Iommufd(file), flags)
+        }
+        Target::VfioDevice(n) => {
+            let g = global()?;
+            let dev = *vfio_devices(&g.engine)
+                .get(n as usize)
+                .ok_or(libc::ENOENT)?;
+            let file = VfioDeviceFile::open(&g.engine, dev)?;
+            register(g, c"uiommu:vfio", Kind::Vfio(file), flags)
+        }
+    }
+}
+
+/// Give `kind` a new memfd and record it.
+fn register(g: &Global, name: &std::ffi::CStr, kind: Kind, flags: c_int) -> Result<c_int, Errno> {
+    let fd = state::new_memfd(name, flags & libc::O_CLOEXEC != 0)?;
+    if flags & libc::O_NONBLOCK != 0 {
+        // SAFETY: F_SETFL with an integer argument on the fd just made.
+        unsafe { real::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK as c_ulong) };
+    }
+    let open = OpenFile {
+        kind,
+        accmode: flags & libc::O_ACCMODE,
+    };
+    match g.files.insert(fd, open) {
+        Ok(_) => Ok(fd),
+        Err(e) => {
+            // SAFETY: closes the memfd made above, which the program has not seen.
+            unsafe { real::close(fd) };
+            Err(e)
+        }
+    }
+}
+
+/// The common body of the `open` family: ours, or `real()`.
+///
+/// # Safety
+/// `path` is null or a NUL-terminated string.
+unsafe fn open_impl(path: *const c_char, flags: c_int, real: impl FnOnce() -> c_int) -> c_int {
+    ffi(-1, || {
+        // SAFETY: forwarded from the caller.
+        let Some(target) = (unsafe { classify(path) }) else {
+            return real();
+        };
+        if in_hook() {
+            return real();
+        }
+        let _h = Hook::enter();
+        open_ours(target, flags).unwrap_or_else(fail)
+    })
+}
+
+/// `open(2)`. `mode` is the variadic third argument (read from its register; meaningful only
+/// with `O_CREAT`/`O_TMPFILE`, as in C).
+///
+/// # Safety
+/// As `open(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn open(path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    unsafe { open_impl(path, flags, || real::open(path, flags, mode)) }
+}
+
+/// `open64(2)` (the same as `open` on 64-bit Linux).
+///
+/// # Safety
+/// As `open64(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn open64(path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    unsafe { open_impl(path, flags, || real::open64(path, flags, mode)) }
+}
+
+/// `openat(2)`. An absolute path ignores `dirfd`; a relative one is never ours.
+///
+/// # Safety
+/// As `openat(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn openat(
+    dirfd: c_int,
+    path: *const c_char,
+    flags: c_int,
+    mode: c_uint,
+) -> c_int {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    unsafe { open_impl(path, flags, || real::openat(dirfd, path, flags, mode)) }
+}
+
+/// `openat64(2)`.
+///
+/// # Safety
+/// As `openat64(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn openat64(
+    dirfd: c_int,
+    path: *const c_char,
+    flags: c_int,
+    mode: c_uint,
+) -> c_int {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    unsafe { open_impl(path, flags, || real::openat64(dirfd, path, flags, mode)) }
+}
+
+/// glibc's `__open_2`, which `open` becomes under `_FORTIFY_SOURCE` when there is no mode.
+///
+/// # Safety
+/// As `open(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn __open_2(path: *const c_char, flags: c_int) -> c_int {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    unsafe { open_impl(path, flags, || real::open_2(path, flags)) }
+}
+
+/// glibc's `__open64_2`.
+///
+/// # Safety
+/// As `open(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn __open64_2(path: *const c_char, flags: c_int) -> c_int {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    unsafe { open_impl(path, flags, || real::open64_2(path, flags)) }
+}
+
+/// glibc's `__openat_2`.
+///
+/// # Safety
+/// As `openat(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn __openat_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    unsafe { open_impl(path, flags, || real::openat_2(dirfd, path, flags)) }
+}
+
+/// glibc's `__openat64_2`.
+///
+/// # Safety
+/// As `openat(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn __openat64_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    unsafe { open_impl(path, flags, || real::openat64_2(dirfd, path, flags)) }
+}
+
+/// The state when one of our files may be involved and this thread is not inside the library.
+fn active() -> Option<&'static Global> {
+    let g = global_if_any()?;
+    (!g.files.is_empty() && !in_hook()).then_some(g)
+}
+
+/// Run `close_op` (which may close some of our fds), then drop the files no fd refers to any
+/// more; errno is the operation's.
+fn closing(g: &Global, may_close_ours: bool, close_op: impl FnOnce() -> c_int) -> c_int {
+    let r = close_op();
+    if may_close_ours {
+        let e = errno();
+        // Dropped here, outside the table lock: a context teardown or device unbind.
+        drop(g.files.sweep());
+        set_errno(e);
+    }
+    r
+}
+
+/// `close(2)`. Closing the last fd of one of our files closes the file (context teardown,
+/// device unbind); a `dup` or an fd received over a socket keeps it open.
+///
+/// # Safety
+/// As `close(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    ffi(-1, || {
+        // SAFETY: close has no memory preconditions.
+        let real_close = || unsafe { real::close(fd) };
+        let Some(g) = active() else {
+            return real_close();
+        };
+        let _h = Hook::enter();
+        let ours = g.files.key(fd).is_some();
+        closing(g, ours, real_close)
+    })
+}
+
+/// `dup2(2)`: an fd of ours at `new` is closed implicitly.
+///
+/// # Safety
+/// As `dup2(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
+    ffi(-1, || {
+        // SAFETY: dup2 has no memory preconditions.
+        let op = || unsafe { real::dup2(old, new) };
+        let Some(g) = active() else {
+            return op();
+        };
+        let _h = Hook::enter();
+        let ours = old != new && g.files.key(new).is_some();
+        closing(g, ours, op)
+    })
+}
+
+/// `dup3(2)`: an fd of ours at `new` is closed implicitly.
+///
+/// # Safety
+/// As `dup3(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    ffi(-1, || {
+        // SAFETY: dup3 has no memory preconditions.
+        let op = || unsafe { real::dup3(old, new, flags) };
+        let Some(g) = active() else {
+            return op();
+        };
+        let _h = Hook::enter();
+        let ours = old != new && g.files.key(new).is_some();
+        closing(g, ours, op)
+    })
+}
+
+/// `close_range(2)`: may close fds of ours (not with `CLOSE_RANGE_CLOEXEC`).
+///
+/// # Safety
+/// As `close_range(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
+    ffi(-1, || {
+        // SAFETY: close_range has no memory preconditions.
+        let op = || unsafe { real::close_range(first, last, flags) };
+        let Some(g) = active() else {
+            return op();
+        };
+        let _h = Hook::enter();
+        let closes = flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0;
+        closing(g, closes, op)
+    })
+}
+
+/// glibc's `closefrom(3)`.
+///
+/// # Safety
+/// As `closefrom(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn closefrom(low: c_int) {
+    ffi((), || {
+        // SAFETY: closefrom has no memory preconditions.
+        let op = || unsafe { real::closefrom(low) };
+        let Some(g) = active() else {
+            return op();
+        };
+        let _h = Hook::enter();
+        closing(g, true, || {
+            op();
+            0
+        });
+    })
+}
+
+/// `_IOC_TYPE` of every iommufd and VFIO ioctl (`';'`).
+const UAPI_IOCTL_TYPE: c_ulong = b';' as c_ulong;
+
+/// `ioctl(2)`. `arg` is the variadic third argument (read from its register).
+///
+/// Requests of another `_IOC_TYPE` than `';'` (iommufd and VFIO) go to the real `ioctl` without
+/// looking at the fd: on our fds that is the memfd, which answers the VFS-generic requests
+/// (`FIOCLEX`, `FIONBIO`, ...) as the device would.
+///
+/// # Safety
+/// As `ioctl(2)`: `arg` is what the request expects (a pointer is only read or written through
+/// the process-memory accessor, so a bad one is EFAULT).
+#[no_mangle]
+pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_int {
+    ffi(-1, || {
+        // SAFETY: the caller's arguments are passed on unchanged.
+        let real_ioctl = || unsafe { real::ioctl(fd, request, arg) };
+        if (request >> 8) & 0xff != UAPI_IOCTL_TYPE {
+            return real_ioctl();
+        }
+        let Some(g) = active() else {
+            return real_ioctl();
+        };
+        let Some(file) = g.files.get(fd) else {
+            return real_ioctl();
+        };
+        let _h = Hook::enter();
+        let caller = g.caller();
+        let r = match &file.kind {
+            Kind::Iommufd(f) => f.ioctl(&caller, request, arg),
+            Kind::Vfio(f) => f.ioctl(&caller, request, arg),
+            Kind::Engine(_) => Err(libc::ENOTTY),
+        };
+        match r {
+            Ok(v) => c_int::try_from(v).unwrap_or(c_int::MAX),
+            Err(e) => fail(e),
+        }
+    })
+}
+
+/// Largest transfer one `read`/`write`/`pread`/`pwrite` on our files serves; larger requests
+/// are served short, as the system calls allow. The data passes through a bounce buffer (so a
+/// bad buffer pointer is EFAULT, never a crash), which this bounds.
+const MAX_IO: usize = 1 << 20;
+
+/// Which side of a transfer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    Read,
+    Write,
+}
+
+/// Serve a read or write of `count` bytes at `buf` on our `file` at `offset` (`None`: the fd's
+/// file position, which is then advanced).
+fn file_io(
+    g: &Global,
+    fd: c_int,
+    file: &OpenFile,
+    dir: Dir,
+    buf: u64,
+    count: usize,
+    offset: Option<i64>,
+) -> Result<usize, Errno> {
+    let allowed = match dir {
+        Dir::Read => file.readable(),
+        Dir::Write => file.writable(),
+    };
+    if !allowed {
+        return Err(libc::EBADF);
+    }
+    let count = count.min(MAX_IO);
+    let caller = g.caller();
+    match &file.kind {
+        // No read or write operations: the VFS answers EINVAL.
+        Kind::Iommufd(_) => Err(libc::EINVAL),
+        Kind::Engine(f) => {
+            if offset.is_some() {
+                return Err(libc::ESPIPE);
+            }
+            let mut bounce = vec![0u8; count];
+            match dir {
+                Dir::Read => {
+                    let n = f.read(&caller, &mut bounce)?.min(count);
+                    to_user(g, buf, &bounce[..n])?;
+                    Ok(n)
+                }
+                Dir::Write => {
+                    from_user(g, buf, &mut bounce)?;
+                    f.write(&caller, &bounce)
+                }
+            }
+        }
+        Kind::Vfio(f) => {
+            let pos = match offset {
+                Some(p) if p < 0 => return Err(libc::EINVAL),
+                Some(p) => p,
+                None => {
+                    // SAFETY: lseek on an fd of ours; no memory is passed.
+                    let p = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
+                    if p < 0 {
+                        return Err(errno());
+                    }
+                    p
+                }
+            };
+            let mut bounce = vec![0u8; count];
+            let n = match dir {
+                Dir::Read => {
+                    let n = f.pread(&mut bounce, pos as u64)?.min(count);
+                    to_user(g, buf, &bounce[..n])?;
+                    n
+                }
+                Dir::Write => {
+                    from_user(g, buf, &mut bounce)?;
+                    f.pwrite(&bounce, pos as u64)?
+                }
+            };
+            if offset.is_none() {
+                let end = pos.saturating_add(n as i64);
+                // SAFETY: lseek on an fd of ours; no memory is passed.
+                unsafe { libc::lseek(fd, end, libc::SEEK_SET) };
+            }
+            Ok(n)
+        }
+    }
+}
+
+/// Copy `data` to the program's buffer at `va` (EFAULT when it is not writable).
+fn to_user(g: &Global, va: u64, data: &[u8]) -> Result<(), Errno> {
+    use uiommu_platform::memory::UserMemory;
+    if data.is_empty() {
+        return Ok(());
+    }
+    g.mem.write(UserVa(va), data).map_err(|_| libc::EFAULT)
+}
+
+/// Copy the program's buffer at `va` into `buf` (EFAULT when it is not readable).
+fn from_user(g: &Global, va: u64, buf: &mut [u8]) -> Result<(), Errno> {
+    use uiommu_platform::memory::UserMemory;
+    if buf.is_empty() {
+        return Ok(());
+    }
+    g.mem.read(UserVa(va), buf).map_err(|_| libc::EFAULT)
+}
+
+/// The common body of the read/write family.
+fn io_impl(
+    fd: c_int,
+    dir: Dir,
+    buf: u64,
+    count: size_t,
+    offset: Option<i64>,
+    real_op: impl FnOnce() -> ssize_t,
+) -> ssize_t {
+    ffi(-1, || {
+        let Some(g) = active() else {
+            return real_op();
+        };
+        let Some(file) = g.files.get(fd) else {
+            return real_op();
+        };
+        let _h = Hook::enter();
+        match file_io(g, fd, &file, dir, buf, count, offset) {
+            Ok(n) => n as ssize_t,
+            Err(e) => fail_ssize(e),
+        }
+    })
+}
+
+/// `read(2)`.
+///
+/// # Safety
+/// As `read(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    let real_op = || unsafe { real::read(fd, buf, count) };
+    io_impl(fd, Dir::Read, buf as u64, count, None, real_op)
+}
+
+/// glibc's `__read_chk`, which `read` becomes under `_FORTIFY_SOURCE` when the buffer's size
+/// is known. A count larger than the buffer goes to the real function, which aborts the
+/// program as fortification requires; otherwise as `read`.
+///
+/// # Safety
+/// As `read(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn __read_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    count: size_t,
+    buflen: size_t,
+) -> ssize_t {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    let real_op = || unsafe { real::read_chk(fd, buf, count, buflen) };
+    if count > buflen {
+        return real_op();
+    }
+    io_impl(fd, Dir::Read, buf as u64, count, None, real_op)
+}
+
+/// `write(2)`.
+///
+/// # Safety
+/// As `write(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    let real_op = || unsafe { real::write(fd, buf, count) };
+    io_impl(fd, Dir::Write, buf as u64, count, None, real_op)
+}
+
+/// `pread(2)`: on a VFIO device, region `index` is at offset `index << 40`.
+///
+/// # Safety
+/// As `pread(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn pread(fd: c_int, buf: *mut c_void, count: size_t, off: off_t) -> ssize_t {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    let real_op = || unsafe { real::pread(fd, buf, count, off) };
+    io_impl(fd, Dir::Read, buf as u64, count, Some(off), real_op)
+}
+
+/// `pread64(2)`.
+///
+/// # Safety
+/// As `pread64(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn pread64(
+    fd: c_int,
+    buf: *mut c_void,
+    count: size_t,
+    off: off64_t,
+) -> ssize_t {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    let real_op = || unsafe { real::pread64(fd, buf, count, off) };
+    io_impl(fd, Dir::Read, buf as u64, count, Some(off), real_op)
+}
+
+/// glibc's `__pread_chk` (fortified `pread`; see [`__read_chk`]).
+///
+/// # Safety
+/// As `pread(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn __pread_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    count: size_t,
+    off: off_t,
+    buflen: size_t,
+) -> ssize_t {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    let real_op = || unsafe { real::pread_chk(fd, buf, count, off, buflen) };
+    if count > buflen {
+        return real_op();
+    }
+    io_impl(fd, Dir::Read, buf as u64, count, Some(off), real_op)
+}
+
+/// glibc's `__pread64_chk`.
+///
+/// # Safety
+/// As `pread64(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn __pread64_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    count: size_t,
+    off: off64_t,
+    buflen: size_t,
+) -> ssize_t {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    let real_op = || unsafe { real::pread64_chk(fd, buf, count, off, buflen) };
+    if count > buflen {
+        return real_op();
+    }
+    io_impl(fd, Dir::Read, buf as u64, count, Some(off), real_op)
+}
+
+/// `pwrite(2)`: on a VFIO device, a BAR0 write may ring the dma-engine's doorbell, which runs
+/// the DMA before the call returns.
+///
+/// # Safety
+/// As `pwrite(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn pwrite(
+    fd: c_int,
+    buf: *const c_void,
+    count: size_t,
+    off: off_t,
+) -> ssize_t {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    let real_op = || unsafe { real::pwrite(fd, buf, count, off) };
+    io_impl(fd, Dir::Write, buf as u64, count, Some(off), real_op)
+}
+
+/// `pwrite64(2)`.
+///
+/// # Safety
+/// As `pwrite64(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn pwrite64(
+    fd: c_int,
+    buf: *const c_void,
+    count: size_t,
+    off: off64_t,
+) -> ssize_t {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    let real_op = || unsafe { real::pwrite64(fd, buf, count, off) };
+    io_impl(fd, Dir::Write, buf as u64, count, Some(off), real_op)
+}
+
+/// Why an mmap of our `file` fails (mmap of our files never succeeds yet).
+fn mmap_refusal(file: &OpenFile, len: size_t, prot: c_int, flags: c_int, off: i64) -> Errno {
+    // The VFS's checks of the open mode come before the file's mmap.
+    if !file.readable()
+        || (flags & libc::MAP_SHARED != 0 && prot & libc::PROT_WRITE != 0 && !file.writable())
+    {
+        return libc::EACCES;
+    }
+    match &file.kind {
+        // No mmap operation on the file.
+        Kind::Iommufd(_) | Kind::Engine(_) => libc::ENODEV,
+        Kind::Vfio(f) => {
+            let Ok(off) = u64::try_from(off) else {
+                return libc::EINVAL;
+            };
+            match f.mmap_check(off, len as u64, prot, flags) {
+                Err(e) => e,
+                // No device model has an mmappable BAR yet; mapping one would need its
+                // accesses trapped. Refuse rather than hand out memory the device never sees.
+                Ok(_) => libc::ENODEV,
+            }
+        }
+    }
+}
+
+/// The common body of `mmap`/`mmap64`.
+fn mmap_impl(
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: i64,
+    real_op: impl FnOnce() -> *mut c_void,
+) -> *mut c_void {
+    ffi(libc::MAP_FAILED, || {
+        if flags & libc::MAP_ANONYMOUS != 0 || fd < 0 {
+            return real_op();
+        }
+        let Some(g) = active() else {
+            return real_op();
+        };
+        let Some(file) = g.files.get(fd) else {
+            return real_op();
+        };
+        let _h = Hook::enter();
+        set_errno(mmap_refusal(&file, len, prot, flags, off));
+        libc::MAP_FAILED
+    })
+}
+
+/// `mmap(2)`: anonymous mappings and other files go to the real `mmap`; our files are refused
+/// as the kernel refuses them (iommufd has no mmap: ENODEV; a VFIO region that is not
+/// mmappable: EINVAL).
+///
+/// # Safety
+/// As `mmap(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn mmap(
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: off_t,
+) -> *mut c_void {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    let real_op = || unsafe { real::mmap(addr, len, prot, flags, fd, off) };
+    mmap_impl(len, prot, flags, fd, off, real_op)
+}
+
+/// `mmap64(2)`.
+///
+/// # Safety
+/// As `mmap64(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn mmap64(
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: off64_t,
+) -> *mut c_void {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    let real_op = || unsafe { real::mmap64(addr, len, prot, flags, fd, off) };
+    mmap_impl(len, prot, flags, fd, off, real_op)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_paths_are_recognised_exactly() {
+        assert_eq!(target_of(b"/dev/iommu"), Some(Target::Iommu));
+        assert_eq!(
+            target_of(b"/dev/vfio/devices/vfio0"),
+            Some(Target::VfioDevice(0))
+        );
+        assert_eq!(
+            target_of(b"/dev/vfio/devices/vfio12"),
+            Some(Target::VfioDevice(12))
+        );
+        for noent in [
+            &b"/dev/vfio/vfio"[..],
+            b"/dev/vfio/3",
+            b"/dev/vfio/devices",
+            b"/dev/vfio/devices/vfio",
+            b"/dev/vfio/devices/vfio01",
+            b"/dev/vfio/devices/vfio+1",
+            b"/dev/vfio/devices/vfio99999999999",
+        ] {
+            assert_eq!(target_of(noent), Some(Target::NoEnt), "{noent:?}");
+        }
+        for other in [
+            &b"/dev/null"[..],
+            b"/dev/iommu0",
+            b"/dev/iommu/",
+            b"/dev/vfio",
+            b"dev/iommu",
+            b"/proc/self/fd",
+            b"",
+        ] {
+            assert_eq!(target_of(other), None, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn classify_stops_at_the_first_mismatch() {
+        // SAFETY: null and NUL-terminated strings.
+        unsafe {
+            assert_eq!(classify(std::ptr::null()), None);
+            assert_eq!(classify(c"".as_ptr()), None);
+            assert_eq!(classify(c"/de".as_ptr()), None);
+            assert_eq!(classify(c"/dev/iommu".as_ptr()), Some(Target::Iommu));
+        }
+    }
+}

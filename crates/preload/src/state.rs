@@ -1,0 +1,384 @@
+//! The process-wide state: one engine, the program's memory, the table of open files.
+//!
+//! The engine is built lazily, on the first open of one of our paths, from the platform file
+//! named by `UIOMMU_PLATFORM` (the built-in default platform when unset) and the limits and
+//! privileges of the real process: `RLIMIT_MEMLOCK` (`getrlimit`), `CAP_IPC_LOCK` and
+//! `CAP_SYS_RESOURCE` from the effective capability set (`CapEff` in `/proc/self/status`,
+//! bits 14 and 24). The program's memory is [`ProcessMemory::this`], registered once as the
+//! engine's address space.
+//!
+//! Fork: the child of a `fork` gets a copy of this state whose locks may have been held by
+//! threads that do not exist in the child, and whose memory accessor names the parent. A
+//! `pthread_atfork` child handler therefore forgets the state (leaking the copy, never running
+//! its teardown): in the child, inherited fds are plain memfds (their ioctls fail with ENOTTY)
+//! and the next open of `/dev/iommu` builds a fresh engine for the child.
+
+use crate::real;
+use crate::table::FileTable;
+use libc::c_int;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::Arc;
+use uiommu_core::{Context, Engine, EngineConfig};
+use uiommu_platform::drivers::Driver;
+use uiommu_platform::memory::{SpaceId, UserMemory};
+use uiommu_platform::process_memory::ProcessMemory;
+use uiommu_platform::topology::{DeviceId, Topology};
+use uiommu_platform::Platform;
+use uiommu_uapi::iommufd::IommufdFile;
+use uiommu_uapi::vfio_device::VfioDeviceFile;
+use uiommu_uapi::{Caller, EngineFile, Errno, FdTable};
+
+/// Bit of `CAP_IPC_LOCK` in a capability set.
+const CAP_IPC_LOCK: u32 = 14;
+/// Bit of `CAP_SYS_RESOURCE` in a capability set.
+const CAP_SYS_RESOURCE: u32 = 24;
+/// Page size the engine accounts in.
+const PAGE: u64 = 4096;
+
+/// What kind of file one of our fds is.
+pub(crate) enum Kind {
+    /// An open `/dev/iommu`.
+    Iommufd(IommufdFile),
+    /// An open `/dev/vfio/devices/vfioN`.
+    Vfio(VfioDeviceFile),
+    /// A file the engine made for the program ([`FdTable::install`]).
+    Engine(Arc<dyn EngineFile>),
+}
+
+/// One of our open files (one memfd inode; every fd of that inode shares it).
+pub(crate) struct OpenFile {
+    /// The file.
+    pub kind: Kind,
+    /// `O_ACCMODE` of the open: read and write on a file opened for the other direction only
+    /// are EBADF, as the kernel checks before the file's own operations.
+    pub accmode: c_int,
+}
+
+impl OpenFile {
+    /// Whether the file was opened for reading.
+    pub fn readable(&self) -> bool {
+        self.accmode == libc::O_RDONLY || self.accmode == libc::O_RDWR
+    }
+    /// Whether the file was opened for writing.
+    pub fn writable(&self) -> bool {
+        self.accmode == libc::O_WRONLY || self.accmode == libc::O_RDWR
+    }
+}
+
+/// The process-wide state.
+pub(crate) struct Global {
+    /// The engine serving this process.
+    pub engine: Arc<Engine>,
+    /// This process's memory, as handlers read and write it.
+    pub mem: Arc<ProcessMemory>,
+    /// Its address space in the engine.
+    pub space: SpaceId,
+    /// Our open files.
+    pub files: FileTable<OpenFile>,
+}
+
+/// The state, once built (null before, and again in a forked child).
+static GLOBAL: AtomicPtr<Global> = AtomicPtr::new(std::ptr::null_mut());
+/// Whether the fork handler is registered.
+static ATFORK: AtomicBool = AtomicBool::new(false);
+/// Whether a failure to build the engine was reported on stderr already.
+static REPORTED: AtomicBool = AtomicBool::new(false);
+
+/// The state if it was built: `None` means no fd of the process is ours.
+pub(crate) fn global_if_any() -> Option<&'static Global> {
+    let p = GLOBAL.load(Ordering::Acquire);
+    // SAFETY: a non-null GLOBAL points to a leaked Box<Global> that is never freed (the fork
+    // handler nulls the pointer and leaks the state), so it is valid for 'static.
+    unsafe { p.as_ref() }
+}
+
+/// The state, built on first use.
+pub(crate) fn global() -> Result<&'static Global, Errno> {
+    if let Some(g) = global_if_any() {
+        return Ok(g);
+    }
+    let built = match build() {
+        Ok(g) => g,
+        Err(msg) => {
+            if !REPORTED.swap(true, Ordering::Relaxed) {
+                eprintln!("uiommu: {msg}");
+            }
+            return Err(libc::ENODEV);
+        }
+    };
+    register_atfork();
+    let new = Box::into_raw(Box::new(built));
+    match GLOBAL.compare_exchange(
+        std::ptr::null_mut(),
+        new,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
+        // SAFETY: `new` was just stored and comes from Box::into_raw; it is never freed.
+        Ok(_) => Ok(unsafe { &*new }),
+        Err(winner) => {
+            // Another thread built it first: ours was never published.
+            // SAFETY: `new` comes from Box::into_raw above and nobody else saw it.
+            drop(unsafe { Box::from_raw(new) });
+            // SAFETY: `winner` is a published, never-freed state (see global_if_any).
+            Ok(unsafe { &*winner })
+        }
+    }
+}
+
+/// The fork child handler: forget the parent's state without touching it.
+extern "C" fn forget_after_fork() {
+    let old = GLOBAL.swap(std::ptr::null_mut(), Ordering::AcqRel);
+    // The old state is leaked on purpose: its locks may be held by threads that were not
+    // copied, and its teardown would act on the parent's engine copy for nothing.
+    let _ = old;
+}
+
+fn register_atfork() {
+    if ATFORK.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    // SAFETY: registering a child handler that only swaps an atomic pointer (async-signal
+    // safe); no prepare or parent handler.
+    unsafe {
+        libc::pthread_atfork(None, None, Some(forget_after_fork));
+    }
+}
+
+/// Build the engine for this process.
+fn build() -> Result<Global, String> {
+    let platform = match std::env::var_os("UIOMMU_PLATFORM") {
+        None => Platform::builtin(),
+        Some(path) if path.is_empty() => Platform::builtin(),
+        Some(path) => {
+            let path = Path::new(&path);
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("UIOMMU_PLATFORM={}: {e}", path.display()))?;
+            let topo = Topology::from_toml(&text)
+                .map_err(|e| format!("UIOMMU_PLATFORM={}: {e}", path.display()))?;
+            Platform::new(topo)
+        }
+    };
+    let engine = Engine::new(platform, engine_config())
+        .map_err(|e| format!("cannot start the engine: {e}"))?;
+    let mem = Arc::new(ProcessMemory::this());
+    let space = engine.add_space(mem.clone() as Arc<dyn UserMemory>);
+    Ok(Global {
+        engine,
+        mem,
+        space,
+        files: FileTable::new(),
+    })
+}
+
+/// The limits and privileges of this process, as the kernel would see them.
+pub(crate) fn engine_config() -> EngineConfig {
+    let default = EngineConfig::default();
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one struct rlimit into `rl`.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) } == 0;
+    let memlock_limit_pages = if !ok {
+        default.memlock_limit_pages
+    } else if rl.rlim_cur == libc::RLIM_INFINITY {
+        None
+    } else {
+        Some(rl.rlim_cur / PAGE)
+    };
+    let caps = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| effective_caps(&s))
+        .unwrap_or(0);
+    EngineConfig {
+        memlock_limit_pages,
+        cap_ipc_lock: caps & (1 << CAP_IPC_LOCK) != 0,
+        cap_sys_resource: caps & (1 << CAP_SYS_RESOURCE) != 0,
+    }
+}
+
+/// The `CapEff:` mask of a `/proc/<pid>/status` text.
+pub(crate) fn effective_caps(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+}
+
+/// The devices `/dev/vfio/devices/vfioN` names: every function bound to `vfio-pci`, in
+/// ascending platform order; `vfioN` is the N-th (from 0). The sysfs view numbers its
+/// `vfio-dev/vfioN` entries the same way.
+pub fn vfio_devices(engine: &Engine) -> Vec<DeviceId> {
+    engine.with_platform(|p| {
+        p.topology
+            .devices()
+            .filter(|d| *p.drivers.driver(d.id) == Driver::VfioPci)
+            .map(|d| d.id)
+            .collect()
+    })
+}
+
+impl Global {
+    /// The caller as handlers see it.
+    pub fn caller(&self) -> Caller<'_> {
+        Caller {
+            mem: &*self.mem,
+            fds: self,
+        }
+    }
+}
+
+/// Whether `fd` is an open file descriptor.
+fn fd_open(fd: c_int) -> bool {
+    // SAFETY: F_GETFD takes no argument and only reports the fd flags or EBADF.
+    fd >= 0 && unsafe { real::fcntl(fd, libc::F_GETFD, 0) } >= 0
+}
+
+/// Whether `fd` is an eventfd (its `/proc/self/fd` link is `anon_inode:[eventfd]`).
+fn is_eventfd(fd: c_int) -> bool {
+    std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .is_ok_and(|t| t.as_os_str() == "anon_inode:[eventfd]")
+}
+
+/// A private duplicate of the program's eventfd; closed when the last signal closure goes.
+struct EventFd(c_int);
+
+impl EventFd {
+    fn signal(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to an fd this value owns. The real write is
+        // called directly: this runs under the engine lock and must not touch the file table.
+        // A full counter (EAGAIN) or any other failure loses the signal, as the kernel's
+        // eventfd_signal saturates.
+        let _ = unsafe { real::write(self.0, (&one as *const u64).cast(), 8) };
+    }
+}
+
+impl Drop for EventFd {
+    fn drop(&mut self) {
+        // SAFETY: closes the duplicate this value owns, once.
+        unsafe {
+            real::close(self.0);
+        }
+    }
+}
+
+impl FdTable for Global {
+    fn iommufd(&self, fd: i32) -> Result<Context, Errno> {
+        if !fd_open(fd) {
+            return Err(libc::EBADF);
+        }
+        match self.files.get(fd).as_deref() {
+            Some(OpenFile {
+                kind: Kind::Iommufd(f),
+                ..
+            }) => Ok(f.context().clone()),
+            // iommufd_ctx_from_fd: a file that is not an iommufd is EBADFD.
+            _ => Err(libc::EBADFD),
+        }
+    }
+
+    fn eventfd(&self, fd: i32) -> Result<Box<dyn Fn() + Send + Sync>, Errno> {
+        if !fd_open(fd) {
+            return Err(libc::EBADF);
+        }
+        if !is_eventfd(fd) {
+            // eventfd_ctx_fdget on another kind of file.
+            return Err(libc::EINVAL);
+        }
+        // SAFETY: F_DUPFD_CLOEXEC duplicates an open fd; no memory is passed.
+        let dup = unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return Err(real::errno());
+        }
+        let ev = EventFd(dup);
+        Ok(Box::new(move || ev.signal()))
+    }
+
+    fn install(&self, file: Arc<dyn EngineFile>, cloexec: bool) -> Result<i32, Errno> {
+        let fd = new_memfd(c"uiommu:file", cloexec)?;
+        let open = OpenFile {
+            kind: Kind::Engine(file),
+            accmode: libc::O_RDWR,
+        };
+        match self.files.insert(fd, open) {
+            Ok(_) => Ok(fd),
+            Err(e) => {
+                // SAFETY: closes the memfd made above, which nobody else has seen.
+                unsafe { real::close(fd) };
+                Err(e)
+            }
+        }
+    }
+
+    fn file(&self, fd: i32) -> Result<Arc<dyn EngineFile>, Errno> {
+        match self.files.get(fd).as_deref() {
+            Some(OpenFile {
+                kind: Kind::Engine(f),
+                ..
+            }) => Ok(f.clone()),
+            _ => Err(libc::EBADF),
+        }
+    }
+}
+
+/// A new memfd named `name` (shown as `/memfd:<name>` in `/proc/self/fd`).
+pub(crate) fn new_memfd(name: &std::ffi::CStr, cloexec: bool) -> Result<c_int, Errno> {
+    let flags = if cloexec { libc::MFD_CLOEXEC } else { 0 };
+    // SAFETY: `name` is NUL-terminated; memfd_create has no memory preconditions. It is not
+    // interposed, so this is the real system call wrapper.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
+    if fd < 0 {
+        Err(real::errno())
+    } else {
+        Ok(fd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn effective_caps_parses_the_status_line() {
+        let s = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t0000000001004000\nCapBnd:\t1\n";
+        let caps = effective_caps(s).unwrap();
+        assert_ne!(caps & (1 << CAP_IPC_LOCK), 0);
+        assert_ne!(caps & (1 << CAP_SYS_RESOURCE), 0);
+        assert_eq!(effective_caps("Name: x\n"), None);
+    }
+
+    #[test]
+    fn engine_config_reads_the_real_memlock_limit() {
+        let cfg = engine_config();
+        let mut rl = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one struct rlimit.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) }, 0);
+        if rl.rlim_cur == libc::RLIM_INFINITY {
+            assert_eq!(cfg.memlock_limit_pages, None);
+        } else {
+            assert_eq!(cfg.memlock_limit_pages, Some(rl.rlim_cur / PAGE));
+        }
+    }
+
+    #[test]
+    fn vfio_numbering_is_platform_order_of_vfio_pci_functions() {
+        let engine = Engine::builtin();
+        let devs = vfio_devices(&engine);
+        assert!(
+            !devs.is_empty(),
+            "the built-in platform has vfio-pci functions"
+        );
+        assert!(devs.windows(2).all(|w| w[0] < w[1]));
+        engine.with_platform(|p| {
+            for d in &devs {
+                assert_eq!(*p.drivers.driver(*d), Driver::VfioPci);
+            }
+        });
+    }
+}

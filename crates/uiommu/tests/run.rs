@@ -1,0 +1,117 @@
+//! `uiommu run`: the environment it gives the program, its exit status, its refusals.
+//!
+//! These tests use a stand-in file as the preload library (the dynamic loader reports it
+//! cannot be preloaded and ignores it), so they do not depend on the cdylib being built; the
+//! library itself is tested through C programs in `crates/preload/tests/c_abi.rs`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("uiommu_run");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn stand_in_library() -> PathBuf {
+    let lib = scratch("libstand_in.so");
+    std::fs::write(&lib, b"").unwrap();
+    lib
+}
+
+fn uiommu() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_uiommu"));
+    cmd.env_remove("LD_PRELOAD")
+        .env_remove("UIOMMU_PRELOAD")
+        .env_remove("UIOMMU_PLATFORM");
+    cmd
+}
+
+#[test]
+fn run_sets_the_environment_and_returns_the_exit_status() {
+    let lib = stand_in_library();
+    let platform = scratch("platform.toml");
+    std::fs::write(&platform, "").unwrap();
+    let out = uiommu()
+        .args(["run", "--preload"])
+        .arg(&lib)
+        .arg("--platform")
+        .arg(&platform)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "echo \"P=$LD_PRELOAD\"; echo \"F=$UIOMMU_PLATFORM\"; exit 7",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(7), "{stdout}");
+    let lib = std::fs::canonicalize(lib).unwrap();
+    let platform = std::fs::canonicalize(platform).unwrap();
+    assert!(
+        stdout.contains(&format!("P={}\n", lib.display())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("F={}\n", platform.display())),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn run_appends_to_an_existing_ld_preload() {
+    let lib = stand_in_library();
+    let other = scratch("libother.so");
+    std::fs::write(&other, b"").unwrap();
+    let out = uiommu()
+        .env("LD_PRELOAD", &other)
+        .env("UIOMMU_PRELOAD", &lib)
+        .args(["run", "--", "sh", "-c", "echo \"P=$LD_PRELOAD\""])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let lib = std::fs::canonicalize(lib).unwrap();
+    let want = format!("P={}:{}\n", other.display(), lib.display());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&want));
+}
+
+#[test]
+fn run_refuses_a_missing_library_a_bad_platform_and_a_missing_program() {
+    let out = uiommu()
+        .args([
+            "run",
+            "--preload",
+            "/nonexistent/libuiommu_preload.so",
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/libuiommu_preload.so"));
+
+    let bad = scratch("bad.toml");
+    std::fs::write(&bad, "[[device]\nthis is not toml").unwrap();
+    let out = uiommu()
+        .args(["run", "--preload"])
+        .arg(stand_in_library())
+        .arg("--platform")
+        .arg(&bad)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.toml"));
+
+    let out = uiommu()
+        .args(["run", "--preload"])
+        .arg(stand_in_library())
+        .args(["--", "/nonexistent/program"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(127));
+
+    let out = uiommu().args(["run"]).output().unwrap();
+    assert!(!out.status.success(), "a program is required");
+}
