@@ -14,7 +14,7 @@
 //! and the next open of `/dev/iommu` builds a fresh engine for the child.
 
 use crate::real;
-use crate::table::FileTable;
+use crate::table::{inode_of, FileTable, InodeKey};
 use libc::c_int;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
@@ -221,6 +221,12 @@ pub fn vfio_devices(engine: &Engine) -> Vec<DeviceId> {
 }
 
 impl Global {
+    /// Number of security contexts open in the engine.
+    #[cfg(test)]
+    fn contexts_open(&self) -> usize {
+        self.engine.contexts()
+    }
+
     /// The caller as handlers see it.
     pub fn caller(&self) -> Caller<'_> {
         Caller {
@@ -243,24 +249,36 @@ fn is_eventfd(fd: c_int) -> bool {
 }
 
 /// A private duplicate of the program's eventfd; closed when the last signal closure goes.
-struct EventFd(c_int);
+struct EventFd {
+    fd: c_int,
+    /// The eventfd's inode: a signal is only written while `fd` still names it, so a program
+    /// that closed the duplicate behind our back (`closefrom`) never gets 8 bytes written into
+    /// whatever file reused the number.
+    key: InodeKey,
+}
 
 impl EventFd {
     fn signal(&self) {
+        if inode_of(self.fd) != Ok(self.key) {
+            return;
+        }
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64 to an fd this value owns. The real write is
         // called directly: this runs under the engine lock and must not touch the file table.
         // A full counter (EAGAIN) or any other failure loses the signal, as the kernel's
         // eventfd_signal saturates.
-        let _ = unsafe { real::write(self.0, (&one as *const u64).cast(), 8) };
+        let _ = unsafe { real::write(self.fd, (&one as *const u64).cast(), 8) };
     }
 }
 
 impl Drop for EventFd {
     fn drop(&mut self) {
-        // SAFETY: closes the duplicate this value owns, once.
-        unsafe {
-            real::close(self.0);
+        if inode_of(self.fd) == Ok(self.key) {
+            // SAFETY: closes the duplicate this value owns, once (and only while the number
+            // still names it).
+            unsafe {
+                real::close(self.fd);
+            }
         }
     }
 }
@@ -293,7 +311,15 @@ impl FdTable for Global {
         if dup < 0 {
             return Err(real::errno());
         }
-        let ev = EventFd(dup);
+        let key = match inode_of(dup) {
+            Ok(k) => k,
+            Err(e) => {
+                // SAFETY: closes the duplicate just made.
+                unsafe { real::close(dup) };
+                return Err(e);
+            }
+        };
+        let ev = EventFd { fd: dup, key };
         Ok(Box::new(move || ev.signal()))
     }
 
@@ -364,6 +390,132 @@ mod tests {
         } else {
             assert_eq!(cfg.memlock_limit_pages, Some(rl.rlim_cur / PAGE));
         }
+    }
+
+    fn test_global() -> Global {
+        let engine = Engine::builtin();
+        let mem = Arc::new(ProcessMemory::this());
+        let space = engine.add_space(mem.clone() as Arc<dyn UserMemory>);
+        Global {
+            engine,
+            mem,
+            space,
+            files: FileTable::new(),
+        }
+    }
+
+    fn eventfd() -> c_int {
+        // SAFETY: eventfd has no memory preconditions.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        assert!(fd >= 0);
+        fd
+    }
+
+    fn read_counter(fd: c_int) -> Option<u64> {
+        let mut v = 0u64;
+        // SAFETY: reads 8 bytes into a live u64.
+        let n = unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) };
+        (n == 8).then_some(v)
+    }
+
+    fn close(fd: c_int) {
+        // SAFETY: closes an fd the test owns.
+        unsafe { libc::close(fd) };
+    }
+
+    #[test]
+    fn eventfd_signal_survives_the_callers_close_and_closes_its_duplicate() {
+        let g = test_global();
+        let efd = eventfd();
+        let signal = g.eventfd(efd).unwrap();
+        signal();
+        assert_eq!(read_counter(efd), Some(1));
+        // Keep the eventfd object alive through a second fd while the caller closes its own.
+        let keep = {
+            // SAFETY: dup has no memory preconditions.
+            unsafe { libc::dup(efd) }
+        };
+        close(efd);
+        signal();
+        signal();
+        assert_eq!(read_counter(keep), Some(2));
+        let key = inode_of(keep).unwrap();
+        let fds_of_the_eventfd = || {
+            std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<c_int>().ok())
+                .filter(|&fd| inode_of(fd) == Ok(key))
+                .count()
+        };
+        assert_eq!(fds_of_the_eventfd(), 2, "`keep` and the private duplicate");
+        drop(signal);
+        assert_eq!(
+            fds_of_the_eventfd(),
+            1,
+            "the duplicate is closed with the closure"
+        );
+        close(keep);
+    }
+
+    #[test]
+    fn eventfd_refuses_closed_fds_and_other_files() {
+        let g = test_global();
+        // A number no test opens (a closed fd's number could be reused by a parallel test).
+        assert_eq!(g.eventfd(c_int::MAX).err(), Some(libc::EBADF));
+        assert_eq!(g.eventfd(-1).err(), Some(libc::EBADF));
+        let f = std::fs::File::open("/proc/self/status").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+        assert_eq!(g.eventfd(fd).err(), Some(libc::EINVAL));
+    }
+
+    #[test]
+    fn iommufd_lookup_finds_our_contexts_only() {
+        let g = test_global();
+        let fd = new_memfd(c"uiommu:iommu", true).unwrap();
+        let file = IommufdFile::open(&g.engine, g.space).unwrap();
+        let id = file.context().id();
+        g.files
+            .insert(
+                fd,
+                OpenFile {
+                    kind: Kind::Iommufd(file),
+                    accmode: libc::O_RDWR,
+                },
+            )
+            .unwrap();
+        assert_eq!(g.iommufd(fd).unwrap().id(), id);
+        // SAFETY: dup has no memory preconditions.
+        let d = unsafe { libc::dup(fd) };
+        assert_eq!(g.iommufd(d).unwrap().id(), id);
+        let other = new_memfd(c"uiommu:iommu", true).unwrap();
+        assert_eq!(g.iommufd(other).err(), Some(libc::EBADFD));
+        close(other);
+        assert_eq!(g.iommufd(c_int::MAX).err(), Some(libc::EBADF));
+        assert_eq!(g.contexts_open(), 1);
+        close(fd);
+        assert!(g.files.sweep().is_empty(), "the dup keeps it");
+        close(d);
+        drop(g.files.sweep());
+        assert_eq!(g.contexts_open(), 0, "the last close tore the context down");
+    }
+
+    #[test]
+    fn installed_files_are_found_and_read_through_the_table() {
+        struct Hello;
+        impl EngineFile for Hello {
+            fn as_any(&self) -> &dyn std::any::Any {
+                self
+            }
+        }
+        let g = test_global();
+        let fd = g.install(Arc::new(Hello), true).unwrap();
+        let f = g.file(fd).unwrap();
+        assert!(f.as_any().is::<Hello>());
+        let iommu = new_memfd(c"x", true).unwrap();
+        assert_eq!(g.file(iommu).err(), Some(libc::EBADF));
+        close(iommu);
+        close(fd);
+        assert_eq!(g.files.sweep().len(), 1);
     }
 
     #[test]

@@ -8,8 +8,10 @@
 //! The library is the cdylib of this very package: cargo builds it into `target/<profile>/deps/`
 //! before running integration tests, so a clean clone needs nothing else.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 
 /// The `libuiommu_preload.so` cargo built for this test run: `target/<profile>/deps/` (where
 /// cargo puts the cdylib when building the package's tests), else `target/<profile>/` (where
@@ -31,8 +33,20 @@ fn library() -> PathBuf {
         .unwrap_or_else(|| panic!("libuiommu_preload.so not found in {candidates:?}"))
 }
 
-/// Compile `tests/c/<name>.c` into the test's scratch directory.
+/// Compile `tests/c/<name>.c` into the test's scratch directory, once per test process (tests
+/// run in parallel and share programs).
 fn compile(name: &str) -> PathBuf {
+    static BUILT: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = built.get(name) {
+        return p.clone();
+    }
+    let out = compile_now(name);
+    built.insert(name.to_string(), out.clone());
+    out
+}
+
+fn compile_now(name: &str) -> PathBuf {
     let src_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c");
     let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("c_abi");
     std::fs::create_dir_all(&out_dir).expect("scratch directory");
@@ -58,18 +72,18 @@ fn compile(name: &str) -> PathBuf {
     out
 }
 
-/// Run a compiled program under the preload library; returns its stdout after checking that it
-/// passed.
-fn run(program: &Path, platform: Option<&Path>) -> String {
+/// Run a compiled program under the preload library (with `UIOMMU_PLATFORM` = `platform`, or
+/// unset); returns its stdout and stderr after checking that it passed.
+fn run_with(program: &Path, args: &[&str], platform: Option<&Path>) -> (String, String) {
     let mut cmd = Command::new(program);
-    cmd.env("LD_PRELOAD", library());
+    cmd.args(args).env("LD_PRELOAD", library());
     match platform {
         Some(p) => cmd.env("UIOMMU_PLATFORM", p),
         None => cmd.env_remove("UIOMMU_PLATFORM"),
     };
     let out = cmd.output().expect("run the C program");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     print!("{stdout}");
     eprint!("{stderr}");
     assert!(
@@ -79,7 +93,16 @@ fn run(program: &Path, platform: Option<&Path>) -> String {
         out.status
     );
     assert!(stdout.contains("PASS "), "no PASS line:\n{stdout}");
-    stdout
+    (stdout, stderr)
+}
+
+fn run(program: &Path, platform: Option<&Path>) -> String {
+    run_with(program, &[], platform).0
+}
+
+/// The built-in platform written out as a file.
+fn default_platform_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../platforms/default.toml")
 }
 
 #[test]
@@ -90,4 +113,35 @@ fn iommufd_basics() {
 #[test]
 fn vfio_device_end_to_end_dma() {
     run(&compile("vfio_dma"), None);
+}
+
+#[test]
+fn threads_share_one_iommufd() {
+    run(&compile("iommufd_threads"), None);
+}
+
+#[test]
+fn socket_passing_close_range_and_fork() {
+    let out = run(&compile("iommufd_files"), None);
+    assert!(out.contains("PASS iommufd_files child"), "{out}");
+}
+
+#[test]
+fn platform_file_from_the_environment() {
+    let platform = default_platform_file();
+    run(&compile("iommufd_basic"), Some(&platform));
+    run(&compile("vfio_dma"), Some(&platform));
+}
+
+#[test]
+fn broken_platform_file_fails_the_open_with_enodev() {
+    let bad = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("c_abi/broken-platform.toml");
+    std::fs::create_dir_all(bad.parent().unwrap()).unwrap();
+    std::fs::write(&bad, "[[device\nnot toml").unwrap();
+    let (_, stderr) = run_with(&compile("iommufd_files"), &["expect-enodev"], Some(&bad));
+    assert_eq!(
+        stderr.matches("uiommu: UIOMMU_PLATFORM=").count(),
+        1,
+        "one message naming the file:\n{stderr}"
+    );
 }

@@ -1,0 +1,161 @@
+/*
+ * iommufd file semantics through libuiommu_preload.so: an fd passed over a Unix socket is the
+ * same context, close_range and closefrom close our fds like any other, and after fork the
+ * child shares nothing (inherited fds are plain memfds there; it opens its own contexts) while
+ * the parent is unaffected.
+ *
+ * `iommufd_files expect-enodev` checks only that /dev/iommu cannot be opened (ENODEV), for a
+ * run with a broken UIOMMU_PLATFORM.
+ */
+#define _GNU_SOURCE
+#include "uiommu_test.h"
+
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static __u32 ioas_alloc(int fd)
+{
+	struct iommu_ioas_alloc a = { .size = sizeof(a) };
+	if (ioctl(fd, IOMMU_IOAS_ALLOC, &a) != 0)
+		return 0;
+	return a.out_ioas_id;
+}
+
+/* Whether object `id` exists in the context of `fd` (IOVA_RANGES answers EMSGSIZE for an
+ * IOAS when asked for 0 ranges). */
+static int ioas_exists(int fd, __u32 id)
+{
+	struct iommu_ioas_iova_ranges q = { .size = sizeof(q), .ioas_id = id };
+	return ioctl(fd, IOMMU_IOAS_IOVA_RANGES, &q) == -1 && errno == EMSGSIZE;
+}
+
+static void send_fd(int sock, int fd)
+{
+	char data = 'f';
+	struct iovec iov = { .iov_base = &data, .iov_len = 1 };
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} u;
+	struct msghdr msg = {
+		.msg_iov = &iov,
+		.msg_iovlen = 1,
+		.msg_control = u.buf,
+		.msg_controllen = sizeof(u.buf),
+	};
+	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(c), &fd, sizeof(int));
+	CHECK(sendmsg(sock, &msg, 0) == 1);
+}
+
+static int recv_fd(int sock)
+{
+	char data;
+	struct iovec iov = { .iov_base = &data, .iov_len = 1 };
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} u;
+	struct msghdr msg = {
+		.msg_iov = &iov,
+		.msg_iovlen = 1,
+		.msg_control = u.buf,
+		.msg_controllen = sizeof(u.buf),
+	};
+	CHECK(recvmsg(sock, &msg, 0) == 1);
+	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+	CHECK(c && c->cmsg_type == SCM_RIGHTS);
+	int fd;
+	memcpy(&fd, CMSG_DATA(c), sizeof(int));
+	return fd;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc > 1 && strcmp(argv[1], "expect-enodev") == 0) {
+		CHECK_ERR(open("/dev/iommu", O_RDWR), ENODEV);
+		CHECK_ERR(open("/dev/vfio/devices/vfio0", O_RDWR), ENODEV);
+		/* Other files are not affected. */
+		int fd = open("/dev/null", O_RDWR);
+		CHECK(fd >= 0 && close(fd) == 0);
+		PASS("iommufd_files expect-enodev");
+		return 0;
+	}
+
+	/* SCM_RIGHTS within the process: the received fd is the same context. */
+	int sv[2];
+	CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+	int fd = open("/dev/iommu", O_RDWR);
+	CHECK(fd >= 0);
+	__u32 ioas = ioas_alloc(fd);
+	CHECK(ioas != 0);
+	send_fd(sv[0], fd);
+	int got = recv_fd(sv[1]);
+	CHECK(got >= 0 && got != fd);
+	CHECK(close(fd) == 0);
+	CHECK(ioas_exists(got, ioas));
+
+	/* close_range and closefrom close our fds: the context goes with its last fd. */
+	int hi = fcntl(got, F_DUPFD, 200);
+	CHECK(hi >= 200);
+	CHECK(close(got) == 0);
+	CHECK(ioas_exists(hi, ioas));
+	int hi2 = fcntl(hi, F_DUPFD, 300);
+	CHECK(close_range(hi, hi, CLOSE_RANGE_CLOEXEC) == 0); /* marks, does not close */
+	CHECK(ioas_exists(hi, ioas));
+	CHECK(close_range(hi, hi, 0) == 0);
+	CHECK(ioas_exists(hi2, ioas));
+	closefrom(300);
+	CHECK_ERR(fcntl(hi2, F_GETFD), EBADF);
+	int fresh = open("/dev/iommu", O_RDWR);
+	CHECK(fresh >= 0);
+	CHECK(ioas_alloc(fresh) == 1); /* a new context; the old one is gone */
+
+	/* fork: the parent's context keeps working; the child starts from nothing. */
+	__u32 parent_ioas = ioas_alloc(fresh);
+	CHECK(parent_ioas == 2);
+	unsigned char *buf = mmap(NULL, 8192, PROT_READ | PROT_WRITE,
+				  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	CHECK(buf != MAP_FAILED);
+	pid_t pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		/* The inherited fd is a plain memfd here. */
+		struct iommu_ioas_alloc a = { .size = sizeof(a) };
+		CHECK_ERR(ioctl(fresh, IOMMU_IOAS_ALLOC, &a), ENOTTY);
+		CHECK(close(fresh) == 0);
+		/* Its own engine, mapping its own memory. */
+		int own = open("/dev/iommu", O_RDWR);
+		CHECK(own >= 0);
+		__u32 child_ioas = ioas_alloc(own);
+		CHECK(child_ioas == 1);
+		struct iommu_ioas_map m = {
+			.size = sizeof(m),
+			.flags = IOMMU_IOAS_MAP_READABLE,
+			.ioas_id = child_ioas,
+			.user_va = (uintptr_t)buf,
+			.length = 8192,
+		};
+		CHECK(ioctl(own, IOMMU_IOAS_MAP, &m) == 0);
+		CHECK(close(own) == 0);
+		PASS("iommufd_files child");
+		fflush(stdout);
+		_exit(0);
+	}
+	int status = 0;
+	CHECK(waitpid(pid, &status, 0) == pid);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	CHECK(ioas_exists(fresh, parent_ioas));
+	CHECK(ioas_alloc(fresh) == 3);
+	CHECK(close(fresh) == 0);
+	CHECK(close(sv[0]) == 0 && close(sv[1]) == 0);
+	PASS("iommufd_files");
+	return 0;
+}
