@@ -417,10 +417,12 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_i
         let Some(g) = active() else {
             return real_ioctl();
         };
+        // Entered before the look-up so that the file, if this call ends up holding its
+        // last reference (closed by another thread meanwhile), is dropped inside the library.
+        let _h = Hook::enter();
         let Some(file) = g.files.get(fd) else {
             return real_ioctl();
         };
-        let _h = Hook::enter();
         let caller = g.caller();
         let r = match &file.kind {
             Kind::Iommufd(f) => f.ioctl(&caller, request, arg),
@@ -552,10 +554,12 @@ fn io_impl(
         let Some(g) = active() else {
             return real_op();
         };
+        // Entered before the look-up so that the file, if this call ends up holding its
+        // last reference (closed by another thread meanwhile), is dropped inside the library.
+        let _h = Hook::enter();
         let Some(file) = g.files.get(fd) else {
             return real_op();
         };
-        let _h = Hook::enter();
         match file_io(g, fd, &file, dir, buf, count, offset) {
             Ok(n) => n as ssize_t,
             Err(e) => fail_ssize(e),
@@ -747,10 +751,12 @@ fn mmap_impl(
         let Some(g) = active() else {
             return real_op();
         };
+        // Entered before the look-up so that the file, if this call ends up holding its
+        // last reference (closed by another thread meanwhile), is dropped inside the library.
+        let _h = Hook::enter();
         let Some(file) = g.files.get(fd) else {
             return real_op();
         };
-        let _h = Hook::enter();
         set_errno(mmap_refusal(&file, len, prot, flags, off));
         libc::MAP_FAILED
     })
