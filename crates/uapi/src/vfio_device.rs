@@ -205,7 +205,8 @@ impl Snapshot {
                 Some(cap) => 1 << ((self.word(cap + 2) & 0x0e) >> 1),
                 None => 0,
             },
-            VFIO_PCI_MSIX_IRQ_INDEX => self.irq_count,
+            // The MSI-X table has at most 2048 entries.
+            VFIO_PCI_MSIX_IRQ_INDEX => self.irq_count.min(2048),
             VFIO_PCI_ERR_IRQ_INDEX => u32::from(self.is_pcie()),
             VFIO_PCI_REQ_IRQ_INDEX => 1,
             _ => 0,
@@ -812,9 +813,10 @@ impl VfioDeviceFile {
                     None
                 });
             }
+            // Read before taking the table: the engine lock comes before the table's.
+            let n = self.snapshot_irq_count(target);
             let mut t = lock_irqs(&self.irqs);
             if t.mode == IrqMode::None {
-                let n = self.snapshot_irq_count(target);
                 t.mode = target;
                 t.vectors = vec![None; n as usize];
             }

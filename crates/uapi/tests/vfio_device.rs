@@ -279,9 +279,21 @@ fn open_refuses_devices_not_bound_to_vfio_pci() {
         VfioDeviceFile::open(&rig.engine, DeviceId(9999)).err(),
         Some(ENODEV)
     );
-    let f = VfioDeviceFile::open(&rig.engine, rig.dev("dma0")).unwrap();
-    assert_eq!(f.device(), rig.dev("dma0"));
+    let dma0 = rig.dev("dma0");
+    let f = VfioDeviceFile::open(&rig.engine, dma0).unwrap();
+    assert_eq!(f.device(), dma0);
     assert_eq!(f.devid(), None);
+    // vfio-pci let go of the device while the file was open: its cdev is gone.
+    rig.engine.driver_unbind(dma0).unwrap();
+    assert_eq!(rig.bind(&f, IOMMUFD), Err(ENODEV));
+    assert_eq!(rig.group_domain(dma0), Some(DomainKind::Identity));
+    rig.engine
+        .driver_bind(dma0, uiommu_platform::drivers::Driver::VfioPci)
+        .unwrap();
+    rig.bind(&f, IOMMUFD).unwrap();
+    // While bound, vfio-pci cannot be unbound.
+    assert!(rig.engine.driver_unbind(dma0).is_err());
+    rig.check();
 }
 
 #[test]
