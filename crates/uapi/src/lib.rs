@@ -27,7 +27,8 @@ pub type Errno = i32;
 /// What a handler needs from the front-end's table of open files.
 pub trait FdTable {
     /// The security context behind an open `/dev/iommu` file descriptor of the caller (EBADF
-    /// when `fd` is not open, EINVAL when it is not an iommufd).
+    /// when `fd` is not open, EBADFD when it is not an iommufd, as the kernel's
+    /// `iommufd_ctx_from_fd`).
     fn iommufd(&self, fd: i32) -> Result<uiommu_core::Context, Errno>;
     /// A function that signals the caller's eventfd `fd` (for VFIO interrupts); EBADF when `fd`
     /// is not an open eventfd.
