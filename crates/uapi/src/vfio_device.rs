@@ -1263,6 +1263,12 @@ mod tests {
     }
 
     #[test]
+    fn the_file_can_be_shared_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<VfioDeviceFile>();
+    }
+
+    #[test]
     fn config_range_refuses_anything_past_the_end() {
         assert_eq!(config_range(0, 256, 256), Ok(0..256));
         assert_eq!(config_range(255, 2, 256), Err(EFAULT));
