@@ -22,6 +22,8 @@ pub struct HwptPagingInfo {
     pub nest_parent: bool,
     /// The device's IOMMU can track dirty pages in this domain.
     pub dirty_capable: bool,
+    /// Allocated with IOMMU_HWPT_ALLOC_DIRTY_TRACKING: the HWPT has dirty-tracking operations.
+    pub dirty_ops: bool,
     /// Dirty tracking is on now.
     pub dirty_tracking: bool,
     /// The page-table format of its domain.
@@ -34,7 +36,7 @@ impl Context {
     /// Facts about paging HWPT `hwpt` (ENOENT when it is absent or not a paging HWPT).
     pub fn hwpt_paging_info(&self, hwpt: ObjId) -> Result<HwptPagingInfo> {
         self.with(|st, c| {
-            let (ioas, domain, auto, nest_parent, dirty_capable, format) =
+            let (ioas, domain, auto, nest_parent, dirty_capable, dirty_ops, format) =
                 match st.ctx(c)?.objects.get(hwpt)? {
                     Object::HwptPaging(h) => (
                         h.ioas,
@@ -42,6 +44,7 @@ impl Context {
                         h.auto,
                         h.nest_parent,
                         h.dirty_capable,
+                        h.dirty_ops,
                         h.format,
                     ),
                     _ => {
@@ -64,6 +67,7 @@ impl Context {
                 auto,
                 nest_parent,
                 dirty_capable,
+                dirty_ops,
                 dirty_tracking,
                 format,
                 granule,

@@ -44,6 +44,8 @@ pub(crate) struct HwptPaging {
     pub auto: bool,
     pub nest_parent: bool,
     pub dirty_capable: bool,
+    /// Allocated with IOMMU_HWPT_ALLOC_DIRTY_TRACKING (has dirty-tracking operations).
+    pub dirty_ops: bool,
     pub enforce_cc: bool,
 }
 
@@ -261,6 +263,13 @@ fn do_attach(
             "the page-table format does not match the device's IOMMU",
         ));
     }
+    let dirty_ops =
+        matches!(st.ctx(c)?.objects.get(hwpt), Ok(Object::HwptPaging(h)) if h.dirty_ops);
+    if dirty_ops && !dirty_capable(st, dev) {
+        return Err(Error::Invalid(
+            "the device cannot track dirty pages for this page table",
+        ));
+    }
     if enforce_cc && members.iter().any(|m| st.noncoherent.contains(m)) {
         return Err(Error::Invalid(
             "the page table enforces coherency the device cannot",
@@ -385,6 +394,7 @@ pub(crate) fn alloc_paging(
     flags: HwptFlags,
     auto: bool,
 ) -> Result<ObjId> {
+    ioas_in(&mut st.ctxs, c, ioas_id)?;
     if flags.dirty_tracking && !dirty_capable(st, dev) {
         return Err(Error::NotSupported(
             "the device's IOMMU cannot track dirty pages",
@@ -444,6 +454,7 @@ pub(crate) fn alloc_paging(
             auto,
             nest_parent: flags.nest_parent,
             dirty_capable: dirty,
+            dirty_ops: flags.dirty_tracking,
             enforce_cc,
         }),
     );
@@ -468,7 +479,7 @@ pub(crate) fn alloc_nested(
         _ => return Err(Error::Invalid("the parent must be a paging HWPT")),
     };
     if device_format(st, dev) != format {
-        return Err(Error::NotSupported(
+        return Err(Error::Invalid(
             "the device's IOMMU cannot nest on this parent",
         ));
     }
@@ -592,7 +603,7 @@ impl Context {
     pub fn hwpt_set_dirty_tracking(&self, hwpt: ObjId, enable: bool) -> Result<()> {
         self.with(|st, c| {
             let domain = match st.ctx(c)?.objects.get(hwpt)? {
-                Object::HwptPaging(h) if h.dirty_capable => h.domain,
+                Object::HwptPaging(h) if h.dirty_ops => h.domain,
                 Object::HwptPaging(_) => return Err(Error::NotSupported("no dirty tracking")),
                 _ => {
                     return Err(Error::WrongType {
@@ -606,6 +617,16 @@ impl Context {
                 .iommu
                 .page_table_mut(domain)
                 .ok_or(Error::NotSupported("no page table"))?;
+            if enable && !pt.dirty_tracking() {
+                // Start from a clean slate: marks left from before are not this run's writes.
+                let ap = pt.aperture();
+                pt.read_and_clear_dirty(
+                    uiommu_platform::Iova(ap.start),
+                    ap.len(),
+                    false,
+                    &mut |_| {},
+                );
+            }
             pt.set_dirty_tracking(enable);
             Ok(())
         })
@@ -623,7 +644,8 @@ impl Context {
     ) -> Result<()> {
         self.with(|st, c| {
             let domain = match st.ctx(c)?.objects.get(hwpt)? {
-                Object::HwptPaging(h) => h.domain,
+                Object::HwptPaging(h) if h.dirty_ops => h.domain,
+                Object::HwptPaging(_) => return Err(Error::NotSupported("no dirty tracking")),
                 _ => {
                     return Err(Error::WrongType {
                         id: hwpt.0,

@@ -42,7 +42,8 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            memlock_limit_pages: Some(8192 * 1024 / 4),
+            // Linux's default RLIMIT_MEMLOCK: 8 MiB.
+            memlock_limit_pages: Some((8 << 20) / uiommu_platform::PAGE_SIZE),
             cap_ipc_lock: false,
             cap_sys_resource: true,
         }
@@ -599,7 +600,7 @@ impl Context {
         self.with(|st, c| {
             st.ctx(c)?
                 .vfio_ioas
-                .ok_or(Error::NotFound("no VFIO compatibility IOAS"))
+                .ok_or(Error::NoDevice("no VFIO compatibility IOAS"))
         })
     }
 

@@ -192,3 +192,61 @@ fn unbound_device_dma_goes_through_the_identity_domain() {
     let f = engine.dma_write(dma0, Iova(0x1000), b"x").unwrap_err();
     assert_eq!(f.reason, FaultReason::BadPhysical);
 }
+
+#[test]
+fn dirty_operations_need_a_hwpt_allocated_for_dirty_tracking() {
+    let (engine, _mem, ctx) = engine();
+    let mock = engine.add_mock_device(0).unwrap();
+    let no_dirty = engine.add_mock_device(MOCK_FLAGS_DEVICE_NO_DIRTY).unwrap();
+    let d = ctx.device_bind(mock).unwrap();
+    let nd = ctx.device_bind(no_dirty).unwrap();
+    let ioas = ctx.ioas_alloc().unwrap();
+    let plain = ctx
+        .hwpt_alloc_paging(d, ioas, HwptFlags::default())
+        .unwrap();
+    assert_eq!(
+        ctx.hwpt_set_dirty_tracking(plain, true)
+            .unwrap_err()
+            .errno(),
+        95
+    );
+    assert_eq!(
+        ctx.hwpt_read_dirty(plain, Iova(1 << 24), 0x1000, false, &mut |_| {})
+            .unwrap_err()
+            .errno(),
+        95
+    );
+    let tracked = ctx
+        .hwpt_alloc_paging(
+            d,
+            ioas,
+            HwptFlags {
+                dirty_tracking: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    // A device that cannot track dirty pages cannot use a page table that does.
+    assert_eq!(ctx.device_attach(nd, tracked).unwrap_err().errno(), 22);
+    ctx.device_attach(d, tracked).unwrap();
+    let iova = ctx.ioas_map(ioas, BUF, 0x2000, None, Prot::RW).unwrap();
+    ctx.hwpt_set_dirty_tracking(tracked, true).unwrap();
+    engine.dma_write(mock, iova, b"x").unwrap();
+    // Turning tracking off and on again starts from a clean slate.
+    ctx.hwpt_set_dirty_tracking(tracked, false).unwrap();
+    ctx.hwpt_set_dirty_tracking(tracked, true).unwrap();
+    let mut dirty = Vec::new();
+    ctx.hwpt_read_dirty(tracked, iova, 0x2000, false, &mut |i| dirty.push(i))
+        .unwrap();
+    assert!(dirty.is_empty(), "{dirty:?}");
+    engine.check_invariants().unwrap();
+}
+
+#[test]
+fn vfio_compat_ioas_get_without_one_is_enodev() {
+    let (_engine, _mem, ctx) = engine();
+    assert_eq!(ctx.vfio_ioas().unwrap_err().errno(), 19);
+    let ioas = ctx.ioas_alloc().unwrap();
+    ctx.set_vfio_ioas(Some(ioas)).unwrap();
+    assert_eq!(ctx.vfio_ioas().unwrap(), ioas);
+}
