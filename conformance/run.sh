@@ -34,7 +34,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --floor) [ $# -ge 2 ] || die "--floor needs a FILE"; floor_file=$2; shift 2 ;;
         --floor=*) floor_file=${1#--floor=}; shift ;;
-        -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument: $1 (usage: run.sh [--floor FILE])" ;;
     esac
 done
