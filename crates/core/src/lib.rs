@@ -17,6 +17,7 @@
 pub mod abi_support;
 pub mod access;
 pub mod coherency;
+mod compat_support;
 mod device;
 pub mod engine;
 pub mod error;

@@ -128,12 +128,11 @@ impl IommufdFile {
     pub fn ioctl(&self, caller: &Caller<'_>, request: u64, arg: u64) -> Result<i64, Errno> {
         // The kernel's `unsigned int cmd`: upper bits of the request are dropped.
         let cmd = request as u32;
-        let nr = ioc_nr(cmd);
-        if !(IOMMUFD_CMD_BASE..=IOMMUFD_CMD_TEST).contains(&nr) {
-            // The kernel hands these to its VFIO type1 compatibility ioctls on the same file;
-            // they are not wired to this file yet.
-            return Err(ENOTTY);
+        if crate::vfio_compat::forwarded(cmd) {
+            // The kernel hands these to its VFIO type1 compatibility ioctls on the same file.
+            return crate::vfio_compat::ioctl(&self.ctx, caller, cmd, arg);
         }
+        let nr = ioc_nr(cmd);
         let user_size = read_size(caller.mem, arg)?;
         let Some(op) = OPS.iter().find(|o| ioc_nr(o.number) == nr) else {
             return Err(ENOTTY);

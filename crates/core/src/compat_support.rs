@@ -1,0 +1,236 @@
+//! What the VFIO type1 compatibility layer (`uiommu-uapi`'s `vfio_compat`, the kernel's
+//! `iommufd/vfio_compat.c`) and the legacy group path (`vfio_group`) need from the engine
+//! beyond the iommufd API: creating the compatibility IOAS, the page sizes and coherency of
+//! the IOAS's domains, type1's unmap with cuts, and the accounting of a `/dev/vfio/vfio`
+//! context.
+
+use crate::engine::{ioas_in, Context, Ioas, State};
+use crate::error::{Error, Result};
+use crate::io_pagetable::{IoPagetable, PtEnv};
+use crate::object::ObjId;
+use crate::pages::AccountMode;
+use crate::{AccessOps, Object};
+use std::sync::Arc;
+use uiommu_platform::{Iova, PAGE_SIZE};
+
+/// How often an unmap notifies the accesses holding pins before it gives up (the kernel's
+/// 100 tries in `iopt_unmap_iova_range`).
+const NOTIFY_ROUNDS: usize = 100;
+
+impl Context {
+    /// `iommufd_vfio_compat_ioas_create`: make sure the context has a compatibility IOAS,
+    /// allocating one when none is set (it is then an ordinary object of the context, destroyed
+    /// with it). Returns the compatibility IOAS.
+    pub fn vfio_compat_ioas_create(&self) -> Result<ObjId> {
+        self.with(|st, c| {
+            let ctx = st.ctx_mut(c)?;
+            if let Some(id) = ctx.vfio_ioas {
+                if matches!(ctx.objects.get(id), Ok(Object::Ioas(_))) {
+                    return Ok(id);
+                }
+            }
+            let id = ctx.objects.insert(Object::Ioas(Box::new(Ioas {
+                iopt: IoPagetable::new(),
+                hwpts: Vec::new(),
+            })))?;
+            ctx.vfio_ioas = Some(id);
+            Ok(id)
+        })
+    }
+
+    /// Charge this context's pinned pages to the process (`mm->locked_vm`), as the kernel does
+    /// for an iommufd opened through `/dev/vfio/vfio` (`IOPT_PAGES_ACCOUNT_MM`). No capability
+    /// is needed: the kernel sets the mode at open. EBUSY once the context has objects.
+    pub fn set_vfio_container_accounting(&self) -> Result<()> {
+        self.with(|st, c| {
+            let ctx = st.ctx_mut(c)?;
+            if ctx.objects.len() != 0 {
+                return Err(Error::Busy("the context already has objects"));
+            }
+            ctx.account_mode = AccountMode::Process;
+            Ok(())
+        })
+    }
+
+    /// `iommufd_get_pagesizes`: the page sizes every domain of `ioas` supports (all ones with
+    /// no domain), with sizes below `PAGE_SIZE` folded into `PAGE_SIZE`, and at least the
+    /// IOAS's IOVA alignment.
+    pub fn vfio_compat_page_sizes(&self, ioas: ObjId) -> Result<u64> {
+        self.with(|st, c| {
+            let State { ctxs, platform, .. } = st;
+            let i = ioas_in(ctxs, c, ioas)?;
+            let mut bitmap = u64::MAX;
+            for &d in i.iopt.domains() {
+                if let Some(pt) = platform.iommu.page_table(d) {
+                    bitmap &= pt.page_sizes();
+                }
+            }
+            if bitmap & (PAGE_SIZE - 1) != 0 {
+                bitmap &= !(PAGE_SIZE - 1);
+                bitmap |= PAGE_SIZE;
+            }
+            Ok(bitmap.max(i.iopt.iova_alignment()))
+        })
+    }
+
+    /// `iommufd_vfio_cc_iommu`: whether every paging HWPT of `ioas` enforces cache coherency
+    /// (true with none).
+    pub fn vfio_compat_cache_coherent(&self, ioas: ObjId) -> Result<bool> {
+        self.with(|st, c| {
+            let ctx = st.ctx(c)?;
+            let hwpts = match ctx.objects.get(ioas)? {
+                Object::Ioas(i) => i.hwpts.clone(),
+                _ => {
+                    return Err(Error::WrongType {
+                        id: ioas.0,
+                        expected: "an IOAS",
+                    })
+                }
+            };
+            Ok(hwpts.iter().all(|h| match ctx.objects.get(*h) {
+                Ok(Object::HwptPaging(p)) => p.enforce_cc,
+                _ => true,
+            }))
+        })
+    }
+
+    /// `iopt_cut_iova` on `ioas`: split the areas containing each of `iovas` so that the IOVA
+    /// ends an area ([`IoPagetable::cut_iova`]).
+    pub fn ioas_cut_iova(&self, ioas: ObjId, iovas: &[Iova]) -> Result<()> {
+        self.with(|st, c| {
+            let State {
+                ctxs,
+                platform,
+                acct,
+                ..
+            } = st;
+            let i = ioas_in(ctxs, c, ioas)?;
+            i.iopt.cut_iova(&mut PtEnv { platform, acct }, iovas)
+        })
+    }
+
+    /// `iopt_unmap_iova` (`range` = `Some((iova, len))`) or `iopt_unmap_all` (`None`) on
+    /// `ioas`: remove the areas inside the range and return the bytes unmapped — 0, not an
+    /// error, when nothing is mapped there (unlike IOMMU_IOAS_UNMAP). EINVAL zero length,
+    /// EOVERFLOW wrap, ENOENT when the range cuts an area; accesses holding pins are told to
+    /// let go and the unmap retried, EDEADLK when they do not.
+    pub fn ioas_unmap_range(&self, ioas: ObjId, range: Option<(Iova, u64)>) -> Result<u64> {
+        for _ in 0..=NOTIFY_ROUNDS {
+            let r = self.with(|st, c| {
+                let State {
+                    ctxs,
+                    platform,
+                    acct,
+                    ..
+                } = st;
+                let i = ioas_in(ctxs, c, ioas)?;
+                let mut env = PtEnv { platform, acct };
+                match range {
+                    Some((iova, len)) => i.iopt.unmap_range(&mut env, iova, len),
+                    None => i.iopt.unmap_all(&mut env),
+                }
+            });
+            match r {
+                Err(Error::Busy(_)) => {}
+                other => return other,
+            }
+            let (iova, len) = range.unwrap_or((Iova(0), u64::MAX));
+            let holders: Vec<(ObjId, Arc<dyn AccessOps>)> = self.with(|st, c| {
+                let ctx = st.ctx(c)?;
+                let ids = match ctx.objects.get(ioas)? {
+                    Object::Ioas(i) => i.iopt.accesses_in(iova, len),
+                    _ => Vec::new(),
+                };
+                Ok(ids
+                    .into_iter()
+                    .filter_map(|a| match ctx.objects.get(ObjId(a.0)) {
+                        Ok(Object::Access(o)) => Some((ObjId(a.0), o.ops.clone())),
+                        _ => None,
+                    })
+                    .collect())
+            })?;
+            if holders.is_empty() {
+                return Err(Error::Deadlock(
+                    "the range is held by pins that no access owns",
+                ));
+            }
+            for (id, ops) in holders {
+                ops.unmap(self, id, iova, len);
+            }
+        }
+        Err(Error::Deadlock("an access did not unpin its pages"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Engine;
+    use std::sync::Arc;
+    use uiommu_platform::memory::{SimMemory, UserMemory};
+    use uiommu_platform::pagetable::Prot;
+    use uiommu_platform::{Iova, UserVa};
+
+    const RW: Prot = Prot {
+        read: true,
+        write: true,
+    };
+
+    fn ctx() -> crate::Context {
+        let e = Engine::builtin();
+        let mem = SimMemory::new();
+        mem.map(UserVa(0x10_0000), 0x10_0000, true);
+        let space = e.add_space(mem as Arc<dyn UserMemory>);
+        e.open(space).unwrap()
+    }
+
+    #[test]
+    fn compat_ioas_is_created_once() {
+        let c = ctx();
+        let a = c.vfio_compat_ioas_create().unwrap();
+        assert_eq!(c.vfio_compat_ioas_create().unwrap(), a);
+        assert_eq!(c.vfio_ioas().unwrap(), a);
+        c.destroy(a).unwrap();
+        let b = c.vfio_compat_ioas_create().unwrap();
+        assert_eq!(c.vfio_ioas().unwrap(), b);
+    }
+
+    #[test]
+    fn unmap_range_of_nothing_is_zero_bytes_and_cuts_split_areas() {
+        let c = ctx();
+        let ioas = c.ioas_alloc().unwrap();
+        assert_eq!(
+            c.ioas_unmap_range(ioas, Some((Iova(0), 0x1000))).unwrap(),
+            0
+        );
+        assert_eq!(c.ioas_unmap_range(ioas, None).unwrap(), 0);
+        c.ioas_map(ioas, UserVa(0x10_0000), 0x4000, Some(Iova(0x8000)), RW)
+            .unwrap();
+        // A middle page: ENOENT without cuts.
+        assert_eq!(
+            c.ioas_unmap_range(ioas, Some((Iova(0x9000), 0x1000)))
+                .unwrap_err()
+                .errno(),
+            2
+        );
+        c.set_huge_pages(ioas, false).unwrap();
+        c.ioas_cut_iova(ioas, &[Iova(0x9fff), Iova(0x8fff)])
+            .unwrap();
+        assert_eq!(
+            c.ioas_unmap_range(ioas, Some((Iova(0x9000), 0x1000)))
+                .unwrap(),
+            0x1000
+        );
+        assert_eq!(c.ioas_unmap_range(ioas, None).unwrap(), 0x3000);
+        assert!(c.vfio_compat_cache_coherent(ioas).unwrap());
+        assert_eq!(c.vfio_compat_page_sizes(ioas).unwrap(), !0xfff);
+    }
+
+    #[test]
+    fn container_accounting_needs_an_empty_context() {
+        let c = ctx();
+        c.set_vfio_container_accounting().unwrap();
+        assert!(c.rlimit_mode_process().unwrap());
+        c.ioas_alloc().unwrap();
+        assert_eq!(c.set_vfio_container_accounting().unwrap_err().errno(), 16);
+    }
+}
