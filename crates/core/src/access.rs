@@ -28,6 +28,9 @@ pub trait AccessOps: Send + Sync {
 pub(crate) struct AccessObj {
     pub ioas: Option<ObjId>,
     pub ops: Arc<dyn AccessOps>,
+    /// The owner pins pages (the kernel's `needs_pin_pages`): IOVAs of its IOAS must then be
+    /// page aligned.
+    pub needs_pin_pages: bool,
 }
 
 impl std::fmt::Debug for AccessObj {
@@ -140,9 +143,11 @@ impl Context {
     pub fn access_create(&self, ops: Arc<dyn AccessOps>) -> Result<ObjId> {
         self.with(|st, c| {
             let ctx = st.ctx_mut(c)?;
-            let id = ctx
-                .objects
-                .insert(Object::Access(AccessObj { ioas: None, ops }))?;
+            let id = ctx.objects.insert(Object::Access(AccessObj {
+                ioas: None,
+                ops,
+                needs_pin_pages: true,
+            }))?;
             // The owner holds it until access_destroy: DESTROY sees it in use.
             ctx.objects.get_user(id);
             Ok(id)
@@ -152,12 +157,14 @@ impl Context {
     /// Attach an access to an IOAS (EINVAL if already attached).
     pub fn access_attach(&self, access: ObjId, ioas: ObjId) -> Result<()> {
         self.with(|st, c| {
-            if access_obj(st, c, access)?.ioas.is_some() {
+            let a = access_obj(st, c, access)?;
+            if a.ioas.is_some() {
                 return Err(Error::Invalid("the access is already attached"));
             }
+            let pin = a.needs_pin_pages;
             ioas_in(&mut st.ctxs, c, ioas)?
                 .iopt
-                .attach_access(AccessId(access.0), true)?;
+                .attach_access(AccessId(access.0), pin)?;
             st.ctx_mut(c)?.objects.get_user(ioas);
             access_obj(st, c, access)?.ioas = Some(ioas);
             Ok(())
@@ -169,15 +176,17 @@ impl Context {
     /// access is not attached.
     pub fn access_replace(&self, access: ObjId, ioas: ObjId) -> Result<()> {
         let ops = self.with(|st, c| {
-            let cur = access_obj(st, c, access)?
+            let a = access_obj(st, c, access)?;
+            let cur = a
                 .ioas
                 .ok_or(Error::NotFound("the access is not attached"))?;
             if cur == ioas {
                 return Ok(None);
             }
+            let pin = a.needs_pin_pages;
             ioas_in(&mut st.ctxs, c, ioas)?
                 .iopt
-                .attach_access(AccessId(access.0), true)?;
+                .attach_access(AccessId(access.0), pin)?;
             Ok(Some(access_obj(st, c, access)?.ops.clone()))
         })?;
         let Some(ops) = ops else { return Ok(()) };

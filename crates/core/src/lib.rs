@@ -10,7 +10,8 @@
 //! guard; [`engine`] the engine, contexts, IOAS operations and options; `device` bind, attach,
 //! replace, detach, HWPTs; [`access`] access objects; [`coherency`] the revocable coherency
 //! right; [`io_pagetable`] and [`pages`] the IOVA space and pinned pages; [`invariants`] the
-//! checker of the security invariants.
+//! checker of the security invariants; [`selftest_support`] the kernel selftest's mock-device
+//! objects and checks (`IOMMU_TEST_CMD`).
 
 #![forbid(unsafe_code)]
 
@@ -27,6 +28,7 @@ pub mod io_pagetable;
 pub mod iova_alloc;
 pub mod object;
 pub mod pages;
+pub mod selftest_support;
 mod teardown;
 mod vfio_support;
 
@@ -47,6 +49,7 @@ pub(crate) enum Object {
     HwptNested(device::HwptNested),
     Device(device::DeviceObj),
     Access(access::AccessObj),
+    Selftest(selftest_support::SelftestObj),
 }
 
 impl Object {
@@ -57,6 +60,7 @@ impl Object {
             Object::HwptNested(_) => ObjType::HwptNested,
             Object::Device(_) => ObjType::Device,
             Object::Access(_) => ObjType::Access,
+            Object::Selftest(_) => ObjType::Selftest,
         }
     }
 }

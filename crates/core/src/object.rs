@@ -27,6 +27,9 @@ pub enum ObjType {
     Device,
     /// An access of an emulated device.
     Access,
+    /// The kernel selftest's mock-device object (`IOMMUFD_OBJ_SELFTEST`): destroying it unplugs
+    /// its mock device.
+    Selftest,
 }
 
 #[derive(Debug)]

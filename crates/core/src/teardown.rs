@@ -1,9 +1,10 @@
 //! Destroying objects, and closing a context.
 //!
-//! DESTROY removes one IOAS or HWPT that nothing depends on. Closing a context removes
-//! everything in dependency order: accesses (unpinning), devices (detach, unbind, release the
-//! group), nested HWPTs, paging HWPTs (emptying and freeing their domains), IOASes (unmapping,
-//! unpinning, uncharging). Teardown never fails.
+//! DESTROY removes one IOAS or HWPT that nothing depends on, or a selftest object (which
+//! detaches, unbinds and unplugs its mock device). Closing a context removes everything in
+//! dependency order: accesses (unpinning), selftest objects (their mock devices), devices
+//! (detach, unbind, release the group), nested HWPTs, paging HWPTs (emptying and freeing their
+//! domains), IOASes (unmapping, unpinning, uncharging). Teardown never fails.
 
 use crate::device::{destroy_nested, destroy_paging, unbind};
 use crate::engine::{Engine, State};
@@ -24,6 +25,7 @@ pub(crate) fn destroy(st: &mut State, c: CtxId, id: ObjId) -> Result<()> {
         crate::object::ObjType::Ioas => destroy_ioas(st, c, id),
         crate::object::ObjType::HwptPaging => destroy_paging(st, c, id),
         crate::object::ObjType::HwptNested => destroy_nested(st, c, id),
+        crate::object::ObjType::Selftest => crate::selftest_support::destroy_selftest(st, c, id),
         // Devices and accesses always have their driver as a user; unreachable in practice.
         _ => return Err(Error::Busy("the object belongs to its driver")),
     }
@@ -60,6 +62,9 @@ pub(crate) fn close(engine: &Engine, c: CtxId) {
                 ctx.objects.put_user(*id);
                 let _ = ctx.objects.remove(*id);
             }
+        }
+        for (id, _) in objs.iter().filter(|(_, k)| *k == Selftest) {
+            crate::selftest_support::destroy_selftest(st, c, *id);
         }
         for (id, _) in objs.iter().filter(|(_, k)| *k == Device) {
             let _ = unbind(st, c, *id);

@@ -4,7 +4,8 @@
 //! named by `UIOMMU_PLATFORM` (the built-in default platform when unset) and the limits and
 //! privileges of the real process: `RLIMIT_MEMLOCK` (`getrlimit`), `CAP_IPC_LOCK` and
 //! `CAP_SYS_RESOURCE` from the effective capability set (`CapEff` in `/proc/self/status`,
-//! bits 14 and 24). The program's memory is [`ProcessMemory::this`], registered once as the
+//! bits 14 and 24), both granted regardless when `UIOMMU_CAPS=all` is set (opt-in, for
+//! programs written for root, such as the kernel selftests). The program's memory is [`ProcessMemory::this`], registered once as the
 //! engine's address space.
 //!
 //! Fork: the child of a `fork` gets a copy of this state whose locks may have been held by
@@ -188,15 +189,26 @@ pub(crate) fn engine_config() -> EngineConfig {
     } else {
         Some(rl.rlim_cur / PAGE)
     };
-    let caps = std::fs::read_to_string("/proc/self/status")
+    let mut caps = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| effective_caps(&s))
         .unwrap_or(0);
+    if caps_all_requested(std::env::var_os("UIOMMU_CAPS").as_deref()) {
+        caps |= (1 << CAP_IPC_LOCK) | (1 << CAP_SYS_RESOURCE);
+    }
     EngineConfig {
         memlock_limit_pages,
         cap_ipc_lock: caps & (1 << CAP_IPC_LOCK) != 0,
         cap_sys_resource: caps & (1 << CAP_SYS_RESOURCE) != 0,
     }
+}
+
+/// Whether `UIOMMU_CAPS` (its value given) asks for every capability the engine checks: with
+/// `UIOMMU_CAPS=all` the emulated caller has CAP_IPC_LOCK and CAP_SYS_RESOURCE whatever the real
+/// process has, as a real root process would (the kernel selftests are written for root; a
+/// container often lacks CAP_SYS_RESOURCE). Opt-in: any other value, or none, grants nothing.
+pub(crate) fn caps_all_requested(value: Option<&std::ffi::OsStr>) -> bool {
+    value.is_some_and(|v| v == "all")
 }
 
 /// The `CapEff:` mask of a `/proc/<pid>/status` text.
@@ -366,6 +378,15 @@ pub(crate) fn new_memfd(name: &std::ffi::CStr, cloexec: bool) -> Result<c_int, E
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uiommu_caps_all_is_opt_in() {
+        use std::ffi::OsStr;
+        assert!(caps_all_requested(Some(OsStr::new("all"))));
+        assert!(!caps_all_requested(Some(OsStr::new("ALL"))));
+        assert!(!caps_all_requested(Some(OsStr::new(""))));
+        assert!(!caps_all_requested(None));
+    }
 
     #[test]
     fn effective_caps_parses_the_status_line() {

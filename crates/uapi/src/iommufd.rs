@@ -18,8 +18,7 @@
 use crate::abi::*;
 use crate::ucmd::{clear_user, read_size, read_user, read_value, write_user, write_value, Ucmd};
 use crate::{Caller, Errno};
-use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use uiommu_core::abi_support::HwptPagingInfo;
 use uiommu_core::error::errno::{
     EFAULT, EINVAL, EMSGSIZE, ENODEV, ENOENT, ENOMEM, ENOTTY, EOPNOTSUPP, EOVERFLOW,
@@ -45,10 +44,6 @@ pub const MAX_INVALIDATE_ENTRY_NUM: u32 = 1 << 19;
 /// One open `/dev/iommu`: a security context of the engine.
 pub struct IommufdFile {
     ctx: Context,
-    /// Paging HWPTs allocated with IOMMU_HWPT_ALLOC_DIRTY_TRACKING: only their domains have
-    /// dirty-tracking operations, as in the kernel's drivers. An id leaves the set when this
-    /// file destroys it (such HWPTs are never destroyed automatically).
-    dirty_hwpts: Mutex<BTreeSet<u32>>,
 }
 
 impl std::fmt::Debug for IommufdFile {
@@ -101,8 +96,8 @@ static OPS: &[Op] = &[
     op::<IommuHwptInvalidate>(Some(hwpt_invalidate)),
     // Fault queues (a file per queue) are not implemented yet: ENOTTY, never a fake success.
     op::<IommuFaultAlloc>(None),
-    // The selftest command comes later: ENOTTY until then.
-    op::<IommuTestCmd>(None),
+    // The selftest command (CONFIG_IOMMUFD_TEST): crate::selftest.
+    op::<IommuTestCmd>(Some(crate::selftest::test_cmd)),
 ];
 
 fn eno(e: uiommu_core::Error) -> Errno {
@@ -114,7 +109,6 @@ impl IommufdFile {
     pub fn open(engine: &Arc<Engine>, space: SpaceId) -> Result<IommufdFile, Errno> {
         Ok(IommufdFile {
             ctx: engine.open(space).map_err(eno)?,
-            dirty_hwpts: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -148,14 +142,10 @@ impl IommufdFile {
         Ok(0)
     }
 
-    fn dirty_set(&self) -> std::sync::MutexGuard<'_, BTreeSet<u32>> {
-        self.dirty_hwpts.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Whether paging HWPT `hwpt` (described by `info`) has dirty-tracking operations: it was
-    /// allocated here with DIRTY_TRACKING (automatic HWPTs never are).
-    fn has_dirty_ops(&self, hwpt: u32, info: &HwptPagingInfo) -> bool {
-        !info.auto && info.dirty_capable && self.dirty_set().contains(&hwpt)
+    /// Whether a paging HWPT (described by `info`) has dirty-tracking operations: it was
+    /// allocated with DIRTY_TRACKING (automatic HWPTs never are).
+    fn has_dirty_ops(info: &HwptPagingInfo) -> bool {
+        !info.auto && info.dirty_capable && info.dirty_ops
     }
 }
 
@@ -173,9 +163,7 @@ fn expect_type(ctx: &Context, id: u32, ty: ObjType) -> Result<(), Errno> {
 /// IOMMU_DESTROY: ENOENT unknown id, EBUSY while something depends on the object.
 fn destroy(f: &IommufdFile, _c: &Caller<'_>, u: &Ucmd<'_>) -> Result<(), Errno> {
     let cmd: IommuDestroy = u.cmd()?;
-    f.ctx.destroy(ObjId(cmd.id)).map_err(eno)?;
-    f.dirty_set().remove(&cmd.id);
-    Ok(())
+    f.ctx.destroy(ObjId(cmd.id)).map_err(eno)
 }
 
 /// IOMMU_OPTION: RLIMIT_MODE on object 0, HUGE_PAGES on an IOAS; only `val64` is written back.
@@ -467,7 +455,7 @@ fn hwpt_alloc(f: &IommufdFile, c: &Caller<'_>, u: &Ucmd<'_>) -> Result<(), Errno
     let pt_type = f.ctx.object_type(ObjId(cmd.pt_id)).map_err(|_| EINVAL)?;
     let dev_id = ObjId(cmd.dev_id);
     let pt = ObjId(cmd.pt_id);
-    let (id, dirty) = match pt_type {
+    let id = match pt_type {
         ObjType::Ioas => {
             let valid = IOMMU_HWPT_ALLOC_NEST_PARENT | IOMMU_HWPT_ALLOC_DIRTY_TRACKING;
             if cmd.flags & !valid != 0 {
@@ -485,8 +473,7 @@ fn hwpt_alloc(f: &IommufdFile, c: &Caller<'_>, u: &Ucmd<'_>) -> Result<(), Errno
                 nest_parent: cmd.flags & IOMMU_HWPT_ALLOC_NEST_PARENT != 0,
                 dirty_tracking: dirty,
             };
-            let id = f.ctx.hwpt_alloc_paging(dev_id, pt, flags).map_err(eno)?;
-            (id, dirty)
+            f.ctx.hwpt_alloc_paging(dev_id, pt, flags).map_err(eno)?
         }
         ObjType::HwptPaging => {
             if cmd.flags & !IOMMU_HWPT_FAULT_ID_VALID != 0 || cmd.data_len == 0 {
@@ -510,8 +497,7 @@ fn hwpt_alloc(f: &IommufdFile, c: &Caller<'_>, u: &Ucmd<'_>) -> Result<(), Errno
                 return Err(EOPNOTSUPP);
             }
             let iotlb = vec![data.iotlb; MOCK_NESTED_DOMAIN_IOTLB_NUM as usize];
-            let id = f.ctx.hwpt_alloc_nested(dev_id, pt, iotlb).map_err(eno)?;
-            (id, false)
+            f.ctx.hwpt_alloc_nested(dev_id, pt, iotlb).map_err(eno)?
         }
         _ => return Err(EINVAL),
     };
@@ -519,9 +505,6 @@ fn hwpt_alloc(f: &IommufdFile, c: &Caller<'_>, u: &Ucmd<'_>) -> Result<(), Errno
     if let Err(e) = u.respond(&cmd) {
         let _ = f.ctx.destroy(id);
         return Err(e);
-    }
-    if dirty {
-        f.dirty_set().insert(id.0);
     }
     Ok(())
 }
@@ -536,7 +519,7 @@ fn hwpt_set_dirty_tracking(f: &IommufdFile, _c: &Caller<'_>, u: &Ucmd<'_>) -> Re
     }
     let hwpt = ObjId(cmd.hwpt_id);
     let info = f.ctx.hwpt_paging_info(hwpt).map_err(eno)?;
-    if !f.has_dirty_ops(cmd.hwpt_id, &info) {
+    if !IommufdFile::has_dirty_ops(&info) {
         return Err(EOPNOTSUPP);
     }
     let enable = cmd.flags & IOMMU_HWPT_DIRTY_TRACKING_ENABLE != 0;
@@ -590,7 +573,7 @@ fn hwpt_get_dirty_bitmap(f: &IommufdFile, c: &Caller<'_>, u: &Ucmd<'_>) -> Resul
     if cmd.iova & (ps - 1) != 0 || end & (ps - 1) != 0 {
         return Err(EINVAL);
     }
-    if !f.has_dirty_ops(cmd.hwpt_id, &info) {
+    if !IommufdFile::has_dirty_ops(&info) {
         return Err(EOPNOTSUPP);
     }
     if !info.dirty_tracking {

@@ -40,6 +40,10 @@ enum Command {
         /// the uiommu executable.
         #[arg(long)]
         preload: Option<PathBuf>,
+        /// Give the program the privileges of real root in the emulation (CAP_IPC_LOCK and
+        /// CAP_SYS_RESOURCE) whatever the real process has: sets UIOMMU_CAPS=all.
+        #[arg(long)]
+        as_root: bool,
         /// The program and its arguments (after `--`).
         #[arg(last = true, required = true, value_name = "PROGRAM")]
         command: Vec<OsString>,
@@ -92,8 +96,9 @@ fn main() -> ExitCode {
         Command::Run {
             platform,
             preload,
+            as_root,
             command,
-        } => match run(platform, preload, &command) {
+        } => match run(platform, preload, as_root, &command) {
             // `run` only returns when the program could not be started.
             Ok(never) => match never {},
             Err((code, msg)) => {
@@ -137,10 +142,12 @@ fn append_preload(existing: Option<&OsStr>, lib: &Path) -> OsString {
 }
 
 /// Replace this process by `command` with the preload library and platform in its
-/// environment. Returns only on failure: (exit code, message).
+/// environment (and `UIOMMU_CAPS=all` with `as_root`). Returns only on failure: (exit code,
+/// message).
 fn run(
     platform: Option<PathBuf>,
     preload: Option<PathBuf>,
+    as_root: bool,
     command: &[OsString],
 ) -> Result<std::convert::Infallible, (u8, String)> {
     let lib = find_preload(preload).map_err(|m| (2, m))?;
@@ -158,6 +165,9 @@ fn run(
         let abs =
             std::fs::canonicalize(&path).map_err(|e| (2, format!("{}: {e}", path.display())))?;
         cmd.env("UIOMMU_PLATFORM", abs);
+    }
+    if as_root {
+        cmd.env("UIOMMU_CAPS", "all");
     }
     let existing = std::env::var_os("LD_PRELOAD");
     cmd.env("LD_PRELOAD", append_preload(existing.as_deref(), &lib));
