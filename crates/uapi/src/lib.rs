@@ -24,6 +24,7 @@ pub mod vfio_abi;
 pub mod vfio_device;
 // VFIO type1 on an iommufd (the kernel's `vfio_compat.c`) and the legacy group path.
 pub mod vfio_compat;
+pub mod vfio_group;
 
 /// A Linux errno (positive), what a failed ioctl leaves in `errno`.
 pub type Errno = i32;

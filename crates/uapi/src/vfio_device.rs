@@ -364,6 +364,12 @@ pub struct VfioDeviceFile {
     dev: DeviceId,
     state: Mutex<FileState>,
     irqs: Arc<Mutex<IrqTable>>,
+    /// Opened through a group (`VFIO_GROUP_GET_DEVICE_FD`): bound and attached from the
+    /// start, and the cdev-only ATTACH/DETACH ioctls are not there (ENOTTY).
+    group_path: bool,
+    /// What the file keeps alive while it is open (the group file, as a device file holds a
+    /// reference on its group in the kernel). Dropped after the device is released.
+    _holder: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl std::fmt::Debug for VfioDeviceFile {
@@ -404,7 +410,52 @@ impl VfioDeviceFile {
                 mode: IrqMode::None,
                 vectors: Vec::new(),
             })),
+            group_path: false,
+            _holder: None,
         })
+    }
+
+    /// Open `dev` through its group (the kernel's `vfio_df_group_open` with an iommufd
+    /// container): bind it into `ctx` ([`Context::vfio_device_bind`]: EPERM, EBUSY, EINVAL
+    /// as there), open it (reset, interrupts routed here), and attach it to the context's
+    /// compatibility IOAS (ENODEV when there is none; the engine's attach errno otherwise,
+    /// after which the device is closed and unbound again). `holder` stays alive as long as
+    /// the file.
+    pub fn open_group(
+        engine: &Arc<Engine>,
+        dev: DeviceId,
+        ctx: Context,
+        holder: Arc<dyn std::any::Any + Send + Sync>,
+    ) -> Result<VfioDeviceFile, Errno> {
+        let mut f = VfioDeviceFile::open(engine, dev)?;
+        f.group_path = true;
+        f._holder = Some(holder);
+        let devid = ctx.vfio_device_bind(dev).map_err(|e| e.errno())?;
+        let snap = f.enable_device();
+        let (vbar, vrom) = initial_vbars(&snap);
+        let attached = ctx
+            .vfio_ioas()
+            .and_then(|ioas| ctx.device_attach(devid, ioas));
+        let mut st = f.lock();
+        if let Err(e) = attached {
+            f.disable_device(&mut st);
+            let _ = ctx.device_unbind(devid);
+            return Err(e.errno());
+        }
+        st.vbar = vbar;
+        st.vrom = vrom;
+        st.bound = Some(Binding {
+            ctx,
+            devid,
+            attached: true,
+        });
+        drop(st);
+        Ok(f)
+    }
+
+    /// Whether the file was opened through a group rather than as a device cdev.
+    pub fn group_path(&self) -> bool {
+        self.group_path
     }
 
     /// The platform device behind the file.
@@ -438,6 +489,10 @@ impl VfioDeviceFile {
         }
         let mem = caller.mem;
         match cmd {
+            // cdev-only: a group-opened file passes them to vfio-pci, which does not know them.
+            VFIO_DEVICE_ATTACH_IOMMUFD_PT | VFIO_DEVICE_DETACH_IOMMUFD_PT if self.group_path => {
+                Err(ENOTTY)
+            }
             VFIO_DEVICE_ATTACH_IOMMUFD_PT => self.attach(&mut st, mem, arg),
             VFIO_DEVICE_DETACH_IOMMUFD_PT => self.detach(&mut st, mem, arg),
             VFIO_DEVICE_FEATURE => self.feature(mem, arg),

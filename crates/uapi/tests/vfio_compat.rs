@@ -560,3 +560,355 @@ fn unmap_writes_the_size_back_and_bad_replies_are_efault() {
     // The whole struct is written back: the other fields as they were.
     assert_eq!((c.argsz, c.iova), (24, IOVA));
 }
+
+// --- The container and group files -----------------------------------------------------------
+
+use uiommu_platform::topology::GroupId;
+use uiommu_uapi::vfio_device::VfioDeviceFile;
+use uiommu_uapi::vfio_group::{open_container, vfio_groups, VfioGroupFile};
+
+/// The fd number the tests give the container.
+const CONTAINER_FD: i32 = 3;
+
+impl Env {
+    fn container(&self) -> IommufdFile {
+        let c = open_container(&self.engine, self.space).unwrap();
+        self.fds
+            .iommufds
+            .lock()
+            .unwrap()
+            .insert(CONTAINER_FD, c.context().clone());
+        c
+    }
+
+    fn group_val(&self, g: &VfioGroupFile, request: u32, arg: u64) -> Result<i64, Errno> {
+        g.ioctl(&self.caller(), u64::from(request), arg)
+    }
+
+    fn status(&self, g: &VfioGroupFile) -> u32 {
+        self.put(
+            ARG,
+            &VfioGroupStatus {
+                argsz: 8,
+                flags: 0xdead,
+            },
+        );
+        assert_eq!(self.group_val(g, VFIO_GROUP_GET_STATUS, ARG), Ok(0));
+        self.get::<VfioGroupStatus>(ARG).flags
+    }
+
+    fn set_container(&self, g: &VfioGroupFile, fd: i32) -> Result<i64, Errno> {
+        self.put(ARG, &fd);
+        self.group_val(g, VFIO_GROUP_SET_CONTAINER, ARG)
+    }
+
+    fn device_fd(&self, g: &VfioGroupFile, name: &str) -> Result<i32, Errno> {
+        let mut s = name.as_bytes().to_vec();
+        s.push(0);
+        self.sim.write(UserVa(ARG + 0x100), &s).unwrap();
+        self.group_val(g, VFIO_GROUP_GET_DEVICE_FD, ARG + 0x100)
+            .map(|fd| fd as i32)
+    }
+
+    fn device_file(&self, fd: i32) -> Arc<dyn EngineFile> {
+        self.fds.file(fd).unwrap()
+    }
+
+    fn close(&self, fd: i32) {
+        self.fds.files.lock().unwrap().remove(&fd);
+    }
+}
+
+fn as_device(f: &Arc<dyn EngineFile>) -> &VfioDeviceFile {
+    f.as_any().downcast_ref::<VfioDeviceFile>().unwrap()
+}
+
+#[test]
+fn group_nodes_exist_for_groups_with_vfio_pci_functions() {
+    let e = env();
+    assert_eq!(
+        vfio_groups(&e.engine),
+        vec![GroupId(5), GroupId(6), GroupId(7)]
+    );
+    assert_eq!(
+        VfioGroupFile::open(&e.engine, GroupId(1)).unwrap_err(),
+        ENODEV
+    );
+    let g = VfioGroupFile::open(&e.engine, GroupId(5)).unwrap();
+    assert_eq!(g.group(), GroupId(5));
+    assert_eq!(
+        VfioGroupFile::open(&e.engine, GroupId(5)).unwrap_err(),
+        EBUSY
+    );
+    assert_eq!(e.group_val(&g, VFIO_DEVICE_GET_INFO, ARG), Err(ENOTTY));
+    assert_eq!(e.group_val(&g, VFIO_IOMMU_MAP_DMA, ARG), Err(ENOTTY));
+}
+
+/// The classic type1 flow, as QEMU's and DPDK's VFIO code do it.
+#[test]
+fn the_classic_type1_flow_through_container_and_group() {
+    let e = env();
+    let c = e.container();
+    assert_eq!(e.val(&c, VFIO_GET_API_VERSION, 0), Ok(0));
+    assert_eq!(
+        e.val(&c, VFIO_CHECK_EXTENSION, u64::from(VFIO_TYPE1V2_IOMMU)),
+        Ok(1)
+    );
+    // No group yet: SET_IOMMU fails (ENODEV, as iommufd's compat says it).
+    assert_eq!(
+        e.val(&c, VFIO_SET_IOMMU, u64::from(VFIO_TYPE1V2_IOMMU)),
+        Err(ENODEV)
+    );
+    let g = VfioGroupFile::open(&e.engine, GroupId(5)).unwrap();
+    assert_eq!(e.status(&g), VFIO_GROUP_FLAGS_VIABLE);
+    // GET_DEVICE_FD before SET_CONTAINER: EINVAL.
+    assert_eq!(e.device_fd(&g, "0000:01:00.0"), Err(EINVAL));
+    assert_eq!(e.set_container(&g, 42), Err(EBADF));
+    assert_eq!(e.set_container(&g, 0), Err(EBADFD));
+    assert_eq!(e.set_container(&g, CONTAINER_FD), Ok(0));
+    assert_eq!(
+        e.status(&g),
+        VFIO_GROUP_FLAGS_VIABLE | VFIO_GROUP_FLAGS_CONTAINER_SET
+    );
+    // Already set: EINVAL (before the fd is even looked at, except EBADF).
+    assert_eq!(e.set_container(&g, CONTAINER_FD), Err(EINVAL));
+    assert_eq!(e.set_container(&g, 0), Err(EINVAL));
+    assert_eq!(e.set_container(&g, 42), Err(EBADF));
+    assert_eq!(
+        e.val(&c, VFIO_SET_IOMMU, u64::from(VFIO_TYPE1V2_IOMMU)),
+        Ok(0)
+    );
+    let info = info_call(&e, &c, 256);
+    assert_eq!(info.cap_offset, 24);
+    check_chain(&e, &info);
+
+    // The device: bound to the container's context, attached to its compatibility IOAS.
+    let fd = e.device_fd(&g, "0000:01:00.0").unwrap();
+    let file = e.device_file(fd);
+    let dev = as_device(&file);
+    assert!(dev.group_path());
+    assert_eq!(dev.device(), e.dev("dma0"));
+    let ctx = c.context();
+    let devid = dev.devid().unwrap();
+    let ioas = ctx.vfio_ioas().unwrap();
+    let hwpt = ctx.device_hwpt(devid).unwrap().unwrap();
+    assert_eq!(ctx.hwpt_paging_info(hwpt).unwrap().ioas, ioas);
+    let st = e.engine.group_status(GroupId(5)).unwrap();
+    assert_eq!(st.owner, Some(ctx.id()));
+
+    // DMA through the mapping; pages charged to the process, as VFIO type1 charges them.
+    e.sim.write(UserVa(BUF), b"group path").unwrap();
+    assert_eq!(e.map(&c, BUF, IOVA, 4 * PAGE), 0);
+    assert_eq!(e.engine.process_charged_pages(e.space), 4);
+    assert_eq!(e.engine.user_charged_pages(), 0);
+    let mut got = [0u8; 10];
+    e.engine
+        .dma_read(dev.device(), Iova(IOVA), &mut got)
+        .unwrap();
+    assert_eq!(&got, b"group path");
+    assert_eq!(e.unmap(&c, 0, IOVA, 4 * PAGE), Ok(4 * PAGE));
+    assert!(e
+        .engine
+        .dma_read(dev.device(), Iova(IOVA), &mut got)
+        .is_err());
+    assert_eq!(e.engine.process_charged_pages(e.space), 0);
+
+    // The device file: the cdev-only ioctls are not there; BIND is EINVAL (already bound).
+    let caller = e.caller();
+    assert_eq!(
+        dev.ioctl(&caller, u64::from(VFIO_DEVICE_ATTACH_IOMMUFD_PT), ARG),
+        Err(ENOTTY)
+    );
+    assert_eq!(
+        dev.ioctl(&caller, u64::from(VFIO_DEVICE_DETACH_IOMMUFD_PT), ARG),
+        Err(ENOTTY)
+    );
+    e.put(
+        ARG,
+        &VfioDeviceBindIommufd {
+            argsz: 16,
+            flags: 0,
+            iommufd: CONTAINER_FD,
+            out_devid: 0,
+        },
+    );
+    assert_eq!(
+        dev.ioctl(&caller, u64::from(VFIO_DEVICE_BIND_IOMMUFD), ARG),
+        Err(EINVAL)
+    );
+    e.put(
+        ARG,
+        &VfioDeviceInfo {
+            argsz: 16,
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        dev.ioctl(&caller, u64::from(VFIO_DEVICE_GET_INFO), ARG),
+        Ok(0)
+    );
+    assert_eq!(e.get::<VfioDeviceInfo>(ARG).num_regions, 9);
+
+    // A second GET_DEVICE_FD shares the open device.
+    let fd2 = e.device_fd(&g, "0000:01:00.0").unwrap();
+    assert_ne!(fd, fd2);
+    assert!(Arc::ptr_eq(&file, &e.device_file(fd2)));
+    drop(file);
+    e.close(fd);
+    assert!(e.engine.group_status(GroupId(5)).unwrap().owner.is_some());
+    e.close(fd2);
+    // The last device fd closed: unbound, the group back to the kernel.
+    assert_eq!(e.engine.group_status(GroupId(5)).unwrap().owner, None);
+
+    // UNSET_CONTAINER, twice.
+    assert_eq!(e.group_val(&g, VFIO_GROUP_UNSET_CONTAINER, 0), Ok(0));
+    assert_eq!(e.group_val(&g, VFIO_GROUP_UNSET_CONTAINER, 0), Err(EINVAL));
+    assert_eq!(e.status(&g), VFIO_GROUP_FLAGS_VIABLE);
+    e.engine.check_invariants().unwrap();
+}
+
+#[test]
+fn get_device_fd_matches_names_as_vfio_pci_does() {
+    let e = env();
+    let _c = e.container();
+    let g = VfioGroupFile::open(&e.engine, GroupId(6)).unwrap();
+    assert_eq!(e.set_container(&g, CONTAINER_FD), Ok(0));
+    // Not in this group, a prefix, trailing garbage: ENODEV.
+    assert_eq!(e.device_fd(&g, "0000:01:00.0"), Err(ENODEV));
+    assert_eq!(e.device_fd(&g, "0000:02:00"), Err(ENODEV));
+    assert_eq!(e.device_fd(&g, "0000:02:00.1x"), Err(ENODEV));
+    assert_eq!(e.device_fd(&g, ""), Err(ENODEV));
+    // Options: spaces are fine, a VF token is not (no SR-IOV), anything else EINVAL.
+    assert_eq!(
+        e.device_fd(
+            &g,
+            "0000:02:00.1 vf_token=bd8d9d2b-5a5f-4f5a-a211-f591514ba1f3"
+        ),
+        Err(EINVAL)
+    );
+    assert_eq!(e.device_fd(&g, "0000:02:00.1 foo"), Err(EINVAL));
+    let a = e.device_fd(&g, "0000:02:00.1  ").unwrap();
+    // Both functions of the group, through one container.
+    let b = e.device_fd(&g, "0000:02:00.0").unwrap();
+    assert!(!Arc::ptr_eq(&e.device_file(a), &e.device_file(b)));
+    // No NUL within a page: EINVAL; an unreadable name: EFAULT.
+    e.sim.write(UserVa(ARG), &[b'x'; 0x1000]).unwrap();
+    assert_eq!(e.group_val(&g, VFIO_GROUP_GET_DEVICE_FD, ARG), Err(EINVAL));
+    assert_eq!(
+        e.group_val(&g, VFIO_GROUP_GET_DEVICE_FD, UNMAPPED),
+        Err(EFAULT)
+    );
+    // A name running into an unmapped page: EFAULT; one ending just before it: found.
+    let end = ARG + 0x1_0000;
+    e.sim.write(UserVa(end - 3), b"ab\0").unwrap();
+    assert_eq!(
+        e.group_val(&g, VFIO_GROUP_GET_DEVICE_FD, end - 3),
+        Err(ENODEV)
+    );
+    e.sim.write(UserVa(end - 2), b"ab").unwrap();
+    assert_eq!(
+        e.group_val(&g, VFIO_GROUP_GET_DEVICE_FD, end - 2),
+        Err(EFAULT)
+    );
+    // Bad status arguments.
+    assert_eq!(
+        e.group_val(&g, VFIO_GROUP_GET_STATUS, UNMAPPED),
+        Err(EFAULT)
+    );
+    e.put(ARG, &VfioGroupStatus { argsz: 7, flags: 0 });
+    assert_eq!(e.group_val(&g, VFIO_GROUP_GET_STATUS, ARG), Err(EINVAL));
+    assert_eq!(
+        e.group_val(&g, VFIO_GROUP_SET_CONTAINER, UNMAPPED),
+        Err(EFAULT)
+    );
+}
+
+#[test]
+fn a_group_with_a_dma_driver_is_not_viable_and_its_devices_cannot_be_opened() {
+    let e = env();
+    let _c = e.container();
+    let g = VfioGroupFile::open(&e.engine, GroupId(7)).unwrap();
+    assert_eq!(e.status(&g), 0);
+    assert_eq!(e.set_container(&g, CONTAINER_FD), Ok(0));
+    // As in the kernel with iommufd: viable once a container is set, but GET_DEVICE_FD fails.
+    assert_eq!(
+        e.status(&g),
+        VFIO_GROUP_FLAGS_VIABLE | VFIO_GROUP_FLAGS_CONTAINER_SET
+    );
+    assert_eq!(e.device_fd(&g, "0000:04:01.0"), Err(EPERM));
+    // nvme0 is in the group but not a VFIO device.
+    assert_eq!(e.device_fd(&g, "0000:04:02.0"), Err(ENODEV));
+    e.engine.check_invariants().unwrap();
+}
+
+#[test]
+fn a_group_owned_by_another_context_is_not_viable() {
+    let e = env();
+    let other = e.iommufd();
+    let id = other.context().device_bind(e.dev("dma0")).unwrap();
+    let g = VfioGroupFile::open(&e.engine, GroupId(5)).unwrap();
+    assert_eq!(e.status(&g), 0);
+    let _c = e.container();
+    assert_eq!(e.set_container(&g, CONTAINER_FD), Ok(0));
+    assert_eq!(e.device_fd(&g, "0000:01:00.0"), Err(EINVAL));
+    other.context().device_unbind(id).unwrap();
+    assert!(e.device_fd(&g, "0000:01:00.0").is_ok());
+}
+
+#[test]
+fn a_device_file_keeps_its_group_open() {
+    let e = env();
+    let _c = e.container();
+    let g = VfioGroupFile::open(&e.engine, GroupId(5)).unwrap();
+    assert_eq!(e.set_container(&g, CONTAINER_FD), Ok(0));
+    let fd = e.device_fd(&g, "0000:01:00.0").unwrap();
+    drop(g);
+    assert_eq!(
+        VfioGroupFile::open(&e.engine, GroupId(5)).unwrap_err(),
+        EBUSY
+    );
+    e.close(fd);
+    let g = VfioGroupFile::open(&e.engine, GroupId(5)).unwrap();
+    assert_eq!(e.status(&g), VFIO_GROUP_FLAGS_VIABLE);
+}
+
+#[test]
+fn an_iommufd_can_be_the_container_and_its_compat_ioas_is_used() {
+    let e = env();
+    let f = e.iommufd();
+    let ioas = f.context().ioas_alloc().unwrap();
+    e.set_vfio_ioas(&f, ioas);
+    e.fds
+        .iommufds
+        .lock()
+        .unwrap()
+        .insert(5, f.context().clone());
+    let g = VfioGroupFile::open(&e.engine, GroupId(5)).unwrap();
+    assert_eq!(e.set_container(&g, 5), Ok(0));
+    // SET_CONTAINER kept the IOAS that was set.
+    assert_eq!(f.context().vfio_ioas().unwrap(), ioas);
+    let fd = e.device_fd(&g, "0000:01:00.0").unwrap();
+    let file = e.device_file(fd);
+    let hwpt = f
+        .context()
+        .device_hwpt(as_device(&file).devid().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(f.context().hwpt_paging_info(hwpt).unwrap().ioas, ioas);
+    // Pages of a /dev/iommu context are charged to the user.
+    assert_eq!(e.map(&f, BUF, IOVA, PAGE), 0);
+    assert_eq!(e.engine.user_charged_pages(), 1);
+    drop(file);
+    e.close(fd);
+    // No compatibility IOAS any more: the device cannot be opened (ENODEV), and nothing stays
+    // bound.
+    let clear = IommuVfioIoas {
+        size: size_of::<IommuVfioIoas>() as u32,
+        op: uiommu_uapi::abi::IOMMU_VFIO_IOAS_CLEAR,
+        ..Default::default()
+    };
+    assert_eq!(e.err(&f, IOMMU_VFIO_IOAS, &clear), 0);
+    assert_eq!(e.device_fd(&g, "0000:01:00.0"), Err(ENODEV));
+    assert_eq!(e.engine.group_status(GroupId(5)).unwrap().owner, None);
+    e.engine.check_invariants().unwrap();
+}
