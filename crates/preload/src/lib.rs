@@ -10,10 +10,13 @@
 //! (`uiommu-uapi`); everything else goes to the real function, found with
 //! `dlsym(RTLD_NEXT, ...)` ([`real`]).
 //!
-//! Paths under `/dev/vfio/` other than `devices/vfioN` — the legacy container
-//! `/dev/vfio/vfio` and group nodes `/dev/vfio/<group>` — do not exist yet: `ENOENT`, as on a
-//! machine whose kernel has VFIO cdevs but no group interface. Any other path goes straight to
-//! the real `open` after a comparison of its first bytes: no lock, no allocation.
+//! The legacy VFIO path is there too: `/dev/vfio/vfio` is the container (an iommufd with the
+//! type1 compatibility ioctls) and `/dev/vfio/<group>` the group file of every IOMMU group with
+//! a `vfio-pci` function ([`uiommu_uapi::vfio_group`]); device files a group hands out are
+//! engine-made files served like device cdevs. For discovery, [`sysfs`] serves a view of the
+//! platform under `/sys/bus/pci`, `/sys/kernel/iommu_groups` and `/sys/devices/pci0000:00`.
+//! Any other path goes straight to the real function after a comparison of its first bytes:
+//! no lock, no allocation.
 //!
 //! # The exported functions
 //!
@@ -49,6 +52,7 @@ compile_error!("uiommu-preload supports Linux on x86-64 and AArch64 only");
 pub mod hook;
 pub mod real;
 mod state;
+pub mod sysfs;
 pub mod table;
 
 pub use state::vfio_devices;
@@ -57,9 +61,11 @@ use hook::{ffi, in_hook, Hook};
 use libc::{c_char, c_int, c_uint, c_ulong, c_void, off64_t, off_t, size_t, ssize_t};
 use real::{errno, set_errno};
 use state::{global, global_if_any, Global, Kind, OpenFile};
+use uiommu_platform::topology::GroupId;
 use uiommu_platform::UserVa;
 use uiommu_uapi::iommufd::IommufdFile;
 use uiommu_uapi::vfio_device::VfioDeviceFile;
+use uiommu_uapi::vfio_group::{open_container, vfio_groups, VfioGroupFile};
 use uiommu_uapi::Errno;
 
 /// What an opened path of ours is.
@@ -69,8 +75,21 @@ pub enum Target {
     Iommu,
     /// `/dev/vfio/devices/vfioN`.
     VfioDevice(u32),
-    /// Another path under `/dev/vfio/` (container, groups): not there yet, ENOENT.
+    /// `/dev/vfio/vfio`, the legacy container.
+    VfioContainer,
+    /// `/dev/vfio/<group>`.
+    VfioGroup(u32),
+    /// Another path under `/dev/vfio/`: ENOENT.
     NoEnt,
+}
+
+/// A decimal number without sign or leading zeros, as the kernel names nodes.
+fn canonical_number(num: &[u8]) -> Option<u32> {
+    let canonical =
+        !num.is_empty() && num.iter().all(u8::is_ascii_digit) && (num.len() == 1 || num[0] != b'0');
+    canonical
+        .then(|| std::str::from_utf8(num).ok()?.parse::<u32>().ok())
+        .flatten()
 }
 
 /// Whether `path` (without its NUL) is one of ours.
@@ -79,23 +98,31 @@ pub fn target_of(path: &[u8]) -> Option<Target> {
         return Some(Target::Iommu);
     }
     let rest = path.strip_prefix(b"/dev/vfio/")?;
+    if rest == b"vfio" {
+        return Some(Target::VfioContainer);
+    }
     let Some(num) = rest.strip_prefix(b"devices/vfio") else {
-        return Some(Target::NoEnt);
+        return Some(canonical_number(rest).map_or(Target::NoEnt, Target::VfioGroup));
     };
-    // Decimal without sign or leading zeros, as the kernel names the nodes.
-    let canonical =
-        !num.is_empty() && num.iter().all(u8::is_ascii_digit) && (num.len() == 1 || num[0] != b'0');
-    let n = canonical
-        .then(|| std::str::from_utf8(num).ok()?.parse::<u32>().ok())
-        .flatten();
-    Some(n.map_or(Target::NoEnt, Target::VfioDevice))
+    Some(canonical_number(num).map_or(Target::NoEnt, Target::VfioDevice))
+}
+
+/// Whether the node `target` names exists now (for `access`).
+pub(crate) fn target_exists(target: Target) -> bool {
+    let Ok(g) = global() else { return false };
+    match target {
+        Target::Iommu | Target::VfioContainer => true,
+        Target::NoEnt => false,
+        Target::VfioDevice(n) => (n as usize) < vfio_devices(&g.engine).len(),
+        Target::VfioGroup(n) => vfio_groups(&g.engine).contains(&GroupId(n)),
+    }
 }
 
 /// The fast path of every `open`: whether the C string `path` is one of ours.
 ///
 /// # Safety
 /// `path` is null or points to a NUL-terminated string (the contract of `open` itself).
-unsafe fn classify(path: *const c_char) -> Option<Target> {
+pub(crate) unsafe fn classify(path: *const c_char) -> Option<Target> {
     const DEV: &[u8] = b"/dev/";
     if path.is_null() {
         return None;
@@ -126,7 +153,7 @@ fn fail_ssize(e: Errno) -> ssize_t {
 }
 
 /// Open one of our paths.
-fn open_ours(target: Target, flags: c_int) -> Result<c_int, Errno> {
+pub(crate) fn open_ours(target: Target, flags: c_int) -> Result<c_int, Errno> {
     // What the VFS refuses for an existing character device before its open runs.
     if flags & libc::O_DIRECTORY != 0 {
         return Err(libc::ENOTDIR);
@@ -149,6 +176,29 @@ fn open_ours(target: Target, flags: c_int) -> Result<c_int, Errno> {
             let file = VfioDeviceFile::open(&g.engine, dev)?;
             register(g, c"uiommu:vfio", Kind::Vfio(file), flags)
         }
+        Target::VfioContainer => {
+            let g = global()?;
+            let file = open_container(&g.engine, g.space)?;
+            register(g, c"uiommu:container", Kind::Iommufd(file), flags)
+        }
+        Target::VfioGroup(n) => {
+            let g = global()?;
+            if !vfio_groups(&g.engine).contains(&GroupId(n)) {
+                return Err(libc::ENOENT);
+            }
+            let file = VfioGroupFile::open(&g.engine, GroupId(n))?;
+            register(g, c"uiommu:group", Kind::Group(file), flags)
+        }
+    }
+}
+
+/// The VFIO device behind an open file of ours: a device cdev, or a device file a group
+/// handed out (an engine-made file).
+fn vfio_of(kind: &Kind) -> Option<&VfioDeviceFile> {
+    match kind {
+        Kind::Vfio(f) => Some(f),
+        Kind::Engine(f) => f.as_any().downcast_ref::<VfioDeviceFile>(),
+        _ => None,
     }
 }
 
@@ -177,14 +227,20 @@ fn register(g: &Global, name: &std::ffi::CStr, kind: Kind, flags: c_int) -> Resu
 ///
 /// # Safety
 /// `path` is null or a NUL-terminated string.
-unsafe fn open_impl(path: *const c_char, flags: c_int, real: impl FnOnce() -> c_int) -> c_int {
+unsafe fn open_impl(
+    path: *const c_char,
+    flags: c_int,
+    real: impl FnOnce(*const c_char) -> c_int,
+) -> c_int {
     ffi(-1, || {
         // SAFETY: forwarded from the caller.
         let Some(target) = (unsafe { classify(path) }) else {
-            return real();
+            // SAFETY: forwarded from the caller; the real open gets the path to open (the
+            // sysfs view's copy of a path it serves).
+            return unsafe { sysfs::open_path(path, real) };
         };
         if in_hook() {
-            return real();
+            return real(path);
         }
         let _h = Hook::enter();
         open_ours(target, flags).unwrap_or_else(fail)
@@ -199,7 +255,7 @@ unsafe fn open_impl(path: *const c_char, flags: c_int, real: impl FnOnce() -> c_
 #[no_mangle]
 pub unsafe extern "C" fn open(path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
     // SAFETY: the caller's arguments are passed on unchanged.
-    unsafe { open_impl(path, flags, || real::open(path, flags, mode)) }
+    unsafe { open_impl(path, flags, |p| real::open(p, flags, mode)) }
 }
 
 /// `open64(2)` (the same as `open` on 64-bit Linux).
@@ -209,7 +265,7 @@ pub unsafe extern "C" fn open(path: *const c_char, flags: c_int, mode: c_uint) -
 #[no_mangle]
 pub unsafe extern "C" fn open64(path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
     // SAFETY: the caller's arguments are passed on unchanged.
-    unsafe { open_impl(path, flags, || real::open64(path, flags, mode)) }
+    unsafe { open_impl(path, flags, |p| real::open64(p, flags, mode)) }
 }
 
 /// `openat(2)`. An absolute path ignores `dirfd`; a relative one is never ours.
@@ -224,7 +280,7 @@ pub unsafe extern "C" fn openat(
     mode: c_uint,
 ) -> c_int {
     // SAFETY: the caller's arguments are passed on unchanged.
-    unsafe { open_impl(path, flags, || real::openat(dirfd, path, flags, mode)) }
+    unsafe { open_impl(path, flags, |p| real::openat(dirfd, p, flags, mode)) }
 }
 
 /// `openat64(2)`.
@@ -239,7 +295,7 @@ pub unsafe extern "C" fn openat64(
     mode: c_uint,
 ) -> c_int {
     // SAFETY: the caller's arguments are passed on unchanged.
-    unsafe { open_impl(path, flags, || real::openat64(dirfd, path, flags, mode)) }
+    unsafe { open_impl(path, flags, |p| real::openat64(dirfd, p, flags, mode)) }
 }
 
 /// glibc's `__open_2`, which `open` becomes under `_FORTIFY_SOURCE` when there is no mode.
@@ -249,7 +305,7 @@ pub unsafe extern "C" fn openat64(
 #[no_mangle]
 pub unsafe extern "C" fn __open_2(path: *const c_char, flags: c_int) -> c_int {
     // SAFETY: the caller's arguments are passed on unchanged.
-    unsafe { open_impl(path, flags, || real::open_2(path, flags)) }
+    unsafe { open_impl(path, flags, |p| real::open_2(p, flags)) }
 }
 
 /// glibc's `__open64_2`.
@@ -259,7 +315,7 @@ pub unsafe extern "C" fn __open_2(path: *const c_char, flags: c_int) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn __open64_2(path: *const c_char, flags: c_int) -> c_int {
     // SAFETY: the caller's arguments are passed on unchanged.
-    unsafe { open_impl(path, flags, || real::open64_2(path, flags)) }
+    unsafe { open_impl(path, flags, |p| real::open64_2(p, flags)) }
 }
 
 /// glibc's `__openat_2`.
@@ -269,7 +325,7 @@ pub unsafe extern "C" fn __open64_2(path: *const c_char, flags: c_int) -> c_int 
 #[no_mangle]
 pub unsafe extern "C" fn __openat_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
     // SAFETY: the caller's arguments are passed on unchanged.
-    unsafe { open_impl(path, flags, || real::openat_2(dirfd, path, flags)) }
+    unsafe { open_impl(path, flags, |p| real::openat_2(dirfd, p, flags)) }
 }
 
 /// glibc's `__openat64_2`.
@@ -279,7 +335,7 @@ pub unsafe extern "C" fn __openat_2(dirfd: c_int, path: *const c_char, flags: c_
 #[no_mangle]
 pub unsafe extern "C" fn __openat64_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
     // SAFETY: the caller's arguments are passed on unchanged.
-    unsafe { open_impl(path, flags, || real::openat64_2(dirfd, path, flags)) }
+    unsafe { open_impl(path, flags, |p| real::openat64_2(dirfd, p, flags)) }
 }
 
 /// The state when one of our files may be involved and this thread is not inside the library.
@@ -424,10 +480,11 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_i
             return real_ioctl();
         };
         let caller = g.caller();
-        let r = match &file.kind {
-            Kind::Iommufd(f) => f.ioctl(&caller, request, arg),
-            Kind::Vfio(f) => f.ioctl(&caller, request, arg),
-            Kind::Engine(_) => Err(libc::ENOTTY),
+        let r = match (&file.kind, vfio_of(&file.kind)) {
+            (Kind::Iommufd(f), _) => f.ioctl(&caller, request, arg),
+            (Kind::Group(f), _) => f.ioctl(&caller, request, arg),
+            (_, Some(f)) => f.ioctl(&caller, request, arg),
+            _ => Err(libc::ENOTTY),
         };
         match r {
             Ok(v) => c_int::try_from(v).unwrap_or(c_int::MAX),
@@ -468,9 +525,12 @@ fn file_io(
     }
     let count = count.min(MAX_IO);
     let caller = g.caller();
+    if let Some(f) = vfio_of(&file.kind) {
+        return vfio_io(fd, f, dir, buf, count, offset, g);
+    }
     match &file.kind {
         // No read or write operations: the VFS answers EINVAL.
-        Kind::Iommufd(_) => Err(libc::EINVAL),
+        Kind::Iommufd(_) | Kind::Group(_) | Kind::Vfio(_) => Err(libc::EINVAL),
         Kind::Engine(f) => {
             if offset.is_some() {
                 return Err(libc::ESPIPE);
@@ -488,39 +548,49 @@ fn file_io(
                 }
             }
         }
-        Kind::Vfio(f) => {
-            let pos = match offset {
-                Some(p) if p < 0 => return Err(libc::EINVAL),
-                Some(p) => p,
-                None => {
-                    // SAFETY: lseek on an fd of ours; no memory is passed.
-                    let p = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
-                    if p < 0 {
-                        return Err(errno());
-                    }
-                    p
-                }
-            };
-            let mut bounce = vec![0u8; count];
-            let n = match dir {
-                Dir::Read => {
-                    let n = f.pread(&mut bounce, pos as u64)?.min(count);
-                    to_user(g, buf, &bounce[..n])?;
-                    n
-                }
-                Dir::Write => {
-                    from_user(g, buf, &mut bounce)?;
-                    f.pwrite(&bounce, pos as u64)?
-                }
-            };
-            if offset.is_none() {
-                let end = pos.saturating_add(n as i64);
-                // SAFETY: lseek on an fd of ours; no memory is passed.
-                unsafe { libc::lseek(fd, end, libc::SEEK_SET) };
-            }
-            Ok(n)
-        }
     }
+}
+
+/// A read or write of a VFIO device's regions (see [`file_io`]).
+fn vfio_io(
+    fd: c_int,
+    f: &VfioDeviceFile,
+    dir: Dir,
+    buf: u64,
+    count: usize,
+    offset: Option<i64>,
+    g: &Global,
+) -> Result<usize, Errno> {
+    let pos = match offset {
+        Some(p) if p < 0 => return Err(libc::EINVAL),
+        Some(p) => p,
+        None => {
+            // SAFETY: lseek on an fd of ours; no memory is passed.
+            let p = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
+            if p < 0 {
+                return Err(errno());
+            }
+            p
+        }
+    };
+    let mut bounce = vec![0u8; count];
+    let n = match dir {
+        Dir::Read => {
+            let n = f.pread(&mut bounce, pos as u64)?.min(count);
+            to_user(g, buf, &bounce[..n])?;
+            n
+        }
+        Dir::Write => {
+            from_user(g, buf, &mut bounce)?;
+            f.pwrite(&bounce, pos as u64)?
+        }
+    };
+    if offset.is_none() {
+        let end = pos.saturating_add(n as i64);
+        // SAFETY: lseek on an fd of ours; no memory is passed.
+        unsafe { libc::lseek(fd, end, libc::SEEK_SET) };
+    }
+    Ok(n)
 }
 
 /// Copy `data` to the program's buffer at `va` (EFAULT when it is not writable).
@@ -718,10 +788,10 @@ fn mmap_refusal(file: &OpenFile, len: size_t, prot: c_int, flags: c_int, off: i6
     {
         return libc::EACCES;
     }
-    match &file.kind {
+    match vfio_of(&file.kind) {
         // No mmap operation on the file.
-        Kind::Iommufd(_) | Kind::Engine(_) => libc::ENODEV,
-        Kind::Vfio(f) => {
+        None => libc::ENODEV,
+        Some(f) => {
             let Ok(off) = u64::try_from(off) else {
                 return libc::EINVAL;
             };
@@ -815,9 +885,13 @@ mod tests {
             target_of(b"/dev/vfio/devices/vfio12"),
             Some(Target::VfioDevice(12))
         );
+        assert_eq!(target_of(b"/dev/vfio/vfio"), Some(Target::VfioContainer));
+        assert_eq!(target_of(b"/dev/vfio/3"), Some(Target::VfioGroup(3)));
+        assert_eq!(target_of(b"/dev/vfio/12"), Some(Target::VfioGroup(12)));
         for noent in [
-            &b"/dev/vfio/vfio"[..],
-            b"/dev/vfio/3",
+            &b"/dev/vfio/vfio0"[..],
+            b"/dev/vfio/03",
+            b"/dev/vfio/",
             b"/dev/vfio/devices",
             b"/dev/vfio/devices/vfio",
             b"/dev/vfio/devices/vfio01",

@@ -166,3 +166,119 @@ real_fns! {
             -> *mut c_void,
         fail libc::MAP_FAILED;
 }
+
+// The path functions interposed for the sysfs view (`crate::sysfs`). Buffers (`struct stat`,
+// `struct statx`) and streams (`FILE`, `DIR`) are opaque pointers here.
+real_fns! {
+    /// `stat(2)` (glibc 2.33+ symbol).
+    fn stat(path: *const c_char, buf: *mut c_void) -> c_int
+        = c"stat" as unsafe extern "C" fn(*const c_char, *mut c_void) -> c_int, fail -1;
+    /// `stat64(2)`.
+    fn stat64(path: *const c_char, buf: *mut c_void) -> c_int
+        = c"stat64" as unsafe extern "C" fn(*const c_char, *mut c_void) -> c_int, fail -1;
+    /// `lstat(2)`.
+    fn lstat(path: *const c_char, buf: *mut c_void) -> c_int
+        = c"lstat" as unsafe extern "C" fn(*const c_char, *mut c_void) -> c_int, fail -1;
+    /// `lstat64(2)`.
+    fn lstat64(path: *const c_char, buf: *mut c_void) -> c_int
+        = c"lstat64" as unsafe extern "C" fn(*const c_char, *mut c_void) -> c_int, fail -1;
+    /// `fstatat(2)`.
+    fn fstatat(dirfd: c_int, path: *const c_char, buf: *mut c_void, flags: c_int) -> c_int
+        = c"fstatat" as unsafe extern "C" fn(c_int, *const c_char, *mut c_void, c_int) -> c_int,
+        fail -1;
+    /// `fstatat64(2)`.
+    fn fstatat64(dirfd: c_int, path: *const c_char, buf: *mut c_void, flags: c_int) -> c_int
+        = c"fstatat64" as unsafe extern "C" fn(c_int, *const c_char, *mut c_void, c_int)
+            -> c_int,
+        fail -1;
+    /// `statx(2)`.
+    fn statx(dirfd: c_int, path: *const c_char, flags: c_int, mask: c_uint, buf: *mut c_void)
+        -> c_int
+        = c"statx" as unsafe extern "C" fn(c_int, *const c_char, c_int, c_uint, *mut c_void)
+            -> c_int,
+        fail -1;
+    /// glibc's pre-2.33 `__xstat`.
+    fn xstat(ver: c_int, path: *const c_char, buf: *mut c_void) -> c_int
+        = c"__xstat" as unsafe extern "C" fn(c_int, *const c_char, *mut c_void) -> c_int,
+        fail -1;
+    /// glibc's pre-2.33 `__xstat64`.
+    fn xstat64(ver: c_int, path: *const c_char, buf: *mut c_void) -> c_int
+        = c"__xstat64" as unsafe extern "C" fn(c_int, *const c_char, *mut c_void) -> c_int,
+        fail -1;
+    /// glibc's pre-2.33 `__lxstat`.
+    fn lxstat(ver: c_int, path: *const c_char, buf: *mut c_void) -> c_int
+        = c"__lxstat" as unsafe extern "C" fn(c_int, *const c_char, *mut c_void) -> c_int,
+        fail -1;
+    /// glibc's pre-2.33 `__lxstat64`.
+    fn lxstat64(ver: c_int, path: *const c_char, buf: *mut c_void) -> c_int
+        = c"__lxstat64" as unsafe extern "C" fn(c_int, *const c_char, *mut c_void) -> c_int,
+        fail -1;
+    /// glibc's pre-2.33 `__fxstatat`.
+    fn fxstatat(ver: c_int, dirfd: c_int, path: *const c_char, buf: *mut c_void, flags: c_int)
+        -> c_int
+        = c"__fxstatat" as unsafe extern "C" fn(c_int, c_int, *const c_char, *mut c_void, c_int)
+            -> c_int,
+        fail -1;
+    /// glibc's pre-2.33 `__fxstatat64`.
+    fn fxstatat64(ver: c_int, dirfd: c_int, path: *const c_char, buf: *mut c_void, flags: c_int)
+        -> c_int
+        = c"__fxstatat64" as unsafe extern "C" fn(c_int, c_int, *const c_char, *mut c_void,
+            c_int) -> c_int,
+        fail -1;
+    /// `access(2)`.
+    fn access(path: *const c_char, mode: c_int) -> c_int
+        = c"access" as unsafe extern "C" fn(*const c_char, c_int) -> c_int, fail -1;
+    /// `euidaccess(3)`.
+    fn euidaccess(path: *const c_char, mode: c_int) -> c_int
+        = c"euidaccess" as unsafe extern "C" fn(*const c_char, c_int) -> c_int, fail -1;
+    /// `faccessat(2)`.
+    fn faccessat(dirfd: c_int, path: *const c_char, mode: c_int, flags: c_int) -> c_int
+        = c"faccessat" as unsafe extern "C" fn(c_int, *const c_char, c_int, c_int) -> c_int,
+        fail -1;
+    /// `readlink(2)`.
+    fn readlink(path: *const c_char, buf: *mut c_char, size: size_t) -> ssize_t
+        = c"readlink" as unsafe extern "C" fn(*const c_char, *mut c_char, size_t) -> ssize_t,
+        fail -1;
+    /// `readlinkat(2)`.
+    fn readlinkat(dirfd: c_int, path: *const c_char, buf: *mut c_char, size: size_t) -> ssize_t
+        = c"readlinkat" as unsafe extern "C" fn(c_int, *const c_char, *mut c_char, size_t)
+            -> ssize_t,
+        fail -1;
+    /// glibc's fortified `readlink`.
+    fn readlink_chk(path: *const c_char, buf: *mut c_char, size: size_t, buflen: size_t)
+        -> ssize_t
+        = c"__readlink_chk" as unsafe extern "C" fn(*const c_char, *mut c_char, size_t, size_t)
+            -> ssize_t,
+        fail -1;
+    /// glibc's fortified `readlinkat`.
+    fn readlinkat_chk(dirfd: c_int, path: *const c_char, buf: *mut c_char, size: size_t,
+        buflen: size_t) -> ssize_t
+        = c"__readlinkat_chk" as unsafe extern "C" fn(c_int, *const c_char, *mut c_char, size_t,
+            size_t) -> ssize_t,
+        fail -1;
+    /// `realpath(3)`.
+    fn realpath(path: *const c_char, resolved: *mut c_char) -> *mut c_char
+        = c"realpath" as unsafe extern "C" fn(*const c_char, *mut c_char) -> *mut c_char,
+        fail std::ptr::null_mut();
+    /// glibc's fortified `realpath`.
+    fn realpath_chk(path: *const c_char, resolved: *mut c_char, len: size_t) -> *mut c_char
+        = c"__realpath_chk" as unsafe extern "C" fn(*const c_char, *mut c_char, size_t)
+            -> *mut c_char,
+        fail std::ptr::null_mut();
+    /// `opendir(3)`.
+    fn opendir(path: *const c_char) -> *mut c_void
+        = c"opendir" as unsafe extern "C" fn(*const c_char) -> *mut c_void,
+        fail std::ptr::null_mut();
+    /// `fopen(3)`.
+    fn fopen(path: *const c_char, mode: *const c_char) -> *mut c_void
+        = c"fopen" as unsafe extern "C" fn(*const c_char, *const c_char) -> *mut c_void,
+        fail std::ptr::null_mut();
+    /// `fopen64(3)`.
+    fn fopen64(path: *const c_char, mode: *const c_char) -> *mut c_void
+        = c"fopen64" as unsafe extern "C" fn(*const c_char, *const c_char) -> *mut c_void,
+        fail std::ptr::null_mut();
+    /// `fdopen(3)`.
+    fn fdopen(fd: c_int, mode: *const c_char) -> *mut c_void
+        = c"fdopen" as unsafe extern "C" fn(c_int, *const c_char) -> *mut c_void,
+        fail std::ptr::null_mut();
+}

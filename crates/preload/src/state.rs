@@ -43,6 +43,8 @@ pub(crate) enum Kind {
     Iommufd(IommufdFile),
     /// An open `/dev/vfio/devices/vfioN`.
     Vfio(VfioDeviceFile),
+    /// `/dev/vfio/<group>`.
+    Group(uiommu_uapi::vfio_group::VfioGroupFile),
     /// A file the engine made for the program ([`FdTable::install`]).
     Engine(Arc<dyn EngineFile>),
 }

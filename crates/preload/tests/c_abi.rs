@@ -116,6 +116,11 @@ fn vfio_device_end_to_end_dma() {
 }
 
 #[test]
+fn vfio_legacy_container_group_type1_and_sysfs() {
+    run(&compile("vfio_legacy"), None);
+}
+
+#[test]
 fn threads_share_one_iommufd() {
     run(&compile("iommufd_threads"), None);
 }

@@ -44,8 +44,8 @@ int main(void)
 	CHECK(fcntl(fd2, F_GETFD) == 0);
 
 	/* Paths that are ours but not there, and what the VFS refuses on a device node. */
-	CHECK_ERR(open("/dev/vfio/vfio", O_RDWR), ENOENT);
-	CHECK_ERR(open("/dev/vfio/1", O_RDWR), ENOENT);
+	CHECK_ERR(open("/dev/vfio/vfio0", O_RDWR), ENOENT);
+	CHECK_ERR(open("/dev/vfio/1", O_RDWR), ENOENT); /* a group without a vfio-pci function */
 	CHECK_ERR(open("/dev/vfio/devices/vfio999", O_RDWR), ENOENT);
 	CHECK_ERR(open("/dev/iommu", O_RDWR | O_DIRECTORY), ENOTDIR);
 	CHECK_ERR(open("/dev/iommu", O_RDWR | O_CREAT | O_EXCL, 0600), EEXIST);

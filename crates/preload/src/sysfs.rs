@@ -1,0 +1,689 @@
+//! The sysfs view of the emulated platform, for device discovery as QEMU, rust-vmm and DPDK do
+//! it: `/sys/bus/pci/devices/<bdf>/{vendor,device,class,driver,iommu_group,vfio-dev/vfioN/dev}`,
+//! `/sys/bus/pci/drivers/<name>/<bdf>`, `/sys/kernel/iommu_groups/<n>/devices/<bdf>`.
+//!
+//! The view is a real directory tree (files and relative symlinks laid out as in sysfs) in a
+//! private temporary directory (`$TMPDIR/uiommu-sysfs-XXXXXX`, removed at exit by the process
+//! that made it), built on the first access to one of its paths. The interposed path functions
+//! below rewrite a path under one of [`PREFIXES`] to the tree when it names something in the
+//! view — the directory itself (except `/sys/devices`), or an entry whose first component after
+//! the prefix is one of ours — and pass every other path on unchanged. The kernel then follows
+//! the tree's relative symlinks inside the tree, so `readlink` answers what sysfs would
+//! (`../../../kernel/iommu_groups/5`) and `realpath` answers a `/sys/...` path (the tree's
+//! prefix is removed from its result).
+//!
+//! Layout (`R` = the tree's root; `pci0000:00` is the one root every function hangs from):
+//!
+//! ```text
+//! R/sys/devices/pci0000:00/<bdf>/{vendor,device,class,subsystem_vendor,subsystem_device}
+//! R/sys/devices/pci0000:00/<bdf>/driver -> ../../../bus/pci/drivers/<name>      (when bound)
+//! R/sys/devices/pci0000:00/<bdf>/iommu_group -> ../../../kernel/iommu_groups/<n>
+//! R/sys/devices/pci0000:00/<bdf>/vfio-dev/vfio<N>/dev                           (vfio-pci only)
+//! R/sys/bus/pci/devices/<bdf> -> ../../../devices/pci0000:00/<bdf>
+//! R/sys/bus/pci/drivers/<name>/<bdf> -> ../../../../devices/pci0000:00/<bdf>
+//! R/sys/kernel/iommu_groups/<n>/devices/<bdf> -> ../../../../devices/pci0000:00/<bdf>
+//! ```
+//!
+//! Cost for other paths: a comparison of the first bytes with `/sys/` (no lock, no
+//! allocation); for other `/sys/` paths, a few prefix comparisons.
+
+use crate::hook::{ffi, in_hook, Hook};
+use crate::real;
+use libc::{c_char, c_int, c_uint, c_void, size_t, ssize_t};
+use std::collections::BTreeSet;
+use std::ffi::{CStr, CString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use uiommu_platform::drivers::Driver;
+
+/// The sysfs directories the view serves, and whether the directory itself is ours (listing
+/// it lists the emulated machine) or only the entries the view has.
+pub const PREFIXES: [(&[u8], bool); 4] = [
+    (b"/sys/bus/pci/devices", true),
+    (b"/sys/bus/pci/drivers", true),
+    (b"/sys/kernel/iommu_groups", true),
+    (b"/sys/devices", false),
+];
+
+/// The PCI root every function of the view hangs from.
+const PCI_ROOT: &str = "pci0000:00";
+
+/// Device number the view gives `vfio-dev/vfioN/dev` (the dynamic major of the vfio cdevs).
+const VFIO_CDEV_MAJOR: u32 = 511;
+
+/// The built view.
+pub struct View {
+    /// The tree's root directory (without a trailing slash).
+    root: Vec<u8>,
+    /// Per prefix of [`PREFIXES`], the first path components the view has below it.
+    names: [BTreeSet<Vec<u8>>; 4],
+    /// The process that made the tree (only it removes the tree at exit).
+    pid: u32,
+}
+
+static VIEW: OnceLock<Option<View>> = OnceLock::new();
+
+/// The view, built on first use (with the engine: the platform is read from it). `None` when
+/// the engine or the tree cannot be made: paths then go to the real sysfs.
+fn view() -> Option<&'static View> {
+    VIEW.get_or_init(|| {
+        let g = crate::state::global().ok()?;
+        let desc = describe(&g.engine);
+        let v = build(&desc).ok()?;
+        // SAFETY: registering an `extern "C" fn()` with atexit; it only touches the tree.
+        unsafe { libc::atexit(remove_at_exit) };
+        Some(v)
+    })
+    .as_ref()
+}
+
+extern "C" fn remove_at_exit() {
+    let _h = Hook::enter();
+    if let Some(Some(v)) = VIEW.get() {
+        if v.pid == std::process::id() {
+            let _ = std::fs::remove_dir_all(Path::new(std::ffi::OsStr::from_bytes(&v.root)));
+        }
+    }
+}
+
+/// One PCI function as the view shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FunctionView {
+    /// `0000:01:00.0`.
+    pub bdf: String,
+    /// PCI vendor id.
+    pub vendor: u16,
+    /// PCI device id.
+    pub device: u16,
+    /// 24-bit class code.
+    pub class: u32,
+    /// The bound driver's name.
+    pub driver: Option<String>,
+    /// IOMMU group number.
+    pub group: u32,
+    /// `N` of `/dev/vfio/devices/vfioN` for a function bound to vfio-pci.
+    pub vfio: Option<usize>,
+}
+
+/// What the view shows of the engine's platform: every function, and every group number.
+pub fn describe(engine: &uiommu_core::Engine) -> (Vec<FunctionView>, Vec<u32>) {
+    let vfio = crate::state::vfio_devices(engine);
+    engine.with_platform(|p| {
+        let funcs = p
+            .topology
+            .devices()
+            .map(|d| FunctionView {
+                bdf: d.bdf.to_string(),
+                vendor: d.vendor,
+                device: d.device,
+                class: d.class,
+                driver: p.drivers.driver(d.id).name().map(str::to_string),
+                group: d.group.0,
+                vfio: (*p.drivers.driver(d.id) == Driver::VfioPci)
+                    .then(|| vfio.iter().position(|&v| v == d.id))
+                    .flatten(),
+            })
+            .collect();
+        let groups = p.topology.groups().map(|g| g.id.0).collect();
+        (funcs, groups)
+    })
+}
+
+/// Make the tree for `desc` in a new temporary directory.
+pub fn build(desc: &(Vec<FunctionView>, Vec<u32>)) -> std::io::Result<View> {
+    let tmp = std::env::var_os("TMPDIR")
+        .filter(|t| !t.is_empty())
+        .map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+    let mut template = tmp.join("uiommu-sysfs-XXXXXX").into_os_string().into_vec();
+    template.push(0);
+    // SAFETY: `template` is a writable NUL-terminated buffer ending in XXXXXX, as mkdtemp needs.
+    let r = unsafe { libc::mkdtemp(template.as_mut_ptr().cast()) };
+    if r.is_null() {
+        return Err(std::io::Error::last_os_error());
+    }
+    template.pop();
+    let root = PathBuf::from(std::ffi::OsString::from_vec(template.clone()));
+    let made = fill(&root, desc);
+    if let Err(e) = made {
+        let _ = std::fs::remove_dir_all(&root);
+        return Err(e);
+    }
+    let (funcs, groups) = desc;
+    let mut names: [BTreeSet<Vec<u8>>; 4] = Default::default();
+    for f in funcs {
+        names[0].insert(f.bdf.clone().into_bytes());
+        if let Some(d) = &f.driver {
+            names[1].insert(d.clone().into_bytes());
+        }
+    }
+    for g in groups {
+        names[2].insert(g.to_string().into_bytes());
+    }
+    names[3].insert(PCI_ROOT.as_bytes().to_vec());
+    Ok(View {
+        root: template,
+        names,
+        pid: std::process::id(),
+    })
+}
+
+use std::os::unix::ffi::OsStringExt;
+
+fn fill(root: &Path, (funcs, groups): &(Vec<FunctionView>, Vec<u32>)) -> std::io::Result<()> {
+    use std::fs::{create_dir_all, write};
+    use std::os::unix::fs::symlink;
+    let sys = root.join("sys");
+    let devices = sys.join("devices").join(PCI_ROOT);
+    let bus_devices = sys.join("bus/pci/devices");
+    let drivers = sys.join("bus/pci/drivers");
+    let groups_dir = sys.join("kernel/iommu_groups");
+    create_dir_all(&devices)?;
+    create_dir_all(&bus_devices)?;
+    create_dir_all(&drivers)?;
+    for g in groups {
+        create_dir_all(groups_dir.join(g.to_string()).join("devices"))?;
+    }
+    for f in funcs {
+        let dir = devices.join(&f.bdf);
+        create_dir_all(&dir)?;
+        write(dir.join("vendor"), format!("0x{:04x}\n", f.vendor))?;
+        write(dir.join("device"), format!("0x{:04x}\n", f.device))?;
+        write(
+            dir.join("class"),
+            format!("0x{:06x}\n", f.class & 0xff_ffff),
+        )?;
+        write(dir.join("subsystem_vendor"), "0x0000\n")?;
+        write(dir.join("subsystem_device"), "0x0000\n")?;
+        let to_dev = format!("../../../../devices/{PCI_ROOT}/{}", f.bdf);
+        symlink(
+            format!("../../../devices/{PCI_ROOT}/{}", f.bdf),
+            bus_devices.join(&f.bdf),
+        )?;
+        symlink(
+            format!("../../../kernel/iommu_groups/{}", f.group),
+            dir.join("iommu_group"),
+        )?;
+        let gdir = groups_dir.join(f.group.to_string()).join("devices");
+        create_dir_all(&gdir)?;
+        symlink(&to_dev, gdir.join(&f.bdf))?;
+        if let Some(d) = &f.driver {
+            create_dir_all(drivers.join(d))?;
+            symlink(&to_dev, drivers.join(d).join(&f.bdf))?;
+            symlink(format!("../../../bus/pci/drivers/{d}"), dir.join("driver"))?;
+        }
+        if let Some(n) = f.vfio {
+            let vdir = dir.join("vfio-dev").join(format!("vfio{n}"));
+            create_dir_all(&vdir)?;
+            write(vdir.join("dev"), format!("{VFIO_CDEV_MAJOR}:{n}\n"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `path` is served by the view (`Some`: which prefix, and whether the view must be
+/// consulted for its first component), without building it.
+fn prefix_of(path: &[u8]) -> Option<(usize, Option<&[u8]>)> {
+    for (i, (p, whole)) in PREFIXES.iter().enumerate() {
+        let Some(rest) = path.strip_prefix(*p) else {
+            continue;
+        };
+        if rest.is_empty() || rest == b"/" {
+            return whole.then_some((i, None));
+        }
+        let Some(rest) = rest.strip_prefix(b"/") else {
+            continue;
+        };
+        let comp = rest.split(|&b| b == b'/').next().unwrap_or(rest);
+        return Some((i, Some(comp)));
+    }
+    None
+}
+
+/// The view's copy of `path`, if the view serves it.
+pub fn rewrite(path: &[u8]) -> Option<CString> {
+    let (i, comp) = prefix_of(path)?;
+    let v = view()?;
+    if let Some(c) = comp {
+        if !v.names[i].contains(c) {
+            return None;
+        }
+    }
+    rewrite_in(&v.root, path)
+}
+
+fn rewrite_in(root: &[u8], path: &[u8]) -> Option<CString> {
+    let mut out = Vec::with_capacity(root.len() + path.len() + 1);
+    out.extend_from_slice(root);
+    out.extend_from_slice(path);
+    CString::new(out).ok()
+}
+
+/// Whether the C string `path` starts with `/sys/` (the fast path: stops at the first
+/// mismatching byte).
+///
+/// # Safety
+/// `path` is null or NUL-terminated.
+unsafe fn is_sys(path: *const c_char) -> bool {
+    const SYS: &[u8] = b"/sys/";
+    if path.is_null() {
+        return false;
+    }
+    for (i, &want) in SYS.iter().enumerate() {
+        // SAFETY: every byte before `i` matched a non-NUL byte of SYS, so the string has not
+        // ended before index `i`.
+        if unsafe { *path.add(i) } as u8 != want {
+            return false;
+        }
+    }
+    true
+}
+
+/// Call `f` with the path the program means: the view's copy for a sysfs path it serves,
+/// else `path` itself. The second argument of `f` tells whether the path was rewritten.
+///
+/// # Safety
+/// `path` is null or NUL-terminated.
+unsafe fn mapped<R>(path: *const c_char, f: impl FnOnce(*const c_char, bool) -> R) -> R {
+    // SAFETY: forwarded from the caller.
+    if !unsafe { is_sys(path) } || in_hook() {
+        return f(path, false);
+    }
+    let _h = Hook::enter();
+    // SAFETY: `path` is NUL-terminated (checked non-null by is_sys).
+    let bytes = unsafe { CStr::from_ptr(path) }.to_bytes();
+    match rewrite(bytes) {
+        Some(p) => f(p.as_ptr(), true),
+        None => f(path, false),
+    }
+}
+
+/// Remove the view's root from the front of the NUL-terminated path at `out` (a `realpath`
+/// result), in place.
+///
+/// # Safety
+/// `out` is a writable NUL-terminated string.
+unsafe fn unmap_result(out: *mut c_char) {
+    let Some(Some(v)) = VIEW.get() else { return };
+    // SAFETY: the caller's contract.
+    let s = unsafe { CStr::from_ptr(out) }.to_bytes();
+    if s.len() > v.root.len() && s.starts_with(&v.root) && s[v.root.len()] == b'/' {
+        let keep = s.len() - v.root.len();
+        // SAFETY: moves the tail (with its NUL) to the front of the same buffer; the regions
+        // may overlap, which `copy` allows.
+        unsafe { std::ptr::copy(out.add(v.root.len()), out, keep + 1) };
+    }
+}
+
+macro_rules! path_fn {
+    ($(#[$doc:meta])* fn $name:ident($($pre:ident: $pt:ty,)* @path $path:ident $(, $arg:ident: $t:ty)*) -> $ret:ty = $real:path, fail $fail:expr;) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// As the C function.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name($($pre: $pt,)* $path: *const c_char $(, $arg: $t)*) -> $ret {
+            ffi($fail, || {
+                // SAFETY: the caller's arguments are passed on, the path possibly replaced by
+                // the view's copy (a NUL-terminated string alive during the call).
+                unsafe { mapped($path, |p, _| $real($($pre,)* p $(, $arg)*)) }
+            })
+        }
+    };
+}
+
+path_fn! { /// `stat(2)` on the view.
+fn stat(@path path, buf: *mut c_void) -> c_int = real::stat, fail -1; }
+path_fn! { /// `stat64(2)` on the view.
+fn stat64(@path path, buf: *mut c_void) -> c_int = real::stat64, fail -1; }
+path_fn! { /// `lstat(2)` on the view.
+fn lstat(@path path, buf: *mut c_void) -> c_int = real::lstat, fail -1; }
+path_fn! { /// `lstat64(2)` on the view.
+fn lstat64(@path path, buf: *mut c_void) -> c_int = real::lstat64, fail -1; }
+path_fn! { /// `fstatat(2)` on the view (absolute paths).
+fn fstatat(dirfd: c_int, @path path, buf: *mut c_void, flags: c_int) -> c_int
+= real::fstatat, fail -1; }
+path_fn! { /// `fstatat64(2)` on the view (absolute paths).
+fn fstatat64(dirfd: c_int, @path path, buf: *mut c_void, flags: c_int) -> c_int
+= real::fstatat64, fail -1; }
+path_fn! { /// `statx(2)` on the view (absolute paths).
+fn statx(dirfd: c_int, @path path, flags: c_int, mask: c_uint, buf: *mut c_void) -> c_int
+= real::statx, fail -1; }
+path_fn! { /// glibc's `__xstat` on the view.
+fn __xstat(ver: c_int, @path path, buf: *mut c_void) -> c_int = real::xstat, fail -1; }
+path_fn! { /// glibc's `__xstat64` on the view.
+fn __xstat64(ver: c_int, @path path, buf: *mut c_void) -> c_int = real::xstat64, fail -1; }
+path_fn! { /// glibc's `__lxstat` on the view.
+fn __lxstat(ver: c_int, @path path, buf: *mut c_void) -> c_int = real::lxstat, fail -1; }
+path_fn! { /// glibc's `__lxstat64` on the view.
+fn __lxstat64(ver: c_int, @path path, buf: *mut c_void) -> c_int = real::lxstat64, fail -1; }
+path_fn! { /// glibc's `__fxstatat` on the view (absolute paths).
+fn __fxstatat(ver: c_int, dirfd: c_int, @path path, buf: *mut c_void, flags: c_int) -> c_int
+= real::fxstatat, fail -1; }
+path_fn! { /// glibc's `__fxstatat64` on the view (absolute paths).
+fn __fxstatat64(ver: c_int, dirfd: c_int, @path path, buf: *mut c_void, flags: c_int)
+-> c_int = real::fxstatat64, fail -1; }
+path_fn! { /// `readlink(2)` on the view: the view's symlinks are relative, as sysfs's.
+fn readlink(@path path, buf: *mut c_char, size: size_t) -> ssize_t
+= real::readlink, fail -1; }
+path_fn! { /// `readlinkat(2)` on the view (absolute paths).
+fn readlinkat(dirfd: c_int, @path path, buf: *mut c_char, size: size_t) -> ssize_t
+= real::readlinkat, fail -1; }
+path_fn! { /// glibc's fortified `readlink` on the view.
+fn __readlink_chk(@path path, buf: *mut c_char, size: size_t, buflen: size_t) -> ssize_t
+= real::readlink_chk, fail -1; }
+path_fn! { /// glibc's fortified `readlinkat` on the view (absolute paths).
+fn __readlinkat_chk(dirfd: c_int, @path path, buf: *mut c_char, size: size_t,
+buflen: size_t) -> ssize_t = real::readlinkat_chk, fail -1; }
+path_fn! { /// `opendir(3)` on the view: listing `/sys/bus/pci/devices` lists the emulated
+/// machine's functions.
+fn opendir(@path path) -> *mut c_void = real::opendir, fail std::ptr::null_mut(); }
+
+/// Whether an access-check of one of our `/dev` paths answers 0 (it exists) or ENOENT.
+///
+/// # Safety
+/// `path` is null or NUL-terminated.
+unsafe fn dev_access(path: *const c_char) -> Option<c_int> {
+    // SAFETY: forwarded from the caller.
+    let target = unsafe { crate::classify(path) }?;
+    if in_hook() {
+        return None;
+    }
+    let _h = Hook::enter();
+    Some(if crate::target_exists(target) {
+        0
+    } else {
+        crate::real::set_errno(libc::ENOENT);
+        -1
+    })
+}
+
+/// `access(2)`: on the view, and our `/dev` nodes exist.
+///
+/// # Safety
+/// As `access(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn access(path: *const c_char, mode: c_int) -> c_int {
+    ffi(-1, || {
+        // SAFETY: the caller's arguments are passed on, the path possibly replaced.
+        unsafe { dev_access(path).unwrap_or_else(|| mapped(path, |p, _| real::access(p, mode))) }
+    })
+}
+
+/// `euidaccess(3)`: as [`access`].
+///
+/// # Safety
+/// As `euidaccess(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn euidaccess(path: *const c_char, mode: c_int) -> c_int {
+    ffi(-1, || {
+        // SAFETY: the caller's arguments are passed on, the path possibly replaced.
+        unsafe {
+            dev_access(path).unwrap_or_else(|| mapped(path, |p, _| real::euidaccess(p, mode)))
+        }
+    })
+}
+
+/// `eaccess(3)`: as [`access`].
+///
+/// # Safety
+/// As `eaccess(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn eaccess(path: *const c_char, mode: c_int) -> c_int {
+    // SAFETY: the same contract.
+    unsafe { euidaccess(path, mode) }
+}
+
+/// `faccessat(2)`: as [`access`] for absolute paths.
+///
+/// # Safety
+/// As `faccessat(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn faccessat(
+    dirfd: c_int,
+    path: *const c_char,
+    mode: c_int,
+    flags: c_int,
+) -> c_int {
+    ffi(-1, || {
+        // SAFETY: the caller's arguments are passed on, the path possibly replaced.
+        unsafe {
+            dev_access(path)
+                .unwrap_or_else(|| mapped(path, |p, _| real::faccessat(dirfd, p, mode, flags)))
+        }
+    })
+}
+
+/// The common body of `realpath` and `__realpath_chk`: resolved in the view, answered as a
+/// `/sys/...` path.
+///
+/// # Safety
+/// `path` is null or NUL-terminated; `real_fn` is the real function's call.
+unsafe fn realpath_impl(
+    path: *const c_char,
+    real_fn: impl FnOnce(*const c_char) -> *mut c_char,
+) -> *mut c_char {
+    ffi(std::ptr::null_mut(), || {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            mapped(path, |p, rewritten| {
+                let r = real_fn(p);
+                if rewritten && !r.is_null() {
+                    // SAFETY: realpath returned a NUL-terminated string in writable memory.
+                    unmap_result(r);
+                }
+                r
+            })
+        }
+    })
+}
+
+/// `realpath(3)` on the view.
+///
+/// # Safety
+/// As `realpath(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn realpath(path: *const c_char, resolved: *mut c_char) -> *mut c_char {
+    // SAFETY: the caller's arguments are passed on, the path possibly replaced.
+    unsafe { realpath_impl(path, |p| real::realpath(p, resolved)) }
+}
+
+/// glibc's fortified `realpath`.
+///
+/// # Safety
+/// As `realpath(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn __realpath_chk(
+    path: *const c_char,
+    resolved: *mut c_char,
+    len: size_t,
+) -> *mut c_char {
+    // SAFETY: the caller's arguments are passed on, the path possibly replaced.
+    unsafe { realpath_impl(path, |p| real::realpath_chk(p, resolved, len)) }
+}
+
+/// `open(2)` flags for an `fopen` mode string.
+pub fn fopen_flags(mode: &[u8]) -> Option<c_int> {
+    let (first, rest) = mode.split_first()?;
+    let mut flags = match first {
+        b'r' => libc::O_RDONLY,
+        b'w' => libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+        b'a' => libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND,
+        _ => return None,
+    };
+    for &c in rest {
+        match c {
+            b'+' => flags = (flags & !libc::O_ACCMODE) | libc::O_RDWR,
+            b'e' => flags |= libc::O_CLOEXEC,
+            b'x' => flags |= libc::O_EXCL,
+            b',' => break,
+            _ => {}
+        }
+    }
+    Some(flags)
+}
+
+/// The common body of `fopen`/`fopen64`: our `/dev` files (opened as `open` opens them, then
+/// `fdopen`), the view's files, or the real function.
+///
+/// # Safety
+/// `path` and `mode` are null or NUL-terminated.
+unsafe fn fopen_impl(
+    path: *const c_char,
+    mode: *const c_char,
+    real_fn: impl FnOnce(*const c_char) -> *mut c_void,
+) -> *mut c_void {
+    ffi(std::ptr::null_mut(), || {
+        // SAFETY: forwarded from the caller.
+        if let Some(target) = unsafe { crate::classify(path) } {
+            if !in_hook() && !mode.is_null() {
+                let _h = Hook::enter();
+                // SAFETY: `mode` is NUL-terminated (fopen's contract), and not null.
+                let m = unsafe { CStr::from_ptr(mode) }.to_bytes();
+                let Some(flags) = fopen_flags(m) else {
+                    crate::real::set_errno(libc::EINVAL);
+                    return std::ptr::null_mut();
+                };
+                let fd = match crate::open_ours(target, flags) {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        crate::real::set_errno(e);
+                        return std::ptr::null_mut();
+                    }
+                };
+                // SAFETY: `fd` is the file just opened; `mode` is the caller's string.
+                let f = unsafe { real::fdopen(fd, mode) };
+                if f.is_null() {
+                    let e = crate::real::errno();
+                    // SAFETY: closes the fd made above, which the program never saw.
+                    unsafe { real::close(fd) };
+                    drop(crate::state::global().map(|g| g.files.sweep()));
+                    crate::real::set_errno(e);
+                }
+                return f;
+            }
+        }
+        // SAFETY: the caller's arguments are passed on, the path possibly replaced.
+        unsafe { mapped(path, |p, _| real_fn(p)) }
+    })
+}
+
+/// `fopen(3)`. glibc's `fopen` opens through an internal call that no preload library sees,
+/// so it is interposed itself.
+///
+/// # Safety
+/// As `fopen(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn fopen(path: *const c_char, mode: *const c_char) -> *mut c_void {
+    // SAFETY: the caller's arguments are passed on, the path possibly replaced.
+    unsafe { fopen_impl(path, mode, |p| real::fopen(p, mode)) }
+}
+
+/// `fopen64(3)`.
+///
+/// # Safety
+/// As `fopen64(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn fopen64(path: *const c_char, mode: *const c_char) -> *mut c_void {
+    // SAFETY: the caller's arguments are passed on, the path possibly replaced.
+    unsafe { fopen_impl(path, mode, |p| real::fopen64(p, mode)) }
+}
+
+/// The `open` family's sysfs rewrite: call `f` with the path to open.
+///
+/// # Safety
+/// `path` is null or NUL-terminated.
+pub(crate) unsafe fn open_path<R>(path: *const c_char, f: impl FnOnce(*const c_char) -> R) -> R {
+    // SAFETY: forwarded from the caller.
+    unsafe { mapped(path, |p, _| f(p)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_whole_components() {
+        assert_eq!(prefix_of(b"/sys/bus/pci/devices"), Some((0, None)));
+        assert_eq!(prefix_of(b"/sys/bus/pci/devices/"), Some((0, None)));
+        assert_eq!(
+            prefix_of(b"/sys/bus/pci/devices/0000:01:00.0/vendor"),
+            Some((0, Some(&b"0000:01:00.0"[..])))
+        );
+        assert_eq!(prefix_of(b"/sys/bus/pci/devicesX"), None);
+        assert_eq!(
+            prefix_of(b"/sys/kernel/iommu_groups/5"),
+            Some((2, Some(&b"5"[..])))
+        );
+        // /sys/devices itself stays the real one.
+        assert_eq!(prefix_of(b"/sys/devices"), None);
+        assert_eq!(
+            prefix_of(b"/sys/devices/pci0000:00/x"),
+            Some((3, Some(&b"pci0000:00"[..])))
+        );
+        assert_eq!(prefix_of(b"/sys/class/net"), None);
+    }
+
+    #[test]
+    fn fopen_modes() {
+        assert_eq!(fopen_flags(b"r"), Some(libc::O_RDONLY));
+        assert_eq!(fopen_flags(b"r+e"), Some(libc::O_RDWR | libc::O_CLOEXEC));
+        assert_eq!(
+            fopen_flags(b"wx"),
+            Some(libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL)
+        );
+        assert_eq!(fopen_flags(b""), None);
+        assert_eq!(fopen_flags(b"q"), None);
+    }
+
+    #[test]
+    fn the_tree_has_sysfs_layout() {
+        let e = uiommu_core::Engine::builtin();
+        let d = describe(&e);
+        let v = build(&d).unwrap();
+        let root = PathBuf::from(std::ffi::OsStr::from_bytes(&v.root));
+        let dev = root.join("sys/bus/pci/devices/0000:01:00.0");
+        assert_eq!(
+            std::fs::read_to_string(dev.join("vendor")).unwrap().trim(),
+            format!(
+                "0x{:04x}",
+                d.0.iter().find(|f| f.bdf == "0000:01:00.0").unwrap().vendor
+            )
+        );
+        assert_eq!(
+            std::fs::read_link(dev.join("iommu_group")).unwrap(),
+            PathBuf::from("../../../kernel/iommu_groups/5")
+        );
+        assert_eq!(
+            std::fs::canonicalize(dev.join("iommu_group")).unwrap(),
+            std::fs::canonicalize(root.join("sys/kernel/iommu_groups/5")).unwrap()
+        );
+        assert_eq!(
+            std::fs::read_link(dev.join("driver")).unwrap(),
+            PathBuf::from("../../../bus/pci/drivers/vfio-pci")
+        );
+        assert_eq!(
+            std::fs::read_to_string(dev.join("vfio-dev/vfio0/dev")).unwrap(),
+            "511:0\n"
+        );
+        let members: BTreeSet<_> =
+            std::fs::read_dir(root.join("sys/kernel/iommu_groups/6/devices"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+        assert_eq!(
+            members,
+            ["0000:02:00.0", "0000:02:00.1"].map(String::from).into()
+        );
+        assert!(std::fs::metadata(
+            root.join("sys/kernel/iommu_groups/6/devices/0000:02:00.1/class")
+        )
+        .is_ok());
+        assert!(v.names[1].contains(&b"nvme"[..]));
+        assert_eq!(
+            rewrite_in(b"/r", b"/sys/x").unwrap().as_bytes(),
+            b"/r/sys/x"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
