@@ -32,6 +32,8 @@ pub(crate) struct DeviceObj {
     pub group: GroupId,
     /// The HWPT this device is attached to.
     pub attached: Option<ObjId>,
+    /// IOPF state while I/O page faults are on (attached to a HWPT with a fault object).
+    pub iopf: Option<crate::fault::IopfParam>,
 }
 
 /// A paging HWPT: a paging domain filled from an IOAS.
@@ -47,6 +49,8 @@ pub(crate) struct HwptPaging {
     /// Allocated with IOMMU_HWPT_ALLOC_DIRTY_TRACKING (has dirty-tracking operations).
     pub dirty_ops: bool,
     pub enforce_cc: bool,
+    /// The fault object page faults are reported to (held as a user).
+    pub fault: Option<ObjId>,
 }
 
 /// A nested HWPT: a stage-1 over a paging parent.
@@ -55,6 +59,8 @@ pub(crate) struct HwptNested {
     pub parent: ObjId,
     pub domain: DomainId,
     pub format: PageTableFormat,
+    /// The fault object page faults are reported to (held as a user).
+    pub fault: Option<ObjId>,
 }
 
 /// Flags of IOMMU_HWPT_ALLOC.
@@ -109,7 +115,7 @@ pub(crate) fn device_in_use(st: &State, dev: DeviceId) -> bool {
     })
 }
 
-fn device_obj(st: &State, c: CtxId, id: ObjId) -> Result<&DeviceObj> {
+pub(crate) fn device_obj(st: &State, c: CtxId, id: ObjId) -> Result<&DeviceObj> {
     match st.ctx(c)?.objects.get(id)? {
         Object::Device(d) => Ok(d),
         _ => Err(Error::WrongType {
@@ -163,6 +169,7 @@ pub(crate) fn bind(st: &mut State, c: CtxId, dev: DeviceId) -> Result<ObjId> {
         dev,
         group,
         attached: None,
+        iopf: None,
     })) {
         Ok(id) => {
             // The binding driver holds the device until unbind: DESTROY sees it in use.
@@ -275,6 +282,19 @@ fn do_attach(
             "the page table enforces coherency the device cannot",
         ));
     }
+    // I/O page faults: a HWPT with a fault object turns them on for each device it gains.
+    let new_fault = crate::fault::hwpt_fault(st, c, hwpt).is_some();
+    let old_fault = cur.is_some_and(|h| crate::fault::hwpt_fault(st, c, h).is_some());
+    let gaining: Vec<ObjId> = if replace {
+        gstate.attached.clone()
+    } else {
+        vec![dev_id]
+    };
+    if new_fault && !(replace && old_fault) {
+        for d in &gaining {
+            crate::fault::iopf_enable_check(st, device_obj(st, c, *d)?.dev)?;
+        }
+    }
     let State {
         groups,
         platform,
@@ -303,6 +323,12 @@ fn do_attach(
                 o.attached = Some(hwpt);
             }
         }
+        for d in &gaining {
+            if let Some(old) = old {
+                crate::fault::auto_respond(st, c, old, *d);
+            }
+            crate::fault::iopf_set(st, c, *d, new_fault);
+        }
         if let Some(old) = old {
             for _ in 0..n {
                 put_hwpt(st, c, old);
@@ -321,6 +347,7 @@ fn do_attach(
         if let Ok(Object::Device(o)) = ctx.objects.get_mut(dev_id) {
             o.attached = Some(hwpt);
         }
+        crate::fault::iopf_set(st, c, dev_id, new_fault);
     }
     Ok(())
 }
@@ -343,6 +370,9 @@ pub(crate) fn detach(st: &mut State, c: CtxId, dev_id: ObjId) -> Result<()> {
         d.attached
             .ok_or(Error::Invalid("the device is not attached"))?,
     );
+    // The device leaves the HWPT: its outstanding page faults there are answered, IOPF off.
+    crate::fault::auto_respond(st, c, hwpt, dev_id);
+    crate::fault::iopf_set(st, c, dev_id, false);
     let State {
         groups,
         platform,
@@ -456,6 +486,7 @@ pub(crate) fn alloc_paging(
             dirty_capable: dirty,
             dirty_ops: flags.dirty_tracking,
             enforce_cc,
+            fault: None,
         }),
     );
     Ok(id)
@@ -496,6 +527,7 @@ pub(crate) fn alloc_nested(
         parent,
         domain,
         format,
+        fault: None,
     })) {
         Ok(id) => {
             ctx.objects.get_user(parent);
@@ -526,6 +558,9 @@ pub(crate) fn destroy_paging(st: &mut State, c: CtxId, id: ObjId) {
         ioas.hwpts.retain(|x| *x != id);
     }
     ctx.objects.put_user(h.ioas);
+    if let Some(f) = h.fault {
+        ctx.objects.put_user(f);
+    }
     let _ = platform.iommu.free_domain(h.domain);
 }
 
@@ -538,6 +573,9 @@ pub(crate) fn destroy_nested(st: &mut State, c: CtxId, id: ObjId) {
         return;
     };
     ctx.objects.put_user(h.parent);
+    if let Some(f) = h.fault {
+        ctx.objects.put_user(f);
+    }
     let _ = st.platform.iommu.free_domain(h.domain);
 }
 

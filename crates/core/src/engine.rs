@@ -70,6 +70,8 @@ pub(crate) struct State {
     pub noncoherent: std::collections::HashSet<DeviceId>,
     /// Revocation callbacks to run once the lock is dropped.
     pub pending_revocations: Vec<Box<dyn FnOnce() + Send>>,
+    /// The most recent page responses devices received (see `fault`).
+    pub page_responses: std::collections::VecDeque<crate::fault::PageResponseRecord>,
 }
 
 /// One security context.
@@ -125,6 +127,7 @@ impl Engine {
                 config,
                 noncoherent: Default::default(),
                 pending_revocations: Vec::new(),
+                page_responses: Default::default(),
             }),
         }))
     }

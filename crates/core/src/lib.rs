@@ -10,8 +10,8 @@
 //! guard; [`engine`] the engine, contexts, IOAS operations and options; `device` bind, attach,
 //! replace, detach, HWPTs; [`access`] access objects; [`coherency`] the revocable coherency
 //! right; [`io_pagetable`] and [`pages`] the IOVA space and pinned pages; [`invariants`] the
-//! checker of the security invariants; [`selftest_support`] the kernel selftest's mock-device
-//! objects and checks (`IOMMU_TEST_CMD`).
+//! checker of the security invariants; [`fault`] I/O page fault queues; [`selftest_support`]
+//! the kernel selftest's mock-device objects and checks (`IOMMU_TEST_CMD`).
 
 #![forbid(unsafe_code)]
 
@@ -22,6 +22,7 @@ mod compat_support;
 mod device;
 pub mod engine;
 pub mod error;
+pub mod fault;
 mod group;
 pub mod invariants;
 pub mod io_pagetable;
@@ -50,6 +51,7 @@ pub(crate) enum Object {
     Device(device::DeviceObj),
     Access(access::AccessObj),
     Selftest(selftest_support::SelftestObj),
+    Fault(fault::FaultObj),
 }
 
 impl Object {
@@ -61,6 +63,7 @@ impl Object {
             Object::Device(_) => ObjType::Device,
             Object::Access(_) => ObjType::Access,
             Object::Selftest(_) => ObjType::Selftest,
+            Object::Fault(_) => ObjType::Fault,
         }
     }
 }

@@ -30,6 +30,8 @@ pub enum ObjType {
     /// The kernel selftest's mock-device object (`IOMMUFD_OBJ_SELFTEST`): destroying it unplugs
     /// its mock device.
     Selftest,
+    /// A fault queue (`IOMMUFD_OBJ_FAULT`): page faults of devices on the HWPTs that use it.
+    Fault,
 }
 
 #[derive(Debug)]

@@ -1,10 +1,12 @@
 //! Destroying objects, and closing a context.
 //!
-//! DESTROY removes one IOAS or HWPT that nothing depends on, or a selftest object (which
-//! detaches, unbinds and unplugs its mock device). Closing a context removes everything in
-//! dependency order: accesses (unpinning), selftest objects (their mock devices), devices
-//! (detach, unbind, release the group), nested HWPTs, paging HWPTs (emptying and freeing their
-//! domains), IOASes (unmapping, unpinning, uncharging). Teardown never fails.
+//! DESTROY removes one IOAS, HWPT or fault queue that nothing depends on (a fault queue's
+//! groups are answered INVALID), or a selftest object (which detaches, unbinds and unplugs its
+//! mock device). Closing a context removes everything in dependency order: accesses
+//! (unpinning), selftest objects (their mock devices), devices (detach, unbind, release the
+//! group; outstanding page faults answered), nested HWPTs, paging HWPTs (emptying and freeing
+//! their domains), fault queues (answering what they hold), IOASes (unmapping, unpinning,
+//! uncharging). Teardown never fails.
 
 use crate::device::{destroy_nested, destroy_paging, unbind};
 use crate::engine::{Engine, State};
@@ -26,6 +28,7 @@ pub(crate) fn destroy(st: &mut State, c: CtxId, id: ObjId) -> Result<()> {
         crate::object::ObjType::HwptPaging => destroy_paging(st, c, id),
         crate::object::ObjType::HwptNested => destroy_nested(st, c, id),
         crate::object::ObjType::Selftest => crate::selftest_support::destroy_selftest(st, c, id),
+        crate::object::ObjType::Fault => crate::fault::destroy_fault(st, c, id),
         // Devices and accesses always have their driver as a user; unreachable in practice.
         _ => return Err(Error::Busy("the object belongs to its driver")),
     }
@@ -74,6 +77,9 @@ pub(crate) fn close(engine: &Engine, c: CtxId) {
         }
         for (id, _) in objs.iter().filter(|(_, k)| *k == HwptPaging) {
             destroy_paging(st, c, *id);
+        }
+        for (id, _) in objs.iter().filter(|(_, k)| *k == Fault) {
+            crate::fault::destroy_fault(st, c, *id);
         }
         for (id, _) in objs.iter().filter(|(_, k)| *k == Ioas) {
             destroy_ioas(st, c, *id);

@@ -94,8 +94,8 @@ static OPS: &[Op] = &[
     op::<IommuHwptSetDirtyTracking>(Some(hwpt_set_dirty_tracking)),
     op::<IommuHwptGetDirtyBitmap>(Some(hwpt_get_dirty_bitmap)),
     op::<IommuHwptInvalidate>(Some(hwpt_invalidate)),
-    // Fault queues (a file per queue) are not implemented yet: ENOTTY, never a fake success.
-    op::<IommuFaultAlloc>(None),
+    // Fault queues, a file per queue: crate::fault.
+    op::<IommuFaultAlloc>(Some(crate::fault::fault_alloc)),
     // The selftest command (CONFIG_IOMMUFD_TEST): crate::selftest.
     op::<IommuTestCmd>(Some(crate::selftest::test_cmd)),
 ];
@@ -492,12 +492,13 @@ fn hwpt_alloc(f: &IommufdFile, c: &Caller<'_>, u: &Ucmd<'_>) -> Result<(), Errno
                 return Err(EINVAL);
             }
             let data: IommuHwptSelftest = read_value(c.mem, cmd.data_uptr)?;
-            if cmd.flags & IOMMU_HWPT_FAULT_ID_VALID != 0 {
-                // Fault queues are not implemented yet (IOMMU_FAULT_QUEUE_ALLOC is ENOTTY).
-                return Err(EOPNOTSUPP);
-            }
             let iotlb = vec![data.iotlb; MOCK_NESTED_DOMAIN_IOTLB_NUM as usize];
-            f.ctx.hwpt_alloc_nested(dev_id, pt, iotlb).map_err(eno)?
+            // The fault object is looked up after the HWPT is made (ENOENT when `fault_id` is
+            // not one; the HWPT is undone).
+            let fault = (cmd.flags & IOMMU_HWPT_FAULT_ID_VALID != 0).then_some(ObjId(cmd.fault_id));
+            f.ctx
+                .hwpt_alloc_nested_with_fault(dev_id, pt, iotlb, fault)
+                .map_err(eno)?
         }
         _ => return Err(EINVAL),
     };

@@ -10,6 +10,7 @@
 //! - [`ucmd`]: the size-extensible command protocol (leading `size`, short struct EINVAL,
 //!   non-zero tail E2BIG, reply truncated to the caller's size).
 //! - [`iommufd`]: the `/dev/iommu` file.
+//! - [`fault`]: fault queues (IOMMU_FAULT_QUEUE_ALLOC and the queue's file).
 //! - [`selftest`]: `IOMMU_TEST_CMD`, the kernel selftest's command, on the mock IOMMU.
 //!
 //! This crate contains no `unsafe`; the FFI edge is the front-end (preload library).
@@ -17,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod abi;
+pub mod fault;
 pub mod iommufd;
 pub mod selftest;
 pub mod ucmd;

@@ -19,7 +19,7 @@
 //! | `ACCESS_REPLACE_IOAS` | move the access to another IOAS (its pins are dropped first) |
 //! | `SET_TEMP_MEMORY_LIMIT` | accepted and recorded ([`temp_memory_limit`]); uiommu has no batches for it to limit |
 //! | `DIRTY` | set dirty marks in a mock domain from a user bitmap; replies how many mapped granules were marked |
-//! | `TRIGGER_IOPF` | checks the device; the fault reaches no fault queue (uiommu has none), as the kernel drops a fault on a domain without one |
+//! | `TRIGGER_IOPF` | a last-page page request (with a PASID when `pasid` is not 0) from the mock device, to the fault queue of the HWPT it is attached to; dropped when that HWPT has none ([`uiommu_core::Context::report_iopf`]) |
 //!
 //! Unknown ops are EOPNOTSUPP, as the kernel's `iommufd_test()`. Differences from the kernel,
 //! on purpose: mock devices accept `MOCK_FLAGS_DEVICE_PASID` (a later kernel's flag the 6.12
@@ -35,6 +35,7 @@ use crate::{Caller, EngineFile, Errno};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use uiommu_core::error::errno::{EFAULT, EINVAL, EIO, ENOENT, ENOMEM, EOPNOTSUPP, EOVERFLOW};
+use uiommu_core::fault::{PageRequest, IOPF_FLAGS_LAST_PAGE, IOPF_FLAGS_PASID_VALID};
 use uiommu_core::{AccessOps, Context, ObjId, ObjType, RwBuf};
 use uiommu_platform::memory::FrameTable;
 use uiommu_platform::pagetable::mock::MOCK_IO_PAGE_SIZE;
@@ -598,10 +599,10 @@ fn dirty(ctx: &Context, c: &Caller<'_>, u: &Ucmd<'_>, mut cmd: IommuTestCmd) -> 
     u.respond(&cmd)
 }
 
-/// TRIGGER_IOPF: the device (ENOENT) must be a mock (EINVAL). The kernel then reports a page
-/// request to the device's domain and returns 0 whether or not a fault queue takes it; uiommu
-/// has no fault queues (IOMMU_FAULT_QUEUE_ALLOC is ENOTTY), so no HWPT can have one and the
-/// fault is dropped, as the kernel drops a fault on a domain without a queue.
+/// TRIGGER_IOPF: the device (ENOENT) must be a mock (EINVAL). Then a page request flagged
+/// LAST_PAGE (and PASID_VALID when `pasid` is not IOMMU_NO_PASID, 0) with the given group,
+/// permissions and address is reported for the device; 0 is returned whether or not a fault
+/// queue takes it, as in the kernel.
 fn trigger_iopf(ctx: &Context, cmd: &IommuTestCmd) -> Result<(), Errno> {
     let p: TestCmdTriggerIopf = payload(cmd)?;
     let dev = ctx.device_of(ObjId(p.dev_id)).map_err(eno)?;
@@ -611,5 +612,17 @@ fn trigger_iopf(ctx: &Context, cmd: &IommuTestCmd) -> Result<(), Errno> {
     if model != Some(ModelKind::Mock) {
         return Err(EINVAL);
     }
+    let mut flags = IOPF_FLAGS_LAST_PAGE;
+    if p.pasid != 0 {
+        flags |= IOPF_FLAGS_PASID_VALID;
+    }
+    let req = PageRequest {
+        flags,
+        pasid: p.pasid,
+        grpid: p.grpid,
+        perm: p.perm,
+        addr: p.addr,
+    };
+    let _ = ctx.report_iopf(ObjId(p.dev_id), req);
     Ok(())
 }

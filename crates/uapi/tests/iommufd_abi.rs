@@ -265,7 +265,8 @@ fn unknown_numbers_are_enotty() {
         Err(ENOTTY)
     );
     assert_eq!(e.raw(IOMMU_DESTROY | (1 << 30), ARG), Err(ENOTTY));
-    // Known but not implemented yet: never a fake success.
+    // A fault queue needs a file: a front-end that cannot make files refuses it, and no
+    // fault object stays behind.
     e.put(
         ARG,
         &IommuFaultAlloc {
@@ -273,7 +274,9 @@ fn unknown_numbers_are_enotty() {
             ..Default::default()
         },
     );
-    assert_eq!(e.raw(IOMMU_FAULT_QUEUE_ALLOC, ARG), Err(ENOTTY));
+    e.refused(EOPNOTSUPP, || {
+        e.raw(IOMMU_FAULT_QUEUE_ALLOC, ARG).unwrap_err()
+    });
     e.put(
         ARG,
         &IommuTestCmd {
@@ -1119,8 +1122,8 @@ fn hwpt_alloc_paging_and_nested_like_the_selftest() {
         e.hwpt_alloc(nested(not_parent, 0, s, 4, SCRATCH))
             .unwrap_err()
     });
-    // Fault queues are not implemented yet.
-    e.refused(EOPNOTSUPP, || {
+    // `fault_id` 0 names no fault queue (the HWPT made first is undone).
+    e.refused(ENOENT, || {
         e.hwpt_alloc(nested(parent, IOMMU_HWPT_FAULT_ID_VALID, s, 4, SCRATCH))
             .unwrap_err()
     });
