@@ -3,8 +3,7 @@
 //! file, on a `SimMemory` caller whose file table installs files. Checks follow
 //! `drivers/iommu/iommufd/fault.c` and `hw_pagetable.c` of Linux 6.12.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use uiommu_core::error::errno::*;
 use uiommu_core::fault::{PageResponseCode, PageResponseRecord};
 use uiommu_core::{Context, Engine, EngineConfig, ObjId, ObjType};
@@ -13,43 +12,13 @@ use uiommu_platform::{Platform, UserVa};
 use uiommu_uapi::abi::*;
 use uiommu_uapi::fault::FaultQueueFile;
 use uiommu_uapi::iommufd::IommufdFile;
-use uiommu_uapi::{Caller, EngineFile, Errno, FdTable};
+use uiommu_uapi::{Caller, Errno, FdTable};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
-const EBADF: Errno = 9;
 const ESPIPE: Errno = 29;
 
-/// A file table that holds installed engine files (fds from 100 up).
-#[derive(Default)]
-struct Fds {
-    files: Mutex<BTreeMap<i32, Arc<dyn EngineFile>>>,
-}
-
-impl Fds {
-    /// `close(fd)`.
-    fn close(&self, fd: i32) -> bool {
-        let f = self.files.lock().unwrap().remove(&fd);
-        f.is_some()
-    }
-}
-
-impl FdTable for Fds {
-    fn iommufd(&self, _fd: i32) -> Result<Context, Errno> {
-        Err(EBADF)
-    }
-    fn eventfd(&self, _fd: i32) -> Result<Box<dyn Fn() + Send + Sync>, Errno> {
-        Err(EBADF)
-    }
-    fn install(&self, file: Arc<dyn EngineFile>, _cloexec: bool) -> Result<i32, Errno> {
-        let mut files = self.files.lock().unwrap();
-        let fd = files.keys().next_back().map_or(100, |k| k + 1);
-        files.insert(fd, file);
-        Ok(fd)
-    }
-    fn file(&self, fd: i32) -> Result<Arc<dyn EngineFile>, Errno> {
-        self.files.lock().unwrap().get(&fd).cloned().ok_or(EBADF)
-    }
-}
+mod common;
+use common::Fds;
 
 const ARG: u64 = 0x1000_0000;
 const SCRATCH: u64 = 0x3000_0000;
@@ -326,7 +295,7 @@ fn alloc_refuses_flags_and_short_commands() {
     );
     assert_eq!(r, Err(EINVAL));
     assert_eq!(e.ctx().objects().unwrap(), before);
-    assert!(e.fds.files.lock().unwrap().is_empty());
+    assert!(e.fds.open_count() == 0);
 }
 
 #[test]

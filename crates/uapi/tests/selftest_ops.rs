@@ -3,8 +3,7 @@
 //! selftest's access descriptors). Checks follow `drivers/iommu/iommufd/selftest.c`: the
 //! errno of each refusal, the ids and values replied, the state left behind.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use uiommu_core::error::errno::*;
 use uiommu_core::{Context, Engine, EngineConfig, ObjId, ObjType};
 use uiommu_platform::memory::{MemFault, SimMemory, UserMemory};
@@ -13,44 +12,14 @@ use uiommu_platform::{Platform, UserVa};
 use uiommu_uapi::abi::*;
 use uiommu_uapi::iommufd::IommufdFile;
 use uiommu_uapi::selftest::{temp_memory_limit, SelftestAccess, DEFAULT_TEMP_MEMORY_LIMIT};
-use uiommu_uapi::{Caller, EngineFile, Errno, FdTable};
+use uiommu_uapi::{Caller, Errno, FdTable};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
-const EBADF: Errno = 9;
 const EBADFD: Errno = 77;
 const EBADE: Errno = 52;
 
-/// A file table that can hold installed engine files (fds from 100 up).
-#[derive(Default)]
-struct Fds {
-    files: Mutex<BTreeMap<i32, Arc<dyn EngineFile>>>,
-}
-
-impl Fds {
-    /// `close(fd)`: drop the table's reference.
-    fn close(&self, fd: i32) -> bool {
-        let f = self.files.lock().unwrap().remove(&fd);
-        f.is_some()
-    }
-}
-
-impl FdTable for Fds {
-    fn iommufd(&self, _fd: i32) -> Result<Context, Errno> {
-        Err(EBADF)
-    }
-    fn eventfd(&self, _fd: i32) -> Result<Box<dyn Fn() + Send + Sync>, Errno> {
-        Err(EBADF)
-    }
-    fn install(&self, file: Arc<dyn EngineFile>, _cloexec: bool) -> Result<i32, Errno> {
-        let mut files = self.files.lock().unwrap();
-        let fd = files.keys().next_back().map_or(100, |k| k + 1);
-        files.insert(fd, file);
-        Ok(fd)
-    }
-    fn file(&self, fd: i32) -> Result<Arc<dyn EngineFile>, Errno> {
-        self.files.lock().unwrap().get(&fd).cloned().ok_or(EBADF)
-    }
-}
+mod common;
+use common::Fds;
 
 /// Argument structs.
 const ARG: u64 = 0x1000_0000;
@@ -975,7 +944,7 @@ fn failed_replies_undo_what_was_created() {
         },
     );
     assert_eq!(raw(&ca), Err(EFAULT));
-    assert!(e.fds.files.lock().unwrap().is_empty());
+    assert!(e.fds.open_count() == 0);
     assert_eq!(e.ctx().objects(), Ok(vec![ObjId(ioas)]));
     // ACCESS_PAGES: the pin is undone.
     let fd = e

@@ -1,0 +1,46 @@
+//! Shared by the uapi scenario tests: a caller's file table that holds the files the engine
+//! installs (fds from 100 up) and knows no iommufd or eventfd.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use uiommu_core::Context;
+use uiommu_uapi::{EngineFile, Errno, FdTable};
+
+/// EBADF.
+const EBADF: Errno = 9;
+
+/// A file table that can hold installed engine files (fds from 100 up).
+#[derive(Default)]
+pub struct Fds {
+    files: Mutex<BTreeMap<i32, Arc<dyn EngineFile>>>,
+}
+
+impl Fds {
+    /// `close(fd)`: drop the table's reference; false if `fd` was not open.
+    pub fn close(&self, fd: i32) -> bool {
+        self.files.lock().unwrap().remove(&fd).is_some()
+    }
+
+    /// How many installed files are still open.
+    pub fn open_count(&self) -> usize {
+        self.files.lock().unwrap().len()
+    }
+}
+
+impl FdTable for Fds {
+    fn iommufd(&self, _fd: i32) -> Result<Context, Errno> {
+        Err(EBADF)
+    }
+    fn eventfd(&self, _fd: i32) -> Result<Box<dyn Fn() + Send + Sync>, Errno> {
+        Err(EBADF)
+    }
+    fn install(&self, file: Arc<dyn EngineFile>, _cloexec: bool) -> Result<i32, Errno> {
+        let mut files = self.files.lock().unwrap();
+        let fd = files.keys().next_back().map_or(100, |k| k + 1);
+        files.insert(fd, file);
+        Ok(fd)
+    }
+    fn file(&self, fd: i32) -> Result<Arc<dyn EngineFile>, Errno> {
+        self.files.lock().unwrap().get(&fd).cloned().ok_or(EBADF)
+    }
+}
