@@ -3,8 +3,10 @@
 //! [`ProcessMemory`] reads and writes with `process_vm_readv`/`process_vm_writev`, which the
 //! kernel checks against the target's page tables: an unmapped address, or a write to a
 //! read-only mapping, is an EFAULT from the system call — reported as a [`MemFault`], never a
-//! crash of the host program. Probing (what pinning does first) reads `/proc/<pid>/maps` to
-//! see that every page of the range is mapped, readable, and writable if asked.
+//! crash of the host program. Probing (what pinning does first) asks the kernel which mappings
+//! cover the range (one PROCMAP_QUERY ioctl per mapping on a kept-open `/proc/<pid>/maps`;
+//! before Linux 6.11, by reading that file) to see that every page of the range is mapped,
+//! readable, and writable if asked.
 //!
 //! This is how an embedding VMM hands its own guest-RAM mappings to the engine, and how the
 //! ABI front-end serves an unmodified program in its own process.
@@ -14,6 +16,19 @@ use crate::memory::{MemFault, UserMemory};
 use nix::sys::uio::{process_vm_readv, process_vm_writev, RemoteIoVec};
 use nix::unistd::Pid;
 use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
+use std::sync::Mutex;
+
+/// The `/proc/<pid>/maps` descriptor PROCMAP_QUERY asks, opened on first use.
+struct MapsFile {
+    pid: i32,
+    file: std::fs::File,
+    dev: u64,
+    ino: u64,
+}
+
+static MAPS: Mutex<Option<MapsFile>> = Mutex::new(None);
 
 /// A process's memory, accessed through the kernel.
 #[derive(Debug, Clone, Copy)]
@@ -40,10 +55,60 @@ impl ProcessMemory {
         Ok(RemoteIoVec { base, len })
     }
 
-    /// The mappings of `[va, va + len)` from /proc/<pid>/maps: `(start, end, readable,
-    /// writable)` in address order, or the first address not covered.
+    /// Whether every address of `[va, va + len)` is mapped readable (and writable if `write`);
+    /// the error names the first address that is not.
     fn covered(&self, va: u64, len: u64, write: bool) -> Result<(), MemFault> {
         let end = va.checked_add(len).ok_or(MemFault::Unmapped(UserVa(va)))?;
+        match self.covered_by_query(va, end, write) {
+            Some(answer) => answer,
+            None => self.covered_by_reading(va, end, write),
+        }
+    }
+
+    /// [`covered`](Self::covered) with one PROCMAP_QUERY ioctl per mapping of the range, on a
+    /// `/proc/<pid>/maps` descriptor kept open between calls. `None` when the kernel cannot
+    /// answer (before Linux 6.11), so that the caller reads the file instead.
+    fn covered_by_query(&self, va: u64, end: u64, write: bool) -> Option<Result<(), MemFault>> {
+        let mut cache = MAPS.lock().unwrap_or_else(|p| p.into_inner());
+        let pid = self.pid.as_raw();
+        // Reuse the descriptor only while it is still the file opened: a program may close
+        // descriptors it did not open (close_range), and the number may since name another
+        // file, which must never receive this ioctl.
+        let still_ours = cache.as_ref().is_some_and(|m| {
+            m.pid == pid
+                && m.file
+                    .metadata()
+                    .is_ok_and(|md| (md.dev(), md.ino()) == (m.dev, m.ino))
+        });
+        if !still_ours {
+            *cache = None;
+            let file = std::fs::File::open(format!("/proc/{pid}/maps")).ok()?;
+            let md = file.metadata().ok()?;
+            *cache = Some(MapsFile {
+                pid,
+                dev: md.dev(),
+                ino: md.ino(),
+                file,
+            });
+        }
+        let maps = cache.as_ref()?.file.as_fd();
+        let mut at = va;
+        while at < end {
+            match uiommu_sys::procmap_query(maps, at) {
+                Err(_) => return None,
+                Ok(None) => return Some(Err(MemFault::Unmapped(UserVa(at)))),
+                Ok(Some(v)) if !v.readable => return Some(Err(MemFault::Unmapped(UserVa(at)))),
+                Ok(Some(v)) if write && !v.writable => {
+                    return Some(Err(MemFault::ReadOnly(UserVa(at))))
+                }
+                Ok(Some(v)) => at = v.end,
+            }
+        }
+        Some(Ok(()))
+    }
+
+    /// [`covered`](Self::covered) by reading and parsing all of `/proc/<pid>/maps`.
+    fn covered_by_reading(&self, va: u64, end: u64, write: bool) -> Result<(), MemFault> {
         let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid))
             .map_err(|_| MemFault::Unmapped(UserVa(va)))?;
         let mut at = va;
@@ -172,5 +237,35 @@ mod tests {
         ));
         m.probe(va.align_down(PAGE_SIZE), PAGE_SIZE, false).unwrap();
         assert_eq!(&READ_ONLY, b"read-only bytes!");
+    }
+
+    #[test]
+    fn the_query_and_the_file_agree() {
+        let m = ProcessMemory::this();
+        let buf = uiommu_sys::MappedBuffer::new(8 * PAGE_SIZE as usize, uiommu_sys::Backing::Small)
+            .unwrap();
+        let ro = UserVa(READ_ONLY.as_ptr() as u64)
+            .align_down(PAGE_SIZE)
+            .raw();
+        let cases = [
+            (buf.addr(), 8 * PAGE_SIZE, true),
+            (buf.addr() + PAGE_SIZE, 2 * PAGE_SIZE, false),
+            (ro, PAGE_SIZE, true),
+            (ro, PAGE_SIZE, false),
+            (0, PAGE_SIZE, false),
+            (1 << 46, PAGE_SIZE, false),
+        ];
+        for (va, len, write) in cases {
+            let end = va + len;
+            let Some(fast) = m.covered_by_query(va, end, write) else {
+                eprintln!("PROCMAP_QUERY unsupported by this kernel; nothing to compare");
+                return;
+            };
+            assert_eq!(
+                fast,
+                m.covered_by_reading(va, end, write),
+                "{va:#x}+{len:#x} write={write}"
+            );
+        }
     }
 }

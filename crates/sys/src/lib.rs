@@ -1,0 +1,321 @@
+//! The FFI edge of uiommu's engine side: the few Linux calls that take raw addresses.
+//!
+//! Everything above this crate forbids `unsafe`. Each function here is safe to call with any
+//! argument: addresses are passed to the kernel as numbers and never turned into Rust
+//! references, so a bad address is an error from the system call, not undefined behaviour.
+//!
+//! - [`procmap_query`]: which mapping covers an address, and its permissions, from one
+//!   `PROCMAP_QUERY` ioctl on `/proc/<pid>/maps` (Linux 6.11 and later) instead of reading
+//!   and parsing the whole file.
+//! - [`copy_within_self`]: copy between two address ranges of the calling process in one
+//!   `process_vm_readv`, with no bounce buffer (what a DMA engine's copy is).
+//! - [`MappedBuffer`]: an anonymous mapping, optionally backed by hugetlb or transparent huge
+//!   pages, for benchmarks and tests.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+/// `_IOWR('f', 17, struct procmap_query)`: the request number of Linux's PROCMAP_QUERY.
+const PROCMAP_QUERY: u32 =
+    (3 << 30) | ((PROCMAP_QUERY_SIZE as u32) << 16) | ((b'f' as u32) << 8) | 17;
+/// The size of `struct procmap_query` as first published (Linux 6.11).
+const PROCMAP_QUERY_SIZE: usize = 104;
+
+/// `struct procmap_query` of `include/uapi/linux/fs.h` (field names as there).
+#[repr(C)]
+#[derive(Default)]
+struct ProcmapQuery {
+    size: u64,
+    query_flags: u64,
+    query_addr: u64,
+    vma_start: u64,
+    vma_end: u64,
+    vma_flags: u64,
+    vma_page_size: u64,
+    vma_offset: u64,
+    inode: u64,
+    dev_major: u32,
+    dev_minor: u32,
+    vma_name_size: u32,
+    build_id_size: u32,
+    vma_name_addr: u64,
+    build_id_addr: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<ProcmapQuery>() == PROCMAP_QUERY_SIZE);
+
+/// A mapping of a process, as PROCMAP_QUERY reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vma {
+    /// First address of the mapping.
+    pub start: u64,
+    /// One past its last address.
+    pub end: u64,
+    /// `PROT_READ` in effect.
+    pub readable: bool,
+    /// `PROT_WRITE` in effect.
+    pub writable: bool,
+    /// The size of the pages backing it (4096, or a hugetlb size).
+    pub page_size: u64,
+}
+
+/// The mapping that covers `addr` in the process whose `/proc/<pid>/maps` is open as `maps`:
+/// `Ok(None)` when no mapping covers it, `Err` when the kernel cannot answer (ENOTTY before
+/// Linux 6.11, or `maps` is not such a file).
+pub fn procmap_query(maps: BorrowedFd<'_>, addr: u64) -> io::Result<Option<Vma>> {
+    let mut q = ProcmapQuery {
+        size: PROCMAP_QUERY_SIZE as u64,
+        query_addr: addr,
+        ..ProcmapQuery::default()
+    };
+    // SAFETY: PROCMAP_QUERY reads and writes exactly `q.size` bytes at the pointer, which is a
+    // live, exclusively borrowed struct of that size; the name and build-id buffers are not
+    // requested (sizes 0, addresses 0), so the kernel writes nowhere else.
+    let rc = unsafe {
+        libc::ioctl(
+            maps.as_raw_fd(),
+            PROCMAP_QUERY as libc::Ioctl,
+            &mut q as *mut ProcmapQuery,
+        )
+    };
+    if rc == 0 {
+        return Ok(Some(Vma {
+            start: q.vma_start,
+            end: q.vma_end,
+            readable: q.vma_flags & 1 != 0,
+            writable: q.vma_flags & 2 != 0,
+            page_size: q.vma_page_size,
+        }));
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => Ok(None),
+        _ => Err(e),
+    }
+}
+
+/// Copy `len` bytes from `src` to `dst`, both addresses of the calling process, with one
+/// `process_vm_readv` (the kernel copies page to page; there is no intermediate buffer).
+/// Returns the number of bytes copied: less than `len` when a page of either range is not
+/// mapped with the needed access (the kernel stops at the fault), never a crash.
+pub fn copy_within_self(dst: u64, src: u64, len: usize) -> io::Result<usize> {
+    if len == 0 {
+        return Ok(0);
+    }
+    let local = libc::iovec {
+        iov_base: dst as usize as *mut libc::c_void,
+        iov_len: len,
+    };
+    let remote = libc::iovec {
+        iov_base: src as usize as *mut libc::c_void,
+        iov_len: len,
+    };
+    // SAFETY: the two iovecs are read by the kernel, which validates both address ranges
+    // against this process's page tables and faults (EFAULT / a short count) instead of
+    // touching an unmapped or read-only page. No Rust reference to either range exists here;
+    // the destination is client memory that a device writes, as process_vm_writev would.
+    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// How a [`MappedBuffer`] is backed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing {
+    /// Ordinary 4 KiB pages.
+    Small,
+    /// 2 MiB hugetlb pages (`MAP_HUGETLB`); needs reserved pages in
+    /// `/proc/sys/vm/nr_hugepages`.
+    Hugetlb2M,
+    /// Transparent huge pages asked for with `madvise(MADV_HUGEPAGE)`; whether the kernel
+    /// provides them shows in `AnonHugePages` of /proc/self/smaps.
+    Thp,
+}
+
+/// An anonymous private read-write mapping, unmapped on drop.
+#[derive(Debug)]
+pub struct MappedBuffer {
+    addr: usize,
+    len: usize,
+    backing: Backing,
+}
+
+impl MappedBuffer {
+    /// Map `len` bytes (rounded up to the backing's page size) with the given backing. For
+    /// `Thp` the mapping is 2 MiB-aligned. Fails (e.g. ENOMEM with no free hugetlb pages)
+    /// without side effects.
+    pub fn new(len: usize, backing: Backing) -> io::Result<MappedBuffer> {
+        const HUGE: usize = 2 << 20;
+        let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+        let mut map_len = len.max(1);
+        match backing {
+            Backing::Small => {}
+            Backing::Hugetlb2M => {
+                flags |= libc::MAP_HUGETLB | (21 << libc::MAP_HUGE_SHIFT);
+                map_len = map_len.div_ceil(HUGE) * HUGE;
+            }
+            // Over-map by one huge page to align the start.
+            Backing::Thp => map_len = map_len.div_ceil(HUGE) * HUGE + HUGE,
+        }
+        // SAFETY: a fresh anonymous mapping at an address of the kernel's choosing; it does not
+        // alias anything Rust owns.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let mut addr = p as usize;
+        if backing == Backing::Thp {
+            let aligned = addr.next_multiple_of(HUGE);
+            let head = aligned - addr;
+            let tail = map_len - head - (map_len - HUGE);
+            // SAFETY: both trimmed pieces lie inside the mapping just made and are not used.
+            unsafe {
+                if head > 0 {
+                    libc::munmap(p, head);
+                }
+                if tail > 0 {
+                    libc::munmap((aligned + map_len - HUGE) as *mut libc::c_void, tail);
+                }
+            }
+            addr = aligned;
+            map_len -= HUGE;
+            // SAFETY: advice on the range this buffer owns; it changes no contents.
+            let rc =
+                unsafe { libc::madvise(addr as *mut libc::c_void, map_len, libc::MADV_HUGEPAGE) };
+            if rc != 0 {
+                let e = io::Error::last_os_error();
+                // SAFETY: the range is this buffer's own mapping, not yet handed out.
+                unsafe { libc::munmap(addr as *mut libc::c_void, map_len) };
+                return Err(e);
+            }
+        }
+        Ok(MappedBuffer {
+            addr,
+            len: map_len,
+            backing,
+        })
+    }
+
+    /// The first address.
+    pub fn addr(&self) -> u64 {
+        self.addr as u64
+    }
+
+    /// The mapped length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: a mapping has at least one page.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// How it is backed.
+    pub fn backing(&self) -> Backing {
+        self.backing
+    }
+
+    /// The contents.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `addr..addr+len` is a live private mapping owned by `self` for its lifetime,
+        // readable and writable; the shared borrow of `self` keeps it mapped and unaliased by
+        // any `&mut` from this type.
+        unsafe { std::slice::from_raw_parts(self.addr as *const u8, self.len) }
+    }
+
+    /// The contents, mutably.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_slice`, and the exclusive borrow of `self` makes this the only
+        // reference into the mapping.
+        unsafe { std::slice::from_raw_parts_mut(self.addr as *mut u8, self.len) }
+    }
+}
+
+impl Drop for MappedBuffer {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made by `new` and is owned by `self`; no borrow outlives it.
+        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::File;
+    use std::os::fd::AsFd;
+
+    fn maps() -> File {
+        File::open("/proc/self/maps").unwrap()
+    }
+
+    #[test]
+    fn procmap_query_sees_permissions_and_holes() {
+        let f = maps();
+        let mut b = MappedBuffer::new(3 << 12, Backing::Small).unwrap();
+        b.as_mut_slice()[0] = 1;
+        let Ok(Some(v)) = procmap_query(f.as_fd(), b.addr() + 4096) else {
+            eprintln!("PROCMAP_QUERY unsupported by this kernel; skipping");
+            return;
+        };
+        assert!(v.start <= b.addr() && v.end >= b.addr() + b.len() as u64);
+        assert!(v.readable && v.writable);
+        assert_eq!(v.page_size, 4096);
+        static RO: [u8; 8] = *b"readonly";
+        let ro = procmap_query(f.as_fd(), RO.as_ptr() as u64)
+            .unwrap()
+            .unwrap();
+        assert!(ro.readable && !ro.writable);
+        assert_eq!(procmap_query(f.as_fd(), 0).unwrap(), None);
+    }
+
+    #[test]
+    fn copy_within_self_copies_and_stops_at_faults() {
+        let mut b = MappedBuffer::new(2 << 12, Backing::Small).unwrap();
+        b.as_mut_slice()[..4096].fill(7);
+        let base = b.addr();
+        assert_eq!(copy_within_self(base + 4096, base, 4096).unwrap(), 4096);
+        assert!(b.as_slice()[4096..].iter().all(|&x| x == 7));
+        static RO: [u8; 4096] = [0; 4096];
+        // Destination read-only: nothing copied, an error or a zero count, no crash.
+        let r = copy_within_self(RO.as_ptr() as u64, base, 16);
+        assert!(matches!(r, Err(_) | Ok(0)), "{r:?}");
+        // Source unmapped.
+        assert!(copy_within_self(base, 8, 16).is_err());
+    }
+
+    #[test]
+    fn thp_buffer_is_aligned_and_usable() {
+        let mut b = MappedBuffer::new(4 << 20, Backing::Thp).unwrap();
+        assert_eq!(b.addr() % (2 << 20), 0);
+        assert_eq!(b.len(), 4 << 20);
+        b.as_mut_slice().fill(3);
+        assert_eq!(b.as_slice()[(4 << 20) - 1], 3);
+    }
+
+    #[test]
+    fn hugetlb_buffer_fails_cleanly_or_works() {
+        match MappedBuffer::new(2 << 20, Backing::Hugetlb2M) {
+            Ok(mut b) => {
+                b.as_mut_slice()[0] = 1;
+                let f = maps();
+                if let Ok(Some(v)) = procmap_query(f.as_fd(), b.addr()) {
+                    assert_eq!(v.page_size, 2 << 20);
+                }
+            }
+            Err(e) => assert!(e.raw_os_error().is_some()),
+        }
+    }
+}
