@@ -84,6 +84,8 @@ pub struct Sizes {
     pub translate_iters: u64,
     /// Bytes moved per dma_copy size and timed run.
     pub dma_bytes: u64,
+    /// Run only the steps whose names contain one of these (empty: all); see [`STEPS`].
+    pub only: Vec<String>,
 }
 
 impl Sizes {
@@ -99,6 +101,7 @@ impl Sizes {
             metadata_mappings: 1_000_000,
             translate_iters: 4_000_000,
             dma_bytes: 256 * MIB,
+            only: Vec::new(),
         }
     }
 
@@ -114,6 +117,7 @@ impl Sizes {
             metadata_mappings: 100_000,
             translate_iters: 500_000,
             dma_bytes: 16 * MIB,
+            only: Vec::new(),
         }
     }
 
@@ -130,6 +134,7 @@ impl Sizes {
             metadata_mappings: 1_000,
             translate_iters: 20_000,
             dma_bytes: 2 * MIB,
+            only: Vec::new(),
         }
     }
 }
@@ -1120,7 +1125,10 @@ fn rss_bytes() -> Result<u64, String> {
     Ok(pages * PAGE)
 }
 
-/// Run every benchmark with `sizes`, printing progress to `progress`.
+type Step = fn(&Bench, &mut Report) -> Result<(), String>;
+
+/// Run every benchmark (or those `sizes.only` names) with `sizes`, printing progress to
+/// `progress`.
 pub fn run(sizes: Sizes, progress: &mut dyn std::io::Write) -> Result<Report, String> {
     let start = Instant::now();
     let mut report = Report {
@@ -1135,7 +1143,6 @@ pub fn run(sizes: Sizes, progress: &mut dyn std::io::Write) -> Result<Report, St
         sizes,
     };
     let mut keep = Vec::new();
-    type Step = fn(&Bench, &mut Report) -> Result<(), String>;
     let steps: [(&str, Step); 6] = [
         ("map+unmap 4 KiB", Bench::map_unmap_4k),
         ("map/unmap 1 GiB", Bench::map_1g),
@@ -1144,10 +1151,15 @@ pub fn run(sizes: Sizes, progress: &mut dyn std::io::Write) -> Result<Report, St
         ("translate", Bench::translate),
         ("dma copy", Bench::dma_copy),
     ];
+    let wanted = |name: &str| {
+        bench.sizes.only.is_empty() || bench.sizes.only.iter().any(|o| name.contains(o.as_str()))
+    };
     // Metadata first: later steps free memory that its growth would otherwise reuse.
-    let _ = writeln!(progress, "bench: metadata per mapping ...");
-    bench.metadata(&mut report, &mut keep)?;
-    for (name, step) in steps {
+    if wanted("metadata per mapping") {
+        let _ = writeln!(progress, "bench: metadata per mapping ...");
+        bench.metadata(&mut report, &mut keep)?;
+    }
+    for (name, step) in steps.into_iter().filter(|(name, _)| wanted(name)) {
         let _ = writeln!(progress, "bench: {name} ...");
         let t = Instant::now();
         step(&bench, &mut report)?;

@@ -60,6 +60,10 @@ enum Command {
         /// Also write the figures as JSON to FILE.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// Run only the steps whose names contain TEXT (repeatable; for profiling): "metadata",
+        /// "map+unmap", "1 GiB", "distinct", "IOAS_COPY", "translate", "dma".
+        #[arg(long, value_name = "TEXT")]
+        only: Vec<String>,
     },
 }
 
@@ -119,12 +123,13 @@ fn main() -> ExitCode {
                 ExitCode::from(code)
             }
         },
-        Command::Bench { quick, json } => {
-            let sizes = if quick {
+        Command::Bench { quick, json, only } => {
+            let mut sizes = if quick {
                 bench::Sizes::quick()
             } else {
                 bench::Sizes::full()
             };
+            sizes.only = only;
             let report = match bench::run(sizes, &mut std::io::stderr()) {
                 Ok(r) => r,
                 Err(e) => {
