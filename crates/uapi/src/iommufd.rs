@@ -127,17 +127,17 @@ impl IommufdFile {
             return crate::vfio_compat::ioctl(&self.ctx, caller, cmd, arg);
         }
         let nr = ioc_nr(cmd);
-        let user_size = read_size(caller.mem, arg)?;
-        let Some(op) = OPS.iter().find(|o| ioc_nr(o.number) == nr) else {
+        let served = OPS
+            .iter()
+            .find(|o| ioc_nr(o.number) == nr)
+            .filter(|o| o.number == cmd)
+            .and_then(|o| Some((o, o.handler?)));
+        let Some((op, handler)) = served else {
+            // The size is read even for an unknown command: unreadable is EFAULT first.
+            read_size(caller.mem, arg)?;
             return Err(ENOTTY);
         };
-        if op.number != cmd {
-            return Err(ENOTTY);
-        }
-        let Some(handler) = op.handler else {
-            return Err(ENOTTY);
-        };
-        let ucmd = Ucmd::fetch(caller.mem, arg, user_size, op.size, op.min_size)?;
+        let ucmd = Ucmd::fetch_whole(caller.mem, arg, op.size, op.min_size)?;
         handler(self, caller, &ucmd)?;
         Ok(0)
     }

@@ -170,6 +170,44 @@ impl<'a> Ucmd<'a> {
         })
     }
 
+    /// The whole protocol (steps 1–4) for a command whose struct has `size` bytes here, with
+    /// one read of the caller's memory in the common case: `size` bytes at `arg` are read at
+    /// once, and the leading `u32` is the caller's size. Reading bytes the caller did not
+    /// declare has no effect on anything, and when that read fails (the struct ends at the end
+    /// of a mapping) the protocol runs step by step, so the answer — including which errno
+    /// comes first — is always the step-by-step one.
+    pub fn fetch_whole(
+        mem: &'a dyn UserMemory,
+        arg: u64,
+        size: usize,
+        min_size: usize,
+    ) -> Result<Ucmd<'a>, Errno> {
+        let mut buf = vec![0u8; size];
+        if size >= 4 && read_user(mem, arg, &mut buf).is_ok() {
+            let user_size = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+            if (user_size as usize) < min_size {
+                return Err(EINVAL);
+            }
+            let user_len = u64::from(user_size);
+            if user_len > size as u64 {
+                let tail = arg.checked_add(size as u64).ok_or(EFAULT)?;
+                if !is_zeroed_user(mem, tail, user_len - size as u64)? {
+                    return Err(E2BIG);
+                }
+            } else {
+                buf[user_size as usize..].fill(0);
+            }
+            return Ok(Ucmd {
+                mem,
+                arg,
+                user_size,
+                buf,
+            });
+        }
+        let user_size = read_size(mem, arg)?;
+        Self::fetch(mem, arg, user_size, size, min_size)
+    }
+
     /// The whole protocol for command struct `T`: read `size`, check, copy.
     pub fn fetch_cmd<T: UapiCmd>(mem: &'a dyn UserMemory, arg: u64) -> Result<Ucmd<'a>, Errno> {
         let user_size = read_size(mem, arg)?;
@@ -267,6 +305,55 @@ mod tests {
             u.cmd::<IommuDestroy>().unwrap(),
             IommuDestroy { size: 16, id: 5 }
         );
+    }
+
+    #[test]
+    fn one_read_fetch_answers_as_the_step_by_step_protocol() {
+        // Structs placed so that they end inside, at, or beyond the end of the mapping, with
+        // every size class and a zero or non-zero tail: the one-read path must give the same
+        // errno or the same bytes as the step-by-step one.
+        let size = size_of::<IommuIoasMap>();
+        let min = IommuIoasMap::MIN_SIZE;
+        let m = SimMemory::new();
+        m.map(UserVa(ARG), 0x1000, true);
+        let end = ARG + 0x1000;
+        for back in (0..=80u64).step_by(4) {
+            for user_size in [
+                0u32,
+                3,
+                4,
+                8,
+                16,
+                min as u32 - 1,
+                min as u32,
+                40,
+                44,
+                48,
+                64,
+                80,
+            ] {
+                for tail in [0u8, 1] {
+                    let at = end - back;
+                    let mut img = vec![0u8; 0x1000];
+                    let off = (at - ARG) as usize;
+                    let n = (back as usize).min(96);
+                    for (i, b) in img[off..off + n].iter_mut().enumerate() {
+                        *b = (i as u8).wrapping_mul(7) | 1;
+                    }
+                    if back >= 4 {
+                        img[off..off + 4].copy_from_slice(&user_size.to_ne_bytes());
+                    }
+                    // Bytes between the known size and the caller's size: zero or not.
+                    for i in size..(user_size as usize).min(n) {
+                        img[off + i] = tail;
+                    }
+                    m.write(UserVa(ARG), &img).unwrap();
+                    let whole = Ucmd::fetch_whole(&*m, at, size, min).map(|u| u.buf);
+                    let steps = Ucmd::fetch_cmd::<IommuIoasMap>(&*m, at).map(|u| u.buf);
+                    assert_eq!(whole, steps, "at end-{back}, size {user_size}, tail {tail}");
+                }
+            }
+        }
     }
 
     #[test]
