@@ -14,6 +14,10 @@
 //!   Exactly one fault is recorded per failed access: the first in IOVA order.
 //! - A physical address that is not in a pinned frame, or whose program memory faults, is a
 //!   [`FaultReason::BadPhysical`] fault at the IOVA that translated to it.
+//! - A copy between two IOVAs ([`DmaPort::dma_copy`]) translates both sides, then moves the
+//!   bytes in memory without a buffer when the memory can ([`Memory::copy_phys`]: one
+//!   `process_vm_readv` for a process's own memory). If anything fails, it is redone as a read
+//!   into a buffer then a write, so the fault recorded is exactly the one that would give.
 //! - A zero-length access does nothing and succeeds. An access that runs past the top of the
 //!   IOVA space faults where its first unreachable byte would be: normally at the first IOVA
 //!   that does not translate; if every IOVA up to the top does, the remainder wraps past
@@ -136,7 +140,75 @@ impl DmaContext<'_> {
     }
 }
 
+impl DmaContext<'_> {
+    /// The physically contiguous runs of `len` bytes at `iova`, translated for `access`
+    /// without recording anything; `None` at the first translation that fails.
+    fn runs_quiet(&mut self, iova: Iova, len: u64, access: Access) -> Option<Vec<Run>> {
+        let mut runs: Vec<Run> = Vec::new();
+        let mut off = 0u64;
+        while off < len {
+            let cur = iova.0.checked_add(off)?;
+            let t = self
+                .iommu
+                .translate_quiet(self.rid, Iova(cur), access)
+                .ok()?;
+            let to_page = PAGE_SIZE - (cur & (PAGE_SIZE - 1));
+            let leaf = if t.leaf_size.is_power_of_two() {
+                t.leaf_size
+            } else {
+                PAGE_SIZE
+            };
+            let n = (len - off).min(to_page).min(leaf - (cur & (leaf - 1)));
+            match runs.last_mut() {
+                Some(r) if r.pa.checked_add(r.len) == Some(t.pa.0) => r.len += n,
+                _ => runs.push(Run {
+                    off,
+                    iova: cur,
+                    pa: t.pa.0,
+                    len: n,
+                }),
+            }
+            off += n;
+        }
+        Some(runs)
+    }
+
+    /// A copy with no buffer: both sides translated first, then each pair of physically
+    /// contiguous pieces copied in memory ([`Memory::copy_phys`]). `None` (having recorded
+    /// nothing) when any translation or copy fails, so that the caller redoes the copy the
+    /// buffered way, which records the fault exactly as a read then a write would.
+    fn copy_direct(&mut self, src: Iova, dst: Iova, len: u64) -> Option<()> {
+        let from = self.runs_quiet(src, len, Access::Read)?;
+        let to = self.runs_quiet(dst, len, Access::Write)?;
+        let (mut i, mut j, mut off) = (0usize, 0usize, 0u64);
+        while off < len {
+            let (a, b) = (from.get(i)?, to.get(j)?);
+            let n = (a.off + a.len - off).min(b.off + b.len - off);
+            let s = a.pa + (off - a.off);
+            let d = b.pa + (off - b.off);
+            self.memory.copy_phys(PhysAddr(d), PhysAddr(s), n).ok()?;
+            off += n;
+            if off == a.off + a.len {
+                i += 1;
+            }
+            if off == b.off + b.len {
+                j += 1;
+            }
+        }
+        Some(())
+    }
+}
+
 impl DmaPort for DmaContext<'_> {
+    fn dma_copy(&mut self, src: Iova, dst: Iova, len: usize) -> Result<(), (DmaFault, bool)> {
+        if self.copy_direct(src, dst, len as u64).is_some() {
+            return Ok(());
+        }
+        let mut buf = vec![0u8; len];
+        self.dma_read(src, &mut buf).map_err(|f| (f, true))?;
+        self.dma_write(dst, &buf).map_err(|f| (f, false))
+    }
+
     fn dma_read(&mut self, iova: Iova, buf: &mut [u8]) -> Result<(), DmaFault> {
         let len = buf.len();
         let mut copy =
@@ -174,10 +246,12 @@ mod tests {
     const VA: u64 = 0x7f00_0000_0000;
     const IOVA: u64 = 0x100_0000;
 
-    /// Counts calls into the wrapped memory.
+    /// Counts calls into the wrapped memory; copies within itself when `direct` is on.
     struct Counting {
         inner: Arc<SimMemory>,
         calls: AtomicUsize,
+        direct: std::sync::atomic::AtomicBool,
+        direct_copies: AtomicUsize,
     }
 
     impl UserMemory for Counting {
@@ -191,6 +265,18 @@ mod tests {
         }
         fn probe(&self, va: UserVa, len: u64, write: bool) -> Result<(), MemFault> {
             self.inner.probe(va, len, write)
+        }
+        fn copy_within(&self, dst: UserVa, src: UserVa, len: u64) -> Option<Result<(), MemFault>> {
+            if !self.direct.load(Ordering::Relaxed) {
+                return None;
+            }
+            self.direct_copies.fetch_add(1, Ordering::Relaxed);
+            let mut b = vec![0u8; len as usize];
+            Some(
+                self.inner
+                    .read(src, &mut b)
+                    .and_then(|()| self.inner.write(dst, &b)),
+            )
         }
     }
 
@@ -212,6 +298,8 @@ mod tests {
             let counting = Arc::new(Counting {
                 inner: sim.clone(),
                 calls: AtomicUsize::new(0),
+                direct: std::sync::atomic::AtomicBool::new(false),
+                direct_copies: AtomicUsize::new(0),
             });
             let mut memory = Memory::default();
             let space = memory.add_space(counting.clone());
@@ -360,6 +448,88 @@ mod tests {
         );
         assert_eq!(rig.iommu.faults().len(), 1);
         assert_eq!(rig.iommu.faults()[0].reason, FaultReason::BadPhysical);
+    }
+
+    /// What a copy did: its result, the destination bytes, faults recorded, direct copies.
+    type CopyOutcome = (Result<(), (DmaFault, bool)>, Vec<u8>, usize, usize);
+
+    /// `dma_copy` on a rig whose memory copies within itself (`direct`) or not.
+    fn copy_outcome(direct: bool, spoil: impl Fn(&mut Rig)) -> CopyOutcome {
+        let mut rig = Rig::new(8);
+        rig.counting.direct.store(direct, Ordering::Relaxed);
+        let len = 2 * PAGE_SIZE as usize + 100;
+        rig.sim.write(UserVa(VA + 10), &pattern(len)).unwrap();
+        spoil(&mut rig);
+        let r = rig
+            .port()
+            .dma_copy(Iova(IOVA + 10), Iova(IOVA + 4 * PAGE_SIZE + 20), len);
+        let mut dst = vec![0u8; len];
+        let _ = rig.sim.read(UserVa(VA + 4 * PAGE_SIZE + 20), &mut dst);
+        let faults = rig.iommu.faults().len();
+        (
+            r,
+            dst,
+            faults,
+            rig.counting.direct_copies.load(Ordering::Relaxed),
+        )
+    }
+
+    #[test]
+    fn copies_move_the_bytes_with_or_without_a_buffer() {
+        let len = 2 * PAGE_SIZE as usize + 100;
+        let (r, dst, faults, direct) = copy_outcome(true, |_| {});
+        assert_eq!((r, faults), (Ok(()), 0));
+        assert_eq!(dst, pattern(len));
+        // Source and destination are each one physical run: one copy in memory.
+        assert_eq!(direct, 1);
+        let (r, dst, faults, direct) = copy_outcome(false, |_| {});
+        assert_eq!((r, faults, direct), (Ok(()), 0, 0));
+        assert_eq!(dst, pattern(len));
+    }
+
+    #[test]
+    fn a_failed_direct_copy_reports_the_fault_a_read_then_write_would() {
+        type Spoil = fn(&mut Rig);
+        let spoils: [(Spoil, DmaFault, bool); 3] = [
+            // Source memory vanished under a pinned frame: the read side, bad physical.
+            (
+                |rig| rig.sim.unmap(UserVa(VA + PAGE_SIZE), PAGE_SIZE),
+                DmaFault {
+                    iova: Iova(IOVA + PAGE_SIZE),
+                    reason: FaultReason::BadPhysical,
+                },
+                true,
+            ),
+            // Destination IOVA page unmapped: the write side, not mapped.
+            (
+                |rig| {
+                    rig.iommu
+                        .unmap(rig.domain, Iova(IOVA + 5 * PAGE_SIZE), PAGE_SIZE)
+                        .unwrap();
+                },
+                DmaFault {
+                    iova: Iova(IOVA + 5 * PAGE_SIZE),
+                    reason: FaultReason::NotMapped,
+                },
+                false,
+            ),
+            // Destination memory vanished: the write side, bad physical.
+            (
+                |rig| rig.sim.unmap(UserVa(VA + 6 * PAGE_SIZE), PAGE_SIZE),
+                DmaFault {
+                    iova: Iova(IOVA + 6 * PAGE_SIZE),
+                    reason: FaultReason::BadPhysical,
+                },
+                false,
+            ),
+        ];
+        for (spoil, fault, src_side) in spoils {
+            let (direct_r, _, direct_faults, _) = copy_outcome(true, spoil);
+            let (buffered_r, _, buffered_faults, _) = copy_outcome(false, spoil);
+            assert_eq!(direct_r, Err((fault, src_side)));
+            assert_eq!(buffered_r, direct_r);
+            assert_eq!((direct_faults, buffered_faults), (1, 1));
+        }
     }
 
     #[test]

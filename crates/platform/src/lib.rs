@@ -237,7 +237,7 @@ impl Platform {
             .models
             .get_mut(&dev)
             .ok_or(PlatformError::NoSuchRegion(dev))?;
-        if !model.bars().iter().any(|b| b.index == bar) {
+        if !model.has_bar(bar) {
             return Err(PlatformError::NoSuchRegion(dev));
         }
         Ok(model)

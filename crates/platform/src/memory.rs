@@ -127,6 +127,13 @@ pub trait UserMemory: Send + Sync {
     fn page_size_at(&self, _va: UserVa) -> u64 {
         PAGE_SIZE
     }
+    /// Copy `len` bytes from `src` to `dst`, two non-overlapping ranges of this memory, without
+    /// a buffer in between, when the memory can (a process's own memory: one kernel copy).
+    /// `None` when it cannot, and the caller copies through a buffer with `read` and `write`.
+    /// On a fault, bytes before it may have been copied.
+    fn copy_within(&self, _dst: UserVa, _src: UserVa, _len: u64) -> Option<Result<(), MemFault>> {
+        None
+    }
 }
 
 /// A simulated address space: sparse 4 KiB pages with their own protection, for tests, the demo
@@ -670,6 +677,71 @@ impl Memory {
     /// Err with the first physical address that does not resolve or faults.
     pub fn write_phys(&self, pa: PhysAddr, data: &[u8]) -> Result<(), PhysAddr> {
         self.access_phys(pa, PhysOp::Write(data))
+    }
+
+    /// The pinned run at physical address `pa`, within one space: that space, the user
+    /// address `pa` stands for, and how many bytes from `pa` on stay in the run.
+    fn resolve(&self, pa: u64) -> Option<(SpaceId, UserVa, u64)> {
+        let pfn = pa >> PAGE_SHIFT;
+        let run_end = self.frames.pinned_run_end(pfn)?;
+        let (space, page_va) = FrameTable::owner_of(pfn)?;
+        // Stay within one space: the next space's frames belong to another program.
+        let space_end = ((pfn >> SPACE_SHIFT) + 1) << SPACE_SHIFT;
+        let avail = (run_end.min(space_end) - pfn)
+            .saturating_mul(PAGE_SIZE)
+            .saturating_sub(pa & (PAGE_SIZE - 1));
+        Some((space, UserVa(page_va.0 | (pa & (PAGE_SIZE - 1))), avail))
+    }
+
+    /// Copy `len` bytes from physical address `src` to `dst` (both within pinned frames), as a
+    /// copy engine does: directly in the owning memory when both sides are in one space that
+    /// can copy within itself ([`UserMemory::copy_within`]), else through a buffer. `Err` with
+    /// the first physical address that did not resolve or faulted, and whether it was on the
+    /// source side (`true`) or the destination side. Bytes before a fault may have been copied.
+    pub fn copy_phys(
+        &self,
+        dst: PhysAddr,
+        src: PhysAddr,
+        len: u64,
+    ) -> Result<(), (PhysAddr, bool)> {
+        let mut done = 0u64;
+        let mut bounce: Vec<u8> = Vec::new();
+        while done < len {
+            let s = src.0.checked_add(done).ok_or((PhysAddr(u64::MAX), true))?;
+            let d = dst.0.checked_add(done).ok_or((PhysAddr(u64::MAX), false))?;
+            let (s_space, s_va, s_avail) = self.resolve(s).ok_or((PhysAddr(s), true))?;
+            let (d_space, d_va, d_avail) = self.resolve(d).ok_or((PhysAddr(d), false))?;
+            let n = s_avail.min(d_avail).min(len - done);
+            let disjoint = s_va.0.saturating_add(n) <= d_va.0 || d_va.0.saturating_add(n) <= s_va.0;
+            let direct = match self.spaces.get(&s_space) {
+                Some(mem) if s_space == d_space && disjoint => mem.copy_within(d_va, s_va, n),
+                _ => None,
+            };
+            match direct {
+                Some(Ok(())) => {}
+                Some(Err(MemFault::Unmapped(v) | MemFault::ReadOnly(v))) => {
+                    return Err(if v.0 >= s_va.0 && v.0 - s_va.0 < n {
+                        (PhysAddr(s + (v.0 - s_va.0)), true)
+                    } else if v.0 >= d_va.0 && v.0 - d_va.0 < n {
+                        (PhysAddr(d + (v.0 - d_va.0)), false)
+                    } else {
+                        (PhysAddr(s), true)
+                    });
+                }
+                None => {
+                    let m = n.min(64 * 1024);
+                    bounce.resize(m as usize, 0);
+                    self.read_phys(PhysAddr(s), &mut bounce)
+                        .map_err(|p| (p, true))?;
+                    self.write_phys(PhysAddr(d), &bounce)
+                        .map_err(|p| (p, false))?;
+                    done += m;
+                    continue;
+                }
+            }
+            done += n;
+        }
+        Ok(())
     }
 
     fn access_phys(&self, pa: PhysAddr, mut op: PhysOp<'_>) -> Result<(), PhysAddr> {

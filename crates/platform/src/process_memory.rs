@@ -185,6 +185,31 @@ impl UserMemory for ProcessMemory {
         }
         self.covered(va.align_down(PAGE_SIZE).raw(), len, write)
     }
+
+    /// The calling process's own memory copies in one `process_vm_readv` from `src` into
+    /// `dst`; another process's does not (`None`: the caller bounces).
+    fn copy_within(&self, dst: UserVa, src: UserVa, len: u64) -> Option<Result<(), MemFault>> {
+        if self.pid.as_raw() as u32 != std::process::id() {
+            return None;
+        }
+        let n = usize::try_from(len).ok()?;
+        src.raw().checked_add(len)?;
+        dst.raw().checked_add(len)?;
+        let done = uiommu_sys::copy_within_self(dst.raw(), src.raw(), n).unwrap_or(0) as u64;
+        if done >= len {
+            return Some(Ok(()));
+        }
+        // The kernel stopped at a fault: say on which side.
+        let (s, d) = (src.raw() + done, dst.raw() + done);
+        let mut byte = [0u8; 1];
+        Some(Err(match self.read(UserVa(s), &mut byte) {
+            Err(_) => MemFault::Unmapped(UserVa(s)),
+            Ok(()) => match self.covered(d, 1, true) {
+                Err(e) => e,
+                Ok(()) => MemFault::Unmapped(UserVa(d)),
+            },
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -237,6 +262,35 @@ mod tests {
         ));
         m.probe(va.align_down(PAGE_SIZE), PAGE_SIZE, false).unwrap();
         assert_eq!(&READ_ONLY, b"read-only bytes!");
+    }
+
+    #[test]
+    fn own_memory_copies_within_itself_and_names_the_faulting_side() {
+        let m = ProcessMemory::this();
+        let mut buf = vec![0u8; 2 * PAGE_SIZE as usize];
+        buf[..100].copy_from_slice(&[9u8; 100]);
+        let base = buf.as_mut_ptr() as u64;
+        let r = m.copy_within(UserVa(base + PAGE_SIZE), UserVa(base), 100);
+        assert_eq!(r, Some(Ok(())));
+        assert_eq!(
+            &buf[PAGE_SIZE as usize..PAGE_SIZE as usize + 100],
+            &[9u8; 100]
+        );
+        let ro = UserVa(READ_ONLY.as_ptr() as u64);
+        assert_eq!(
+            m.copy_within(ro, UserVa(base), 4),
+            Some(Err(MemFault::ReadOnly(ro)))
+        );
+        assert_eq!(
+            m.copy_within(UserVa(base), UserVa(8), 4),
+            Some(Err(MemFault::Unmapped(UserVa(8))))
+        );
+        assert_eq!(&READ_ONLY, b"read-only bytes!");
+        // Another process's memory has no direct copy.
+        assert_eq!(
+            ProcessMemory::of(1).copy_within(UserVa(base), UserVa(base), 1),
+            None
+        );
     }
 
     #[test]

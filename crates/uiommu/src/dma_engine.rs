@@ -80,17 +80,34 @@ impl<'a> DmaEngineDriver<'a> {
         len: u64,
         fill: u8,
     ) -> Result<Outcome, PlatformError> {
+        // Only the registers the operation uses are written, and the outcome registers are
+        // read only when they can hold something: the doorbell zeroes FAULT_CODE, FAULT_IOVA
+        // and RESULT, so a completed operation's fault registers, and any operation's RESULT
+        // but a CRC's, read 0 — what is returned without reading them.
         self.w64(REG_SRC, src.raw())?;
         self.w64(REG_DST, dst.raw())?;
         self.w64(REG_LEN, len)?;
         self.w32(REG_OP, op)?;
-        self.w32(REG_FILL, fill as u32)?;
+        if op == OP_FILL {
+            self.w32(REG_FILL, fill as u32)?;
+        }
         self.w32(REG_DOORBELL, 1)?;
+        let status = self.r32(REG_STATUS)?;
+        let (fault_code, fault_iova) = if status == STATUS_FAULT {
+            (self.r32(REG_FAULT_CODE)?, self.r64(REG_FAULT_IOVA)?)
+        } else {
+            (0, 0)
+        };
+        let result = if op == OP_CRC32 && status == STATUS_DONE {
+            self.r64(REG_RESULT)?
+        } else {
+            0
+        };
         Ok(Outcome {
-            status: self.r32(REG_STATUS)?,
-            fault_code: self.r32(REG_FAULT_CODE)?,
-            fault_iova: self.r64(REG_FAULT_IOVA)?,
-            result: self.r64(REG_RESULT)?,
+            status,
+            fault_code,
+            fault_iova,
+            result,
             bytes_done: self.r64(REG_BYTES_DONE)?,
         })
     }

@@ -406,15 +406,15 @@ impl DmaEngine {
         dst: u64,
         len: u64,
     ) -> Result<(), (DmaFault, Side)> {
-        let mut buf = Self::chunk_buffer(len);
         let mut done = 0u64;
         while done < len {
             let n = (len - done).min(CHUNK_SIZE as u64) as usize;
-            let Some(chunk) = buf.get_mut(..n) else { break };
-            dma.dma_read(Iova(src.wrapping_add(done)), chunk)
-                .map_err(|f| (f, Side::Read))?;
-            dma.dma_write(Iova(dst.wrapping_add(done)), chunk)
-                .map_err(|f| (f, Side::Write))?;
+            dma.dma_copy(
+                Iova(src.wrapping_add(done)),
+                Iova(dst.wrapping_add(done)),
+                n,
+            )
+            .map_err(|(f, src_side)| (f, if src_side { Side::Read } else { Side::Write }))?;
             done += n as u64;
             self.regs.bytes_done = done;
         }
@@ -471,6 +471,10 @@ impl DeviceModel for DmaEngine {
             size: BAR0_SIZE,
             mmap: false,
         }]
+    }
+
+    fn has_bar(&self, index: u8) -> bool {
+        index == 0
     }
 
     fn config(&self) -> &[u8] {

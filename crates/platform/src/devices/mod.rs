@@ -26,6 +26,15 @@ pub trait DmaPort {
     fn dma_read(&mut self, iova: Iova, buf: &mut [u8]) -> Result<(), DmaFault>;
     /// Write `data` at `iova`.
     fn dma_write(&mut self, iova: Iova, data: &[u8]) -> Result<(), DmaFault>;
+    /// Copy `len` bytes from `src` to `dst`, both this device's IOVAs, as a copy engine does:
+    /// the result is the same as `dma_read` of the source into a buffer then `dma_write` of it
+    /// (which is what this default does), including the fault recorded and which side it is
+    /// (`Err((fault, true))` for the source). A port may move the bytes without the buffer.
+    fn dma_copy(&mut self, src: Iova, dst: Iova, len: usize) -> Result<(), (DmaFault, bool)> {
+        let mut buf = vec![0u8; len];
+        self.dma_read(src, &mut buf).map_err(|f| (f, true))?;
+        self.dma_write(dst, &buf).map_err(|f| (f, false))
+    }
 }
 
 /// Where a model's interrupts go: called with the vector number.
@@ -46,6 +55,11 @@ pub struct BarInfo {
 pub trait DeviceModel: Send + std::fmt::Debug {
     /// The BARs the function implements.
     fn bars(&self) -> Vec<BarInfo>;
+    /// Whether BAR `index` is one of [`bars`](Self::bars) (asked on every register access; a
+    /// model may answer without building the list).
+    fn has_bar(&self, index: u8) -> bool {
+        self.bars().iter().any(|b| b.index == index)
+    }
     /// PCI config space (256 bytes, or 4096 for PCIe).
     fn config(&self) -> &[u8];
     /// Write config space (the model applies its write masks).
