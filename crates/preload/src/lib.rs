@@ -50,8 +50,10 @@
 compile_error!("uiommu-preload supports Linux on x86-64 and AArch64 only");
 
 pub mod hook;
+pub mod node;
 pub mod real;
 mod state;
+mod stats;
 pub mod sysfs;
 pub mod table;
 
@@ -141,13 +143,13 @@ pub(crate) unsafe fn classify(path: *const c_char) -> Option<Target> {
 }
 
 /// Fail the call with `e`: errno set, -1 returned.
-fn fail(e: Errno) -> c_int {
+pub(crate) fn fail(e: Errno) -> c_int {
     set_errno(e);
     -1
 }
 
 /// `fail` for calls returning `ssize_t`.
-fn fail_ssize(e: Errno) -> ssize_t {
+pub(crate) fn fail_ssize(e: Errno) -> ssize_t {
     set_errno(e);
     -1
 }
@@ -166,7 +168,7 @@ pub(crate) fn open_ours(target: Target, flags: c_int) -> Result<c_int, Errno> {
         Target::Iommu => {
             let g = global()?;
             let file = IommufdFile::open(&g.engine, g.space)?;
-            register(g, c"uiommu:iommu", Kind::Iommufd(file), flags)
+            register(g, c"uiommu:iommu", target, Kind::Iommufd(file), flags)
         }
         Target::VfioDevice(n) => {
             let g = global()?;
@@ -174,12 +176,12 @@ pub(crate) fn open_ours(target: Target, flags: c_int) -> Result<c_int, Errno> {
                 .get(n as usize)
                 .ok_or(libc::ENOENT)?;
             let file = VfioDeviceFile::open(&g.engine, dev)?;
-            register(g, c"uiommu:vfio", Kind::Vfio(file), flags)
+            register(g, c"uiommu:vfio", target, Kind::Vfio(file), flags)
         }
         Target::VfioContainer => {
             let g = global()?;
             let file = open_container(&g.engine, g.space)?;
-            register(g, c"uiommu:container", Kind::Iommufd(file), flags)
+            register(g, c"uiommu:container", target, Kind::Iommufd(file), flags)
         }
         Target::VfioGroup(n) => {
             let g = global()?;
@@ -187,7 +189,7 @@ pub(crate) fn open_ours(target: Target, flags: c_int) -> Result<c_int, Errno> {
                 return Err(libc::ENOENT);
             }
             let file = VfioGroupFile::open(&g.engine, GroupId(n))?;
-            register(g, c"uiommu:group", Kind::Group(file), flags)
+            register(g, c"uiommu:group", target, Kind::Group(file), flags)
         }
     }
 }
@@ -203,7 +205,13 @@ fn vfio_of(kind: &Kind) -> Option<&VfioDeviceFile> {
 }
 
 /// Give `kind` a new memfd and record it.
-fn register(g: &Global, name: &std::ffi::CStr, kind: Kind, flags: c_int) -> Result<c_int, Errno> {
+fn register(
+    g: &Global,
+    name: &std::ffi::CStr,
+    target: Target,
+    kind: Kind,
+    flags: c_int,
+) -> Result<c_int, Errno> {
     let fd = state::new_memfd(name, flags & libc::O_CLOEXEC != 0)?;
     if flags & libc::O_NONBLOCK != 0 {
         // SAFETY: F_SETFL with an integer argument on the fd just made.
@@ -212,6 +220,7 @@ fn register(g: &Global, name: &std::ffi::CStr, kind: Kind, flags: c_int) -> Resu
     let open = OpenFile {
         kind,
         accmode: flags & libc::O_ACCMODE,
+        node: Some(target),
     };
     match g.files.insert(fd, open) {
         Ok(_) => Ok(fd),
@@ -243,7 +252,11 @@ unsafe fn open_impl(
             return real(path);
         }
         let _h = Hook::enter();
-        open_ours(target, flags).unwrap_or_else(fail)
+        let r = open_ours(target, flags);
+        if r.is_ok() {
+            stats::open(target);
+        }
+        r.unwrap_or_else(fail)
     })
 }
 
@@ -339,7 +352,7 @@ pub unsafe extern "C" fn __openat64_2(dirfd: c_int, path: *const c_char, flags: 
 }
 
 /// The state when one of our files may be involved and this thread is not inside the library.
-fn active() -> Option<&'static Global> {
+pub(crate) fn active() -> Option<&'static Global> {
     let g = global_if_any()?;
     (!g.files.is_empty() && !in_hook()).then_some(g)
 }
@@ -486,6 +499,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_i
             (_, Some(f)) => f.ioctl(&caller, request, arg),
             _ => Err(libc::ENOTTY),
         };
+        stats::ioctl(g, &file.kind, request, arg, r.map(|_| ()));
         match r {
             Ok(v) => c_int::try_from(v).unwrap_or(c_int::MAX),
             Err(e) => fail(e),
@@ -594,7 +608,7 @@ fn vfio_io(
 }
 
 /// Copy `data` to the program's buffer at `va` (EFAULT when it is not writable).
-fn to_user(g: &Global, va: u64, data: &[u8]) -> Result<(), Errno> {
+pub(crate) fn to_user(g: &Global, va: u64, data: &[u8]) -> Result<(), Errno> {
     use uiommu_platform::memory::UserMemory;
     if data.is_empty() {
         return Ok(());

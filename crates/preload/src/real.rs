@@ -167,6 +167,12 @@ real_fns! {
         fail libc::MAP_FAILED;
 }
 
+/// An `nftw` callback: `(fpath, sb, typeflag, ftwbuf)`.
+pub(crate) type NftwFn =
+    Option<unsafe extern "C" fn(*const c_char, *const c_void, c_int, *const c_void) -> c_int>;
+/// An `ftw` callback: `(fpath, sb, typeflag)`.
+pub(crate) type FtwFn = Option<unsafe extern "C" fn(*const c_char, *const c_void, c_int) -> c_int>;
+
 // The path functions interposed for the sysfs view (`crate::sysfs`). Buffers (`struct stat`,
 // `struct statx`) and streams (`FILE`, `DIR`) are opaque pointers here.
 real_fns! {
@@ -225,6 +231,18 @@ real_fns! {
         = c"__fxstatat64" as unsafe extern "C" fn(c_int, c_int, *const c_char, *mut c_void,
             c_int) -> c_int,
         fail -1;
+    /// `fstat(2)` (glibc 2.33+ symbol).
+    fn fstat(fd: c_int, buf: *mut c_void) -> c_int
+        = c"fstat" as unsafe extern "C" fn(c_int, *mut c_void) -> c_int, fail -1;
+    /// `fstat64(2)`.
+    fn fstat64(fd: c_int, buf: *mut c_void) -> c_int
+        = c"fstat64" as unsafe extern "C" fn(c_int, *mut c_void) -> c_int, fail -1;
+    /// glibc's pre-2.33 `__fxstat`.
+    fn fxstat(ver: c_int, fd: c_int, buf: *mut c_void) -> c_int
+        = c"__fxstat" as unsafe extern "C" fn(c_int, c_int, *mut c_void) -> c_int, fail -1;
+    /// glibc's pre-2.33 `__fxstat64`.
+    fn fxstat64(ver: c_int, fd: c_int, buf: *mut c_void) -> c_int
+        = c"__fxstat64" as unsafe extern "C" fn(c_int, c_int, *mut c_void) -> c_int, fail -1;
     /// `access(2)`.
     fn access(path: *const c_char, mode: c_int) -> c_int
         = c"access" as unsafe extern "C" fn(*const c_char, c_int) -> c_int, fail -1;
@@ -268,6 +286,80 @@ real_fns! {
     /// `opendir(3)`.
     fn opendir(path: *const c_char) -> *mut c_void
         = c"opendir" as unsafe extern "C" fn(*const c_char) -> *mut c_void,
+        fail std::ptr::null_mut();
+    /// `getxattr(2)`.
+    fn getxattr(path: *const c_char, name: *const c_char, value: *mut c_void, size: size_t)
+        -> ssize_t
+        = c"getxattr" as unsafe extern "C" fn(*const c_char, *const c_char, *mut c_void, size_t)
+            -> ssize_t,
+        fail -1;
+    /// `lgetxattr(2)`.
+    fn lgetxattr(path: *const c_char, name: *const c_char, value: *mut c_void, size: size_t)
+        -> ssize_t
+        = c"lgetxattr" as unsafe extern "C" fn(*const c_char, *const c_char, *mut c_void, size_t)
+            -> ssize_t,
+        fail -1;
+    /// `listxattr(2)`.
+    fn listxattr(path: *const c_char, list: *mut c_char, size: size_t) -> ssize_t
+        = c"listxattr" as unsafe extern "C" fn(*const c_char, *mut c_char, size_t) -> ssize_t,
+        fail -1;
+    /// `llistxattr(2)`.
+    fn llistxattr(path: *const c_char, list: *mut c_char, size: size_t) -> ssize_t
+        = c"llistxattr" as unsafe extern "C" fn(*const c_char, *mut c_char, size_t) -> ssize_t,
+        fail -1;
+    /// `scandir(3)` (the filter and comparison functions as opaque pointers).
+    fn scandir(path: *const c_char, list: *mut c_void, filter: *mut c_void, cmp: *mut c_void)
+        -> c_int
+        = c"scandir" as unsafe extern "C" fn(*const c_char, *mut c_void, *mut c_void,
+            *mut c_void) -> c_int,
+        fail -1;
+    /// `scandir64(3)`.
+    fn scandir64(path: *const c_char, list: *mut c_void, filter: *mut c_void, cmp: *mut c_void)
+        -> c_int
+        = c"scandir64" as unsafe extern "C" fn(*const c_char, *mut c_void, *mut c_void,
+            *mut c_void) -> c_int,
+        fail -1;
+    /// `scandirat(3)`.
+    fn scandirat(dirfd: c_int, path: *const c_char, list: *mut c_void, filter: *mut c_void,
+        cmp: *mut c_void) -> c_int
+        = c"scandirat" as unsafe extern "C" fn(c_int, *const c_char, *mut c_void, *mut c_void,
+            *mut c_void) -> c_int,
+        fail -1;
+    /// `scandirat64(3)`.
+    fn scandirat64(dirfd: c_int, path: *const c_char, list: *mut c_void, filter: *mut c_void,
+        cmp: *mut c_void) -> c_int
+        = c"scandirat64" as unsafe extern "C" fn(c_int, *const c_char, *mut c_void, *mut c_void,
+            *mut c_void) -> c_int,
+        fail -1;
+    /// `glob(3)` (`glob_t` opaque).
+    fn glob(pattern: *const c_char, flags: c_int, errfunc: *mut c_void, pglob: *mut c_void)
+        -> c_int
+        = c"glob" as unsafe extern "C" fn(*const c_char, c_int, *mut c_void, *mut c_void)
+            -> c_int,
+        fail -1;
+    /// `glob64(3)`.
+    fn glob64(pattern: *const c_char, flags: c_int, errfunc: *mut c_void, pglob: *mut c_void)
+        -> c_int
+        = c"glob64" as unsafe extern "C" fn(*const c_char, c_int, *mut c_void, *mut c_void)
+            -> c_int,
+        fail -1;
+    /// `nftw(3)`.
+    fn nftw(path: *const c_char, f: NftwFn, nopenfd: c_int, flags: c_int) -> c_int
+        = c"nftw" as unsafe extern "C" fn(*const c_char, NftwFn, c_int, c_int) -> c_int,
+        fail -1;
+    /// `nftw64(3)`.
+    fn nftw64(path: *const c_char, f: NftwFn, nopenfd: c_int, flags: c_int) -> c_int
+        = c"nftw64" as unsafe extern "C" fn(*const c_char, NftwFn, c_int, c_int) -> c_int,
+        fail -1;
+    /// `ftw(3)`.
+    fn ftw(path: *const c_char, f: FtwFn, nopenfd: c_int) -> c_int
+        = c"ftw" as unsafe extern "C" fn(*const c_char, FtwFn, c_int) -> c_int, fail -1;
+    /// `ftw64(3)`.
+    fn ftw64(path: *const c_char, f: FtwFn, nopenfd: c_int) -> c_int
+        = c"ftw64" as unsafe extern "C" fn(*const c_char, FtwFn, c_int) -> c_int, fail -1;
+    /// `canonicalize_file_name(3)`.
+    fn canonicalize_file_name(path: *const c_char) -> *mut c_char
+        = c"canonicalize_file_name" as unsafe extern "C" fn(*const c_char) -> *mut c_char,
         fail std::ptr::null_mut();
     /// `fopen(3)`.
     fn fopen(path: *const c_char, mode: *const c_char) -> *mut c_void

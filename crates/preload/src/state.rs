@@ -56,6 +56,9 @@ pub(crate) struct OpenFile {
     /// `O_ACCMODE` of the open: read and write on a file opened for the other direction only
     /// are EBADF, as the kernel checks before the file's own operations.
     pub accmode: c_int,
+    /// The `/dev` node the file was opened from (what `fstat` reports), if any: files the
+    /// engine makes have none.
+    pub node: Option<crate::Target>,
 }
 
 impl OpenFile {
@@ -342,6 +345,7 @@ impl FdTable for Global {
         let open = OpenFile {
             kind: Kind::Engine(file),
             accmode: libc::O_RDWR,
+            node: None,
         };
         match self.files.insert(fd, open) {
             Ok(_) => Ok(fd),
@@ -503,6 +507,7 @@ mod tests {
                 OpenFile {
                     kind: Kind::Iommufd(file),
                     accmode: libc::O_RDWR,
+                    node: None,
                 },
             )
             .unwrap();

@@ -28,6 +28,7 @@
 //! allocation); for other `/sys/` paths, a few prefix comparisons.
 
 use crate::hook::{ffi, in_hook, Hook};
+use crate::node::Layout;
 use crate::real;
 use libc::{c_char, c_int, c_uint, c_void, size_t, ssize_t};
 use std::collections::BTreeSet;
@@ -289,10 +290,14 @@ unsafe fn mapped<R>(path: *const c_char, f: impl FnOnce(*const c_char, bool) -> 
     if !unsafe { is_sys(path) } || in_hook() {
         return f(path, false);
     }
-    let _h = Hook::enter();
+    let h = Hook::enter();
     // SAFETY: `path` is NUL-terminated (checked non-null by is_sys).
     let bytes = unsafe { CStr::from_ptr(path) }.to_bytes();
-    match rewrite(bytes) {
+    let rewritten = rewrite(bytes);
+    // The real function runs outside the library: callbacks it makes into the program
+    // (scandir's filter, nftw's function) are served as any call of the program.
+    drop(h);
+    match rewritten {
         Some(p) => f(p.as_ptr(), true),
         None => f(path, false),
     }
@@ -332,37 +337,166 @@ macro_rules! path_fn {
     };
 }
 
-path_fn! { /// `stat(2)` on the view.
-fn stat(@path path, buf: *mut c_void) -> c_int = real::stat, fail -1; }
-path_fn! { /// `stat64(2)` on the view.
-fn stat64(@path path, buf: *mut c_void) -> c_int = real::stat64, fail -1; }
-path_fn! { /// `lstat(2)` on the view.
-fn lstat(@path path, buf: *mut c_void) -> c_int = real::lstat, fail -1; }
-path_fn! { /// `lstat64(2)` on the view.
-fn lstat64(@path path, buf: *mut c_void) -> c_int = real::lstat64, fail -1; }
-path_fn! { /// `fstatat(2)` on the view (absolute paths).
-fn fstatat(dirfd: c_int, @path path, buf: *mut c_void, flags: c_int) -> c_int
-= real::fstatat, fail -1; }
-path_fn! { /// `fstatat64(2)` on the view (absolute paths).
-fn fstatat64(dirfd: c_int, @path path, buf: *mut c_void, flags: c_int) -> c_int
-= real::fstatat64, fail -1; }
-path_fn! { /// `statx(2)` on the view (absolute paths).
-fn statx(dirfd: c_int, @path path, flags: c_int, mask: c_uint, buf: *mut c_void) -> c_int
-= real::statx, fail -1; }
-path_fn! { /// glibc's `__xstat` on the view.
-fn __xstat(ver: c_int, @path path, buf: *mut c_void) -> c_int = real::xstat, fail -1; }
-path_fn! { /// glibc's `__xstat64` on the view.
-fn __xstat64(ver: c_int, @path path, buf: *mut c_void) -> c_int = real::xstat64, fail -1; }
-path_fn! { /// glibc's `__lxstat` on the view.
-fn __lxstat(ver: c_int, @path path, buf: *mut c_void) -> c_int = real::lxstat, fail -1; }
-path_fn! { /// glibc's `__lxstat64` on the view.
-fn __lxstat64(ver: c_int, @path path, buf: *mut c_void) -> c_int = real::lxstat64, fail -1; }
-path_fn! { /// glibc's `__fxstatat` on the view (absolute paths).
-fn __fxstatat(ver: c_int, dirfd: c_int, @path path, buf: *mut c_void, flags: c_int) -> c_int
-= real::fxstatat, fail -1; }
-path_fn! { /// glibc's `__fxstatat64` on the view (absolute paths).
-fn __fxstatat64(ver: c_int, dirfd: c_int, @path path, buf: *mut c_void, flags: c_int)
--> c_int = real::fxstatat64, fail -1; }
+/// A stat-family call on one of our `/dev` paths: the node's stat (or ENOENT); `None` for any
+/// other path.
+///
+/// # Safety
+/// `path` is null or NUL-terminated.
+unsafe fn dev_stat(path: *const c_char, layout: Layout, buf: *mut c_void) -> Option<c_int> {
+    // SAFETY: forwarded from the caller.
+    let target = unsafe { crate::classify(path) }?;
+    if in_hook() {
+        return None;
+    }
+    let _h = Hook::enter();
+    Some(crate::node::stat_path(target, layout, buf))
+}
+
+/// Whether an `*at` call names `dirfd` itself (`AT_EMPTY_PATH` with an empty or null path).
+///
+/// # Safety
+/// `path` is null or NUL-terminated.
+unsafe fn names_dirfd(path: *const c_char, flags: c_int) -> bool {
+    // SAFETY: a non-null path is NUL-terminated (the caller's contract).
+    flags & libc::AT_EMPTY_PATH != 0 && (path.is_null() || unsafe { *path } == 0)
+}
+
+macro_rules! stat_fn {
+    ($(#[$doc:meta])* fn $name:ident($($pre:ident: $pt:ty,)* @path $path:ident, @buf $buf:ident: $layout:ident
+        $(, $arg:ident: $t:ty)*) -> c_int = $real:path $(, at $dirfd:ident $flags:ident)?;) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// As the C function.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            $($pre: $pt,)* $path: *const c_char, $buf: *mut c_void $(, $arg: $t)*
+        ) -> c_int {
+            ffi(-1, || {
+                // SAFETY: the caller's arguments are passed on, the path possibly replaced by
+                // the view's copy (a NUL-terminated string alive during the call).
+                let real_op = |p| unsafe { $real($($pre,)* p, $buf $(, $arg)*) };
+                $(
+                    // SAFETY: the caller's path is null or NUL-terminated.
+                    if unsafe { names_dirfd($path, $flags) } {
+                        let real_fd = || real_op($path);
+                        return crate::node::stat_fd($dirfd, Layout::$layout, $buf, real_fd);
+                    }
+                )?
+                // SAFETY: the caller's path is null or NUL-terminated.
+                if let Some(r) = unsafe { dev_stat($path, Layout::$layout, $buf) } {
+                    return r;
+                }
+                // SAFETY: the caller's path is null or NUL-terminated.
+                unsafe { mapped($path, |p, _| real_op(p)) }
+            })
+        }
+    };
+}
+
+stat_fn! { /// `stat(2)`: our `/dev` nodes, the view, or real.
+fn stat(@path path, @buf buf: Stat) -> c_int = real::stat; }
+stat_fn! { /// `stat64(2)`: as `stat`.
+fn stat64(@path path, @buf buf: Stat) -> c_int = real::stat64; }
+stat_fn! { /// `lstat(2)`: as `stat` (our nodes are not symlinks).
+fn lstat(@path path, @buf buf: Stat) -> c_int = real::lstat; }
+stat_fn! { /// `lstat64(2)`: as `stat`.
+fn lstat64(@path path, @buf buf: Stat) -> c_int = real::lstat64; }
+stat_fn! { /// `fstatat(2)`: `AT_EMPTY_PATH` on one of our fds is its node; absolute paths as
+/// `stat`.
+fn fstatat(dirfd: c_int, @path path, @buf buf: Stat, flags: c_int) -> c_int
+= real::fstatat, at dirfd flags; }
+stat_fn! { /// `fstatat64(2)`: as `fstatat`.
+fn fstatat64(dirfd: c_int, @path path, @buf buf: Stat, flags: c_int) -> c_int
+= real::fstatat64, at dirfd flags; }
+stat_fn! { /// glibc's `__xstat`: as `stat`.
+fn __xstat(ver: c_int, @path path, @buf buf: Stat) -> c_int = real::xstat; }
+stat_fn! { /// glibc's `__xstat64`: as `stat`.
+fn __xstat64(ver: c_int, @path path, @buf buf: Stat) -> c_int = real::xstat64; }
+stat_fn! { /// glibc's `__lxstat`: as `stat`.
+fn __lxstat(ver: c_int, @path path, @buf buf: Stat) -> c_int = real::lxstat; }
+stat_fn! { /// glibc's `__lxstat64`: as `stat`.
+fn __lxstat64(ver: c_int, @path path, @buf buf: Stat) -> c_int = real::lxstat64; }
+stat_fn! { /// glibc's `__fxstatat`: as `fstatat`.
+fn __fxstatat(ver: c_int, dirfd: c_int, @path path, @buf buf: Stat, flags: c_int) -> c_int
+= real::fxstatat, at dirfd flags; }
+stat_fn! { /// glibc's `__fxstatat64`: as `fstatat`.
+fn __fxstatat64(ver: c_int, dirfd: c_int, @path path, @buf buf: Stat, flags: c_int) -> c_int
+= real::fxstatat64, at dirfd flags; }
+
+/// `statx(2)`: `AT_EMPTY_PATH` on one of our fds is its node; our `/dev` paths are nodes;
+/// view paths on the view.
+///
+/// # Safety
+/// As `statx(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn statx(
+    dirfd: c_int,
+    path: *const c_char,
+    flags: c_int,
+    mask: c_uint,
+    buf: *mut c_void,
+) -> c_int {
+    ffi(-1, || {
+        // SAFETY: the caller's arguments are passed on unchanged.
+        let real_op = |p| unsafe { real::statx(dirfd, p, flags, mask, buf) };
+        // SAFETY: the caller's path is null or NUL-terminated.
+        if unsafe { names_dirfd(path, flags) } {
+            return crate::node::stat_fd(dirfd, Layout::Statx, buf, || real_op(path));
+        }
+        // SAFETY: the caller's path is null or NUL-terminated.
+        if let Some(r) = unsafe { dev_stat(path, Layout::Statx, buf) } {
+            return r;
+        }
+        // SAFETY: the path possibly replaced by the view's copy.
+        unsafe { mapped(path, |p, _| real_op(p)) }
+    })
+}
+
+/// `fstat(2)`: one of our fds opened from a `/dev` path is that character device.
+///
+/// # Safety
+/// As `fstat(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn fstat(fd: c_int, buf: *mut c_void) -> c_int {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    let real_op = || unsafe { real::fstat(fd, buf) };
+    ffi(-1, || crate::node::stat_fd(fd, Layout::Stat, buf, real_op))
+}
+
+/// `fstat64(2)`: as `fstat`.
+///
+/// # Safety
+/// As `fstat64(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn fstat64(fd: c_int, buf: *mut c_void) -> c_int {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    let real_op = || unsafe { real::fstat64(fd, buf) };
+    ffi(-1, || crate::node::stat_fd(fd, Layout::Stat, buf, real_op))
+}
+
+/// glibc's `__fxstat`: as `fstat`.
+///
+/// # Safety
+/// As `__fxstat`.
+#[no_mangle]
+pub unsafe extern "C" fn __fxstat(ver: c_int, fd: c_int, buf: *mut c_void) -> c_int {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    let real_op = || unsafe { real::fxstat(ver, fd, buf) };
+    ffi(-1, || crate::node::stat_fd(fd, Layout::Stat, buf, real_op))
+}
+
+/// glibc's `__fxstat64`: as `fstat`.
+///
+/// # Safety
+/// As `__fxstat64`.
+#[no_mangle]
+pub unsafe extern "C" fn __fxstat64(ver: c_int, fd: c_int, buf: *mut c_void) -> c_int {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    let real_op = || unsafe { real::fxstat64(ver, fd, buf) };
+    ffi(-1, || crate::node::stat_fd(fd, Layout::Stat, buf, real_op))
+}
+
 path_fn! { /// `readlink(2)` on the view: the view's symlinks are relative, as sysfs's.
 fn readlink(@path path, buf: *mut c_char, size: size_t) -> ssize_t
 = real::readlink, fail -1; }
@@ -502,6 +636,329 @@ pub unsafe extern "C" fn __realpath_chk(
     unsafe { realpath_impl(path, |p| real::realpath_chk(p, resolved, len)) }
 }
 
+/// An xattr call on one of our `/dev` nodes: ENODATA (`get`) or an empty list (`list`), ENOENT
+/// for a node that does not exist; `None` for any other path.
+///
+/// # Safety
+/// `path` is null or NUL-terminated.
+unsafe fn dev_xattr(path: *const c_char, list: bool) -> Option<ssize_t> {
+    // SAFETY: forwarded from the caller.
+    let target = unsafe { crate::classify(path) }?;
+    if in_hook() {
+        return None;
+    }
+    let _h = Hook::enter();
+    let exists = crate::state::global()
+        .ok()
+        .and_then(|g| crate::node::node_stat(g, target))
+        .is_some();
+    Some(match (exists, list) {
+        (false, _) => crate::fail_ssize(libc::ENOENT),
+        (true, true) => 0,
+        (true, false) => crate::fail_ssize(libc::ENODATA),
+    })
+}
+
+macro_rules! xattr_fn {
+    ($(#[$doc:meta])* fn $name:ident(@path $path:ident $(, $arg:ident: $t:ty)*) = $real:path, list $list:expr;) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// As the C function.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name($path: *const c_char $(, $arg: $t)*) -> ssize_t {
+            ffi(-1, || {
+                // SAFETY: the caller's path is null or NUL-terminated.
+                if let Some(r) = unsafe { dev_xattr($path, $list) } {
+                    return r;
+                }
+                // SAFETY: the caller's arguments are passed on, the path possibly replaced.
+                unsafe { mapped($path, |p, _| $real(p $(, $arg)*)) }
+            })
+        }
+    };
+}
+
+xattr_fn! { /// `getxattr(2)`: our `/dev` nodes have no attributes (ENODATA); view paths on the view.
+fn getxattr(@path path, name: *const c_char, value: *mut c_void, size: size_t)
+= real::getxattr, list false; }
+xattr_fn! { /// `lgetxattr(2)`: as `getxattr`.
+fn lgetxattr(@path path, name: *const c_char, value: *mut c_void, size: size_t)
+= real::lgetxattr, list false; }
+xattr_fn! { /// `listxattr(2)`: our `/dev` nodes list none; view paths on the view.
+fn listxattr(@path path, list: *mut c_char, size: size_t) = real::listxattr, list true; }
+xattr_fn! { /// `llistxattr(2)`: as `listxattr`.
+fn llistxattr(@path path, list: *mut c_char, size: size_t) = real::llistxattr, list true; }
+
+path_fn! { /// `scandir(3)` on the view (glibc's opens the directory internally).
+fn scandir(@path path, list: *mut c_void, filter: *mut c_void, cmp: *mut c_void) -> c_int
+= real::scandir, fail -1; }
+path_fn! { /// `scandir64(3)` on the view.
+fn scandir64(@path path, list: *mut c_void, filter: *mut c_void, cmp: *mut c_void) -> c_int
+= real::scandir64, fail -1; }
+path_fn! { /// `scandirat(3)` on the view (absolute paths).
+fn scandirat(dirfd: c_int, @path path, list: *mut c_void, filter: *mut c_void,
+cmp: *mut c_void) -> c_int = real::scandirat, fail -1; }
+path_fn! { /// `scandirat64(3)` on the view (absolute paths).
+fn scandirat64(dirfd: c_int, @path path, list: *mut c_void, filter: *mut c_void,
+cmp: *mut c_void) -> c_int = real::scandirat64, fail -1; }
+
+/// `canonicalize_file_name(3)`: as `realpath`.
+///
+/// # Safety
+/// As `canonicalize_file_name(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn canonicalize_file_name(path: *const c_char) -> *mut c_char {
+    // SAFETY: the caller's arguments are passed on, the path possibly replaced.
+    unsafe { realpath_impl(path, |p| real::canonicalize_file_name(p)) }
+}
+
+/// The view's copy of a glob pattern: patterns below the directories the view owns
+/// (`/sys/bus/pci/devices/*/vendor`), or naming one of its entries of `/sys/devices`.
+fn rewrite_glob(pattern: &[u8]) -> Option<CString> {
+    let (i, comp) = prefix_of(pattern)?;
+    let v = view()?;
+    if let Some(c) = comp {
+        if !PREFIXES[i].1 && !v.names[i].contains(c) {
+            return None;
+        }
+    }
+    rewrite_in(&v.root, pattern)
+}
+
+/// The common body of `glob`/`glob64`: the pattern matched in the view, the paths found
+/// answered as `/sys/...` paths.
+///
+/// # Safety
+/// As `glob(3)`; `pglob` points to a `glob_t`.
+unsafe fn glob_impl(
+    pattern: *const c_char,
+    pglob: *mut c_void,
+    real_fn: impl FnOnce(*const c_char) -> c_int,
+) -> c_int {
+    ffi(libc::GLOB_ABORTED, || {
+        // SAFETY: forwarded from the caller.
+        if !unsafe { is_sys(pattern) } || in_hook() {
+            return real_fn(pattern);
+        }
+        let h = Hook::enter();
+        // SAFETY: `pattern` is NUL-terminated (checked non-null by is_sys).
+        let bytes = unsafe { CStr::from_ptr(pattern) }.to_bytes();
+        let Some(p) = rewrite_glob(bytes) else {
+            drop(h);
+            return real_fn(pattern);
+        };
+        drop(h);
+        let r = real_fn(p.as_ptr());
+        let g = pglob.cast::<libc::glob_t>();
+        if !g.is_null() {
+            // SAFETY: glob filled `*pglob`: gl_pathv holds gl_offs slots, then gl_pathc
+            // NUL-terminated strings it allocated (writable), then a null.
+            unsafe {
+                let g = &*g;
+                if !g.gl_pathv.is_null() {
+                    for k in 0..g.gl_pathc {
+                        let s = *g.gl_pathv.add(g.gl_offs + k);
+                        if !s.is_null() {
+                            unmap_result(s);
+                        }
+                    }
+                }
+            }
+        }
+        r
+    })
+}
+
+/// `glob(3)` on the view: `/sys/bus/pci/devices/*/vendor` lists the emulated machine.
+///
+/// # Safety
+/// As `glob(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn glob(
+    pattern: *const c_char,
+    flags: c_int,
+    errfunc: *mut c_void,
+    pglob: *mut c_void,
+) -> c_int {
+    // SAFETY: the caller's arguments are passed on, the pattern possibly replaced.
+    unsafe { glob_impl(pattern, pglob, |p| real::glob(p, flags, errfunc, pglob)) }
+}
+
+/// `glob64(3)`: as `glob`.
+///
+/// # Safety
+/// As `glob64(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn glob64(
+    pattern: *const c_char,
+    flags: c_int,
+    errfunc: *mut c_void,
+    pglob: *mut c_void,
+) -> c_int {
+    // SAFETY: the caller's arguments are passed on, the pattern possibly replaced.
+    unsafe { glob_impl(pattern, pglob, |p| real::glob64(p, flags, errfunc, pglob)) }
+}
+
+/// `struct FTW` of `nftw`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ftw {
+    base: c_int,
+    level: c_int,
+}
+
+thread_local! {
+    /// The program's walk function of the `nftw`/`ftw` running on this thread over the view,
+    /// and how many leading bytes (the tree's root) to remove from the paths it is given.
+    static WALK: std::cell::Cell<(real::NftwFn, real::FtwFn, usize)> =
+        const { std::cell::Cell::new((None, None, 0)) };
+}
+
+/// `fpath` without the tree's root (`strip` bytes), when it has it.
+///
+/// # Safety
+/// `fpath` is NUL-terminated.
+unsafe fn strip_root(fpath: *const c_char, strip: usize) -> (*const c_char, usize) {
+    let Some(Some(v)) = VIEW.get() else {
+        return (fpath, 0);
+    };
+    // SAFETY: the caller's contract.
+    let s = unsafe { CStr::from_ptr(fpath) }.to_bytes();
+    if strip > 0 && s.len() > strip && s.starts_with(&v.root) && s[strip] == b'/' {
+        // SAFETY: `strip` < the string's length.
+        (unsafe { fpath.add(strip) }, strip)
+    } else {
+        (fpath, 0)
+    }
+}
+
+unsafe extern "C" fn nftw_walk(
+    fpath: *const c_char,
+    sb: *const c_void,
+    flag: c_int,
+    ftw: *const c_void,
+) -> c_int {
+    let (f, _, strip) = WALK.with(std::cell::Cell::get);
+    let Some(f) = f else { return -1 };
+    // SAFETY: nftw passes a NUL-terminated path and a `struct FTW`.
+    let (p, cut) = unsafe { strip_root(fpath, strip) };
+    let mut local = if ftw.is_null() {
+        Ftw { base: 0, level: 0 }
+    } else {
+        // SAFETY: as above.
+        unsafe { *ftw.cast::<Ftw>() }
+    };
+    local.base -= cut as c_int;
+    // SAFETY: the program's function, called as nftw would call it.
+    unsafe { f(p, sb, flag, (&local as *const Ftw).cast()) }
+}
+
+unsafe extern "C" fn ftw_walk(fpath: *const c_char, sb: *const c_void, flag: c_int) -> c_int {
+    let (_, f, strip) = WALK.with(std::cell::Cell::get);
+    let Some(f) = f else { return -1 };
+    // SAFETY: ftw passes a NUL-terminated path.
+    let (p, _) = unsafe { strip_root(fpath, strip) };
+    // SAFETY: the program's function, called as ftw would call it.
+    unsafe { f(p, sb, flag) }
+}
+
+/// The common body of the `nftw`/`ftw` family: a walk of a view directory calls the
+/// program's function with `/sys/...` paths.
+///
+/// # Safety
+/// `path` is null or NUL-terminated.
+unsafe fn walk_impl(
+    path: *const c_char,
+    walk: (real::NftwFn, real::FtwFn),
+    real_fn: impl FnOnce(*const c_char, bool) -> c_int,
+) -> c_int {
+    ffi(-1, || {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            mapped(path, |p, rewritten| {
+                if !rewritten {
+                    return real_fn(p, false);
+                }
+                let strip = VIEW
+                    .get()
+                    .and_then(Option::as_ref)
+                    .map_or(0, |v| v.root.len());
+                let saved = WALK.with(|w| w.replace((walk.0, walk.1, strip)));
+                let r = real_fn(p, true);
+                WALK.with(|w| w.set(saved));
+                r
+            })
+        }
+    })
+}
+
+/// `nftw(3)` on the view.
+///
+/// # Safety
+/// As `nftw(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn nftw(
+    path: *const c_char,
+    f: real::NftwFn,
+    nopenfd: c_int,
+    flags: c_int,
+) -> c_int {
+    // SAFETY: the caller's arguments are passed on, the path and function possibly replaced.
+    unsafe {
+        walk_impl(path, (f, None), |p, ours| {
+            real::nftw(p, if ours { Some(nftw_walk) } else { f }, nopenfd, flags)
+        })
+    }
+}
+
+/// `nftw64(3)`: as `nftw`.
+///
+/// # Safety
+/// As `nftw64(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn nftw64(
+    path: *const c_char,
+    f: real::NftwFn,
+    nopenfd: c_int,
+    flags: c_int,
+) -> c_int {
+    // SAFETY: the caller's arguments are passed on, the path and function possibly replaced.
+    unsafe {
+        walk_impl(path, (f, None), |p, ours| {
+            real::nftw64(p, if ours { Some(nftw_walk) } else { f }, nopenfd, flags)
+        })
+    }
+}
+
+/// `ftw(3)` on the view.
+///
+/// # Safety
+/// As `ftw(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn ftw(path: *const c_char, f: real::FtwFn, nopenfd: c_int) -> c_int {
+    // SAFETY: the caller's arguments are passed on, the path and function possibly replaced.
+    unsafe {
+        walk_impl(path, (None, f), |p, ours| {
+            real::ftw(p, if ours { Some(ftw_walk) } else { f }, nopenfd)
+        })
+    }
+}
+
+/// `ftw64(3)`: as `ftw`.
+///
+/// # Safety
+/// As `ftw64(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn ftw64(path: *const c_char, f: real::FtwFn, nopenfd: c_int) -> c_int {
+    // SAFETY: the caller's arguments are passed on, the path and function possibly replaced.
+    unsafe {
+        walk_impl(path, (None, f), |p, ours| {
+            real::ftw64(p, if ours { Some(ftw_walk) } else { f }, nopenfd)
+        })
+    }
+}
+
 /// `open(2)` flags for an `fopen` mode string.
 pub fn fopen_flags(mode: &[u8]) -> Option<c_int> {
     let (first, rest) = mode.split_first()?;
@@ -545,7 +1002,10 @@ unsafe fn fopen_impl(
                     return std::ptr::null_mut();
                 };
                 let fd = match crate::open_ours(target, flags) {
-                    Ok(fd) => fd,
+                    Ok(fd) => {
+                        crate::stats::open(target);
+                        fd
+                    }
                     Err(e) => {
                         crate::real::set_errno(e);
                         return std::ptr::null_mut();

@@ -40,7 +40,8 @@ pub fn inode_of(fd: c_int) -> Result<InodeKey, Errno> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: fstat writes a `struct stat` into the pointed-to buffer, which is large enough;
     // an invalid fd is reported as an error, not undefined behaviour.
-    let r = unsafe { libc::fstat(fd, st.as_mut_ptr()) };
+    // The real fstat: the library's own `fstat` answers a device node's identity for our fds.
+    let r = unsafe { crate::real::fstat(fd, st.as_mut_ptr().cast()) };
     if r != 0 {
         return Err(crate::real::errno());
     }

@@ -121,6 +121,11 @@ fn vfio_legacy_container_group_type1_and_sysfs() {
 }
 
 #[test]
+fn dev_nodes_stat_as_character_devices_and_directory_walks_see_the_view() {
+    run(&compile("dev_nodes"), None);
+}
+
+#[test]
 fn threads_share_one_iommufd() {
     run(&compile("iommufd_threads"), None);
 }

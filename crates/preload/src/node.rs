@@ -1,0 +1,229 @@
+//! What the stat family says about our `/dev` nodes and the fds opened from them: character
+//! devices, as on Linux.
+//!
+//! | node | mode | `st_rdev` | as on Linux |
+//! |---|---|---|---|
+//! | `/dev/iommu` | `S_IFCHR \| 0600` | 10:[`IOMMU_MINOR`] | a misc device with a dynamic minor |
+//! | `/dev/vfio/vfio` | `S_IFCHR \| 0666` | 10:196 | the misc device `VFIO_MINOR` |
+//! | `/dev/vfio/<n>` | `S_IFCHR \| 0600` | [`VFIO_GROUP_MAJOR`]:i | the `vfio` region; `i` the group's index among the vfio groups (the kernel's ida numbers them in probe order) |
+//! | `/dev/vfio/devices/vfioN` | `S_IFCHR \| 0600` | [`VFIO_CDEV_MAJOR`]:N | the `vfio-dev` region; the same numbers as the sysfs view's `vfio-dev/vfioN/dev` |
+//!
+//! The owner is the calling process's effective uid and gid (as if udev had handed the nodes to
+//! the user, which is how an unprivileged VMM is set up); `st_dev` and the times are those of
+//! the real `/dev` (the nodes live there); `st_ino` is fixed per node, so `stat` of the path and
+//! `fstat` of every fd opened from it agree. Files the engine makes (a group's device fds,
+//! fault queues) are anonymous inodes in Linux and stay memfds here.
+
+use crate::real;
+use crate::state::{global, Global};
+use crate::Target;
+use libc::{c_int, c_void};
+use uiommu_platform::topology::GroupId;
+use uiommu_uapi::vfio_group::vfio_groups;
+
+/// Major of misc devices.
+pub const MISC_MAJOR: u32 = 10;
+/// The minor `/dev/iommu` reports (the kernel gives iommufd a dynamic misc minor).
+pub const IOMMU_MINOR: u32 = 123;
+/// `VFIO_MINOR`: the legacy container's fixed misc minor.
+pub const VFIO_MINOR: u32 = 196;
+/// The major `/dev/vfio/<group>` nodes report (the kernel's `vfio` region is dynamic).
+pub const VFIO_GROUP_MAJOR: u32 = 243;
+/// The major `/dev/vfio/devices/vfioN` nodes report (the `vfio-dev` region is dynamic); the
+/// sysfs view's `vfio-dev/vfioN/dev` says the same.
+pub const VFIO_CDEV_MAJOR: u32 = 511;
+
+/// What `stat` reports for one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeStat {
+    /// Permission bits (the type is always `S_IFCHR`).
+    pub perm: u32,
+    /// Device major.
+    pub major: u32,
+    /// Device minor.
+    pub minor: u32,
+    /// Inode number (fixed per node).
+    pub ino: u64,
+}
+
+/// The node `target` names, or None when it does not exist (ENOENT).
+pub(crate) fn node_stat(g: &Global, target: Target) -> Option<NodeStat> {
+    let node = |perm, major, minor, kind: u64| NodeStat {
+        perm,
+        major,
+        minor,
+        ino: 0x7569_0000_0000 | (kind << 24) | u64::from(minor),
+    };
+    match target {
+        Target::NoEnt => None,
+        Target::Iommu => Some(node(0o600, MISC_MAJOR, IOMMU_MINOR, 1)),
+        Target::VfioContainer => Some(node(0o666, MISC_MAJOR, VFIO_MINOR, 2)),
+        Target::VfioGroup(n) => {
+            let index = vfio_groups(&g.engine)
+                .iter()
+                .position(|&grp| grp == GroupId(n))?;
+            Some(node(0o600, VFIO_GROUP_MAJOR, index as u32, 3))
+        }
+        Target::VfioDevice(n) => ((n as usize) < crate::vfio_devices(&g.engine).len())
+            .then(|| node(0o600, VFIO_CDEV_MAJOR, n, 4)),
+    }
+}
+
+/// `st_dev` and the times of the real `/dev` (zero when it cannot be read).
+fn dev_dir() -> libc::stat {
+    // SAFETY: an all-zero `struct stat` is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: stat writes one `struct stat` into `st`; the path is NUL-terminated.
+    if unsafe { real::stat(c"/dev".as_ptr(), (&mut st as *mut libc::stat).cast()) } != 0 {
+        // SAFETY: as above.
+        st = unsafe { std::mem::zeroed() };
+    }
+    st
+}
+
+/// The `struct stat` of a node.
+pub fn to_stat(n: NodeStat) -> libc::stat {
+    let dir = dev_dir();
+    // SAFETY: an all-zero `struct stat` is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    st.st_dev = dir.st_dev;
+    st.st_ino = n.ino;
+    st.st_nlink = 1;
+    st.st_mode = libc::S_IFCHR | n.perm;
+    // SAFETY: geteuid/getegid cannot fail.
+    st.st_uid = unsafe { libc::geteuid() };
+    // SAFETY: as above.
+    st.st_gid = unsafe { libc::getegid() };
+    st.st_rdev = libc::makedev(n.major, n.minor);
+    st.st_size = 0;
+    st.st_blksize = 4096;
+    st.st_blocks = 0;
+    st.st_atime = dir.st_atime;
+    st.st_atime_nsec = dir.st_atime_nsec;
+    st.st_mtime = dir.st_mtime;
+    st.st_mtime_nsec = dir.st_mtime_nsec;
+    st.st_ctime = dir.st_ctime;
+    st.st_ctime_nsec = dir.st_ctime_nsec;
+    st
+}
+
+/// The `struct statx` of a node (the basic stats, as the kernel fills them for a device node).
+pub fn to_statx(n: NodeStat) -> libc::statx {
+    let st = to_stat(n);
+    let ts = |sec: i64, nsec: i64| {
+        // SAFETY: an all-zero `statx_timestamp` is a valid value.
+        let mut t: libc::statx_timestamp = unsafe { std::mem::zeroed() };
+        t.tv_sec = sec;
+        t.tv_nsec = nsec as u32;
+        t
+    };
+    // SAFETY: an all-zero `struct statx` is a valid value.
+    let mut sx: libc::statx = unsafe { std::mem::zeroed() };
+    sx.stx_mask = libc::STATX_BASIC_STATS;
+    sx.stx_blksize = 4096;
+    sx.stx_nlink = 1;
+    sx.stx_uid = st.st_uid;
+    sx.stx_gid = st.st_gid;
+    sx.stx_mode = st.st_mode as u16;
+    sx.stx_ino = st.st_ino;
+    sx.stx_atime = ts(st.st_atime, st.st_atime_nsec);
+    sx.stx_ctime = ts(st.st_ctime, st.st_ctime_nsec);
+    sx.stx_mtime = ts(st.st_mtime, st.st_mtime_nsec);
+    sx.stx_rdev_major = n.major;
+    sx.stx_rdev_minor = n.minor;
+    sx.stx_dev_major = libc::major(st.st_dev);
+    sx.stx_dev_minor = libc::minor(st.st_dev);
+    sx
+}
+
+/// The bytes of a plain C struct.
+fn bytes_of<T>(v: &T) -> &[u8] {
+    // SAFETY: `v` is a live value of a C struct type without references; reading its bytes
+    // (padding included, zeroed above) is what the kernel's copy_to_user of it does.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+}
+
+/// Which structure a stat-family call fills.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// `struct stat` (also `stat64` and the `__xstat` family's: one layout on the supported
+    /// 64-bit targets).
+    Stat,
+    /// `struct statx`.
+    Statx,
+}
+
+const _: () = assert!(std::mem::size_of::<libc::stat>() == std::mem::size_of::<libc::stat64>());
+
+/// Write the node's stat in `layout` to the program's buffer at `buf`: 0, or -1 with EFAULT.
+pub(crate) fn write_stat(g: &Global, n: NodeStat, layout: Layout, buf: *mut c_void) -> c_int {
+    let r = match layout {
+        Layout::Stat => crate::to_user(g, buf as u64, bytes_of(&to_stat(n))),
+        Layout::Statx => crate::to_user(g, buf as u64, bytes_of(&to_statx(n))),
+    };
+    match r {
+        Ok(()) => 0,
+        Err(e) => crate::fail(e),
+    }
+}
+
+/// A path-based stat of `target` (one of our `/dev` paths): the node, or ENOENT.
+pub(crate) fn stat_path(target: Target, layout: Layout, buf: *mut c_void) -> c_int {
+    let g = match global() {
+        Ok(g) => g,
+        Err(e) => return crate::fail(e),
+    };
+    match node_stat(g, target) {
+        Some(n) => write_stat(g, n, layout, buf),
+        None => crate::fail(libc::ENOENT),
+    }
+}
+
+/// The node behind `fd` when `fd` is one of our files opened from a `/dev` path.
+pub(crate) fn node_of_fd(g: &Global, fd: c_int) -> Option<NodeStat> {
+    let file = g.files.get(fd)?;
+    node_stat(g, file.node?)
+}
+
+/// A stat of an fd: the node's when the fd is ours and opened from a node, else `real_op`.
+pub(crate) fn stat_fd(
+    fd: c_int,
+    layout: Layout,
+    buf: *mut c_void,
+    real_op: impl FnOnce() -> c_int,
+) -> c_int {
+    let Some(g) = crate::active() else {
+        return real_op();
+    };
+    let _h = crate::hook::Hook::enter();
+    match node_of_fd(g, fd) {
+        Some(n) => write_stat(g, n, layout, buf),
+        None => real_op(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_are_character_devices_with_the_sysfs_numbers() {
+        let n = NodeStat {
+            perm: 0o600,
+            major: VFIO_CDEV_MAJOR,
+            minor: 3,
+            ino: 7,
+        };
+        let st = to_stat(n);
+        assert_eq!(st.st_mode & libc::S_IFMT, libc::S_IFCHR);
+        assert_eq!(st.st_rdev, libc::makedev(511, 3));
+        let sx = to_statx(n);
+        assert_eq!(u32::from(sx.stx_mode) & libc::S_IFMT, libc::S_IFCHR);
+        assert_eq!((sx.stx_rdev_major, sx.stx_rdev_minor), (511, 3));
+        assert_eq!(sx.stx_ino, 7);
+        assert_eq!(
+            sx.stx_mask & libc::STATX_BASIC_STATS,
+            libc::STATX_BASIC_STATS
+        );
+    }
+}
