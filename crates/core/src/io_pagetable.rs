@@ -30,6 +30,12 @@
 //!
 //! [`iova_alloc::HoleIndex`]: crate::iova_alloc::HoleIndex
 //!
+//! Storage: areas live in an arena of 72-byte slots (`AreaSlab`), indexed by an ordered map
+//! from start IOVA to slot; an area made by `IOMMU_IOAS_MAP` keeps its pages object inside its
+//! slot, and only a copy or a cut moves it to a shared handle (`PagesRef`). Mapping and
+//! unmapping an area (with no temporary lists) allocates nothing once the arena and the index
+//! have room, and changes the free-IOVA index in place.
+//!
 //! An `IoPagetable` must be emptied (`unmap_all`, `remove_domain` for each domain) before it is
 //! dropped: dropping it with pinned pages leaks their pins and charges.
 
@@ -37,6 +43,8 @@ use crate::error::{Error, Result};
 use crate::iova_alloc::{alloc_alignment, HoleIndex, RangeSet};
 use crate::pages::{lock, AccountMode, Accounting, Pages, PagesRef, PinEnv};
 use std::collections::{BTreeMap, HashSet};
+use std::ops::{Deref, DerefMut};
+use std::sync::MutexGuard;
 use uiommu_platform::hw::{DomainId, HwError, Iommu};
 use uiommu_platform::memory::{Pfn, SpaceId};
 use uiommu_platform::pagetable::{PageTableError, Prot};
@@ -95,7 +103,7 @@ pub struct PagesList {
 
 #[derive(Debug)]
 struct PagesSlice {
-    pages: PagesRef,
+    pages: AreaPages,
     start_byte: u64,
     length: u64,
 }
@@ -142,13 +150,93 @@ pub struct AreaInfo {
     pub account_mode: crate::pages::AccountMode,
 }
 
+/// The pages object behind an area: its own (what `IOMMU_IOAS_MAP` makes, kept inside the area:
+/// no allocation of its own) or shared with other areas (once `IOMMU_IOAS_COPY` or a cut needs
+/// that; it stays shared).
+#[derive(Debug)]
+enum AreaPages {
+    Own(Pages),
+    Shared(PagesRef),
+}
+
+/// Read access to an area's pages object.
+enum PagesRead<'a> {
+    Own(&'a Pages),
+    Shared(MutexGuard<'a, Pages>),
+}
+
+/// Write access to an area's pages object.
+enum PagesWrite<'a> {
+    Own(&'a mut Pages),
+    Shared(MutexGuard<'a, Pages>),
+}
+
+impl Deref for PagesRead<'_> {
+    type Target = Pages;
+    fn deref(&self) -> &Pages {
+        match self {
+            PagesRead::Own(p) => p,
+            PagesRead::Shared(g) => g,
+        }
+    }
+}
+
+impl Deref for PagesWrite<'_> {
+    type Target = Pages;
+    fn deref(&self) -> &Pages {
+        match self {
+            PagesWrite::Own(p) => p,
+            PagesWrite::Shared(g) => g,
+        }
+    }
+}
+
+impl DerefMut for PagesWrite<'_> {
+    fn deref_mut(&mut self) -> &mut Pages {
+        match self {
+            PagesWrite::Own(p) => p,
+            PagesWrite::Shared(g) => g,
+        }
+    }
+}
+
+impl AreaPages {
+    fn read(&self) -> PagesRead<'_> {
+        match self {
+            AreaPages::Own(p) => PagesRead::Own(p),
+            AreaPages::Shared(r) => PagesRead::Shared(lock(r)),
+        }
+    }
+
+    fn write(&mut self) -> PagesWrite<'_> {
+        match self {
+            AreaPages::Own(p) => PagesWrite::Own(p),
+            AreaPages::Shared(r) => PagesWrite::Shared(lock(r)),
+        }
+    }
+
+    /// A shared handle on the pages object, moving it out of the area first if it was its own
+    /// (its identity, [`Pages::id`], does not change).
+    fn share(&mut self) -> PagesRef {
+        if let AreaPages::Shared(r) = self {
+            return r.clone();
+        }
+        let r = match std::mem::replace(self, AreaPages::Own(Pages::placeholder())) {
+            AreaPages::Own(p) => p.into_ref(),
+            AreaPages::Shared(r) => r,
+        };
+        *self = AreaPages::Shared(r.clone());
+        r
+    }
+}
+
 /// One IOVA range mapped to a slice of a pages object. Keyed by its start IOVA.
 #[derive(Debug)]
 struct Area {
     /// Last IOVA (inclusive).
     last: u64,
-    /// The backing memory, shared with copies.
-    pages: PagesRef,
+    /// The backing memory.
+    pages: AreaPages,
     /// Byte offset into `pages` of the area's first IOVA.
     start_byte: u64,
     /// Number of access pins taken on the area.
@@ -179,6 +267,97 @@ impl Area {
     }
 }
 
+/// "No slot" in an [`AreaSlab`].
+const NO_SLOT: u32 = u32::MAX;
+
+/// Slots an empty [`AreaSlab`] keeps allocated (so that a map/unmap cycle allocates nothing).
+const SLAB_KEEP: usize = 64;
+
+/// A slot of an [`AreaSlab`]: an area, or a link of the list of free slots.
+#[derive(Debug)]
+enum Slot {
+    Used(Area),
+    Free(u32),
+}
+
+/// The areas of an IOAS, in an arena indexed by `u32` (the ordered index `IoPagetable::areas`
+/// maps start IOVAs to slots): an area costs its slot (72 bytes) plus a `u64 -> u32` entry of
+/// the ordered index, instead of a 40-byte entry and a separately allocated pages object.
+/// Freed slots are reused; when the last area goes the arena is emptied, and its memory given
+/// back if it had grown past [`SLAB_KEEP`] slots.
+#[derive(Debug, Default)]
+struct AreaSlab {
+    slots: Vec<Slot>,
+    /// First free slot, or [`NO_SLOT`].
+    free: u32,
+    used: usize,
+}
+
+impl AreaSlab {
+    fn new() -> Self {
+        AreaSlab {
+            slots: Vec::new(),
+            free: NO_SLOT,
+            used: 0,
+        }
+    }
+
+    /// Whether `n` more areas fit (at most `u32::MAX` slots, as [`NO_SLOT`] is reserved).
+    fn has_room(&self, n: usize) -> bool {
+        self.used.saturating_add(n) < NO_SLOT as usize
+    }
+
+    /// Store `a` (the caller checked [`AreaSlab::has_room`]).
+    fn insert(&mut self, a: Area) -> u32 {
+        self.used += 1;
+        if self.free != NO_SLOT {
+            let i = self.free;
+            let slot = std::mem::replace(&mut self.slots[i as usize], Slot::Used(a));
+            self.free = match slot {
+                Slot::Free(next) => next,
+                Slot::Used(_) => unreachable!("the free list links only free slots"),
+            };
+            return i;
+        }
+        self.slots.push(Slot::Used(a));
+        // `has_room` keeps the length below u32::MAX.
+        (self.slots.len() - 1) as u32
+    }
+
+    /// Take the area out of slot `i`.
+    fn remove(&mut self, i: u32) -> Area {
+        let slot = std::mem::replace(&mut self.slots[i as usize], Slot::Free(self.free));
+        let Slot::Used(a) = slot else {
+            unreachable!("the area index names only used slots")
+        };
+        self.free = i;
+        self.used -= 1;
+        if self.used == 0 {
+            if self.slots.capacity() > SLAB_KEEP {
+                *self = AreaSlab::new();
+            } else {
+                self.slots.clear();
+                self.free = NO_SLOT;
+            }
+        }
+        a
+    }
+
+    fn get(&self, i: u32) -> &Area {
+        match &self.slots[i as usize] {
+            Slot::Used(a) => a,
+            Slot::Free(_) => unreachable!("the area index names only used slots"),
+        }
+    }
+
+    fn get_mut(&mut self, i: u32) -> &mut Area {
+        match &mut self.slots[i as usize] {
+            Slot::Used(a) => a,
+            Slot::Free(_) => unreachable!("the area index names only used slots"),
+        }
+    }
+}
+
 /// A reserved range and its owner.
 #[derive(Clone, Debug)]
 struct Reservation {
@@ -197,7 +376,9 @@ struct Piece {
 /// The IOVA space of an IOAS. See the module documentation for its invariants.
 #[derive(Debug)]
 pub struct IoPagetable {
-    areas: BTreeMap<u64, Area>,
+    /// Start IOVA of each area -> its slot in `slab`.
+    areas: BTreeMap<u64, u32>,
+    slab: AreaSlab,
     reserved: Vec<Reservation>,
     reserved_union: RangeSet,
     allowed: RangeSet,
@@ -317,6 +498,7 @@ impl IoPagetable {
     pub fn new() -> Self {
         IoPagetable {
             areas: BTreeMap::new(),
+            slab: AreaSlab::new(),
             reserved: Vec::new(),
             reserved_union: RangeSet::new(),
             allowed: RangeSet::new(),
@@ -332,24 +514,46 @@ impl IoPagetable {
 
     // ----- lookups -------------------------------------------------------------------------
 
+    /// The area starting at `start`.
+    fn area(&self, start: u64) -> Option<&Area> {
+        self.areas.get(&start).map(|&i| self.slab.get(i))
+    }
+
+    /// The area starting at `start`, mutably.
+    fn area_mut(&mut self, start: u64) -> Option<&mut Area> {
+        let i = *self.areas.get(&start)?;
+        Some(self.slab.get_mut(i))
+    }
+
+    /// Every area in IOVA order, as (start, area).
+    fn iter_areas(&self) -> impl Iterator<Item = (u64, &Area)> + '_ {
+        self.areas.iter().map(|(&s, &i)| (s, self.slab.get(i)))
+    }
+
+    /// The area with the largest start `<= iova`, as (start, area).
+    fn area_from_below(&self, iova: u64) -> Option<(u64, &Area)> {
+        let (&s, &i) = self.areas.range(..=iova).next_back()?;
+        Some((s, self.slab.get(i)))
+    }
+
     /// The area containing `iova`, as (start, area).
     fn area_at(&self, iova: u64) -> Option<(u64, &Area)> {
-        self.areas
-            .range(..=iova)
-            .next_back()
-            .filter(|(_, a)| a.last >= iova)
-            .map(|(&s, a)| (s, a))
+        self.area_from_below(iova).filter(|(_, a)| a.last >= iova)
     }
 
     /// Starts of the areas overlapping `start..=last`, in order.
     fn areas_overlapping(&self, start: u64, last: u64) -> impl Iterator<Item = (u64, &Area)> + '_ {
         let begin = self.area_at(start).map_or(start, |(s, _)| s);
-        self.areas.range(begin..=last).map(|(&s, a)| (s, a))
+        self.areas
+            .range(begin..=last)
+            .map(|(&s, &i)| (s, self.slab.get(i)))
     }
 
-    /// Whether any area overlaps `start..=last`.
+    /// Whether any area overlaps `start..=last`: areas are disjoint, so one does exactly when
+    /// the last area starting at or below `last` reaches `start` (one search).
     fn any_area_in(&self, start: u64, last: u64) -> bool {
-        self.areas_overlapping(start, last).next().is_some()
+        self.area_from_below(last)
+            .is_some_and(|(_, a)| a.last >= start)
     }
 
     /// The used range (area or reserved) with the smallest start among those ending at or after
@@ -358,7 +562,12 @@ impl IoPagetable {
     fn next_used(&self, pos: u64) -> Option<Range> {
         let area = self
             .area_at(pos)
-            .or_else(|| self.areas.range(pos..).next().map(|(&s, a)| (s, a)))
+            .or_else(|| {
+                self.areas
+                    .range(pos..)
+                    .next()
+                    .map(|(&s, &i)| (s, self.slab.get(i)))
+            })
             .map(|(s, a)| Range {
                 start: s,
                 last: a.last,
@@ -469,20 +678,19 @@ impl IoPagetable {
         mode: AccountMode,
     ) -> Result<Iova> {
         let (pages, start_byte) = Pages::new(space, uva, len, prot.write, mode)?;
-        let list = PagesList {
-            elems: vec![PagesSlice {
-                pages: pages.into_ref(),
-                start_byte,
-                length: len,
-            }],
-        };
-        self.map_pages(env, list, iova, prot)
+        let one = [PagesSlice {
+            pages: AreaPages::Own(pages),
+            start_byte,
+            length: len,
+        }];
+        self.map_slices(env, one, iova, prot)
     }
 
     /// `IOMMU_IOAS_COPY` source side (the kernel's `iopt_get_pages`): the pages behind
     /// `iova..iova+len`, which areas must cover without a gap. EINVAL zero length, EOVERFLOW,
-    /// ENOENT not fully covered.
-    pub fn get_pages(&self, iova: Iova, len: u64) -> Result<PagesList> {
+    /// ENOENT not fully covered. The areas' pages objects become shared (this changes no
+    /// mapping, pin or charge, nor their identity).
+    pub fn get_pages(&mut self, iova: Iova, len: u64) -> Result<PagesList> {
         let last = last_of(iova.0, len)?;
         let (pieces, done) = self.contig(iova.0, last);
         if !done {
@@ -491,17 +699,17 @@ impl IoPagetable {
                 last,
             }));
         }
-        let elems = pieces
-            .iter()
-            .filter_map(|p| {
-                let a = self.areas.get(&p.area)?;
-                Some(PagesSlice {
-                    pages: a.pages.clone(),
-                    start_byte: a.start_byte_at(p.area, p.start),
-                    length: p.last - p.start + 1,
-                })
-            })
-            .collect();
+        let mut elems = Vec::with_capacity(pieces.len());
+        for p in &pieces {
+            let Some(a) = self.area_mut(p.area) else {
+                continue;
+            };
+            elems.push(PagesSlice {
+                pages: AreaPages::Shared(a.pages.share()),
+                start_byte: a.start_byte_at(p.area, p.start),
+                length: p.last - p.start + 1,
+            });
+        }
         Ok(PagesList { elems })
     }
 
@@ -516,8 +724,24 @@ impl IoPagetable {
         iova: Option<Iova>,
         prot: Prot,
     ) -> Result<Iova> {
+        self.map_slices(env, list.elems, iova, prot)
+    }
+
+    /// [`IoPagetable::map_pages`] of any list of slices: a `Vec` for copies, an array of one
+    /// for [`IoPagetable::map_user`] (which then allocates nothing but the area's slot).
+    fn map_slices<L>(
+        &mut self,
+        env: &mut PtEnv<'_>,
+        mut list: L,
+        iova: Option<Iova>,
+        prot: Prot,
+    ) -> Result<Iova>
+    where
+        L: AsMut<[PagesSlice]> + IntoIterator<Item = PagesSlice>,
+    {
+        let elems = list.as_mut();
         let mut length = 0u64;
-        for e in &list.elems {
+        for e in elems.iter() {
             length = length.checked_add(e.length).ok_or(Error::Overflow)?;
         }
         if length == 0 || length & (self.iova_alignment - 1) != 0 {
@@ -527,8 +751,8 @@ impl IoPagetable {
         }
         let dst = match iova {
             None => {
-                let first = &list.elems[0];
-                let uptr = lock(&first.pages).uva().0.wrapping_add(first.start_byte);
+                let first = &elems[0];
+                let uptr = first.pages.read().uva().0.wrapping_add(first.start_byte);
                 self.alloc_iova(uptr, length)?
             }
             Some(i) => {
@@ -538,9 +762,8 @@ impl IoPagetable {
         };
         // The kernel's iopt_insert_area checks, per slice.
         let mut cur = dst;
-        let mut starts = Vec::with_capacity(list.elems.len());
-        for e in &list.elems {
-            let p = lock(&e.pages);
+        for e in elems.iter() {
+            let p = e.pages.read();
             if prot.write && !p.writable() {
                 return Err(Error::Permission("write mapping of read-only pages"));
             }
@@ -554,28 +777,30 @@ impl IoPagetable {
             if last_byte / PAGE_SIZE >= p.npages() {
                 return Err(Error::Overflow);
             }
-            starts.push(cur);
             cur = cur.wrapping_add(e.length);
+        }
+        if !self.slab.has_room(elems.len()) {
+            return Err(Error::NoMemory("too many areas in the IOAS"));
         }
         // Fill the domains (the kernel's iopt_fill_domains_pages), undoing everything on error.
         if !self.domains.is_empty() {
-            let mut acquired = 0;
-            let mut mapped: Vec<(DomainId, u64, u64)> = Vec::new();
-            let mut result = Ok(());
-            'fill: for (k, e) in list.elems.iter().enumerate() {
-                let mut p = lock(&e.pages);
+            // On error: the slice that failed, how many domains it was mapped into, whether its
+            // pages were acquired.
+            let mut failed: Option<(usize, usize, bool, Error)> = None;
+            let mut at = dst;
+            'fill: for (k, e) in elems.iter_mut().enumerate() {
+                let mut p = e.pages.write();
                 let first = e.start_byte / PAGE_SIZE;
                 let last = (e.start_byte + (e.length - 1)) / PAGE_SIZE;
                 if let Err(err) = p.acquire(&mut env.pin_env(), first, last) {
-                    result = Err(err);
+                    failed = Some((k, 0, false, err));
                     break 'fill;
                 }
-                acquired += 1;
-                for &dom in &self.domains {
+                for (d, &dom) in self.domains.iter().enumerate() {
                     let r = map_into_domain(
                         &mut env.platform.iommu,
                         dom,
-                        starts[k],
+                        at,
                         &p,
                         e.start_byte,
                         e.length,
@@ -583,25 +808,33 @@ impl IoPagetable {
                         self.disable_large_pages,
                     );
                     if let Err(err) = r {
-                        result = Err(err);
+                        failed = Some((k, d, true, err));
                         break 'fill;
                     }
-                    mapped.push((dom, starts[k], e.length));
                 }
+                at = at.wrapping_add(e.length);
             }
-            if let Err(err) = result {
-                for (dom, at, len) in mapped {
-                    let _ = env.platform.iommu.unmap(dom, Iova(at), len);
+            if let Some((kf, df, acquired, err)) = failed {
+                // Unmap what was mapped, in the order it was, then release what was acquired.
+                let mut at = dst;
+                for (k, e) in elems.iter().enumerate().take(kf + 1) {
+                    let ndom = if k < kf { self.domains.len() } else { df };
+                    for &dom in &self.domains[..ndom] {
+                        let _ = env.platform.iommu.unmap(dom, Iova(at), e.length);
+                    }
+                    at = at.wrapping_add(e.length);
                 }
-                for e in list.elems.iter().take(acquired) {
+                let nacq = if acquired { kf + 1 } else { kf };
+                for e in elems.iter_mut().take(nacq) {
                     let first = e.start_byte / PAGE_SIZE;
                     let last = (e.start_byte + (e.length - 1)) / PAGE_SIZE;
-                    lock(&e.pages).release(&mut env.pin_env(), first, last);
+                    e.pages.write().release(&mut env.pin_env(), first, last);
                 }
                 return Err(err);
             }
         }
-        for (e, start) in list.elems.into_iter().zip(starts) {
+        let mut start = dst;
+        for e in list {
             let area = Area {
                 last: start + (e.length - 1),
                 pages: e.pages,
@@ -610,11 +843,11 @@ impl IoPagetable {
                 prot,
                 prevent_access: false,
             };
-            self.free.occupy(Range {
-                start,
-                last: area.last,
-            });
-            self.areas.insert(start, area);
+            let last = area.last;
+            self.free.occupy(Range { start, last });
+            let slot = self.slab.insert(area);
+            self.areas.insert(start, slot);
+            start = start.wrapping_add(e.length);
         }
         Ok(Iova(dst))
     }
@@ -661,50 +894,63 @@ impl IoPagetable {
     }
 
     fn unmap_inner(&mut self, env: &mut PtEnv<'_>, start: u64, last: u64) -> Result<u64> {
-        let mut victims = Vec::new();
-        let mut busy = Vec::new();
+        let mut count = 0usize;
+        let mut busy = false;
         for (s, a) in self.areas_overlapping(start, last) {
             if s < start || a.last > last {
                 return Err(Error::NotMapped(Range { start, last }));
             }
-            if a.num_accesses > 0 {
-                busy.push(s);
-            }
-            victims.push(s);
+            busy |= a.num_accesses > 0;
+            count += 1;
         }
-        if !busy.is_empty() {
-            for s in busy {
-                if let Some(a) = self.areas.get_mut(&s) {
+        if busy {
+            // No area is cut, so the overlapping ones are those starting in the range.
+            let slab = &mut self.slab;
+            for (_, &i) in self.areas.range(start..=last) {
+                let a = slab.get_mut(i);
+                if a.num_accesses > 0 {
                     a.prevent_access = true;
                 }
             }
             return Err(Error::Busy("accesses hold pins in the range"));
         }
         let mut bytes = 0u64;
-        for s in victims {
-            if let Some(a) = self.areas.remove(&s) {
-                self.refresh_free(Range {
-                    start: s,
-                    last: a.last,
-                });
-                let len = a.last - s + 1;
-                self.unfill_area(env, s, &a);
-                bytes = bytes.saturating_add(len);
-            }
+        let all = count == self.areas.len();
+        for _ in 0..count {
+            let next = if all {
+                // Everything goes (unmap-all): no search per area.
+                self.areas.pop_first()
+            } else {
+                let first = self.areas.range(start..=last).next().map(|(&s, _)| s);
+                first.and_then(|s| self.areas.remove_entry(&s))
+            };
+            let Some((s, i)) = next else {
+                break;
+            };
+            bytes = bytes.saturating_add(self.remove_area(env, s, i));
         }
         Ok(bytes)
     }
 
-    /// Unmap an area from every domain, then drop its pins (unmap before unpin).
-    fn unfill_area(&self, env: &mut PtEnv<'_>, start: u64, a: &Area) {
-        if self.domains.is_empty() {
-            return;
-        }
+    /// Finish removing the area starting at `start` in slot `slot` (already out of the index):
+    /// free its IOVA (an area overlaps no other area or reservation, so its range becomes one
+    /// hole, joined with the holes around it), unmap it from every domain, then drop its pins
+    /// (unmap before unpin). Returns its length.
+    fn remove_area(&mut self, env: &mut PtEnv<'_>, start: u64, slot: u32) -> u64 {
+        let mut a = self.slab.remove(slot);
+        self.free.release(Range {
+            start,
+            last: a.last,
+        });
         let len = a.last - start + 1;
-        for &dom in &self.domains {
-            let _ = env.platform.iommu.unmap(dom, Iova(start), len);
+        if !self.domains.is_empty() {
+            for &dom in &self.domains {
+                let _ = env.platform.iommu.unmap(dom, Iova(start), len);
+            }
+            let (first, last) = (a.first_index(), a.last_index(start));
+            a.pages.write().release(&mut env.pin_env(), first, last);
         }
-        lock(&a.pages).release(&mut env.pin_env(), a.first_index(), a.last_index(start));
+        len
     }
 
     /// The accesses holding pins that overlap `iova..iova+len` (the caller notifies them to
@@ -753,26 +999,30 @@ impl IoPagetable {
             if !self.domains.is_empty() && !self.disable_large_pages {
                 return Err(Error::Invalid("domains may map the area with large pages"));
             }
-            let shared_page = a.index_at(start, iova) == a.index_at(start, new_start);
-            if shared_page && !self.domains.is_empty() {
-                // Both halves hold the boundary page; it is already pinned, so this cannot fail.
-                let idx = a.index_at(start, iova);
-                lock(&a.pages).acquire(&mut env.pin_env(), idx, idx)?;
+            if !self.slab.has_room(1) {
+                return Err(Error::NoMemory("too many areas in the IOAS"));
             }
-            let Some(a) = self.areas.remove(&start) else {
+            let shared_page = a.index_at(start, iova) == a.index_at(start, new_start);
+            let has_domains = !self.domains.is_empty();
+            let Some(a) = self.area_mut(start) else {
                 continue;
             };
+            if shared_page && has_domains {
+                // Both halves hold the boundary page; it is already pinned, so this cannot fail.
+                let idx = a.index_at(start, iova);
+                a.pages.write().acquire(&mut env.pin_env(), idx, idx)?;
+            }
             let rhs = Area {
                 last: a.last,
-                pages: a.pages.clone(),
+                pages: AreaPages::Shared(a.pages.share()),
                 start_byte: a.start_byte_at(start, new_start),
                 num_accesses: 0,
                 prot: a.prot,
                 prevent_access: false,
             };
-            let lhs = Area { last: iova, ..a };
-            self.areas.insert(start, lhs);
-            self.areas.insert(new_start, rhs);
+            a.last = iova;
+            let slot = self.slab.insert(rhs);
+            self.areas.insert(new_start, slot);
         }
         Ok(())
     }
@@ -783,7 +1033,7 @@ impl IoPagetable {
     /// EADDRINUSE otherwise.
     fn check_alignment(&self, align: u64) -> Result<()> {
         let mask = align - 1;
-        for (&s, a) in &self.areas {
+        for (s, a) in self.iter_areas() {
             if s & mask != 0 || (a.last - s + 1) & mask != 0 || a.page_offset() & mask != 0 {
                 return Err(Error::AddressInUse(
                     "an existing area is not aligned to the new IOVA alignment",
@@ -872,54 +1122,52 @@ impl IoPagetable {
     }
 
     /// Pin (if `dom` is the first domain) and map every area into `dom`; undo on error.
-    fn fill_domain(&self, env: &mut PtEnv<'_>, dom: DomainId) -> Result<()> {
+    fn fill_domain(&mut self, env: &mut PtEnv<'_>, dom: DomainId) -> Result<()> {
         let first_domain = self.domains.is_empty();
-        let mut done: Vec<u64> = Vec::new();
-        let mut result = Ok(());
-        for (&s, a) in &self.areas {
-            let mut p = lock(&a.pages);
+        let small = self.disable_large_pages;
+        let slab = &mut self.slab;
+        let mut failed = None;
+        for (&s, &i) in &self.areas {
+            let a = slab.get_mut(i);
+            let (first, last) = (a.first_index(), a.last_index(s));
+            let (len, start_byte, prot) = (a.last - s + 1, a.start_byte, a.prot);
+            let mut p = a.pages.write();
             if first_domain {
-                if let Err(e) = p.acquire(&mut env.pin_env(), a.first_index(), a.last_index(s)) {
-                    result = Err(e);
+                if let Err(e) = p.acquire(&mut env.pin_env(), first, last) {
+                    failed = Some((s, e));
                     break;
                 }
             }
-            let len = a.last - s + 1;
             let r = map_into_domain(
                 &mut env.platform.iommu,
                 dom,
                 s,
                 &p,
-                a.start_byte,
+                start_byte,
                 len,
-                a.prot,
-                self.disable_large_pages,
+                prot,
+                small,
             );
             if let Err(e) = r {
                 if first_domain {
-                    p.release(&mut env.pin_env(), a.first_index(), a.last_index(s));
+                    p.release(&mut env.pin_env(), first, last);
                 }
-                result = Err(e);
+                failed = Some((s, e));
                 break;
             }
-            done.push(s);
         }
-        if let Err(e) = result {
-            for s in done {
-                if let Some(a) = self.areas.get(&s) {
-                    let _ = env.platform.iommu.unmap(dom, Iova(s), a.last - s + 1);
-                    if first_domain {
-                        lock(&a.pages).release(
-                            &mut env.pin_env(),
-                            a.first_index(),
-                            a.last_index(s),
-                        );
-                    }
-                }
+        let Some((failed_at, e)) = failed else {
+            return Ok(());
+        };
+        for (&s, &i) in self.areas.range(..failed_at) {
+            let a = slab.get_mut(i);
+            let _ = env.platform.iommu.unmap(dom, Iova(s), a.last - s + 1);
+            if first_domain {
+                let (first, last) = (a.first_index(), a.last_index(s));
+                a.pages.write().release(&mut env.pin_env(), first, last);
             }
-            return Err(e);
         }
-        Ok(())
+        Err(e)
     }
 
     /// Detach a domain (the kernel's `iopt_table_remove_domain`). Never fails: every area is
@@ -933,10 +1181,13 @@ impl IoPagetable {
         self.domains.swap_remove(i);
         self.domain_align.swap_remove(i);
         let last_domain = self.domains.is_empty();
-        for (&s, a) in &self.areas {
+        let slab = &mut self.slab;
+        for (&s, &i) in &self.areas {
+            let a = slab.get_mut(i);
             let _ = env.platform.iommu.unmap(dom, Iova(s), a.last - s + 1);
             if last_domain {
-                lock(&a.pages).release(&mut env.pin_env(), a.first_index(), a.last_index(s));
+                let (first, last) = (a.first_index(), a.last_index(s));
+                a.pages.write().release(&mut env.pin_env(), first, last);
             }
         }
         self.reserved
@@ -1152,10 +1403,11 @@ impl IoPagetable {
     ) -> Result<Vec<Pfn>> {
         let last = last_of(iova.0, len)?;
         let (pieces, done) = self.contig(iova.0, last);
-        let mut acquired: Vec<(PagesRef, u64, u64)> = Vec::new();
+        // (area, first page, last page) of each piece pinned so far.
+        let mut acquired: Vec<(u64, u64, u64)> = Vec::new();
         let mut result = Ok(());
         for (k, p) in pieces.iter().enumerate() {
-            let Some(a) = self.areas.get(&p.area) else {
+            let Some(a) = self.area_mut(p.area) else {
                 break;
             };
             let more = k + 1 < pieces.len() || !done;
@@ -1171,18 +1423,18 @@ impl IoPagetable {
                 result = Err(Error::Permission("the mapping does not allow this access"));
                 break;
             }
-            let mut pg = lock(&a.pages);
+            let (first, lasti) = (a.index_at(p.area, p.start), a.index_at(p.area, p.last));
+            let mut pg = a.pages.write();
             if write && !pg.writable() {
                 result = Err(Error::Permission("the pages are not writable"));
                 break;
             }
-            let (first, lasti) = (a.index_at(p.area, p.start), a.index_at(p.area, p.last));
             if let Err(e) = pg.acquire(&mut env.pin_env(), first, lasti) {
                 result = Err(e);
                 break;
             }
             drop(pg);
-            acquired.push((a.pages.clone(), first, lasti));
+            acquired.push((p.area, first, lasti));
         }
         if result.is_ok() && !done {
             result = Err(Error::NotMapped(Range {
@@ -1191,20 +1443,23 @@ impl IoPagetable {
             }));
         }
         if let Err(e) = result {
-            for (pages, first, lasti) in acquired {
-                lock(&pages).release(&mut env.pin_env(), first, lasti);
+            for (area, first, lasti) in acquired {
+                if let Some(a) = self.area_mut(area) {
+                    a.pages.write().release(&mut env.pin_env(), first, lasti);
+                }
             }
             return Err(e);
         }
         let mut pfns = Vec::new();
-        for ((pages, first, lasti), p) in acquired.iter().zip(&pieces) {
-            let pg = lock(pages);
+        for &(area, first, lasti) in &acquired {
+            let Some(a) = self.area_mut(area) else {
+                continue;
+            };
+            let pg = a.pages.read();
             // Pinned pages always have frames.
-            pfns.extend((*first..=*lasti).filter_map(|i| pg.frame(i)));
+            pfns.extend((first..=lasti).filter_map(|i| pg.frame(i)));
             drop(pg);
-            if let Some(a) = self.areas.get_mut(&p.area) {
-                a.num_accesses += 1;
-            }
+            a.num_accesses += 1;
         }
         *self.pins.entry((access, iova.0, last)).or_insert(0) += 1;
         Ok(pfns)
@@ -1230,12 +1485,12 @@ impl IoPagetable {
         }
         let (pieces, _) = self.contig(start, last);
         for p in pieces {
-            let Some(a) = self.areas.get_mut(&p.area) else {
+            let Some(a) = self.area_mut(p.area) else {
                 continue;
             };
             a.num_accesses = a.num_accesses.saturating_sub(1);
             let (first, lasti) = (a.index_at(p.area, p.start), a.index_at(p.area, p.last));
-            lock(&a.pages).release(&mut env.pin_env(), first, lasti);
+            a.pages.write().release(&mut env.pin_env(), first, lasti);
         }
     }
 
@@ -1252,7 +1507,7 @@ impl IoPagetable {
         let last = last_of(iova.0, len)?;
         let (pieces, done) = self.contig(iova.0, last);
         for p in &pieces {
-            let Some(a) = self.areas.get(&p.area) else {
+            let Some(a) = self.area(p.area) else {
                 continue;
             };
             if a.prevent_access {
@@ -1261,7 +1516,7 @@ impl IoPagetable {
             if !(if write { a.prot.write } else { a.prot.read }) {
                 return Err(Error::Permission("the mapping does not allow this access"));
             }
-            if write && !lock(&a.pages).writable() {
+            if write && !a.pages.read().writable() {
                 return Err(Error::Permission("the pages are not writable"));
             }
         }
@@ -1275,12 +1530,12 @@ impl IoPagetable {
         let mut off = 0usize;
         let mut buf = buf;
         for p in &pieces {
-            let Some(a) = self.areas.get(&p.area) else {
+            let Some(a) = self.area(p.area) else {
                 continue;
             };
             let n = usize::try_from(p.last - p.start + 1).map_err(|_| Error::Overflow)?;
             let sb = a.start_byte_at(p.area, p.start);
-            let pg = lock(&a.pages);
+            let pg = a.pages.read();
             match &mut buf {
                 RwBuf::Read(b) => pg.read(memory, sb, &mut b[off..off + n])?,
                 RwBuf::Write(b) => pg.write(memory, sb, &b[off..off + n])?,
@@ -1294,10 +1549,9 @@ impl IoPagetable {
 
     /// Every area, in IOVA order.
     pub fn areas(&self) -> Vec<AreaInfo> {
-        self.areas
-            .iter()
-            .map(|(&s, a)| {
-                let p = lock(&a.pages);
+        self.iter_areas()
+            .map(|(s, a)| {
+                let p = a.pages.read();
                 AreaInfo {
                     iova: Range {
                         start: s,
@@ -1308,7 +1562,7 @@ impl IoPagetable {
                     prot: a.prot,
                     pinned_pages: p.pinned_in(a.first_index(), a.last_index(s)),
                     accesses: a.num_accesses,
-                    pages_id: std::sync::Arc::as_ptr(&a.pages) as usize,
+                    pages_id: p.id() as usize,
                     pages_pinned: p.npinned(),
                     account_mode: p.account_mode(),
                 }
@@ -1326,9 +1580,11 @@ impl IoPagetable {
     pub fn pinned_pages(&self) -> u64 {
         let mut seen = HashSet::new();
         let mut n = 0;
-        for a in self.areas.values() {
-            if seen.insert(std::sync::Arc::as_ptr(&a.pages)) {
-                n += lock(&a.pages).npinned();
+        for (_, a) in self.iter_areas() {
+            let p = a.pages.read();
+            // An area's own pages object is in no other area.
+            if matches!(a.pages, AreaPages::Own(_)) || seen.insert(p.id()) {
+                n += p.npinned();
             }
         }
         n
@@ -1936,6 +2192,96 @@ mod tests {
     }
 
     #[test]
+    fn pages_keep_their_identity_when_a_copy_or_a_cut_shares_them() {
+        let mut fx = Fx::new();
+        let mut pt = IoPagetable::new();
+        let d = fx.mock();
+        pt.add_domain(&mut fx.env(), d).unwrap();
+        let base = MOCK_APERTURE_START;
+        fx.map(&mut pt, 0, 4 * P, Some(base)).unwrap();
+        fx.map(&mut pt, 4 * P, 2 * P, Some(base + 4 * P)).unwrap();
+        let ids: Vec<usize> = pt.areas().iter().map(|a| a.pages_id).collect();
+        assert_ne!(ids[0], ids[1]);
+        // A refused copy (the fixed destination is taken) leaves the areas as they were,
+        // identities included.
+        let list = pt.get_pages(Iova(base), 4 * P).unwrap();
+        assert_eq!(
+            errno(pt.map_pages(&mut fx.env(), list, Some(Iova(base + 4 * P)), Prot::RW)),
+            EEXIST
+        );
+        assert_eq!(
+            pt.areas().iter().map(|a| a.pages_id).collect::<Vec<_>>(),
+            ids
+        );
+        // A copy shares the first area's pages object.
+        let list = pt.get_pages(Iova(base), 4 * P).unwrap();
+        let copy = pt.map_pages(&mut fx.env(), list, None, Prot::RW).unwrap();
+        let info = pt.areas();
+        assert_eq!(info.len(), 3);
+        assert_eq!(info[0].pages_id, ids[0]);
+        assert_eq!(info[1].pages_id, ids[1]);
+        assert_eq!(info[2].iova.start, copy.0);
+        assert_eq!(info[2].pages_id, ids[0]);
+        assert_eq!(pt.pinned_pages(), 6);
+        assert_eq!(fx.pin_count(0), 1);
+        // Unmapping the original keeps the copy's pages pinned.
+        pt.unmap(&mut fx.env(), Iova(base), 4 * P).unwrap();
+        assert_eq!(fx.pin_count(0), 1);
+        assert_eq!(pt.pinned_pages(), 6);
+        assert_eq!(fx.translate(d, copy.0), Some(fx.frame_addr(0)));
+        teardown(&mut fx, &mut pt);
+        // A cut shares the area's pages object between the two halves.
+        let mut pt = IoPagetable::new();
+        fx.map(&mut pt, 0, 4 * P, Some(base)).unwrap();
+        let id = pt.areas()[0].pages_id;
+        pt.cut_iova(&mut fx.env(), &[Iova(base + P - 1)]).unwrap();
+        let info = pt.areas();
+        assert_eq!(info.len(), 2);
+        assert!(info.iter().all(|a| a.pages_id == id));
+        assert_eq!(info[1].uva, UserVa(BUF + P));
+        teardown(&mut fx, &mut pt);
+    }
+
+    #[test]
+    fn area_slots_are_reused_and_given_back() {
+        let mut fx = Fx::new();
+        let mut pt = IoPagetable::new();
+        let base = 0x100_0000;
+        for i in 0..200 {
+            fx.map(&mut pt, 0, P, Some(base + i * P)).unwrap();
+        }
+        assert_eq!(pt.slab.slots.len(), 200);
+        // Unmapping the odd ones frees their slots; new areas take them.
+        for i in (1..200).step_by(2) {
+            pt.unmap(&mut fx.env(), Iova(base + i * P), P).unwrap();
+        }
+        assert_eq!(pt.area_count(), 100);
+        for i in 0..100 {
+            fx.map(&mut pt, 0, P, Some(base + (1000 + i) * P)).unwrap();
+        }
+        assert_eq!(pt.slab.slots.len(), 200);
+        assert!(pt.free_index_is_exact());
+        // The last unmap gives a grown arena back; a small one is kept for the next map.
+        assert_eq!(pt.unmap_all(&mut fx.env()).unwrap(), 200 * P);
+        assert_eq!(pt.slab.slots.capacity(), 0);
+        fx.map(&mut pt, 0, P, Some(base)).unwrap();
+        pt.unmap(&mut fx.env(), Iova(base), P).unwrap();
+        assert!(pt.slab.slots.capacity() > 0);
+        assert!(pt.free_index_is_exact());
+        teardown(&mut fx, &mut pt);
+    }
+
+    #[test]
+    fn area_slot_stays_small() {
+        // Per-mapping metadata budget: the area (with its own pages object) is one slot.
+        assert!(
+            std::mem::size_of::<Slot>() <= 72,
+            "{}",
+            std::mem::size_of::<Slot>()
+        );
+    }
+
+    #[test]
     fn copy_checks_coverage_and_rights() {
         let mut fx = Fx::new();
         let mut pt = IoPagetable::new();
@@ -2436,7 +2782,7 @@ mod tests {
                         .ok()
                         .map(|list| {
                             let first = &list.elems[0];
-                            (lock(&first.pages).uva().0 + first.start_byte, n * P)
+                            (first.pages.read().uva().0 + first.start_byte, n * P)
                         }),
                     _ => None,
                 };

@@ -256,13 +256,14 @@ struct Node {
 ///
 /// A treap keyed by hole start in an arena (`Vec` of 32-byte nodes with `u32` links and a free
 /// list), each node augmented with the largest hole length of its subtree. Priorities are a hash
-/// of the start with a per-index random seed, so the expected depth is O(log n) whatever order
-/// holes come in. Memory: 32 bytes per hole (plus the `Vec`'s growth slack and 4 bytes per
+/// of the node's arena slot with a per-index random seed (not of the start, so that a hole can
+/// grow or shrink in place), so the expected depth is O(log n) whatever order holes come in. Memory: 32 bytes per hole (plus the `Vec`'s growth slack and 4 bytes per
 /// recycled slot); there is at most one hole per maximal run of used ranges, plus one.
 ///
 /// Operations (n = number of holes): [`HoleIndex::occupy`] and [`HoleIndex::release`] cost
-/// O((1 + k) log n) expected for k holes touched (k <= 1 for mapping or unmapping an area,
-/// which never overlaps another used range); [`HoleIndex::hole_at`] O(log n);
+/// O((1 + k) log n) expected for k holes touched; mapping or unmapping an area (which never
+/// overlaps another used range) changes one or two holes in place, without the general path's
+/// temporary list; [`HoleIndex::hole_at`] O(log n);
 /// [`HoleIndex::find`] as described in the module documentation.
 #[derive(Clone, Debug)]
 pub struct HoleIndex {
@@ -335,6 +336,20 @@ impl HoleIndex {
         if r.start > r.last {
             return;
         }
+        // The common case (an area mapped into free IOVA): `r` lies inside one hole, which is
+        // shrunk in place (its start may move: the neighbours keep the order) or split in two.
+        if let Some(h) = self.hole_at(r.start).filter(|h| h.last >= r.last) {
+            match (h.start < r.start, h.last > r.last) {
+                (false, false) => self.remove(h.start),
+                (false, true) => self.rekey(h.start, r.last + 1, h.last),
+                (true, false) => self.rekey(h.start, h.start, r.start - 1),
+                (true, true) => {
+                    self.rekey(h.start, h.start, r.start - 1);
+                    self.insert(r.last + 1, h.last);
+                }
+            }
+            return;
+        }
         for h in self.overlapping(r.start, r.last) {
             self.remove(h.start);
             if h.start < r.start {
@@ -351,6 +366,27 @@ impl HoleIndex {
     /// nothing.
     pub fn release(&mut self, r: Range) {
         if r.start > r.last {
+            return;
+        }
+        // The common case (an area unmapped): no hole overlaps `r`; it joins the hole ending
+        // just below it and the one starting just above it, if any, in place.
+        let below = self.pred(r.last);
+        if below.is_none_or(|b| b.last < r.start) {
+            let left = below.filter(|b| b.last.checked_add(1) == Some(r.start));
+            let right = r
+                .last
+                .checked_add(1)
+                .and_then(|n| self.pred(n))
+                .filter(|h| h.start.checked_sub(1) == Some(r.last));
+            match (left, right) {
+                (Some(lh), Some(rh)) => {
+                    self.remove(rh.start);
+                    self.rekey(lh.start, lh.start, rh.last);
+                }
+                (Some(lh), None) => self.rekey(lh.start, lh.start, r.last),
+                (None, Some(rh)) => self.rekey(rh.start, r.start, rh.last),
+                (None, None) => self.insert(r.start, r.last),
+            }
             return;
         }
         let (mut lo, mut hi) = (r.start, r.last);
@@ -426,8 +462,10 @@ impl HoleIndex {
         }
     }
 
+    /// The heap priority of node `t`: a hash of its arena slot (not of its start, so that a
+    /// hole can change its start in place, [`HoleIndex::rekey`]).
     fn prio(&self, t: u32) -> u64 {
-        mix(self.node(t).start ^ self.seed)
+        mix(u64::from(t) ^ self.seed)
     }
 
     fn max_span(&self, t: u32) -> Option<u64> {
@@ -512,6 +550,34 @@ impl HoleIndex {
         self.root = self.merge(a, b);
     }
 
+    /// Make the hole starting at `key` the hole `start..=last`. The caller guarantees the new
+    /// hole stays between its neighbours (disjoint from them, not touching them), so the tree
+    /// order holds; the subtree maxima on the path are updated.
+    fn rekey(&mut self, key: u64, start: u64, last: u64) {
+        self.rekey_in(self.root, key, start, last - start);
+    }
+
+    fn rekey_in(&mut self, t: u32, key: u64, start: u64, span: u64) -> bool {
+        if t == NIL {
+            return false;
+        }
+        let n = *self.node(t);
+        let found = if key < n.start {
+            self.rekey_in(n.left, key, start, span)
+        } else if key > n.start {
+            self.rekey_in(n.right, key, start, span)
+        } else {
+            let m = self.node_mut(t);
+            m.start = start;
+            m.span = span;
+            true
+        };
+        if found {
+            self.pull(t);
+        }
+        found
+    }
+
     /// Remove the hole starting at `start` (if any).
     fn remove(&mut self, start: u64) {
         let (a, b) = self.split(self.root, start);
@@ -527,6 +593,40 @@ impl HoleIndex {
         if self.root == NIL {
             self.nodes.clear();
             self.free.clear();
+        }
+    }
+
+    /// Check the tree: starts in order, holes disjoint and not touching, subtree maxima exact,
+    /// heap order of the priorities. Panics otherwise (tests only).
+    #[cfg(test)]
+    fn assert_consistent(&self) {
+        fn walk(ix: &HoleIndex, t: u32, prev: &mut Option<Range>) -> u64 {
+            let n = *ix.node(t);
+            let mut m = n.span;
+            for c in [n.left, n.right] {
+                if c != NIL {
+                    assert!(ix.prio(c) <= ix.prio(t), "heap order");
+                }
+            }
+            if n.left != NIL {
+                m = m.max(walk(ix, n.left, prev));
+            }
+            let here = ix.range_of(t);
+            if let Some(p) = prev {
+                assert!(
+                    p.last < here.start && p.last + 1 != here.start,
+                    "{p:?} {here:?}"
+                );
+            }
+            *prev = Some(here);
+            if n.right != NIL {
+                m = m.max(walk(ix, n.right, prev));
+            }
+            assert_eq!(n.max_span, m, "subtree maximum");
+            m
+        }
+        if self.root != NIL {
+            walk(self, self.root, &mut None);
         }
     }
 
@@ -785,6 +885,58 @@ mod tests {
     }
 
     proptest! {
+        /// Disjoint used ranges (some touching) taken and given back one at a time, as areas
+        /// are mapped and unmapped: the in-place paths of occupy and release keep the index
+        /// exact and the tree well formed.
+        #[test]
+        fn hole_index_follows_disjoint_occupy_and_release(
+            cuts in prop::collection::btree_set(addr(), 2..24),
+            pick in prop::collection::vec(any::<bool>(), 24),
+            order in prop::collection::vec(any::<prop::sample::Index>(), 0..24),
+            requests in prop::collection::vec(request(), 1..4),
+        ) {
+            let cuts: Vec<u64> = cuts.into_iter().collect();
+            let mut live: Vec<Range> = cuts
+                .windows(2)
+                .zip(&pick)
+                .filter(|(_, &p)| p)
+                .map(|(w, _)| r(w[0], w[1] - 1))
+                .collect();
+            let mut ix = HoleIndex::new();
+            // Occupy in a shuffled order.
+            let mut todo = live.clone();
+            for i in &order {
+                if todo.is_empty() {
+                    break;
+                }
+                ix.occupy(todo.remove(i.index(todo.len())));
+                ix.assert_consistent();
+            }
+            for u in todo {
+                ix.occupy(u);
+            }
+            ix.assert_consistent();
+            let set = RangeSet::from_ranges(live.iter().copied());
+            prop_assert_eq!(ix.holes(), reference_holes(&set));
+            // Release in another order, checking after each.
+            for i in order.iter().rev() {
+                if live.is_empty() {
+                    break;
+                }
+                let gone = live.remove(i.index(live.len()));
+                ix.release(gone);
+                ix.assert_consistent();
+                let set = RangeSet::from_ranges(live.iter().copied());
+                prop_assert_eq!(ix.holes(), reference_holes(&set));
+                for &(len, align, po) in &requests {
+                    let want = find_iova(&RangeSet::new(), |x| set.next_from(x), len, align, po);
+                    prop_assert_eq!(ix.find(&RangeSet::new(), len, align, po), want);
+                }
+            }
+        }
+    }
+
+    proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
         /// Occupy a random set of (overlapping) ranges, release some and re-occupy what stays
         /// used: the index holds exactly the reference holes, and every request gets exactly the
@@ -808,6 +960,7 @@ mod tests {
                     ix.occupy(u);
                 }
             }
+            ix.assert_consistent();
             let set = RangeSet::from_ranges(live.iter().copied());
             prop_assert_eq!(ix.holes(), reference_holes(&set));
             prop_assert_eq!(ix.len(), ix.holes().len());

@@ -23,6 +23,7 @@
 
 use crate::error::{Error, Result};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use uiommu_platform::memory::{FrameTable, MemFault, Memory, Pfn, SpaceId};
 use uiommu_platform::{UserVa, PAGE_SIZE};
@@ -166,6 +167,29 @@ impl PageUsers {
         }
     }
 
+    /// The maximal runs clipped to `first..=last`, as `(first, last, count)`, in order
+    /// (what [`PageUsers::for_each`] calls its closure with, as an iterator).
+    fn runs(&self, npages: u64, first: u64, last: u64) -> Runs<'_> {
+        match self {
+            PageUsers::Uniform(c) => Runs {
+                v: &[],
+                i: 0,
+                uniform: Some((first, last, *c)),
+                npages,
+                first,
+                last,
+            },
+            PageUsers::Runs(v) => Runs {
+                v,
+                i: v.partition_point(|&(s, _)| s <= first).saturating_sub(1),
+                uniform: None,
+                npages,
+                first,
+                last,
+            },
+        }
+    }
+
     /// The user count of page `index`.
     fn at(&self, index: u64) -> u32 {
         match self {
@@ -254,6 +278,36 @@ impl PageUsers {
     }
 }
 
+/// The iterator of [`PageUsers::runs`].
+struct Runs<'a> {
+    v: &'a [(u64, u32)],
+    i: usize,
+    uniform: Option<(u64, u64, u32)>,
+    npages: u64,
+    first: u64,
+    last: u64,
+}
+
+impl Iterator for Runs<'_> {
+    type Item = (u64, u64, u32);
+
+    fn next(&mut self) -> Option<(u64, u64, u32)> {
+        if let Some(u) = self.uniform.take() {
+            return Some(u);
+        }
+        let &(s, c) = self.v.get(self.i)?;
+        if s > self.last {
+            return None;
+        }
+        let run_last = self
+            .v
+            .get(self.i + 1)
+            .map_or(self.npages.saturating_sub(1), |&(n, _)| n - 1);
+        self.i += 1;
+        Some((s.max(self.first), run_last.min(self.last), c))
+    }
+}
+
 /// Make a run start at `at` (which must be a valid page index).
 fn split_at(v: &mut Vec<(u64, u32)>, at: u64) {
     let i = v.partition_point(|&(s, _)| s <= at);
@@ -267,17 +321,22 @@ fn split_at(v: &mut Vec<(u64, u32)>, at: u64) {
 
 /// A slice of one address space's memory that areas map: the kernel's `struct iopt_pages`.
 ///
-/// See the module documentation for the pinning rules. Shared between areas (and IOASes) as a
-/// [`PagesRef`].
+/// See the module documentation for the pinning rules. The area that maps it first keeps it
+/// inline; areas (and IOASes) that share it hold a [`PagesRef`].
 #[derive(Debug)]
 pub struct Pages {
-    space: SpaceId,
-    mode: AccountMode,
-    writable: bool,
+    /// Identity of the object, unique in the process (see [`Pages::id`]).
+    id: u64,
     uva: UserVa,
     npages: u64,
     users: PageUsers,
+    space: SpaceId,
+    mode: AccountMode,
+    writable: bool,
 }
+
+/// The next [`Pages::id`].
+static NEXT_PAGES_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A shared handle on a [`Pages`]. Everything runs under the engine lock, so the mutex is never
 /// contended; it only makes sharing between IOASes safe.
@@ -316,15 +375,36 @@ impl Pages {
         let npages = (offset + len).div_ceil(PAGE_SIZE);
         Ok((
             Pages {
-                space,
-                mode,
-                writable,
+                id: NEXT_PAGES_ID.fetch_add(1, Ordering::Relaxed),
                 uva: base,
                 npages,
                 users: PageUsers::Uniform(0),
+                space,
+                mode,
+                writable,
             },
             offset,
         ))
+    }
+
+    /// A stand-in with no pages and id 0, to move a real object out of a place that must hold
+    /// one meanwhile.
+    pub(crate) fn placeholder() -> Pages {
+        Pages {
+            id: 0,
+            uva: UserVa(0),
+            npages: 0,
+            users: PageUsers::Uniform(0),
+            space: SpaceId(0),
+            mode: AccountMode::None,
+            writable: false,
+        }
+    }
+
+    /// The identity of the object: unique among the objects alive in the process, and the same
+    /// wherever the object is kept (in the area that made it, or shared between areas).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Wrap in a shared handle.
@@ -409,40 +489,53 @@ impl Pages {
             return Err(Error::Invalid("page range outside the pages object"));
         }
         // Validate: the unused runs must be present in memory, and their charge fit.
-        let mut unused: Vec<(u64, u64)> = Vec::new();
-        self.users.for_each(self.npages, first, last, |s, l, c| {
-            if c == 0 {
-                unused.push((s, l));
-            }
-        });
         let mut needed = 0u64;
-        if !unused.is_empty() {
-            let mem = env
-                .memory
-                .space(self.space)
-                .ok_or(Error::Fault(self.page_va(unused[0].0).0))?;
-            for &(s, l) in &unused {
-                let n = l - s + 1;
-                mem.probe(self.page_va(s), n.saturating_mul(PAGE_SIZE), self.writable)
-                    .map_err(fault_error)?;
-                needed += n;
+        let mut mem = None;
+        for (s, l, c) in self.users.runs(self.npages, first, last) {
+            if c != 0 {
+                continue;
             }
+            let m = match mem {
+                Some(m) => m,
+                None => {
+                    let m = env
+                        .memory
+                        .space(self.space)
+                        .ok_or(Error::Fault(self.page_va(s).0))?;
+                    mem = Some(m);
+                    m
+                }
+            };
+            let n = l - s + 1;
+            m.probe(self.page_va(s), n.saturating_mul(PAGE_SIZE), self.writable)
+                .map_err(fault_error)?;
+            needed += n;
         }
         env.acct.check(self.mode, self.space, needed)?;
         // Pin; the frame table may still refuse (no frame numbers, count overflow): undo then.
-        for (k, &(s, l)) in unused.iter().enumerate() {
-            if env
-                .memory
-                .frames
-                .pin(self.space, self.page_va(s), l - s + 1)
-                .is_err()
-            {
-                for &(s2, l2) in &unused[..k] {
-                    if let Some(f) = self.frame(s2) {
-                        env.memory.frames.unpin(f, l2 - s2 + 1);
-                    }
+        if needed != 0 {
+            for (s, l, c) in self.users.runs(self.npages, first, last) {
+                if c != 0 {
+                    continue;
                 }
-                return Err(Error::Fault(self.page_va(s).0));
+                if env
+                    .memory
+                    .frames
+                    .pin(self.space, self.page_va(s), l - s + 1)
+                    .is_err()
+                {
+                    // The unused runs before this one were pinned: unpin them.
+                    if s > first {
+                        for (s2, l2, c2) in self.users.runs(self.npages, first, s - 1) {
+                            if c2 == 0 {
+                                if let Some(f) = self.frame(s2) {
+                                    env.memory.frames.unpin(f, l2 - s2 + 1);
+                                }
+                            }
+                        }
+                    }
+                    return Err(Error::Fault(self.page_va(s).0));
+                }
             }
         }
         // Cannot fail: checked above.
@@ -539,9 +632,10 @@ mod tests {
 
     #[test]
     fn pages_object_stays_small() {
-        // Per-mapping metadata budget: one Pages per IOMMU_IOAS_MAP.
+        // Per-mapping metadata budget: one Pages per IOMMU_IOAS_MAP, kept inside its area
+        // (io_pagetable.rs) until a copy or a cut shares it.
         assert!(
-            std::mem::size_of::<Pages>() <= 40,
+            std::mem::size_of::<Pages>() <= 48,
             "{}",
             std::mem::size_of::<Pages>()
         );
