@@ -188,7 +188,28 @@ pub struct Report {
     pub figures: Vec<Figure>,
     /// Wall time of the whole run.
     pub elapsed: Duration,
+    /// Curves for the plots ([`crate::plot`]).
+    pub series: Vec<Series>,
 }
+
+/// One curve: a name and (x, y) points.
+#[derive(Debug, Clone, Default)]
+pub struct Series {
+    /// Which plot it belongs to: [`PER_OP_PLOT`] or [`DMA_PLOT`].
+    pub plot: &'static str,
+    /// The legend entry.
+    pub name: String,
+    /// The points, in x order.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Per-operation cost (ns) against the number of mappings present.
+pub const PER_OP_PLOT: &str = "per_op_cost";
+/// Copy throughput (GiB/s) against transfer size (bytes).
+pub const DMA_PLOT: &str = "dma_throughput";
+
+/// Operations timed together for one point of the per-op cost curve.
+const COST_CHUNK: u64 = 1000;
 
 impl Report {
     fn add(&mut self, key: impl Into<String>, value: Option<f64>, unit: Unit) {
@@ -922,16 +943,69 @@ impl Bench {
                 }
                 let env = Env::new(domains)?;
                 let base = domains.base();
+                // Time every COST_CHUNK operations too: the per-op cost as mappings pile up
+                // (map: x = mappings present after the chunk) and drain (unmap: x = mappings
+                // present before it).
+                let (mut map_cost, mut unmap_cost) = (Vec::new(), Vec::new());
                 let t = Instant::now();
+                let mut mark = t;
                 for i in 0..n {
                     env.map(env.ioas, va + (i % pages) * PAGE, PAGE, base + i * PAGE)?;
+                    if (i + 1).is_multiple_of(COST_CHUNK) {
+                        let now = Instant::now();
+                        let ns = (now - mark).as_nanos() as f64 / COST_CHUNK as f64;
+                        map_cost.push(((i + 1) as f64, ns));
+                        mark = now;
+                    }
                 }
                 let map = per_s(n, t.elapsed());
                 let t = Instant::now();
+                let mut mark = t;
                 for i in 0..n {
                     env.unmap(env.ioas, base + i * PAGE, PAGE)?;
+                    if (i + 1).is_multiple_of(COST_CHUNK) {
+                        let now = Instant::now();
+                        let ns = (now - mark).as_nanos() as f64 / COST_CHUNK as f64;
+                        unmap_cost.push(((n - i - 1 + COST_CHUNK) as f64, ns));
+                        mark = now;
+                    }
                 }
                 let unmap = per_s(n, t.elapsed());
+                unmap_cost.reverse();
+                let largest = self
+                    .sizes
+                    .distinct
+                    .iter()
+                    .filter(|&&m| m * PAGE <= domains.room())
+                    .max()
+                    == Some(&n);
+                if largest && map_cost.len() >= 6 {
+                    let label = match domains {
+                        Domains::None => "no domain",
+                        Domains::Mock(_) => "mock domain",
+                        Domains::Radix(_) => "radix domain",
+                    };
+                    for (what, cost) in [("map", &map_cost), ("unmap", &unmap_cost)] {
+                        // Cost near N over cost near the first 1,000: medians of three chunks.
+                        let first = median(cost.iter().take(3).map(|p| p.1).collect());
+                        let last = median(cost.iter().rev().take(3).map(|p| p.1).collect());
+                        r.note(
+                            format!("{key}.per_op_growth.{what}"),
+                            Some(last / first),
+                            Unit::Ratio,
+                            format!(
+                                "ns per {what} with ~{n} mappings present over ns per {what} with \
+                                 ~{COST_CHUNK}: medians of three {COST_CHUNK}-op chunks at each \
+                                 end ({last:.0} ns / {first:.0} ns)"
+                            ),
+                        );
+                        r.series.push(Series {
+                            plot: PER_OP_PLOT,
+                            name: format!("{what}, {label}"),
+                            points: cost.clone(),
+                        });
+                    }
+                }
                 let mut note = String::from("one run: all mapped, then all unmapped one by one");
                 if n > pages {
                     let _ = write!(
@@ -1078,7 +1152,12 @@ impl Bench {
         let mut a = vec![1u8; max as usize];
         let mut b = vec![0u8; max as usize];
         let runs = self.sizes.runs.min(3);
-        for size in [4 * KIB, 64 * KIB, MIB] {
+        let mut curves = [
+            ("dma-engine through the IOMMU", Vec::new()),
+            ("memcpy", Vec::new()),
+            ("process_vm_readv alone", Vec::new()),
+        ];
+        for size in [4 * KIB, 16 * KIB, 64 * KIB, 256 * KIB, MIB] {
             let iters = (self.sizes.dma_bytes / size).max(16);
             let (mut dma, mut mem, mut sys) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..runs {
@@ -1116,6 +1195,9 @@ impl Bench {
                 sys.push(gib_per_s(size * iters, t.elapsed()));
             }
             let (dma, mem, sys) = (median(dma), median(mem), median(sys));
+            for (curve, v) in curves.iter_mut().zip([dma, mem, sys]) {
+                curve.1.push((size as f64, v));
+            }
             r.note(
                 format!("dma_copy.{size}.gib_per_s"),
                 Some(dma),
@@ -1144,6 +1226,13 @@ impl Bench {
                 Some(dma / mem),
                 Unit::Ratio,
             );
+        }
+        for (name, points) in curves {
+            r.series.push(Series {
+                plot: DMA_PLOT,
+                name: name.into(),
+                points,
+            });
         }
         Ok(())
     }

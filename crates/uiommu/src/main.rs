@@ -1,6 +1,7 @@
 //! The `uiommu` command.
 
 mod bench;
+mod plot;
 
 use clap::{Parser, Subcommand};
 use std::ffi::{OsStr, OsString};
@@ -64,6 +65,10 @@ enum Command {
         /// "map+unmap", "1 GiB", "distinct", "IOAS_COPY", "translate", "dma".
         #[arg(long, value_name = "TEXT")]
         only: Vec<String>,
+        /// Also draw the two plots (per-op cost vs mappings, copy throughput vs size) as SVG
+        /// files in DIR.
+        #[arg(long, value_name = "DIR")]
+        plot: Option<PathBuf>,
     },
 }
 
@@ -123,7 +128,12 @@ fn main() -> ExitCode {
                 ExitCode::from(code)
             }
         },
-        Command::Bench { quick, json, only } => {
+        Command::Bench {
+            quick,
+            json,
+            only,
+            plot,
+        } => {
             let mut sizes = if quick {
                 bench::Sizes::quick()
             } else {
@@ -142,6 +152,19 @@ fn main() -> ExitCode {
                 if let Err(e) = std::fs::write(&path, report.json()) {
                     eprintln!("uiommu bench: {}: {e}", path.display());
                     return ExitCode::FAILURE;
+                }
+            }
+            if let Some(dir) = plot {
+                match plot::write_plots(&report, &dir) {
+                    Ok(files) => {
+                        for f in files {
+                            eprintln!("bench: plot {}", f.display());
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("uiommu bench: {e}");
+                        return ExitCode::FAILURE;
+                    }
                 }
             }
             ExitCode::SUCCESS
