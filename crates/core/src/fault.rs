@@ -457,6 +457,22 @@ impl Context {
         })
     }
 
+    /// Undo the read of the group given `cookie` by [`Context::fault_read`]: it goes back to
+    /// the front of the queue, unanswered, and the cookie is free again (the kernel's
+    /// `iommufd_fault_deliver_restore`, for a read whose copy to the reader failed). EINVAL
+    /// when no group with that cookie waits.
+    pub fn fault_unread(&self, fault: ObjId, cookie: u32) -> Result<()> {
+        self.with(|st, c| {
+            let f = fault_mut(st, c, fault)?;
+            let g = f
+                .response
+                .remove(&cookie)
+                .ok_or(Error::Invalid("no group with this cookie waits"))?;
+            f.deliver.push_front(g);
+            Ok(())
+        })
+    }
+
     /// `write(2)` of responses to a fault queue, in order: each code must be 0 (success) or 1
     /// (invalid) and each cookie must name a group read and not answered yet (EINVAL
     /// otherwise). Stops at the first bad one; returns how many were answered, or the error

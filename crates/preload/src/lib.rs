@@ -51,6 +51,7 @@ compile_error!("uiommu-preload supports Linux on x86-64 and AArch64 only");
 
 pub mod hook;
 pub mod node;
+mod poll;
 pub mod real;
 mod state;
 mod stats;
@@ -65,6 +66,7 @@ use real::{errno, set_errno};
 use state::{global, global_if_any, Global, Kind, OpenFile};
 use uiommu_platform::topology::GroupId;
 use uiommu_platform::UserVa;
+use uiommu_uapi::fault::FaultQueueFile;
 use uiommu_uapi::iommufd::IommufdFile;
 use uiommu_uapi::vfio_device::VfioDeviceFile;
 use uiommu_uapi::vfio_group::{open_container, vfio_groups, VfioGroupFile};
@@ -365,6 +367,7 @@ fn closing(g: &Global, may_close_ours: bool, close_op: impl FnOnce() -> c_int) -
         let e = errno();
         // Dropped here, outside the table lock: a context teardown or device unbind.
         drop(g.files.sweep());
+        g.ready.refresh();
         set_errno(e);
     }
     r
@@ -500,6 +503,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_i
             _ => Err(libc::ENOTTY),
         };
         stats::ioctl(g, &file.kind, request, arg, r.map(|_| ()));
+        g.ready.refresh();
         match r {
             Ok(v) => c_int::try_from(v).unwrap_or(c_int::MAX),
             Err(e) => fail(e),
@@ -548,6 +552,11 @@ fn file_io(
         Kind::Engine(f) => {
             if offset.is_some() {
                 return Err(libc::ESPIPE);
+            }
+            if let (Dir::Read, Some(q)) = (dir, f.as_any().downcast_ref::<FaultQueueFile>()) {
+                // Group by group into the program's buffer: a group it cannot take stays
+                // queued (EFAULT), as the kernel's read.
+                return q.read_to(&caller, buf, count);
             }
             let mut bounce = vec![0u8; count];
             match dir {
@@ -617,7 +626,7 @@ pub(crate) fn to_user(g: &Global, va: u64, data: &[u8]) -> Result<(), Errno> {
 }
 
 /// Copy the program's buffer at `va` into `buf` (EFAULT when it is not readable).
-fn from_user(g: &Global, va: u64, buf: &mut [u8]) -> Result<(), Errno> {
+pub(crate) fn from_user(g: &Global, va: u64, buf: &mut [u8]) -> Result<(), Errno> {
     use uiommu_platform::memory::UserMemory;
     if buf.is_empty() {
         return Ok(());
@@ -644,7 +653,9 @@ fn io_impl(
         let Some(file) = g.files.get(fd) else {
             return real_op();
         };
-        match file_io(g, fd, &file, dir, buf, count, offset) {
+        let r = file_io(g, fd, &file, dir, buf, count, offset);
+        g.ready.refresh();
+        match r {
             Ok(n) => n as ssize_t,
             Err(e) => fail_ssize(e),
         }
@@ -792,6 +803,141 @@ pub unsafe extern "C" fn pwrite64(
     // SAFETY: the caller's arguments are passed on unchanged.
     let real_op = || unsafe { real::pwrite64(fd, buf, count, off) };
     io_impl(fd, Dir::Write, buf as u64, count, Some(off), real_op)
+}
+
+/// `poll(2)`: a fault queue's fd is ready as the kernel's (see `poll.rs`).
+///
+/// # Safety
+/// As `poll(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn poll(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeout: c_int) -> c_int {
+    ffi(-1, || {
+        // SAFETY: the caller's arguments, the array possibly replaced by a copy of as many.
+        poll::poll_impl(fds, nfds, |p| unsafe { real::poll(p, nfds, timeout) })
+    })
+}
+
+/// `ppoll(2)`: as `poll`.
+///
+/// # Safety
+/// As `ppoll(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn ppoll(
+    fds: *mut libc::pollfd,
+    nfds: libc::nfds_t,
+    tmo: *const libc::timespec,
+    sigmask: *const libc::sigset_t,
+) -> c_int {
+    ffi(-1, || {
+        // SAFETY: the caller's arguments, the array possibly replaced by a copy of as many.
+        poll::poll_impl(fds, nfds, |p| unsafe { real::ppoll(p, nfds, tmo, sigmask) })
+    })
+}
+
+/// glibc's fortified `poll`: a count larger than the array goes to the real function (which
+/// aborts the program); otherwise as `poll`.
+///
+/// # Safety
+/// As `poll(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn __poll_chk(
+    fds: *mut libc::pollfd,
+    nfds: libc::nfds_t,
+    timeout: c_int,
+    fdslen: size_t,
+) -> c_int {
+    ffi(-1, || {
+        if (nfds as usize).saturating_mul(size_of::<libc::pollfd>()) > fdslen {
+            // SAFETY: the caller's arguments, unchanged.
+            return unsafe { real::poll_chk(fds, nfds, timeout, fdslen) };
+        }
+        // SAFETY: the caller's arguments, the array possibly replaced by a copy of as many.
+        poll::poll_impl(fds, nfds, |p| unsafe { real::poll(p, nfds, timeout) })
+    })
+}
+
+/// glibc's fortified `ppoll`: as [`__poll_chk`].
+///
+/// # Safety
+/// As `ppoll(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn __ppoll_chk(
+    fds: *mut libc::pollfd,
+    nfds: libc::nfds_t,
+    tmo: *const libc::timespec,
+    sigmask: *const libc::sigset_t,
+    fdslen: size_t,
+) -> c_int {
+    ffi(-1, || {
+        if (nfds as usize).saturating_mul(size_of::<libc::pollfd>()) > fdslen {
+            // SAFETY: the caller's arguments, unchanged.
+            return unsafe { real::ppoll_chk(fds, nfds, tmo, sigmask, fdslen) };
+        }
+        // SAFETY: the caller's arguments, the array possibly replaced by a copy of as many.
+        poll::poll_impl(fds, nfds, |p| unsafe { real::ppoll(p, nfds, tmo, sigmask) })
+    })
+}
+
+/// `select(2)`: sets naming a fault queue are served as a `ppoll` (see `poll.rs`).
+///
+/// # Safety
+/// As `select(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn select(
+    nfds: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    tmo: *mut libc::timeval,
+) -> c_int {
+    ffi(-1, || {
+        // SAFETY: a non-null timeout points to a timeval (select's contract).
+        let ts = unsafe { tmo.as_ref() }.map(|t| libc::timespec {
+            tv_sec: t.tv_sec,
+            tv_nsec: t.tv_usec * 1000,
+        });
+        // SAFETY: the caller's sets and timeout, as select takes them.
+        unsafe { poll::select_as_poll(nfds, [r, w, e], ts, std::ptr::null()) }
+            // SAFETY: the caller's arguments, unchanged.
+            .unwrap_or_else(|| unsafe { real::select(nfds, r, w, e, tmo) })
+    })
+}
+
+/// `pselect(2)`: as `select`.
+///
+/// # Safety
+/// As `pselect(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn pselect(
+    nfds: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    tmo: *const libc::timespec,
+    sigmask: *const libc::sigset_t,
+) -> c_int {
+    ffi(-1, || {
+        // SAFETY: a non-null timeout points to a timespec (pselect's contract).
+        let ts = unsafe { tmo.as_ref() }.copied();
+        // SAFETY: the caller's sets, timeout and mask, as pselect takes them.
+        unsafe { poll::select_as_poll(nfds, [r, w, e], ts, sigmask) }
+            // SAFETY: the caller's arguments, unchanged.
+            .unwrap_or_else(|| unsafe { real::pselect(nfds, r, w, e, tmo, sigmask) })
+    })
+}
+
+/// `epoll_ctl(2)`: a fault queue's fd is watched through its readiness eventfd.
+///
+/// # Safety
+/// As `epoll_ctl(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut c_void) -> c_int {
+    ffi(-1, || {
+        // SAFETY: the caller's arguments, the fd possibly replaced by the eventfd.
+        unsafe { poll::epoll_ctl_fault(epfd, op, fd, event) }
+            // SAFETY: the caller's arguments, unchanged.
+            .unwrap_or_else(|| unsafe { real::epoll_ctl(epfd, op, fd, event) })
+    })
 }
 
 /// Why an mmap of our `file` fails (mmap of our files never succeeds yet).

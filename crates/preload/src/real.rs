@@ -153,6 +153,44 @@ real_fns! {
     fn pwrite64(fd: c_int, buf: *const c_void, count: size_t, off: off64_t) -> ssize_t
         = c"pwrite64" as unsafe extern "C" fn(c_int, *const c_void, size_t, off64_t) -> ssize_t,
         fail -1;
+    /// `poll(2)`.
+    fn poll(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeout: c_int) -> c_int
+        = c"poll" as unsafe extern "C" fn(*mut libc::pollfd, libc::nfds_t, c_int) -> c_int,
+        fail -1;
+    /// `ppoll(2)`.
+    fn ppoll(fds: *mut libc::pollfd, nfds: libc::nfds_t, tmo: *const libc::timespec,
+        sigmask: *const libc::sigset_t) -> c_int
+        = c"ppoll" as unsafe extern "C" fn(*mut libc::pollfd, libc::nfds_t,
+            *const libc::timespec, *const libc::sigset_t) -> c_int,
+        fail -1;
+    /// glibc's fortified `poll`.
+    fn poll_chk(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeout: c_int, fdslen: size_t)
+        -> c_int
+        = c"__poll_chk" as unsafe extern "C" fn(*mut libc::pollfd, libc::nfds_t, c_int, size_t)
+            -> c_int,
+        fail -1;
+    /// glibc's fortified `ppoll`.
+    fn ppoll_chk(fds: *mut libc::pollfd, nfds: libc::nfds_t, tmo: *const libc::timespec,
+        sigmask: *const libc::sigset_t, fdslen: size_t) -> c_int
+        = c"__ppoll_chk" as unsafe extern "C" fn(*mut libc::pollfd, libc::nfds_t,
+            *const libc::timespec, *const libc::sigset_t, size_t) -> c_int,
+        fail -1;
+    /// `select(2)`.
+    fn select(nfds: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set,
+        tmo: *mut libc::timeval) -> c_int
+        = c"select" as unsafe extern "C" fn(c_int, *mut libc::fd_set, *mut libc::fd_set,
+            *mut libc::fd_set, *mut libc::timeval) -> c_int,
+        fail -1;
+    /// `pselect(2)`.
+    fn pselect(nfds: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set,
+        tmo: *const libc::timespec, sigmask: *const libc::sigset_t) -> c_int
+        = c"pselect" as unsafe extern "C" fn(c_int, *mut libc::fd_set, *mut libc::fd_set,
+            *mut libc::fd_set, *const libc::timespec, *const libc::sigset_t) -> c_int,
+        fail -1;
+    /// `epoll_ctl(2)`.
+    fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut c_void) -> c_int
+        = c"epoll_ctl" as unsafe extern "C" fn(c_int, c_int, c_int, *mut c_void) -> c_int,
+        fail -1;
     /// `mmap(2)`.
     fn mmap(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: off_t)
         -> *mut c_void

@@ -82,6 +82,8 @@ pub(crate) struct Global {
     pub space: SpaceId,
     /// Our open files.
     pub files: FileTable<OpenFile>,
+    /// The fault queues' readiness eventfds (`crate::poll`).
+    pub ready: crate::poll::Registry,
 }
 
 /// The state, once built (null before, and again in a forked child).
@@ -175,6 +177,7 @@ fn build() -> Result<Global, String> {
         mem,
         space,
         files: FileTable::new(),
+        ready: Default::default(),
     })
 }
 
@@ -348,7 +351,10 @@ impl FdTable for Global {
             node: None,
         };
         match self.files.insert(fd, open) {
-            Ok(_) => Ok(fd),
+            Ok(file) => {
+                self.ready.add(fd, &file);
+                Ok(fd)
+            }
             Err(e) => {
                 // SAFETY: closes the memfd made above, which nobody else has seen.
                 unsafe { real::close(fd) };
@@ -428,6 +434,7 @@ mod tests {
             mem,
             space,
             files: FileTable::new(),
+            ready: Default::default(),
         }
     }
 

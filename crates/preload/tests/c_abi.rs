@@ -126,6 +126,11 @@ fn dev_nodes_stat_as_character_devices_and_directory_walks_see_the_view() {
 }
 
 #[test]
+fn fault_queue_readiness_under_poll_select_epoll_and_efault_reads() {
+    run(&compile("fault_poll"), None);
+}
+
+#[test]
 fn threads_share_one_iommufd() {
     run(&compile("iommufd_threads"), None);
 }

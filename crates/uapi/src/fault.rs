@@ -8,7 +8,9 @@
 //!
 //! - `read(2)`: `count` must be a multiple of `sizeof(struct iommu_hwpt_pgfault)` (40), else
 //!   ESPIPE (the kernel's answer); returns whole groups only, as many as fit; 0 when nothing is
-//!   queued (it never blocks); EINVAL when the first group queued does not fit.
+//!   queued (it never blocks); EINVAL when the first group queued does not fit. Read into the
+//!   reader's memory ([`FaultQueueFile::read_to`]), a group that cannot be written there stays
+//!   queued (with those after it): EFAULT when it was the first, else the bytes before it.
 //! - `write(2)`: `count` must be a multiple of `sizeof(struct iommu_hwpt_page_response)` (8),
 //!   else ESPIPE; responses are taken in order, each with code SUCCESS or INVALID and the cookie
 //!   of a group read and not answered yet (EINVAL otherwise); the first bad one stops the write,
@@ -25,10 +27,13 @@ use std::sync::Arc;
 use uiommu_core::error::errno::EOPNOTSUPP;
 use uiommu_core::fault::{IopfRecord, PageResponse};
 use uiommu_core::{Context, ObjId};
+use uiommu_platform::UserVa;
 use zerocopy::{FromBytes, IntoBytes};
 
 /// ESPIPE: a read or write whose size is not a whole number of records.
 const ESPIPE: Errno = 29;
+/// EFAULT: the reader's buffer cannot be written.
+const EFAULT: Errno = 14;
 /// EBADFD: the queue behind the file is gone (its creation's reply failed).
 const EBADFD: Errno = 77;
 
@@ -74,6 +79,56 @@ impl FaultQueueFile {
             // A HWPT took it meanwhile: only let go of the file's hold.
             let _ = self.ctx.fault_file_release(self.fault);
         }
+    }
+}
+
+impl FaultQueueFile {
+    /// `read(2)` of up to `count` bytes into the caller's memory at `va`, as the kernel's
+    /// `iommufd_fault_fops_read` copies: group by group, and a group whose records cannot be
+    /// written goes back to the front of the queue, unanswered, with the groups after it. The
+    /// bytes of the groups written, or EFAULT when the first could not be.
+    pub fn read_to(&self, caller: &Caller<'_>, va: u64, count: usize) -> Result<usize, Errno> {
+        if !count.is_multiple_of(PGFAULT_SIZE) {
+            return Err(ESPIPE);
+        }
+        self.live()?;
+        let records = self
+            .ctx
+            .fault_read(self.fault, count / PGFAULT_SIZE)
+            .map_err(|e| e.errno())?;
+        // Whole groups, in the order read: consecutive records share the group's cookie.
+        let mut groups: Vec<&[IopfRecord]> = Vec::new();
+        let mut start = 0;
+        for i in 1..=records.len() {
+            if i == records.len() || records[i].cookie != records[start].cookie {
+                groups.push(&records[start..i]);
+                start = i;
+            }
+        }
+        let mut done = 0usize;
+        for (k, g) in groups.iter().enumerate() {
+            let bytes: Vec<u8> = g
+                .iter()
+                .flat_map(|r| pgfault(r).as_bytes().to_vec())
+                .collect();
+            if caller.mem.write(UserVa(va + done as u64), &bytes).is_err() {
+                for g in groups[k..].iter().rev() {
+                    let _ = self.ctx.fault_unread(self.fault, g[0].cookie);
+                }
+                return if done == 0 { Err(EFAULT) } else { Ok(done) };
+            }
+            done += bytes.len();
+        }
+        Ok(done)
+    }
+
+    /// Whether a read would find a fault queued (`poll(2)`'s `EPOLLIN`); a dead queue has none.
+    pub fn readable(&self) -> bool {
+        !self.dead.load(Ordering::SeqCst)
+            && self
+                .ctx
+                .fault_pending(self.fault)
+                .is_ok_and(|(queued, _)| queued > 0)
     }
 }
 
