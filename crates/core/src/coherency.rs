@@ -59,10 +59,16 @@ impl CoherencyRight {
 /// Recompute context `c`'s right after an operation; queue the callbacks of a revocation.
 pub(crate) fn update(st: &mut State, c: CtxId) {
     let Some(ctx) = st.ctxs.get(&c) else { return };
-    let active = ctx.objects.iter().any(|(_, o)| match o {
-        Object::Device(d) => d.attached.is_some() && st.noncoherent.contains(&d.dev),
-        _ => false,
-    });
+    // With no non-coherent device on the machine no context holds the right.
+    let active = !st.noncoherent.is_empty()
+        && ctx.objects.iter().any(|(_, o)| match o {
+            Object::Device(d) => d.attached.is_some() && st.noncoherent.contains(&d.dev),
+            _ => false,
+        });
+    // Not held and not gained: nothing to do (the flag only changes under the engine lock).
+    if !active && !ctx.coherency.active.load(Ordering::SeqCst) {
+        return;
+    }
     let right = ctx.coherency.clone();
     set(st, &right, active);
 }

@@ -42,6 +42,7 @@
 use crate::error::{Error, Result};
 use crate::iova_alloc::{alloc_alignment, HoleIndex, RangeSet};
 use crate::pages::{lock, AccountMode, Accounting, Pages, PagesRef, PinEnv};
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashSet};
 use std::ops::{Deref, DerefMut};
 use std::sync::MutexGuard;
@@ -635,6 +636,11 @@ impl IoPagetable {
             return Err(Error::Invalid("IOVA is not aligned to the IOAS alignment"));
         }
         let last = last_of(iova, length)?;
+        // The common case: the free-IOVA index (exact, see the module invariants) has the
+        // whole range in one hole, so neither a reservation nor an area meets it.
+        if self.free.hole_at(iova).is_some_and(|h| h.last >= last) {
+            return Ok(last);
+        }
         if self.reserved_union.overlaps(&Range { start: iova, last }) {
             return Err(Error::Invalid("IOVA range intersects a reserved range"));
         }
@@ -894,14 +900,35 @@ impl IoPagetable {
     }
 
     fn unmap_inner(&mut self, env: &mut PtEnv<'_>, start: u64, last: u64) -> Result<u64> {
+        // The common case: the range is exactly one area (which then is the only one in it).
+        if let Entry::Occupied(e) = self.areas.entry(start) {
+            let i = *e.get();
+            let a = self.slab.get_mut(i);
+            if a.last == last {
+                if a.num_accesses > 0 {
+                    a.prevent_access = true;
+                    return Err(Error::Busy("accesses hold pins in the range"));
+                }
+                e.remove();
+                return Ok(self.remove_area(env, start, i));
+            }
+        }
+        // The overlapping areas, walked down from `last` (one search): only the first one seen
+        // may end after `last`, only the last one seen may start before `start`.
         let mut count = 0usize;
         let mut busy = false;
-        for (s, a) in self.areas_overlapping(start, last) {
+        let mut lowest = None;
+        for (&s, &i) in self.areas.range(..=last).rev() {
+            let a = self.slab.get(i);
+            if a.last < start {
+                break;
+            }
             if s < start || a.last > last {
                 return Err(Error::NotMapped(Range { start, last }));
             }
             busy |= a.num_accesses > 0;
             count += 1;
+            lowest = Some((s, i));
         }
         if busy {
             // No area is cut, so the overlapping ones are those starting in the range.
@@ -913,6 +940,14 @@ impl IoPagetable {
                 }
             }
             return Err(Error::Busy("accesses hold pins in the range"));
+        }
+        if count == 1 {
+            // The common case: one area, already found.
+            let Some((s, i)) = lowest else {
+                return Ok(0);
+            };
+            self.areas.remove(&s);
+            return Ok(self.remove_area(env, s, i));
         }
         let mut bytes = 0u64;
         let all = count == self.areas.len();
@@ -2395,6 +2430,43 @@ mod tests {
         pt.access_unpin(&mut fx.env(), a, Iova(base + P), 2 * P);
         assert_eq!(fx.pin_count(P), 0);
         assert_eq!(pt.unmap(&mut fx.env(), Iova(base), 8 * P).unwrap(), 8 * P);
+        pt.detach_access(&mut fx.env(), a);
+        teardown(&mut fx, &mut pt);
+    }
+
+    #[test]
+    fn a_refused_unmap_of_several_areas_marks_only_the_pinned_ones() {
+        let mut fx = Fx::new();
+        let mut pt = IoPagetable::new();
+        let base = MOCK_APERTURE_START;
+        for i in 0..3 {
+            fx.map(&mut pt, i * P, P, Some(base + i * P)).unwrap();
+        }
+        let a = AccessId(3);
+        pt.attach_access(a, true).unwrap();
+        pt.access_pin(&mut fx.env(), a, Iova(base + P), P, false)
+            .unwrap();
+        // A range cutting an area is ENOENT before the pins are looked at: nothing marked.
+        assert_eq!(
+            errno(pt.unmap(&mut fx.env(), Iova(base), 2 * P + 1)),
+            ENOENT
+        );
+        pt.access_pin(&mut fx.env(), a, Iova(base + P), P, false)
+            .unwrap();
+        pt.access_unpin(&mut fx.env(), a, Iova(base + P), P);
+        assert_eq!(errno(pt.unmap(&mut fx.env(), Iova(base), 3 * P)), EBUSY);
+        assert_eq!(pt.area_count(), 3);
+        // The pinned area refuses new pins; its neighbours do not.
+        assert_eq!(
+            errno(pt.access_pin(&mut fx.env(), a, Iova(base + P), P, false)),
+            EINVAL
+        );
+        pt.access_pin(&mut fx.env(), a, Iova(base), P, false)
+            .unwrap();
+        pt.access_unpin(&mut fx.env(), a, Iova(base), P);
+        pt.access_unpin(&mut fx.env(), a, Iova(base + P), P);
+        assert_eq!(pt.unmap(&mut fx.env(), Iova(base), 3 * P).unwrap(), 3 * P);
+        assert!(pt.free_index_is_exact());
         pt.detach_access(&mut fx.env(), a);
         teardown(&mut fx, &mut pt);
     }

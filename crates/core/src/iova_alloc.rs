@@ -545,9 +545,33 @@ impl HoleIndex {
                 _ => return,
             },
         };
-        let (a, b) = self.split(self.root, start);
-        let a = self.merge(a, t);
-        self.root = self.merge(a, b);
+        self.root = self.insert_in(self.root, t);
+    }
+
+    /// Insert node `x` into subtree `t`: descend by start while the nodes outrank `x`, then
+    /// split the rest below `x` (one pass instead of a split and two merges of the whole tree).
+    fn insert_in(&mut self, t: u32, x: u32) -> u32 {
+        if t == NIL {
+            return x;
+        }
+        if self.prio(x) > self.prio(t) {
+            let (a, b) = self.split(t, self.node(x).start);
+            let n = self.node_mut(x);
+            n.left = a;
+            n.right = b;
+            self.pull(x);
+            return x;
+        }
+        let n = *self.node(t);
+        if self.node(x).start < n.start {
+            let l = self.insert_in(n.left, x);
+            self.node_mut(t).left = l;
+        } else {
+            let r = self.insert_in(n.right, x);
+            self.node_mut(t).right = r;
+        }
+        self.pull(t);
+        t
     }
 
     /// Make the hole starting at `key` the hole `start..=last`. The caller guarantees the new
@@ -580,20 +604,32 @@ impl HoleIndex {
 
     /// Remove the hole starting at `start` (if any).
     fn remove(&mut self, start: u64) {
-        let (a, b) = self.split(self.root, start);
-        let (m, c) = match start.checked_add(1) {
-            Some(next) => self.split(b, next),
-            None => (b, NIL),
-        };
-        if m != NIL {
-            // Starts are unique, so `m` is the one node with this start.
-            self.free.push(m);
-        }
-        self.root = self.merge(a, c);
+        self.root = self.remove_in(self.root, start);
         if self.root == NIL {
             self.nodes.clear();
             self.free.clear();
         }
+    }
+
+    /// Remove the node with `start` from subtree `t` (its children merged in its place).
+    fn remove_in(&mut self, t: u32, start: u64) -> u32 {
+        if t == NIL {
+            return NIL;
+        }
+        let n = *self.node(t);
+        if start == n.start {
+            self.free.push(t);
+            return self.merge(n.left, n.right);
+        }
+        if start < n.start {
+            let l = self.remove_in(n.left, start);
+            self.node_mut(t).left = l;
+        } else {
+            let r = self.remove_in(n.right, start);
+            self.node_mut(t).right = r;
+        }
+        self.pull(t);
+        t
     }
 
     /// Check the tree: starts in order, holes disjoint and not touching, subtree maxima exact,
