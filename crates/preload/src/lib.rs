@@ -50,6 +50,7 @@
 compile_error!("uiommu-preload supports Linux on x86-64 and AArch64 only");
 
 pub mod hook;
+pub mod inherit;
 pub mod node;
 mod poll;
 pub mod real;
@@ -165,33 +166,42 @@ pub(crate) fn open_ours(target: Target, flags: c_int) -> Result<c_int, Errno> {
     if flags & (libc::O_CREAT | libc::O_EXCL) == libc::O_CREAT | libc::O_EXCL {
         return Err(libc::EEXIST);
     }
+    if target == Target::NoEnt {
+        return Err(libc::ENOENT);
+    }
+    let g = global()?;
+    let (name, kind) = make_file(g, target)?;
+    register(g, name, target, kind, flags)
+}
+
+/// A new file of ours for `target`, and the memfd name it gets.
+pub(crate) fn make_file(
+    g: &Global,
+    target: Target,
+) -> Result<(&'static std::ffi::CStr, Kind), Errno> {
     match target {
         Target::NoEnt => Err(libc::ENOENT),
         Target::Iommu => {
-            let g = global()?;
             let file = IommufdFile::open(&g.engine, g.space)?;
-            register(g, c"uiommu:iommu", target, Kind::Iommufd(file), flags)
+            Ok((c"uiommu:iommu", Kind::Iommufd(file)))
         }
         Target::VfioDevice(n) => {
-            let g = global()?;
             let dev = *vfio_devices(&g.engine)
                 .get(n as usize)
                 .ok_or(libc::ENOENT)?;
             let file = VfioDeviceFile::open(&g.engine, dev)?;
-            register(g, c"uiommu:vfio", target, Kind::Vfio(file), flags)
+            Ok((c"uiommu:vfio", Kind::Vfio(file)))
         }
         Target::VfioContainer => {
-            let g = global()?;
             let file = open_container(&g.engine, g.space)?;
-            register(g, c"uiommu:container", target, Kind::Iommufd(file), flags)
+            Ok((c"uiommu:container", Kind::Iommufd(file)))
         }
         Target::VfioGroup(n) => {
-            let g = global()?;
             if !vfio_groups(&g.engine).contains(&GroupId(n)) {
                 return Err(libc::ENOENT);
             }
             let file = VfioGroupFile::open(&g.engine, GroupId(n))?;
-            register(g, c"uiommu:group", target, Kind::Group(file), flags)
+            Ok((c"uiommu:group", Kind::Group(file)))
         }
     }
 }
@@ -215,6 +225,7 @@ fn register(
     flags: c_int,
 ) -> Result<c_int, Errno> {
     let fd = state::new_memfd(name, flags & libc::O_CLOEXEC != 0)?;
+    inherit::mark_fresh(fd, target);
     if flags & libc::O_NONBLOCK != 0 {
         // SAFETY: F_SETFL with an integer argument on the fd just made.
         unsafe { real::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK as c_ulong) };
@@ -223,6 +234,7 @@ fn register(
         kind,
         accmode: flags & libc::O_ACCMODE,
         node: Some(target),
+        used: Default::default(),
     };
     match g.files.insert(fd, open) {
         Ok(_) => Ok(fd),
@@ -495,6 +507,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_i
         let Some(file) = g.files.get(fd) else {
             return real_ioctl();
         };
+        inherit::mark_used(fd, &file);
         let caller = g.caller();
         let r = match (&file.kind, vfio_of(&file.kind)) {
             (Kind::Iommufd(f), _) => f.ioctl(&caller, request, arg),

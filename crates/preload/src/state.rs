@@ -59,6 +59,9 @@ pub(crate) struct OpenFile {
     /// The `/dev` node the file was opened from (what `fstat` reports), if any: files the
     /// engine makes have none.
     pub node: Option<crate::Target>,
+    /// Whether an ioctl was made on the file (`crate::inherit`: such a file is not taken over
+    /// by a program `exec`ed with it).
+    pub used: AtomicBool,
 }
 
 impl OpenFile {
@@ -349,6 +352,7 @@ impl FdTable for Global {
             kind: Kind::Engine(file),
             accmode: libc::O_RDWR,
             node: None,
+            used: Default::default(),
         };
         match self.files.insert(fd, open) {
             Ok(file) => {
@@ -515,6 +519,7 @@ mod tests {
                     kind: Kind::Iommufd(file),
                     accmode: libc::O_RDWR,
                     node: None,
+                    used: Default::default(),
                 },
             )
             .unwrap();

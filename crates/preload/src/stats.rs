@@ -9,11 +9,13 @@
 //! uiommu stats: pid 4242
 //! uiommu stats: open /dev/iommu 1
 //! uiommu stats: open /dev/vfio/devices/vfio0 1
+//! uiommu stats: inherited /dev/vfio/vfio 1
 //! uiommu stats: ioctl IOMMU_IOAS_ALLOC ok 1
 //! uiommu stats: ioctl VFIO_DEVICE_FEATURE ok 0 ENOTTY 2
 //! uiommu stats: dma map 5 calls 268566528 bytes, unmap 5 calls 268566528 bytes, peak 268566528 bytes
 //! ```
 //!
+//! "inherited" counts files of ours taken over from before an `exec` (`crate::inherit`).
 //! "dma map" counts the successful `IOMMU_IOAS_MAP`, `IOMMU_IOAS_COPY` and `VFIO_IOMMU_MAP_DMA`
 //! calls and their lengths; "unmap" the successful `IOMMU_IOAS_UNMAP` and `VFIO_IOMMU_UNMAP_DMA`
 //! with the lengths the kernel reports back as unmapped; "peak" the largest sum mapped at once.
@@ -78,6 +80,15 @@ fn with(f: impl FnOnce(&mut Stats)) {
 
 /// Record an open of our `target` (successful or not: only successes are counted).
 pub(crate) fn open(target: Target) {
+    record_open("open", target);
+}
+
+/// Record a file of ours taken over from before an `exec` (`crate::inherit`).
+pub(crate) fn inherited(target: Target) {
+    record_open("inherited", target);
+}
+
+fn record_open(how: &str, target: Target) {
     if !enabled() {
         return;
     }
@@ -88,7 +99,7 @@ pub(crate) fn open(target: Target) {
         Target::VfioDevice(n) => format!("/dev/vfio/devices/vfio{n}"),
         Target::NoEnt => return,
     };
-    with(|s| *s.opens.entry(path).or_default() += 1);
+    with(|s| *s.opens.entry(format!("{how} {path}")).or_default() += 1);
 }
 
 /// The name of ioctl `nr` on a file of `kind`.
@@ -249,7 +260,7 @@ fn errno_name(e: c_int) -> String {
 fn summary(s: &Stats) -> String {
     let mut out = format!("uiommu stats: pid {}\n", std::process::id());
     for (path, n) in &s.opens {
-        out += &format!("uiommu stats: open {path} {n}\n");
+        out += &format!("uiommu stats: {path} {n}\n");
     }
     let mut by_name: BTreeMap<&str, Vec<(c_int, u64)>> = BTreeMap::new();
     for ((name, e), n) in &s.ioctls {
@@ -299,7 +310,7 @@ mod tests {
     #[test]
     fn summary_lists_opens_ioctls_and_bytes() {
         let mut s = Stats::default();
-        s.opens.insert("/dev/iommu".into(), 1);
+        s.opens.insert("open /dev/iommu".into(), 1);
         s.ioctls.insert(("IOMMU_IOAS_MAP".into(), 0), 2);
         s.ioctls.insert(("IOMMU_IOAS_MAP".into(), libc::EEXIST), 1);
         s.map_calls = 2;

@@ -122,7 +122,8 @@ fn vfio_legacy_container_group_type1_and_sysfs() {
 
 #[test]
 fn dev_nodes_stat_as_character_devices_and_directory_walks_see_the_view() {
-    run(&compile("dev_nodes"), None);
+    let out = run(&compile("dev_nodes"), None);
+    assert!(out.contains("PASS dev_nodes exec child"), "{out}");
 }
 
 #[test]

@@ -246,15 +246,22 @@ fn lists_device(query_pci: &str, vendor: u16, device: u16) -> bool {
 }
 
 /// Run QEMU with `device_args` under `uiommu run` and do the QMP round; returns the
-/// `UIOMMU_STATS` summary.
+/// `UIOMMU_STATS` summary. With `shell_prefix`, QEMU is started by `sh -c 'PREFIX exec qemu
+/// ...'` (to hand it fds the shell opened).
 fn run_qemu(name: &str, device_args: &[&str]) -> Option<String> {
+    run_qemu_via(name, None, device_args)
+}
+
+fn run_qemu_via(name: &str, shell_prefix: Option<&str>, device_args: &[&str]) -> Option<String> {
     let qemu = qemu()?;
     let stats = scratch(&format!("{name}.stats"));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_uiommu"));
-    cmd.arg("run")
-        .arg("--preload")
-        .arg(library())
-        .args(["--", qemu])
+    cmd.arg("run").arg("--preload").arg(library()).arg("--");
+    if let Some(prefix) = shell_prefix {
+        // sh -c 'PREFIX exec "$0" "$@"' qemu ARGS...
+        cmd.args(["sh", "-c", &format!("{prefix} exec \"$0\" \"$@\"")]);
+    }
+    cmd.arg(qemu)
         .args([
             "-machine",
             "q35",
@@ -336,6 +343,38 @@ fn qemu_iommufd_backend_realizes_the_vfio_device_and_maps_guest_ram() {
     );
     assert!(
         summary.contains("uiommu stats: ioctl IOMMU_IOAS_MAP ok "),
+        "{summary}"
+    );
+    assert!(mapped_bytes(&summary) >= GUEST_RAM, "{summary}");
+}
+
+#[test]
+fn qemu_iommufd_backend_with_fds_opened_by_its_launcher() {
+    // The shell opens /dev/iommu and the device cdev and execs QEMU with them: QEMU is handed
+    // the fds (`fd=` of the iommufd object and of vfio-pci) and opens nothing itself.
+    let Some(summary) = run_qemu_via(
+        "iommufd-fd",
+        Some("exec 3<>/dev/iommu 4<>/dev/vfio/devices/vfio0;"),
+        &[
+            "-object",
+            "iommufd,id=iommufd0,fd=3",
+            "-device",
+            "vfio-pci,fd=4,iommufd=iommufd0,id=dma0",
+        ],
+    ) else {
+        return;
+    };
+    assert!(
+        summary.contains("uiommu stats: inherited /dev/iommu 1\n"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("uiommu stats: inherited /dev/vfio/devices/vfio0 1\n"),
+        "{summary}"
+    );
+    assert!(!summary.contains("uiommu stats: open "), "{summary}");
+    assert!(
+        summary.contains("uiommu stats: ioctl VFIO_DEVICE_BIND_IOMMUFD ok 1\n"),
         "{summary}"
     );
     assert!(mapped_bytes(&summary) >= GUEST_RAM, "{summary}");

@@ -90,8 +90,23 @@ static int only_vfio(const struct dirent *d)
 	return strncmp(d->d_name, "vfio", 4) == 0 && stat(p, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-int main(void)
+/* After exec: fd 10 (fresh /dev/iommu) was taken over, fd 11 (used) was not. */
+static int exec_child(void)
 {
+	struct stat st;
+	CHECK(fstat(10, &st) == 0 && S_ISCHR(st.st_mode) && major(st.st_rdev) == 10);
+	struct iommu_ioas_alloc ia = { .size = sizeof(ia) };
+	CHECK(ioctl(10, IOMMU_IOAS_ALLOC, &ia) == 0 && ia.out_ioas_id == 1);
+	CHECK(fstat(11, &st) == 0 && S_ISREG(st.st_mode));
+	CHECK_ERR(ioctl(11, IOMMU_IOAS_ALLOC, &ia), ENOTTY);
+	PASS("dev_nodes exec child");
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc > 1 && strcmp(argv[1], "exec-child") == 0)
+		return exec_child();
 	/* The vfio cdev's numbers are the sysfs view's. */
 	char buf[32] = { 0 };
 	FILE *f = fopen(SYSDEV "/vfio-dev/vfio0/dev", "r");
@@ -159,6 +174,16 @@ int main(void)
 	CHECK(c && strcmp(c, "/sys/kernel/iommu_groups/5") == 0);
 	free(c);
 
+	/* Files of ours across exec: a fresh one is taken over, a used one is not. */
+	int fresh = open("/dev/iommu", O_RDWR);
+	int used = open("/dev/iommu", O_RDWR);
+	CHECK(fresh >= 0 && used >= 0);
+	struct iommu_ioas_alloc ia = { .size = sizeof(ia) };
+	CHECK(ioctl(used, IOMMU_IOAS_ALLOC, &ia) == 0);
+	CHECK(dup2(fresh, 10) == 10 && dup2(used, 11) == 11);
 	PASS("dev_nodes");
-	return 0;
+	fflush(stdout);
+	execl("/proc/self/exe", argv[0], "exec-child", (char *)NULL);
+	CHECK(0 && "execl");
+	return 1;
 }
