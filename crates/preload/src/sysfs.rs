@@ -50,8 +50,9 @@ pub const PREFIXES: [(&[u8], bool); 4] = [
 /// The PCI root every function of the view hangs from.
 const PCI_ROOT: &str = "pci0000:00";
 
-/// Device number the view gives `vfio-dev/vfioN/dev` (the dynamic major of the vfio cdevs).
-const VFIO_CDEV_MAJOR: u32 = 511;
+/// Device number the view gives `vfio-dev/vfioN/dev`: the major `stat` reports for
+/// `/dev/vfio/devices/vfioN` ([`crate::node`]).
+use crate::node::VFIO_CDEV_MAJOR;
 
 /// The built view.
 pub struct View {
