@@ -522,6 +522,24 @@ impl FrameTable {
             return Err(FrameError::OutOfRange { va, npages });
         }
         let end = start + npages;
+        // Fast path: nothing pinned in the range, and no neighbour run with count 1 that the
+        // new run would have to merge with: one insertion.
+        let clear_before = match self.runs.range(..end).next_back() {
+            None => true,
+            Some((&k, r)) => k + r.len < start || (k + r.len == start && r.count != 1),
+        };
+        if clear_before && self.runs.get(&end).is_none_or(|r| r.count != 1) {
+            self.runs.insert(
+                start,
+                PinRun {
+                    len: npages,
+                    count: 1,
+                },
+            );
+            self.pinned_frames += npages;
+            self.total_pins += npages;
+            return Ok(first);
+        }
         // Refuse before changing anything if a count would overflow.
         if let Some((_, r)) = self.run_at(start) {
             if r.count == u32::MAX {
@@ -569,6 +587,15 @@ impl FrameTable {
         }
         let start = first.0;
         let end = start.saturating_add(npages).min(PFN_LIMIT);
+        // Fast path: exactly one run with one pin: it goes.
+        if let Some(r) = self.runs.get(&start) {
+            if r.len == end - start && r.count == 1 {
+                self.runs.remove(&start);
+                self.pinned_frames -= npages;
+                self.total_pins -= npages;
+                return;
+            }
+        }
         self.split_at(start);
         self.split_at(end);
         let mut covered = 0u64;
@@ -629,7 +656,8 @@ impl FrameTable {
 /// The machine's memory: registered address spaces plus the frame table.
 #[derive(Default)]
 pub struct Memory {
-    spaces: HashMap<SpaceId, Arc<dyn UserMemory>>,
+    /// Indexed by space id (ids are dense from 0).
+    spaces: Vec<Arc<dyn UserMemory>>,
     next_space: u32,
     /// Pinned frames.
     pub frames: FrameTable,
@@ -656,12 +684,12 @@ impl Memory {
     pub fn add_space(&mut self, mem: Arc<dyn UserMemory>) -> SpaceId {
         let id = SpaceId(self.next_space);
         self.next_space = self.next_space.saturating_add(1);
-        self.spaces.insert(id, mem);
+        self.spaces.push(mem);
         id
     }
     /// The address space registered as `id`.
     pub fn space(&self, id: SpaceId) -> Option<&Arc<dyn UserMemory>> {
-        self.spaces.get(&id)
+        self.spaces.get(id.0 as usize)
     }
 
     /// Read `buf.len()` bytes at physical address `pa` (within pinned frames) into `buf`.
@@ -713,7 +741,7 @@ impl Memory {
             let (d_space, d_va, d_avail) = self.resolve(d).ok_or((PhysAddr(d), false))?;
             let n = s_avail.min(d_avail).min(len - done);
             let disjoint = s_va.0.saturating_add(n) <= d_va.0 || d_va.0.saturating_add(n) <= s_va.0;
-            let direct = match self.spaces.get(&s_space) {
+            let direct = match self.spaces.get(s_space.0 as usize) {
                 Some(mem) if s_space == d_space && disjoint => mem.copy_within(d_va, s_va, n),
                 _ => None,
             };
@@ -762,7 +790,7 @@ impl Memory {
                 .saturating_mul(PAGE_SIZE)
                 .saturating_sub(cur & (PAGE_SIZE - 1));
             let n = avail.min(len - done);
-            let mem = self.spaces.get(&space).ok_or(PhysAddr(cur))?;
+            let mem = self.spaces.get(space.0 as usize).ok_or(PhysAddr(cur))?;
             let va = UserVa(page_va.0 | (cur & (PAGE_SIZE - 1)));
             let (lo, hi) = (done as usize, (done + n) as usize);
             let result = match &mut op {
