@@ -282,9 +282,10 @@ impl Report {
         let _ = writeln!(
             out,
             "\nkernel 6.12: the real kernel in a QEMU TCG guest of this machine class (emulated \
-             CPU; syscalls 3.2x native), /work/shared/anchors/kernel-6.12.md. uiommu ran natively \
-             here, so ratios overstate uiommu against a native kernel. ratio = uiommu / kernel \
-             (higher is better except ns and bytes)."
+             CPU; syscalls 3.2x native), /work/shared/anchors/kernel-6.12.md. Ratios compare \
+             like with like only when this run was in such a guest too (bench/vm/run.sh); run \
+             natively, they overstate uiommu. ratio = uiommu / kernel (higher is better except ns \
+             and bytes)."
         );
         for (i, (key, n)) in notes.iter().enumerate() {
             let _ = writeln!(out, "[{}] {key}: {n}", i + 1);
