@@ -3,7 +3,9 @@
 //! [`ProcessMemory`] reads and writes with `process_vm_readv`/`process_vm_writev`, which the
 //! kernel checks against the target's page tables: an unmapped address, or a write to a
 //! read-only mapping, is an EFAULT from the system call — reported as a [`MemFault`], never a
-//! crash of the host program. Probing (what pinning does first) asks the kernel which mappings
+//! crash of the host program. (For the calling process, a range on the calling thread's live
+//! stack — where an ioctl's argument struct usually is — is copied directly instead: that
+//! memory is mapped for certain; see `uiommu_sys::read_own_stack`.) Probing (what pinning does first) asks the kernel which mappings
 //! cover the range (one PROCMAP_QUERY ioctl per mapping on a kept-open `/proc/<pid>/maps`;
 //! before Linux 6.11, by reading that file) to see that every page of the range is mapped,
 //! readable, and writable if asked.
@@ -34,18 +36,25 @@ static MAPS: Mutex<Option<MapsFile>> = Mutex::new(None);
 #[derive(Debug, Clone, Copy)]
 pub struct ProcessMemory {
     pid: Pid,
+    /// The calling process itself: accesses to the calling thread's live stack need no
+    /// system call.
+    own: bool,
 }
 
 impl ProcessMemory {
     /// The calling process.
     pub fn this() -> ProcessMemory {
-        ProcessMemory { pid: Pid::this() }
+        ProcessMemory {
+            pid: Pid::this(),
+            own: true,
+        }
     }
 
     /// Another process (needs ptrace-level permission over it).
     pub fn of(pid: i32) -> ProcessMemory {
         ProcessMemory {
             pid: Pid::from_raw(pid),
+            own: u32::try_from(pid).is_ok_and(|p| p == std::process::id()),
         }
     }
 
@@ -150,6 +159,9 @@ impl UserMemory for ProcessMemory {
         if buf.is_empty() {
             return Ok(());
         }
+        if self.own && uiommu_sys::read_own_stack(va.raw(), buf) {
+            return Ok(());
+        }
         let len = buf.len();
         let remote = [Self::remote(va, len)?];
         match process_vm_readv(self.pid, &mut [IoSliceMut::new(buf)], &remote) {
@@ -161,6 +173,9 @@ impl UserMemory for ProcessMemory {
 
     fn write(&self, va: UserVa, data: &[u8]) -> Result<(), MemFault> {
         if data.is_empty() {
+            return Ok(());
+        }
+        if self.own && uiommu_sys::write_own_stack(va.raw(), data) {
             return Ok(());
         }
         let len = data.len();

@@ -9,6 +9,8 @@
 //!   and parsing the whole file.
 //! - [`copy_within_self`]: copy between two address ranges of the calling process in one
 //!   `process_vm_readv`, with no bounce buffer (what a DMA engine's copy is).
+//! - [`read_own_stack`] / [`write_own_stack`]: copy from or to the live part of the calling
+//!   thread's stack (where an ioctl's argument struct usually is) without a system call.
 //! - [`MappedBuffer`]: an anonymous mapping, optionally backed by hugetlb or transparent huge
 //!   pages, for benchmarks and tests.
 
@@ -120,6 +122,81 @@ pub fn copy_within_self(dst: u64, src: u64, len: usize) -> io::Result<usize> {
     } else {
         Ok(n as usize)
     }
+}
+
+thread_local! {
+    /// The calling thread's stack as `[low, high)`, asked of pthread once per thread; `(0, 0)`
+    /// when pthread could not say.
+    static STACK: std::cell::Cell<Option<(usize, usize)>> = const { std::cell::Cell::new(None) };
+}
+
+/// The calling thread's stack, `[low, high)`.
+fn thread_stack() -> (usize, usize) {
+    STACK.with(|c| {
+        if let Some(r) = c.get() {
+            return r;
+        }
+        let mut range = (0, 0);
+        // SAFETY: `attr` is initialised by pthread_getattr_np before being read and destroyed
+        // exactly once after; the out-pointers point at live locals of the right types.
+        unsafe {
+            let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+            if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) == 0 {
+                let mut addr: *mut libc::c_void = std::ptr::null_mut();
+                let mut size: libc::size_t = 0;
+                if libc::pthread_attr_getstack(&attr, &mut addr, &mut size) == 0 {
+                    let lo = addr as usize;
+                    range = (lo, lo.saturating_add(size));
+                }
+                libc::pthread_attr_destroy(&mut attr);
+            }
+        }
+        c.set(Some(range));
+        range
+    })
+}
+
+/// Whether `[addr, addr + len)` lies in the live part of the calling thread's stack: above
+/// this function's own frame and below the top of the thread's stack. That memory is mapped,
+/// readable and writable for certain (it holds the frames of this call's callers); when the
+/// thread runs on another stack (a signal stack, a coroutine's), nothing is.
+fn on_live_stack(addr: u64, len: usize) -> bool {
+    let here = 0u8;
+    let sp = std::hint::black_box(&here as *const u8 as usize);
+    let (lo, hi) = thread_stack();
+    let (Ok(start), Some(end)) = (usize::try_from(addr), (addr as usize).checked_add(len)) else {
+        return false;
+    };
+    lo < sp && sp < hi && start > sp && end <= hi && len > 0
+}
+
+/// Copy `buf.len()` bytes at `addr` of this process into `buf` without a system call, when
+/// they lie in the live part of the calling thread's stack (where a caller's ioctl argument
+/// struct usually is). `false`, having done nothing, otherwise: the caller reads it the
+/// checked way.
+pub fn read_own_stack(addr: u64, buf: &mut [u8]) -> bool {
+    if !on_live_stack(addr, buf.len()) {
+        return false;
+    }
+    // SAFETY: the source range lies between this frame and the top of this thread's stack
+    // (checked just above), so it is mapped and readable; it cannot overlap `buf` as a Rust
+    // borrow of the same bytes would need a reference the caller does not have (the address
+    // came in as a number). Bytes are copied as plain `u8`, which has no invalid values.
+    unsafe { std::ptr::copy(addr as usize as *const u8, buf.as_mut_ptr(), buf.len()) };
+    true
+}
+
+/// Write `data` at `addr` of this process without a system call, when the range lies in the
+/// live part of the calling thread's stack; `false`, having done nothing, otherwise.
+pub fn write_own_stack(addr: u64, data: &[u8]) -> bool {
+    if !on_live_stack(addr, data.len()) {
+        return false;
+    }
+    // SAFETY: as in `read_own_stack`: the destination is mapped and writable stack memory of a
+    // caller's frame, addressed by the number the caller passed (as the kernel's copy_to_user
+    // would write it), and plain bytes are written.
+    unsafe { std::ptr::copy(data.as_ptr(), addr as usize as *mut u8, data.len()) };
+    true
 }
 
 /// How a [`MappedBuffer`] is backed.
@@ -294,6 +371,35 @@ mod tests {
         assert!(matches!(r, Err(_) | Ok(0)), "{r:?}");
         // Source unmapped.
         assert!(copy_within_self(base, 8, 16).is_err());
+    }
+
+    #[inline(never)]
+    fn read_through(addr: u64, len: usize) -> Option<Vec<u8>> {
+        let mut b = vec![0u8; len];
+        read_own_stack(addr, &mut b).then_some(b)
+    }
+
+    #[test]
+    fn a_callers_stack_struct_is_read_and_written_directly_and_nothing_else_is() {
+        let mut local = [7u8; 24];
+        let addr = local.as_mut_ptr() as u64;
+        assert_eq!(read_through(addr, 24), Some(vec![7u8; 24]));
+        assert!(write_own_stack(std::hint::black_box(addr) + 4, &[1, 2, 3]));
+        assert_eq!(&std::hint::black_box(&local)[3..8], &[7, 1, 2, 3, 7]);
+        // Heap, static, unmapped, wrapping, empty: not on the stack.
+        let heap = vec![0u8; 16];
+        assert_eq!(read_through(heap.as_ptr() as u64, 16), None);
+        static S: [u8; 4] = [0; 4];
+        assert_eq!(read_through(S.as_ptr() as u64, 4), None);
+        assert_eq!(read_through(8, 4), None);
+        assert_eq!(read_through(u64::MAX - 2, 8), None);
+        assert_eq!(read_through(addr, 0), None);
+        assert!(!write_own_stack(8, &[1]));
+        // Another thread's stack is not this thread's.
+        let other = std::thread::spawn(move || read_through(addr, 4))
+            .join()
+            .unwrap();
+        assert_eq!(other, None);
     }
 
     #[test]
