@@ -387,7 +387,7 @@ mod tests {
         assert!(write_own_stack(std::hint::black_box(addr) + 4, &[1, 2, 3]));
         assert_eq!(&std::hint::black_box(&local)[3..8], &[7, 1, 2, 3, 7]);
         // Heap, static, unmapped, wrapping, empty: not on the stack.
-        let heap = vec![0u8; 16];
+        let heap = Box::new([0u8; 16]);
         assert_eq!(read_through(heap.as_ptr() as u64, 16), None);
         static S: [u8; 4] = [0; 4];
         assert_eq!(read_through(S.as_ptr() as u64, 4), None);
