@@ -508,7 +508,7 @@ impl Context {
         }
         self.with(|st, c| {
             let ctx = st.ctx(c)?;
-            let space = ctx.space;
+            let space = CALLER_SPACE.with(|s| s.get()).unwrap_or(ctx.space);
             let mode = if st.config.cap_ipc_lock {
                 AccountMode::None
             } else {
@@ -651,6 +651,22 @@ impl Context {
     pub fn ioas_areas(&self, ioas: ObjId) -> Result<Vec<crate::io_pagetable::AreaInfo>> {
         self.with(|st, c| Ok(ioas_mut(st, c, ioas)?.iopt.areas()))
     }
+}
+
+std::thread_local! {
+    /// The address space of the program making the current call on this thread, when it is
+    /// not the context's own (see [`with_caller_space`]).
+    static CALLER_SPACE: std::cell::Cell<Option<SpaceId>> = const { std::cell::Cell::new(None) };
+}
+
+/// Run `f` on behalf of a program whose memory is `space` rather than the context's own:
+/// IOMMU_IOAS_MAP called inside maps from `space`, as the kernel maps from the caller's `mm`
+/// (a `fork` child mapping its own memory into its parent's context through an inherited fd).
+pub fn with_caller_space<R>(space: SpaceId, f: impl FnOnce() -> R) -> R {
+    let prev = CALLER_SPACE.with(|s| s.replace(Some(space)));
+    let r = f();
+    CALLER_SPACE.with(|s| s.set(prev));
+    r
 }
 
 /// The IOAS `id` of context `c`, mutably (ENOENT if absent or not an IOAS).

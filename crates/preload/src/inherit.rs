@@ -9,7 +9,7 @@
 //! says `F` is opened again as its path in the new process's engine, under the same fd
 //! (same inode, same open flags), exactly what a fresh open gives. A used file cannot be
 //! carried over (its context, bindings and mappings died with the old image): it stays a plain
-//! memfd, whose iommufd and VFIO ioctls fail with ENOTTY, as an fd inherited by a `fork` child.
+//! memfd, whose iommufd and VFIO ioctls fail with ENOTTY.
 //! The record is kept in the memfd's contents, which the program never sees (our `read`,
 //! `pread` and `mmap` serve the device instead).
 

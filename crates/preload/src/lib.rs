@@ -54,6 +54,7 @@ pub mod inherit;
 pub mod node;
 mod poll;
 pub mod real;
+mod remote;
 mod state;
 mod stats;
 pub mod sysfs;
@@ -499,13 +500,16 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_i
             return real_ioctl();
         }
         let Some(g) = active() else {
-            return real_ioctl();
+            if in_hook() {
+                return real_ioctl();
+            }
+            return remote_or_real(fd, request, arg, real_ioctl);
         };
         // Entered before the look-up so that the file, if this call ends up holding its
         // last reference (closed by another thread meanwhile), is dropped inside the library.
         let _h = Hook::enter();
         let Some(file) = g.files.get(fd) else {
-            return real_ioctl();
+            return remote_or_real(fd, request, arg, real_ioctl);
         };
         inherit::mark_used(fd, &file);
         let caller = g.caller();
@@ -522,6 +526,28 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_i
             Err(e) => fail(e),
         }
     })
+}
+
+/// An iommufd or VFIO ioctl on an fd not in this process's table: an fd inherited from an
+/// ancestor's engine is served there (`remote`), anything else by the real `ioctl`.
+fn remote_or_real(
+    fd: c_int,
+    request: c_ulong,
+    arg: c_ulong,
+    real_ioctl: impl FnOnce() -> c_int,
+) -> c_int {
+    if !remote::has_upstream() {
+        return real_ioctl();
+    }
+    let r = {
+        let _h = Hook::enter();
+        remote::ioctl(fd, request, arg)
+    };
+    match r {
+        None => real_ioctl(),
+        Some(Ok(v)) => c_int::try_from(v).unwrap_or(c_int::MAX),
+        Some(Err(e)) => fail(e),
+    }
 }
 
 /// Largest transfer one `read`/`write`/`pread`/`pwrite` on our files serves; larger requests

@@ -11,8 +11,8 @@
 //! Fork: the child of a `fork` gets a copy of this state whose locks may have been held by
 //! threads that do not exist in the child, and whose memory accessor names the parent. A
 //! `pthread_atfork` child handler therefore forgets the state (leaking the copy, never running
-//! its teardown): in the child, inherited fds are plain memfds (their ioctls fail with ENOTTY)
-//! and the next open of `/dev/iommu` builds a fresh engine for the child.
+//! its teardown): the ioctls of inherited fds are served by the parent's engine
+//! (`crate::remote`), and the next open of `/dev/iommu` builds a fresh engine for the child.
 
 use crate::real;
 use crate::table::{inode_of, FileTable, InodeKey};
@@ -144,16 +144,22 @@ extern "C" fn forget_after_fork() {
     // The old state is leaked on purpose: its locks may be held by threads that were not
     // copied, and its teardown would act on the parent's engine copy for nothing.
     let _ = old;
+    crate::remote::after_fork_child();
 }
 
 fn register_atfork() {
     if ATFORK.swap(true, Ordering::AcqRel) {
         return;
     }
-    // SAFETY: registering a child handler that only swaps an atomic pointer (async-signal
-    // safe); no prepare or parent handler.
+    // SAFETY: registering a prepare handler that starts the server of this engine for the
+    // child (`crate::remote`) and a child handler that only swaps atomics and closes the
+    // child's copy of the listening socket (async-signal safe); no parent handler.
     unsafe {
-        libc::pthread_atfork(None, None, Some(forget_after_fork));
+        libc::pthread_atfork(
+            Some(crate::remote::before_fork),
+            None,
+            Some(forget_after_fork),
+        );
     }
 }
 

@@ -179,6 +179,11 @@ impl<T> FileTable<T> {
         self.read().get(&key).cloned()
     }
 
+    /// The state of the inode `key`, if it is one of ours.
+    pub fn get_key(&self, key: InodeKey) -> Option<Arc<T>> {
+        self.read().get(&key).cloned()
+    }
+
     /// Drop the entries no fd of the process refers to any more, after one of ours was closed.
     /// The removed states are returned, for the caller to drop outside the lock (dropping one
     /// may tear a context down, which takes the engine lock).

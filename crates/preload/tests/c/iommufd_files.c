@@ -1,8 +1,9 @@
 /*
  * iommufd file semantics through libuiommu_preload.so: an fd passed over a Unix socket is the
  * same context, close_range and closefrom close our fds like any other, and after fork the
- * child shares nothing (inherited fds are plain memfds there; it opens its own contexts) while
- * the parent is unaffected.
+ * child's inherited fd reaches the parent's context: it maps its own memory into the parent's
+ * IOAS (pinned from the child's memory while it lives; EFAULT once it is gone), closing it
+ * leaves the parent's context open, and the child still opens contexts of its own.
  *
  * `iommufd_files expect-enodev` checks only that /dev/iommu cannot be opened (ENODEV), for a
  * run with a broken UIOMMU_PLATFORM.
@@ -118,31 +119,38 @@ int main(int argc, char **argv)
 	CHECK(fresh >= 0);
 	CHECK(ioas_alloc(fresh) == 1); /* a new context; the old one is gone */
 
-	/* fork: the parent's context keeps working; the child starts from nothing. */
+	/* fork: the inherited fd reaches the parent's context (as the shared open file
+	 * description does in Linux); the child maps its own memory into the parent's IOAS,
+	 * and can still open contexts of its own. */
 	__u32 parent_ioas = ioas_alloc(fresh);
 	CHECK(parent_ioas == 2);
 	unsigned char *buf = mmap(NULL, 8192, PROT_READ | PROT_WRITE,
 				  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	CHECK(buf != MAP_FAILED);
+	memset(buf, 0x11, 8192);
 	pid_t pid = fork();
 	CHECK(pid >= 0);
 	if (pid == 0) {
-		/* The inherited fd is a plain memfd here. */
-		struct iommu_ioas_alloc a = { .size = sizeof(a) };
-		CHECK_ERR(ioctl(fresh, IOMMU_IOAS_ALLOC, &a), ENOTTY);
+		struct iommu_ioas_map m = {
+			.size = sizeof(m),
+			.flags = IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_FIXED_IOVA,
+			.ioas_id = parent_ioas,
+			.user_va = (uintptr_t)buf,
+			.length = 8192,
+			.iova = 1 << 20,
+		};
+		CHECK(ioctl(fresh, IOMMU_IOAS_MAP, &m) == 0);
+		CHECK(ioas_exists(fresh, parent_ioas));
+		/* A bad pointer in the child is EFAULT, read in the child's memory. */
+		CHECK_ERR(ioctl(fresh, IOMMU_IOAS_MAP, (void *)8), EFAULT);
+		/* Closing the inherited fd does not close the parent's context. */
 		CHECK(close(fresh) == 0);
 		/* Its own engine, mapping its own memory. */
 		int own = open("/dev/iommu", O_RDWR);
 		CHECK(own >= 0);
 		__u32 child_ioas = ioas_alloc(own);
 		CHECK(child_ioas == 1);
-		struct iommu_ioas_map m = {
-			.size = sizeof(m),
-			.flags = IOMMU_IOAS_MAP_READABLE,
-			.ioas_id = child_ioas,
-			.user_va = (uintptr_t)buf,
-			.length = 8192,
-		};
+		m.ioas_id = child_ioas;
 		CHECK(ioctl(own, IOMMU_IOAS_MAP, &m) == 0);
 		CHECK(close(own) == 0);
 		PASS("iommufd_files child");
@@ -153,6 +161,62 @@ int main(int argc, char **argv)
 	CHECK(waitpid(pid, &status, 0) == pid);
 	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 	CHECK(ioas_exists(fresh, parent_ioas));
+	/* The child's mapping is in the parent's IOAS. */
+	struct iommu_ioas_unmap u = {
+		.size = sizeof(u),
+		.ioas_id = parent_ioas,
+		.iova = 1 << 20,
+		.length = 8192,
+	};
+	CHECK(ioctl(fresh, IOMMU_IOAS_UNMAP, &u) == 0 && u.length == 8192);
+
+	/* A domain attached after the child exited cannot pin its pages (EFAULT, as the kernel
+	 * on a gone mm); while a child is alive, its pages are pinned from its memory. */
+	int dev = open("/dev/vfio/devices/vfio0", O_RDWR);
+	CHECK(dev >= 0);
+	struct vfio_device_bind_iommufd b = { .argsz = sizeof(b), .iommufd = fresh };
+	CHECK(ioctl(dev, VFIO_DEVICE_BIND_IOMMUFD, &b) == 0);
+	for (int alive = 0; alive < 2; alive++) {
+		int go[2], done[2];
+		CHECK(pipe(go) == 0 && pipe(done) == 0);
+		pid = fork();
+		CHECK(pid >= 0);
+		if (pid == 0) {
+			struct iommu_ioas_map m = {
+				.size = sizeof(m),
+				.flags = IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_FIXED_IOVA,
+				.ioas_id = parent_ioas,
+				.user_va = (uintptr_t)buf,
+				.length = 8192,
+				.iova = 1 << 20,
+			};
+			char c = ioctl(fresh, IOMMU_IOAS_MAP, &m) == 0 ? 'y' : 'n';
+			CHECK(write(done[1], &c, 1) == 1);
+			if (alive)
+				CHECK(read(go[0], &c, 1) == 1);
+			_exit(0);
+		}
+		char c = 0;
+		CHECK(read(done[0], &c, 1) == 1 && c == 'y');
+		if (!alive)
+			CHECK(waitpid(pid, &status, 0) == pid);
+		struct vfio_device_attach_iommufd_pt a = { .argsz = sizeof(a), .pt_id = parent_ioas };
+		if (alive) {
+			CHECK(ioctl(dev, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &a) == 0);
+			c = 'g';
+			CHECK(write(go[1], &c, 1) == 1);
+			CHECK(waitpid(pid, &status, 0) == pid);
+			CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+		} else {
+			CHECK_ERR(ioctl(dev, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &a), EFAULT);
+			CHECK(ioctl(fresh, IOMMU_IOAS_UNMAP, &u) == 0 && u.length == 8192);
+		}
+		close(go[0]), close(go[1]), close(done[0]), close(done[1]);
+	}
+	/* The pinned pages stay mapped after the child exited; unmapping unpins them. */
+	u.length = 8192;
+	CHECK(ioctl(fresh, IOMMU_IOAS_UNMAP, &u) == 0 && u.length == 8192);
+	CHECK(close(dev) == 0);
 	CHECK(ioas_alloc(fresh) == 3);
 	CHECK(close(fresh) == 0);
 	CHECK(close(sv[0]) == 0 && close(sv[1]) == 0);
