@@ -143,6 +143,13 @@ int main(int argc, char **argv)
 		CHECK(ioas_exists(fresh, parent_ioas));
 		/* A bad pointer in the child is EFAULT, read in the child's memory. */
 		CHECK_ERR(ioctl(fresh, IOMMU_IOAS_MAP, (void *)8), EFAULT);
+		/* A grandchild reaches the same context. */
+		pid_t g = fork();
+		CHECK(g >= 0);
+		if (g == 0)
+			_exit(ioas_alloc(fresh) == 3 ? 0 : 1);
+		int gs = 0;
+		CHECK(waitpid(g, &gs, 0) == g && WIFEXITED(gs) && WEXITSTATUS(gs) == 0);
 		/* Closing the inherited fd does not close the parent's context. */
 		CHECK(close(fresh) == 0);
 		/* Its own engine, mapping its own memory. */
@@ -217,7 +224,7 @@ int main(int argc, char **argv)
 	u.length = 8192;
 	CHECK(ioctl(fresh, IOMMU_IOAS_UNMAP, &u) == 0 && u.length == 8192);
 	CHECK(close(dev) == 0);
-	CHECK(ioas_alloc(fresh) == 3);
+	CHECK(ioas_alloc(fresh) == 4); /* 3 is the grandchild's */
 	CHECK(close(fresh) == 0);
 	CHECK(close(sv[0]) == 0 && close(sv[1]) == 0);
 	PASS("iommufd_files");
