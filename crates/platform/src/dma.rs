@@ -56,6 +56,14 @@ struct Run {
     len: u64,
 }
 
+/// Why [`DmaContext::walk`] stopped.
+enum Walk<E> {
+    /// A translation failed at this IOVA.
+    Translate(u64, FaultReason),
+    /// The run callback failed.
+    Run(E),
+}
+
 impl DmaContext<'_> {
     fn fault(&mut self, iova: u64, access: Access, reason: FaultReason) -> DmaFault {
         let iova = Iova(iova);
@@ -69,49 +77,36 @@ impl DmaContext<'_> {
         DmaFault { iova, reason }
     }
 
-    /// Copy a pending run with `copy(memory, pa, buffer range)`; a failure is a BadPhysical
-    /// fault at the IOVA of the failing physical address.
-    fn flush(
-        &mut self,
-        run: Option<Run>,
-        access: Access,
-        copy: &mut CopyFn<'_>,
-    ) -> Result<(), DmaFault> {
-        let Some(r) = run else { return Ok(()) };
-        let range = r.off as usize..(r.off + r.len) as usize;
-        copy(self.memory, PhysAddr(r.pa), range).map_err(|bad| {
-            let delta = bad.0.wrapping_sub(r.pa);
-            let at = if delta < r.len {
-                r.iova + delta
-            } else {
-                r.iova
-            };
-            self.fault(at, access, FaultReason::BadPhysical)
-        })
-    }
-
-    /// Move `len` bytes at `iova` in direction `access`, copying each physically contiguous run
-    /// with `copy`.
-    fn transfer(
+    /// Translate `len` bytes at `iova` for `access`, handing each physically contiguous run to
+    /// `each` once the next translation does not continue it (the last at the end). Records
+    /// nothing. Stops at the first error of `each`, or at the first translation that fails
+    /// (after handing over the runs before it): `Err(Walk::Translate(iova, why))`.
+    fn walk<E>(
         &mut self,
         iova: Iova,
-        len: usize,
+        len: u64,
         access: Access,
-        copy: &mut CopyFn<'_>,
-    ) -> Result<(), DmaFault> {
-        let len = len as u64;
+        each: &mut dyn FnMut(Run) -> Result<(), E>,
+    ) -> Result<(), Walk<E>> {
         let mut off = 0u64;
         let mut run: Option<Run> = None;
         while off < len {
-            let Some(cur) = iova.0.checked_add(off) else {
-                self.flush(run, access, copy)?;
-                return Err(self.fault(u64::MAX, access, FaultReason::NotMapped));
-            };
-            let t = match self.iommu.translate_quiet(self.rid, Iova(cur), access) {
-                Ok(t) => t,
-                Err(reason) => {
-                    self.flush(run, access, copy)?;
-                    return Err(self.fault(cur, access, reason));
+            let translated =
+                iova.0
+                    .checked_add(off)
+                    .map_or(Err((u64::MAX, FaultReason::NotMapped)), |cur| {
+                        self.iommu
+                            .translate_quiet(self.rid, Iova(cur), access)
+                            .map(|t| (cur, t))
+                            .map_err(|why| (cur, why))
+                    });
+            let (cur, t) = match translated {
+                Ok(ct) => ct,
+                Err((at, why)) => {
+                    if let Some(r) = run {
+                        each(r).map_err(Walk::Run)?;
+                    }
+                    return Err(Walk::Translate(at, why));
                 }
             };
             let to_page = PAGE_SIZE - (cur & (PAGE_SIZE - 1));
@@ -120,12 +115,13 @@ impl DmaContext<'_> {
             } else {
                 PAGE_SIZE
             };
-            let to_leaf = leaf - (cur & (leaf - 1));
-            let n = (len - off).min(to_page).min(to_leaf);
+            let n = (len - off).min(to_page).min(leaf - (cur & (leaf - 1)));
             match run {
                 Some(ref mut r) if r.pa.checked_add(r.len) == Some(t.pa.0) => r.len += n,
                 _ => {
-                    self.flush(run, access, copy)?;
+                    if let Some(r) = run {
+                        each(r).map_err(Walk::Run)?;
+                    }
                     run = Some(Run {
                         off,
                         iova: cur,
@@ -136,40 +132,55 @@ impl DmaContext<'_> {
             }
             off += n;
         }
-        self.flush(run, access, copy)
+        match run {
+            Some(r) => each(r).map_err(Walk::Run),
+            None => Ok(()),
+        }
     }
-}
 
-impl DmaContext<'_> {
+    /// Move `len` bytes at `iova` in direction `access`, copying each physically contiguous run
+    /// with `copy`; the first failure, in IOVA order, is recorded.
+    fn transfer(
+        &mut self,
+        iova: Iova,
+        len: usize,
+        access: Access,
+        copy: &mut CopyFn<'_>,
+    ) -> Result<(), DmaFault> {
+        let memory = self.memory;
+        let mut copy_run = |r: Run| {
+            copy(
+                memory,
+                PhysAddr(r.pa),
+                r.off as usize..(r.off + r.len) as usize,
+            )
+            .map_err(|bad| (r, bad))
+        };
+        match self.walk(iova, len as u64, access, &mut copy_run) {
+            Ok(()) => Ok(()),
+            Err(Walk::Translate(at, why)) => Err(self.fault(at, access, why)),
+            Err(Walk::Run((r, bad))) => {
+                // A copy failure is a BadPhysical fault at the IOVA of the failing address.
+                let delta = bad.0.wrapping_sub(r.pa);
+                let at = if delta < r.len {
+                    r.iova + delta
+                } else {
+                    r.iova
+                };
+                Err(self.fault(at, access, FaultReason::BadPhysical))
+            }
+        }
+    }
+
     /// The physically contiguous runs of `len` bytes at `iova`, translated for `access`
     /// without recording anything; `None` at the first translation that fails.
     fn runs_quiet(&mut self, iova: Iova, len: u64, access: Access) -> Option<Vec<Run>> {
-        let mut runs: Vec<Run> = Vec::new();
-        let mut off = 0u64;
-        while off < len {
-            let cur = iova.0.checked_add(off)?;
-            let t = self
-                .iommu
-                .translate_quiet(self.rid, Iova(cur), access)
-                .ok()?;
-            let to_page = PAGE_SIZE - (cur & (PAGE_SIZE - 1));
-            let leaf = if t.leaf_size.is_power_of_two() {
-                t.leaf_size
-            } else {
-                PAGE_SIZE
-            };
-            let n = (len - off).min(to_page).min(leaf - (cur & (leaf - 1)));
-            match runs.last_mut() {
-                Some(r) if r.pa.checked_add(r.len) == Some(t.pa.0) => r.len += n,
-                _ => runs.push(Run {
-                    off,
-                    iova: cur,
-                    pa: t.pa.0,
-                    len: n,
-                }),
-            }
-            off += n;
-        }
+        let mut runs = Vec::new();
+        let mut push = |r: Run| -> Result<(), std::convert::Infallible> {
+            runs.push(r);
+            Ok(())
+        };
+        self.walk(iova, len, access, &mut push).ok()?;
         Some(runs)
     }
 
@@ -204,9 +215,7 @@ impl DmaPort for DmaContext<'_> {
         if self.copy_direct(src, dst, len as u64).is_some() {
             return Ok(());
         }
-        let mut buf = vec![0u8; len];
-        self.dma_read(src, &mut buf).map_err(|f| (f, true))?;
-        self.dma_write(dst, &buf).map_err(|f| (f, false))
+        crate::devices::copy_through_buffer(self, src, dst, len)
     }
 
     fn dma_read(&mut self, iova: Iova, buf: &mut [u8]) -> Result<(), DmaFault> {

@@ -204,7 +204,7 @@ impl UserMemory for ProcessMemory {
     /// The calling process's own memory copies in one `process_vm_readv` from `src` into
     /// `dst`; another process's does not (`None`: the caller bounces).
     fn copy_within(&self, dst: UserVa, src: UserVa, len: u64) -> Option<Result<(), MemFault>> {
-        if self.pid.as_raw() as u32 != std::process::id() {
+        if !self.own {
             return None;
         }
         let n = usize::try_from(len).ok()?;

@@ -31,10 +31,21 @@ pub trait DmaPort {
     /// (which is what this default does), including the fault recorded and which side it is
     /// (`Err((fault, true))` for the source). A port may move the bytes without the buffer.
     fn dma_copy(&mut self, src: Iova, dst: Iova, len: usize) -> Result<(), (DmaFault, bool)> {
-        let mut buf = vec![0u8; len];
-        self.dma_read(src, &mut buf).map_err(|f| (f, true))?;
-        self.dma_write(dst, &buf).map_err(|f| (f, false))
+        copy_through_buffer(self, src, dst, len)
     }
+}
+
+/// A copy as `dma_read` of the source into a buffer then `dma_write` of it: what
+/// [`DmaPort::dma_copy`] means, and what a port that moves bytes another way falls back to.
+pub fn copy_through_buffer<P: DmaPort + ?Sized>(
+    port: &mut P,
+    src: Iova,
+    dst: Iova,
+    len: usize,
+) -> Result<(), (DmaFault, bool)> {
+    let mut buf = vec![0u8; len];
+    port.dma_read(src, &mut buf).map_err(|f| (f, true))?;
+    port.dma_write(dst, &buf).map_err(|f| (f, false))
 }
 
 /// Where a model's interrupts go: called with the vector number.
