@@ -18,7 +18,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes};
 const ESPIPE: Errno = 29;
 
 mod common;
-use common::Fds;
+use common::{out, tcmd, Fds};
 
 const ARG: u64 = 0x1000_0000;
 const SCRATCH: u64 = 0x3000_0000;
@@ -45,22 +45,6 @@ fn env() -> Env {
         fds: Fds::default(),
         file: Some(file),
     }
-}
-
-fn tcmd<P: IntoBytes + Immutable>(op: u32, id: u32, p: &P) -> IommuTestCmd {
-    let mut c = IommuTestCmd {
-        size: 72,
-        op,
-        id,
-        ..Default::default()
-    };
-    let src = p.as_bytes();
-    c.payload.as_mut_bytes()[..src.len()].copy_from_slice(src);
-    c
-}
-
-fn out<P: FromBytes>(c: &IommuTestCmd) -> P {
-    P::read_from_prefix(c.payload.as_bytes()).unwrap().0
 }
 
 /// The selftest's nested-HWPT setup: (ioas, stdev, idev, parent, fault id, fault fd).

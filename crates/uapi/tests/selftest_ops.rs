@@ -19,7 +19,7 @@ const EBADFD: Errno = 77;
 const EBADE: Errno = 52;
 
 mod common;
-use common::Fds;
+use common::{out, tcmd, Fds};
 
 /// Argument structs.
 const ARG: u64 = 0x1000_0000;
@@ -54,24 +54,6 @@ fn env() -> Env {
         fds: Fds::default(),
         file: Some(file),
     }
-}
-
-/// A test command for `op` on object `id` with payload `p`.
-fn tcmd<P: IntoBytes + Immutable>(op: u32, id: u32, p: &P) -> IommuTestCmd {
-    let mut c = IommuTestCmd {
-        size: 72,
-        op,
-        id,
-        ..Default::default()
-    };
-    let src = p.as_bytes();
-    c.payload.as_mut_bytes()[..src.len()].copy_from_slice(src);
-    c
-}
-
-/// The payload of a replied command.
-fn out<P: FromBytes>(c: &IommuTestCmd) -> P {
-    P::read_from_prefix(c.payload.as_bytes()).unwrap().0
 }
 
 impl Env {

@@ -1,10 +1,12 @@
 //! Shared by the uapi scenario tests: a caller's file table that holds the files the engine
-//! installs (fds from 100 up) and knows no iommufd or eventfd.
+//! installs (fds from 100 up) and knows no iommufd or eventfd; IOMMU_TEST_CMD builders.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use uiommu_core::Context;
+use uiommu_uapi::abi::IommuTestCmd;
 use uiommu_uapi::{EngineFile, Errno, FdTable};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 /// EBADF.
 const EBADF: Errno = 9;
@@ -43,4 +45,22 @@ impl FdTable for Fds {
     fn file(&self, fd: i32) -> Result<Arc<dyn EngineFile>, Errno> {
         self.files.lock().unwrap().get(&fd).cloned().ok_or(EBADF)
     }
+}
+
+/// A test command for `op` on object `id` with payload `p`.
+pub fn tcmd<P: IntoBytes + Immutable>(op: u32, id: u32, p: &P) -> IommuTestCmd {
+    let mut c = IommuTestCmd {
+        size: 72,
+        op,
+        id,
+        ..Default::default()
+    };
+    let src = p.as_bytes();
+    c.payload.as_mut_bytes()[..src.len()].copy_from_slice(src);
+    c
+}
+
+/// The payload of a replied command.
+pub fn out<P: FromBytes>(c: &IommuTestCmd) -> P {
+    P::read_from_prefix(c.payload.as_bytes()).unwrap().0
 }
