@@ -72,7 +72,7 @@ use uiommu_uapi::fault::FaultQueueFile;
 use uiommu_uapi::iommufd::IommufdFile;
 use uiommu_uapi::vfio_device::VfioDeviceFile;
 use uiommu_uapi::vfio_group::{open_container, vfio_groups, VfioGroupFile};
-use uiommu_uapi::Errno;
+use uiommu_uapi::{Caller, Errno};
 
 /// What an opened path of ours is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -374,12 +374,12 @@ pub(crate) fn active() -> Option<&'static Global> {
 
 /// Run `close_op` (which may close some of our fds), then drop the files no fd refers to any
 /// more; errno is the operation's.
-fn closing(g: &Global, may_close_ours: bool, close_op: impl FnOnce() -> c_int) -> c_int {
+fn closing(g: &'static Global, may_close_ours: bool, close_op: impl FnOnce() -> c_int) -> c_int {
     let r = close_op();
     if may_close_ours {
         let e = errno();
         // Dropped here, outside the table lock: a context teardown or device unbind.
-        drop(g.files.sweep());
+        drop(remote::sweep(g));
         g.ready.refresh();
         set_errno(e);
     }
@@ -396,12 +396,25 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     ffi(-1, || {
         // SAFETY: close has no memory preconditions.
         let real_close = || unsafe { real::close(fd) };
-        let Some(g) = active() else {
+        let g = active();
+        if g.is_none() && (in_hook() || !remote::has_upstream()) {
             return real_close();
-        };
+        }
         let _h = Hook::enter();
-        let ours = g.files.key(fd).is_some();
-        closing(g, ours, real_close)
+        let ours = g.is_some_and(|g| g.files.key(fd).is_some());
+        // An fd inherited from an ancestor's engine: the ancestor learns it was closed (the
+        // file may now be held by nobody).
+        let inherited = (!ours).then(|| remote::inherited(fd)).flatten();
+        let r = match g {
+            Some(g) => closing(g, ours, real_close),
+            None => real_close(),
+        };
+        if let (Some(key), 0) = (inherited, r) {
+            let e = errno();
+            remote::closed(key);
+            set_errno(e);
+        }
+        r
     })
 }
 
@@ -556,23 +569,34 @@ fn remote_or_real(
 const MAX_IO: usize = 1 << 20;
 
 /// Which side of a transfer.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Dir {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dir {
     Read,
     Write,
 }
 
-/// Serve a read or write of `count` bytes at `buf` on our `file` at `offset` (`None`: the fd's
-/// file position, which is then advanced).
-fn file_io(
-    g: &Global,
-    fd: c_int,
+/// Where a read or write on one of our files happens.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Pos {
+    /// At this offset (`pread`/`pwrite`); the fd's file position is untouched.
+    At(i64),
+    /// At the file position of this fd of the calling process, which is then advanced.
+    Cursor(c_int),
+    /// At a descendant's file position (`crate::remote`): the descendant advances it by the
+    /// count served when the reply says so.
+    Remote(i64),
+}
+
+/// Serve a read or write of `count` bytes at `buf` in the caller's memory on our `file`, at
+/// `pos`. Returns the count and whether a file position moves by it.
+pub(crate) fn file_io(
+    caller: &Caller<'_>,
     file: &OpenFile,
     dir: Dir,
     buf: u64,
     count: usize,
-    offset: Option<i64>,
-) -> Result<usize, Errno> {
+    pos: Pos,
+) -> Result<(usize, bool), Errno> {
     let allowed = match dir {
         Dir::Read => file.readable(),
         Dir::Write => file.writable(),
@@ -581,32 +605,31 @@ fn file_io(
         return Err(libc::EBADF);
     }
     let count = count.min(MAX_IO);
-    let caller = g.caller();
     if let Some(f) = vfio_of(&file.kind) {
-        return vfio_io(fd, f, dir, buf, count, offset, g);
+        return vfio_io(caller, f, dir, buf, count, pos);
     }
     match &file.kind {
         // No read or write operations: the VFS answers EINVAL.
         Kind::Iommufd(_) | Kind::Group(_) | Kind::Vfio(_) => Err(libc::EINVAL),
         Kind::Engine(f) => {
-            if offset.is_some() {
+            if let Pos::At(_) = pos {
                 return Err(libc::ESPIPE);
             }
             if let (Dir::Read, Some(q)) = (dir, f.as_any().downcast_ref::<FaultQueueFile>()) {
                 // Group by group into the program's buffer: a group it cannot take stays
                 // queued (EFAULT), as the kernel's read.
-                return q.read_to(&caller, buf, count);
+                return q.read_to(caller, buf, count).map(|n| (n, false));
             }
             let mut bounce = vec![0u8; count];
             match dir {
                 Dir::Read => {
-                    let n = f.read(&caller, &mut bounce)?.min(count);
-                    to_user(g, buf, &bounce[..n])?;
-                    Ok(n)
+                    let n = f.read(caller, &mut bounce)?.min(count);
+                    to_caller(caller, buf, &bounce[..n])?;
+                    Ok((n, false))
                 }
                 Dir::Write => {
-                    from_user(g, buf, &mut bounce)?;
-                    f.write(&caller, &bounce)
+                    from_caller(caller, buf, &mut bounce)?;
+                    f.write(caller, &bounce).map(|n| (n, false))
                 }
             }
         }
@@ -615,18 +638,17 @@ fn file_io(
 
 /// A read or write of a VFIO device's regions (see [`file_io`]).
 fn vfio_io(
-    fd: c_int,
+    caller: &Caller<'_>,
     f: &VfioDeviceFile,
     dir: Dir,
     buf: u64,
     count: usize,
-    offset: Option<i64>,
-    g: &Global,
-) -> Result<usize, Errno> {
-    let pos = match offset {
-        Some(p) if p < 0 => return Err(libc::EINVAL),
-        Some(p) => p,
-        None => {
+    pos: Pos,
+) -> Result<(usize, bool), Errno> {
+    let at = match pos {
+        Pos::At(p) | Pos::Remote(p) if p < 0 => return Err(libc::EINVAL),
+        Pos::At(p) | Pos::Remote(p) => p,
+        Pos::Cursor(fd) => {
             // SAFETY: lseek on an fd of ours; no memory is passed.
             let p = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
             if p < 0 {
@@ -638,21 +660,37 @@ fn vfio_io(
     let mut bounce = vec![0u8; count];
     let n = match dir {
         Dir::Read => {
-            let n = f.pread(&mut bounce, pos as u64)?.min(count);
-            to_user(g, buf, &bounce[..n])?;
+            let n = f.pread(&mut bounce, at as u64)?.min(count);
+            to_caller(caller, buf, &bounce[..n])?;
             n
         }
         Dir::Write => {
-            from_user(g, buf, &mut bounce)?;
-            f.pwrite(&bounce, pos as u64)?
+            from_caller(caller, buf, &mut bounce)?;
+            f.pwrite(&bounce, at as u64)?
         }
     };
-    if offset.is_none() {
-        let end = pos.saturating_add(n as i64);
+    if let Pos::Cursor(fd) = pos {
+        let end = at.saturating_add(n as i64);
         // SAFETY: lseek on an fd of ours; no memory is passed.
         unsafe { libc::lseek(fd, end, libc::SEEK_SET) };
     }
-    Ok(n)
+    Ok((n, !matches!(pos, Pos::At(_))))
+}
+
+/// Copy `data` to the caller's buffer at `va` (EFAULT when it is not writable).
+fn to_caller(caller: &Caller<'_>, va: u64, data: &[u8]) -> Result<(), Errno> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    caller.mem.write(UserVa(va), data).map_err(|_| libc::EFAULT)
+}
+
+/// Copy the caller's buffer at `va` into `buf` (EFAULT when it is not readable).
+fn from_caller(caller: &Caller<'_>, va: u64, buf: &mut [u8]) -> Result<(), Errno> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    caller.mem.read(UserVa(va), buf).map_err(|_| libc::EFAULT)
 }
 
 /// Copy `data` to the program's buffer at `va` (EFAULT when it is not writable).
@@ -684,21 +722,49 @@ fn io_impl(
 ) -> ssize_t {
     ffi(-1, || {
         let Some(g) = active() else {
-            return real_op();
+            if in_hook() {
+                return real_op();
+            }
+            return remote_io_or_real(fd, dir, buf, count, offset, real_op);
         };
         // Entered before the look-up so that the file, if this call ends up holding its
         // last reference (closed by another thread meanwhile), is dropped inside the library.
         let _h = Hook::enter();
         let Some(file) = g.files.get(fd) else {
-            return real_op();
+            return remote_io_or_real(fd, dir, buf, count, offset, real_op);
         };
-        let r = file_io(g, fd, &file, dir, buf, count, offset);
+        let pos = offset.map_or(Pos::Cursor(fd), Pos::At);
+        let r = file_io(&g.caller(), &file, dir, buf, count, pos);
         g.ready.refresh();
         match r {
-            Ok(n) => n as ssize_t,
+            Ok((n, _)) => n as ssize_t,
             Err(e) => fail_ssize(e),
         }
     })
+}
+
+/// A read or write on an fd not in this process's table: an fd inherited from an ancestor's
+/// engine is served there (`remote`), anything else by the real call.
+fn remote_io_or_real(
+    fd: c_int,
+    dir: Dir,
+    buf: u64,
+    count: size_t,
+    offset: Option<i64>,
+    real_op: impl FnOnce() -> ssize_t,
+) -> ssize_t {
+    if !remote::has_upstream() {
+        return real_op();
+    }
+    let r = {
+        let _h = Hook::enter();
+        remote::io(fd, dir, buf, count, offset)
+    };
+    match r {
+        None => real_op(),
+        Some(Ok(n)) => n as ssize_t,
+        Some(Err(e)) => fail_ssize(e),
+    }
 }
 
 /// `read(2)`.
@@ -980,7 +1046,13 @@ pub unsafe extern "C" fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mu
 }
 
 /// Why an mmap of our `file` fails (mmap of our files never succeeds yet).
-fn mmap_refusal(file: &OpenFile, len: size_t, prot: c_int, flags: c_int, off: i64) -> Errno {
+pub(crate) fn mmap_refusal(
+    file: &OpenFile,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    off: i64,
+) -> Errno {
     // The VFS's checks of the open mode come before the file's mmap.
     if !file.readable()
         || (flags & libc::MAP_SHARED != 0 && prot & libc::PROT_WRITE != 0 && !file.writable())
@@ -1017,17 +1089,31 @@ fn mmap_impl(
         if flags & libc::MAP_ANONYMOUS != 0 || fd < 0 {
             return real_op();
         }
-        let Some(g) = active() else {
+        let g = active();
+        if g.is_none() && in_hook() {
             return real_op();
-        };
-        // Entered before the look-up so that the file, if this call ends up holding its
-        // last reference (closed by another thread meanwhile), is dropped inside the library.
-        let _h = Hook::enter();
-        let Some(file) = g.files.get(fd) else {
-            return real_op();
-        };
-        set_errno(mmap_refusal(&file, len, prot, flags, off));
-        libc::MAP_FAILED
+        }
+        if let Some(g) = g {
+            // Entered before the look-up so that the file, if this call ends up holding its
+            // last reference (closed by another thread meanwhile), is dropped inside the
+            // library.
+            let _h = Hook::enter();
+            if let Some(file) = g.files.get(fd) {
+                set_errno(mmap_refusal(&file, len, prot, flags, off));
+                return libc::MAP_FAILED;
+            }
+        }
+        if remote::has_upstream() {
+            let refused = {
+                let _h = Hook::enter();
+                remote::mmap_refusal(fd, len, prot, flags, off)
+            };
+            if let Some(e) = refused {
+                set_errno(e);
+                return libc::MAP_FAILED;
+            }
+        }
+        real_op()
     })
 }
 

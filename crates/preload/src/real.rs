@@ -103,6 +103,27 @@ real_fns! {
     /// `dup3(2)`.
     fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int
         = c"dup3" as unsafe extern "C" fn(c_int, c_int, c_int) -> c_int, fail -1;
+    /// `fork(2)`.
+    fn fork() -> libc::pid_t = c"fork" as unsafe extern "C" fn() -> libc::pid_t, fail -1;
+    /// `wait(2)`.
+    fn wait(status: *mut c_int) -> libc::pid_t
+        = c"wait" as unsafe extern "C" fn(*mut c_int) -> libc::pid_t, fail -1;
+    /// `waitpid(2)`.
+    fn waitpid(pid: libc::pid_t, status: *mut c_int, options: c_int) -> libc::pid_t
+        = c"waitpid" as unsafe extern "C" fn(libc::pid_t, *mut c_int, c_int) -> libc::pid_t,
+        fail -1;
+    /// `wait3(2)`.
+    fn wait3(status: *mut c_int, options: c_int, usage: *mut c_void) -> libc::pid_t
+        = c"wait3" as unsafe extern "C" fn(*mut c_int, c_int, *mut c_void) -> libc::pid_t,
+        fail -1;
+    /// `wait4(2)`.
+    fn wait4(pid: libc::pid_t, status: *mut c_int, options: c_int, usage: *mut c_void)
+        -> libc::pid_t = c"wait4" as unsafe extern "C" fn(libc::pid_t, *mut c_int, c_int,
+        *mut c_void) -> libc::pid_t, fail -1;
+    /// `waitid(2)`.
+    fn waitid(idtype: c_uint, id: c_uint, info: *mut c_void, options: c_int) -> c_int
+        = c"waitid" as unsafe extern "C" fn(c_uint, c_uint, *mut c_void, c_int) -> c_int,
+        fail -1;
     /// `close_range(2)`.
     fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int
         = c"close_range" as unsafe extern "C" fn(c_uint, c_uint, c_int) -> c_int, fail -1;

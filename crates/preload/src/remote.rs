@@ -8,40 +8,69 @@
 //! socket named after its pid and a random number. The name is in this library's memory, which
 //! the child inherits (grandchildren too, through a child without an engine of its own).
 //!
-//! In the child, an iommufd or VFIO ioctl on an fd that is not in its own table but is one of
-//! our memfds (`/memfd:uiommu:...`) is sent to the owner: the fd's inode (the same memfd inode
-//! names the same file in the owner's table), the request and the argument pointer. The owner
-//! checks that the peer (`SO_PEERCRED`) is a descendant of its own, and runs the file's
-//! dispatcher with the peer's memory (`process_vm_readv`/`writev`; an ancestor may under Yama
+//! **What is forwarded.** In the child, an `ioctl`, `read`, `write`, `pread`, `pwrite` or
+//! `mmap` on an fd that is not in its own table but is one of our memfds (`/memfd:uiommu:...`
+//! on the memfd device) is sent to the owner, one connection per call: the fd's inode (the same
+//! memfd inode names the same file in the owner's table), the operation and its arguments. The
+//! owner serves each connection on a thread of its own; it checks that the peer
+//! (`SO_PEERCRED`) has its uid and is a descendant of its own, and runs the file's operation
+//! with the peer's memory (`process_vm_readv`/`writev`; an ancestor may under Yama
 //! `ptrace_scope=1`) as the caller's memory and, for IOMMU_IOAS_MAP, as the address space the
-//! pages come from ([`uiommu_core::with_caller_space`]). One address space per descendant pid
-//! is registered with the engine; once the descendant exited, pinning its pages is EFAULT, as
-//! `pin_user_pages_remote` on a gone `mm` is. Pages of a `MAP_SHARED` mapping the descendant
-//! shares with the owner (the same file, offset and address in both, checked when the pages
-//! are probed for pinning) are read and written through the owner's memory: they are the same
-//! pages, and remain readable after the descendant exited, as pinned pages do.
+//! pages come from ([`uiommu_core::with_caller_space`]). A `read`/`write` without an offset
+//! happens at the child's file position of the fd (the shared open file description's), which
+//! the child advances by the count served when the file has positions (VFIO regions; a fault
+//! queue has none). `mmap` is refused with the owner's errno, as in the owner.
 //!
-//! Not forwarded: `read`/`write`/`mmap` (served as the plain memfd in the child), and fd
-//! arguments naming the child's own fds (an eventfd for VFIO interrupts, an iommufd passed to
-//! VFIO_DEVICE_BIND_IOMMUFD) are EBADF. Closing an inherited fd in the child closes the memfd
-//! only: the owner still holds the file, as the kernel's open file description is still held.
+//! **File descriptors in arguments.** While it serves a call the owner may ask the child for
+//! one of the child's fds by number (an eventfd given to VFIO_DEVICE_SET_IRQS, the iommufd of
+//! VFIO_DEVICE_BIND_IOMMUFD, a selftest access fd): the child sends it with `SCM_RIGHTS`
+//! (EBADF when the number is not open), and the owner resolves it as for its own fds (an
+//! iommufd the child inherited is the owner's context; one of the child's own engine is not an
+//! iommufd here: EBADFD). A file the call creates for the caller (IOMMU_FAULT_QUEUE_ALLOC,
+//! VFIO_GROUP_GET_DEVICE_FD) is made in the owner and sent to the child, which installs it at
+//! its lowest free number (close-on-exec as asked) and answers that number.
+//!
+//! **Lifetime.** As in Linux, a file lives while any process holds it. Once the owner has
+//! forked with an engine, the files it drops after a close are those no fd of its own *and*
+//! no fd of a descendant (`/proc/<pid>/fd`, descendants found through
+//! `/proc/<pid>/task/<tid>/children`) refers to. A child closing an inherited fd tells the
+//! owner, which looks again; while files are held by descendants only, a thread of the owner
+//! looks again every [`REAP_INTERVAL`] (a descendant may exit or `exec` without telling).
+//!
+//! **Address spaces.** One address space per descendant process (pid and start time) is
+//! registered with the engine; once the descendant exited, pinning its pages is EFAULT, as
+//! `pin_user_pages_remote` on a gone `mm` is, and once the owner noticed the exit its space
+//! reads nothing, so a pid reused by a new process (which gets a space of its own) is never
+//! read through the old one. Pages of a `MAP_SHARED` mapping the descendant shares with the
+//! owner (the same file, offset and address in both, checked when the pages are probed for
+//! pinning) are read and written through the owner's memory: they are the same pages, and
+//! remain readable after the descendant exited, as pinned pages do.
+//!
+//! Not served: the owner's engine ends with the owner (Linux keeps it while a child holds the
+//! fd); `fstat` of an inherited fd in the child reports the memfd, and `poll` on an inherited
+//! fault queue reports it always ready.
 
 use crate::hook::Hook;
 use crate::real;
-use crate::state::{global_if_any, Global, Kind};
-use crate::table::{inode_of, InodeKey};
-use libc::{c_int, c_ulong};
-use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use crate::state::{eventfd_signal, fd_open, global_if_any, is_eventfd, Global, Kind, OpenFile};
+use crate::table::{inode_of, referenced_inodes, InodeKey};
+use crate::{Dir, Pos};
+use libc::{c_int, c_ulong, size_t};
+use nix::sys::socket::{
+    recv, recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 use uiommu_platform::addr::{UserVa, PAGE_SIZE};
 use uiommu_platform::memory::{MemFault, SpaceId, UserMemory};
 use uiommu_platform::process_memory::ProcessMemory;
-use uiommu_uapi::{Caller, Errno, FdTable};
+use uiommu_uapi::{Caller, EngineFile, Errno, FdTable};
 
 /// Pid of this process's server (0: none started).
 static SERVER_PID: AtomicI32 = AtomicI32::new(0);
@@ -49,22 +78,189 @@ static SERVER_PID: AtomicI32 = AtomicI32::new(0);
 static SERVER_NONCE: AtomicU64 = AtomicU64::new(0);
 /// Its listening fd, closed in a `fork` child (-1: none).
 static SERVER_FD: AtomicI32 = AtomicI32::new(-1);
+/// Its state (null: none, and again in a `fork` child, which leaks its copy).
+static SERVER: AtomicPtr<Server> = AtomicPtr::new(std::ptr::null_mut());
 /// Pid of the ancestor serving the files this process inherited (0: none).
 static UPSTREAM_PID: AtomicI32 = AtomicI32::new(0);
 /// The random part of its server's name.
 static UPSTREAM_NONCE: AtomicU64 = AtomicU64::new(0);
+/// `st_dev` of memfds (every memfd lives on the one internal tmpfs mount); 0 when unknown.
+static MEMFD_DEV: AtomicU64 = AtomicU64::new(0);
+
+/// How often the owner looks again at files held by descendants only.
+pub const REAP_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Magic of a request.
-const MAGIC: u32 = 0x7569_6f31;
-/// A request: magic, 0, dev, ino, request, arg.
-const REQ_LEN: usize = 40;
-/// A reply: the result (i64), then the errno (i64; 0 on success).
-const REP_LEN: usize = 16;
+const MAGIC: u32 = 0x7569_6f32;
+/// A request: magic, op, dev, ino, then four arguments (u64 each).
+const REQ_LEN: usize = 56;
+/// Operations.
+const OP_IOCTL: u32 = 1;
+const OP_READ: u32 = 2;
+const OP_WRITE: u32 = 3;
+const OP_MMAP: u32 = 4;
+const OP_CLOSED: u32 = 5;
+/// A descendant forked: the first argument is the new pid.
+const OP_FORKED: u32 = 6;
+
+/// A message during a call: kind (u32), 0 (u32), then three i64.
+const MSG_LEN: usize = 32;
+/// Owner → child, the end of the call: result, errno (0 on success), whether a file position
+/// moves by the result.
+const K_REPLY: u32 = 1;
+/// Owner → child: send your fd number `x`.
+const K_NEED_FD: u32 = 2;
+/// Child → owner: the fd asked for is attached (`x` 0), or `x` is the errno.
+const K_GIVE_FD: u32 = 3;
+/// Owner → child: install the attached fd (`x` 1: close-on-exec).
+const K_TAKE_FD: u32 = 4;
+/// Child → owner: the number it got (`x`), or minus the errno.
+const K_TOOK_FD: u32 = 5;
 /// Errno of a reply meaning "that inode is not one of mine".
 const NOT_MINE: i64 = -1;
 
+/// One message.
+#[derive(Clone, Copy, Debug, Default)]
+struct Msg {
+    kind: u32,
+    x: i64,
+    y: i64,
+    z: i64,
+}
+
+impl Msg {
+    fn encode(&self) -> [u8; MSG_LEN] {
+        let mut b = [0u8; MSG_LEN];
+        b[0..4].copy_from_slice(&self.kind.to_ne_bytes());
+        b[8..16].copy_from_slice(&self.x.to_ne_bytes());
+        b[16..24].copy_from_slice(&self.y.to_ne_bytes());
+        b[24..32].copy_from_slice(&self.z.to_ne_bytes());
+        b
+    }
+
+    fn decode(b: &[u8; MSG_LEN]) -> Msg {
+        let w = |i: usize| i64::from_ne_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
+        Msg {
+            kind: u32::from_ne_bytes(b[0..4].try_into().unwrap_or([0; 4])),
+            x: w(8),
+            y: w(16),
+            z: w(24),
+        }
+    }
+}
+
+/// Send `bytes` on the stream socket `sock`, with `fd` attached when given.
+fn send(sock: RawFd, bytes: &[u8], fd: Option<RawFd>) -> Result<(), Errno> {
+    let fds = [fd.unwrap_or(-1)];
+    let rights = [ControlMessage::ScmRights(&fds)];
+    let cmsgs: &[ControlMessage] = if fd.is_some() { &rights } else { &[] };
+    let mut sent = 0;
+    while sent < bytes.len() {
+        let iov = [IoSlice::new(&bytes[sent..])];
+        let c = if sent == 0 { cmsgs } else { &[] };
+        match sendmsg::<UnixAddr>(sock, &iov, c, MsgFlags::MSG_NOSIGNAL, None) {
+            Ok(0) => return Err(libc::EIO),
+            Ok(n) => sent += n,
+            Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(e as Errno),
+        }
+    }
+    Ok(())
+}
+
+/// Receive exactly `buf.len()` bytes from `sock`, and the fd attached to them if any
+/// (received close-on-exec).
+fn receive(sock: RawFd, buf: &mut [u8]) -> Result<Option<OwnedFd>, Errno> {
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let mut fd = None;
+    let first = loop {
+        let mut iov = [IoSliceMut::new(buf)];
+        match recvmsg::<UnixAddr>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Ok(m) => {
+                for c in m.cmsgs().map_err(|e| e as Errno)? {
+                    if let ControlMessageOwned::ScmRights(fds) = c {
+                        for f in fds {
+                            // SAFETY: the kernel just installed `f` in this process for this
+                            // message; nothing else owns it.
+                            let owned = unsafe { OwnedFd::from_raw_fd(f) };
+                            if fd.is_none() {
+                                fd = Some(owned);
+                            }
+                        }
+                    }
+                }
+                break m.bytes;
+            }
+            Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(e as Errno),
+        }
+    };
+    if first == 0 {
+        return Err(libc::EIO);
+    }
+    let mut have = first;
+    while have < buf.len() {
+        match recv(sock, &mut buf[have..], MsgFlags::empty()) {
+            Ok(0) => return Err(libc::EIO),
+            Ok(n) => have += n,
+            Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(e as Errno),
+        }
+    }
+    Ok(fd)
+}
+
+fn send_msg(sock: RawFd, m: Msg, fd: Option<RawFd>) -> Result<(), Errno> {
+    send(sock, &m.encode(), fd)
+}
+
+fn receive_msg(sock: RawFd) -> Result<(Msg, Option<OwnedFd>), Errno> {
+    let mut b = [0u8; MSG_LEN];
+    let fd = receive(sock, &mut b)?;
+    Ok((Msg::decode(&b), fd))
+}
+
 fn name(pid: i32, nonce: u64) -> String {
     format!("uiommu-{pid}-{nonce:016x}")
+}
+
+/// This process's server state.
+struct Server {
+    /// The descendants whose memory was used, by pid.
+    known: Mutex<BTreeMap<i32, Known>>,
+    /// Whether the reaper thread runs.
+    reaping: AtomicBool,
+    /// Processes descendants forked (pid → start time): of the family even when reparented.
+    family: Mutex<BTreeMap<i32, u64>>,
+    /// An eventfd that wakes the reaper for a look now (-1: none).
+    wake: AtomicI32,
+    /// Looks asked for, and the last one a reaper's look began after.
+    asked: AtomicU64,
+    looked: AtomicU64,
+}
+
+/// One descendant's address space.
+struct Known {
+    /// Its start time (`/proc/<pid>/stat` field 22): a reused pid is another process.
+    start: u64,
+    mem: Arc<Descendant>,
+    space: SpaceId,
+}
+
+fn server() -> Option<&'static Server> {
+    let p = SERVER.load(Ordering::Acquire);
+    // SAFETY: a non-null SERVER points to a leaked Box<Server> that is never freed (the fork
+    // child handler nulls the pointer and leaks it).
+    unsafe { p.as_ref() }
+}
+
+/// The `st_dev` of memfds.
+fn memfd_dev() -> Option<u64> {
+    let fd = crate::state::new_memfd(c"uiommu:probe", true).ok()?;
+    let key = inode_of(fd).ok();
+    // SAFETY: closes the memfd just made.
+    unsafe { real::close(fd) };
+    key.map(|k| k.dev)
 }
 
 /// The atfork prepare handler: a process with an engine serves it before it forks.
@@ -77,6 +273,7 @@ pub(crate) extern "C" fn before_fork() {
     if SERVER_PID.load(Ordering::Acquire) == pid {
         return;
     }
+    let Some(dev) = memfd_dev() else { return };
     let nonce = random();
     let Ok(addr) = SocketAddr::from_abstract_name(name(pid, nonce).as_bytes()) else {
         return;
@@ -84,6 +281,12 @@ pub(crate) extern "C" fn before_fork() {
     let Ok(listener) = UnixListener::bind_addr(&addr) else {
         return;
     };
+    MEMFD_DEV.store(dev, Ordering::Release);
+    let srv = Server::default();
+    // SAFETY: eventfd has no memory preconditions; the fd is the server's for its lifetime.
+    let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    srv.wake.store(wake, Ordering::Release);
+    SERVER.store(Box::into_raw(Box::new(srv)), Ordering::Release);
     SERVER_FD.store(listener.as_raw_fd(), Ordering::Release);
     SERVER_NONCE.store(nonce, Ordering::Release);
     SERVER_PID.store(pid, Ordering::Release);
@@ -102,6 +305,8 @@ pub(crate) fn after_fork_child() {
         UPSTREAM_NONCE.store(SERVER_NONCE.load(Ordering::Acquire), Ordering::Release);
         UPSTREAM_PID.store(pid, Ordering::Release);
     }
+    // The parent's server state is leaked: its locks may be held by threads not copied.
+    SERVER.store(std::ptr::null_mut(), Ordering::Release);
     let fd = SERVER_FD.swap(-1, Ordering::AcqRel);
     if fd >= 0 {
         // SAFETY: closes the child's copy of the parent's listening socket (async-signal safe).
@@ -123,6 +328,9 @@ fn random() -> u64 {
     v
 }
 
+// ---------------------------------------------------------------------------------------------
+// The descendant's side.
+
 /// Whether this process may have inherited files of an ancestor's engine.
 pub(crate) fn has_upstream() -> bool {
     UPSTREAM_PID.load(Ordering::Acquire) != 0
@@ -137,47 +345,193 @@ fn is_our_memfd(fd: c_int) -> bool {
     })
 }
 
-/// Send an ioctl on `fd` (not in this process's table) to the ancestor serving it. `None`
-/// when `fd` is not an inherited file of ours (the caller goes to the real ioctl).
-pub(crate) fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> Option<Result<i64, Errno>> {
-    let pid = UPSTREAM_PID.load(Ordering::Acquire);
-    if pid == 0 || !is_our_memfd(fd) {
+/// The inode of `fd` when it may be a file of the upstream engine this process inherited
+/// (one `fstat` for other files on other devices; a `readlink` for other memfds).
+pub(crate) fn inherited(fd: c_int) -> Option<InodeKey> {
+    if !has_upstream() || fd < 0 {
         return None;
     }
     let key = inode_of(fd).ok()?;
+    let dev = MEMFD_DEV.load(Ordering::Acquire);
+    if dev != 0 && key.dev != dev {
+        return None;
+    }
+    is_our_memfd(fd).then_some(key)
+}
+
+/// Run operation `op` on the upstream file of inode `key`. `None` when the upstream does not
+/// serve that inode (or is gone): the caller goes to the real call.
+fn call(key: InodeKey, op: u32, args: [u64; 4]) -> Option<Result<(i64, bool), Errno>> {
+    let pid = UPSTREAM_PID.load(Ordering::Acquire);
     let addr = SocketAddr::from_abstract_name(
         name(pid, UPSTREAM_NONCE.load(Ordering::Acquire)).as_bytes(),
     )
     .ok()?;
-    let Ok(mut s) = UnixStream::connect_addr(&addr) else {
-        // The owner is gone: the file died with its engine.
-        return None;
-    };
+    // The owner is gone: the file died with its engine.
+    let s = UnixStream::connect_addr(&addr).ok()?;
+    let sock = s.as_raw_fd();
     let mut req = [0u8; REQ_LEN];
     req[0..4].copy_from_slice(&MAGIC.to_ne_bytes());
+    req[4..8].copy_from_slice(&op.to_ne_bytes());
     req[8..16].copy_from_slice(&key.dev.to_ne_bytes());
     req[16..24].copy_from_slice(&key.ino.to_ne_bytes());
-    req[24..32].copy_from_slice(&request.to_ne_bytes());
-    req[32..40].copy_from_slice(&arg.to_ne_bytes());
-    let mut rep = [0u8; REP_LEN];
-    if s.write_all(&req).is_err() || s.read_exact(&mut rep).is_err() {
+    for (i, a) in args.iter().enumerate() {
+        req[24 + 8 * i..32 + 8 * i].copy_from_slice(&a.to_ne_bytes());
+    }
+    if send(sock, &req, None).is_err() {
         return Some(Err(libc::EIO));
     }
-    let ret = i64::from_ne_bytes(rep[0..8].try_into().ok()?);
-    let err = i64::from_ne_bytes(rep[8..16].try_into().ok()?);
-    match err {
-        0 => Some(Ok(ret)),
-        NOT_MINE => None,
-        e => Some(Err(e as Errno)),
+    loop {
+        let Ok((m, fd)) = receive_msg(sock) else {
+            return Some(Err(libc::EIO));
+        };
+        let answered = match m.kind {
+            K_REPLY => {
+                return match m.y {
+                    0 => Some(Ok((m.x, m.z != 0))),
+                    NOT_MINE => None,
+                    e => Some(Err(e as Errno)),
+                }
+            }
+            K_NEED_FD => match c_int::try_from(m.x) {
+                Ok(n) if fd_open(n) => send_msg(sock, msg(K_GIVE_FD, 0), Some(n)),
+                _ => send_msg(sock, msg(K_GIVE_FD, libc::EBADF.into()), None),
+            },
+            K_TAKE_FD => {
+                let took = match fd {
+                    Some(f) => {
+                        let n = f.into_raw_fd();
+                        if m.x == 0 {
+                            // SAFETY: clears close-on-exec of the fd just received.
+                            unsafe { real::fcntl(n, libc::F_SETFD, 0) };
+                        }
+                        i64::from(n)
+                    }
+                    None => -i64::from(libc::EIO),
+                };
+                send_msg(sock, msg(K_TOOK_FD, took), None)
+            }
+            _ => return Some(Err(libc::EIO)),
+        };
+        if answered.is_err() {
+            return Some(Err(libc::EIO));
+        }
     }
 }
 
+fn msg(kind: u32, x: i64) -> Msg {
+    Msg {
+        kind,
+        x,
+        ..Msg::default()
+    }
+}
+
+/// An ioctl on `fd` (not in this process's table), served by the ancestor when `fd` is an
+/// inherited file of its engine; `None` otherwise (the caller goes to the real `ioctl`).
+pub(crate) fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> Option<Result<i64, Errno>> {
+    let key = inherited(fd)?;
+    let r = call(key, OP_IOCTL, [request, arg, 0, 0])?;
+    Some(r.map(|(v, _)| v))
+}
+
+/// A read or write on `fd` (see [`ioctl`]): at `offset`, or at the fd's file position, which
+/// is advanced by the count served when the file has positions.
+pub(crate) fn io(
+    fd: c_int,
+    dir: Dir,
+    buf: u64,
+    count: size_t,
+    offset: Option<i64>,
+) -> Option<Result<usize, Errno>> {
+    let key = inherited(fd)?;
+    let (positional, pos) = match offset {
+        Some(o) => (1, o),
+        // SAFETY: lseek on an fd of ours; no memory is passed.
+        None => (0, unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) }.max(0)),
+    };
+    let op = match dir {
+        Dir::Read => OP_READ,
+        Dir::Write => OP_WRITE,
+    };
+    let r = call(key, op, [buf, count as u64, positional, pos as u64])?;
+    Some(r.map(|(n, moves)| {
+        if offset.is_none() && moves {
+            // SAFETY: lseek on an fd of ours; no memory is passed.
+            unsafe { libc::lseek(fd, pos.saturating_add(n), libc::SEEK_SET) };
+        }
+        n as usize
+    }))
+}
+
+/// The errno an `mmap` of `fd` fails with (see [`ioctl`]).
+pub(crate) fn mmap_refusal(
+    fd: c_int,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    off: i64,
+) -> Option<Errno> {
+    let key = inherited(fd)?;
+    let args = [len as u64, prot as u64, flags as u64, off as u64];
+    match call(key, OP_MMAP, args)? {
+        Ok((e, _)) => Some(e as Errno),
+        Err(e) => Some(e),
+    }
+}
+
+/// `fork(2)`. In a process that inherited files of an ancestor's engine, the ancestor learns
+/// the new child's pid: the child stays one of its family (it may hold the files and is served)
+/// even once its parent exited and it was reparented away from the ancestor's tree.
+///
+/// # Safety
+/// As `fork(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn fork() -> libc::pid_t {
+    // SAFETY: fork has no arguments; the atfork handlers run inside it.
+    let pid = unsafe { real::fork() };
+    if pid > 0 && has_upstream() && !crate::hook::in_hook() {
+        let e = real::errno();
+        let _h = Hook::enter();
+        let key = InodeKey { dev: 0, ino: 0 };
+        let _ = call(key, OP_FORKED, [pid as u64, 0, 0, 0]);
+        real::set_errno(e);
+    }
+    pid
+}
+
+/// Tell the owner that this process closed an fd of the inherited file `key`.
+pub(crate) fn closed(key: InodeKey) {
+    let _ = call(key, OP_CLOSED, [0; 4]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The owner's side.
+
 /// The parent pid of `pid` (from `/proc/<pid>/stat`).
 fn ppid_of(pid: i32) -> Option<i32> {
+    stat_field(pid, 4)?.parse().ok()
+}
+
+/// Field `n` (from 1) of `/proc/<pid>/stat`.
+fn stat_field(pid: i32, n: usize) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // "pid (comm) state ppid ...": comm may hold spaces and parentheses; the last ')' ends it.
     let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
+    rest.split_whitespace().nth(n - 3).map(str::to_string)
+}
+
+/// The start time of `pid` (`/proc/<pid>/stat` field 22; 0 when unknown).
+fn start_time(pid: i32) -> u64 {
+    stat_field(pid, 22)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Whether `pid` is of this process's family: a descendant, or a process a descendant forked
+/// (see [`fork`]) that is still alive.
+fn in_family(srv: &Server, pid: i32) -> bool {
+    is_descendant(pid) || srv.family_member(pid)
 }
 
 /// Whether `pid` is a descendant of this process.
@@ -192,6 +546,376 @@ fn is_descendant(pid: i32) -> bool {
         }
     }
     false
+}
+
+/// The children of `pid` (of all its threads), or `None` when the kernel does not list them.
+fn children_of(pid: i32) -> Option<Vec<i32>> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(t) = t else { continue };
+        let text = std::fs::read_to_string(t.path().join("children")).ok()?;
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok()),
+        );
+    }
+    Some(out)
+}
+
+/// Every descendant of this process, and of the members of its family.
+fn descendants(srv: &Server) -> BTreeSet<i32> {
+    let me = std::process::id() as i32;
+    let mut found = BTreeSet::new();
+    let mut todo = vec![me];
+    for pid in srv.family_alive() {
+        if found.insert(pid) {
+            todo.push(pid);
+        }
+    }
+    while let Some(p) = todo.pop() {
+        let Some(kids) = children_of(p) else {
+            let mut all = descendants_by_scan(me);
+            for pid in srv.family_alive() {
+                all.insert(pid);
+                all.extend(descendants_by_scan(pid));
+            }
+            return all;
+        };
+        for k in kids {
+            if found.insert(k) {
+                todo.push(k);
+            }
+        }
+    }
+    found
+}
+
+/// [`descendants`] from every process's parent (kernels without `children` files).
+fn descendants_by_scan(me: i32) -> BTreeSet<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return BTreeSet::new();
+    };
+    let mut kids: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
+    for e in dir.flatten() {
+        if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) {
+            if let Some(pp) = ppid_of(pid) {
+                kids.entry(pp).or_default().push(pid);
+            }
+        }
+    }
+    let mut found = BTreeSet::new();
+    let mut todo = vec![me];
+    while let Some(p) = todo.pop() {
+        for &k in kids.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
+            if found.insert(k) {
+                todo.push(k);
+            }
+        }
+    }
+    found
+}
+
+/// What the descendants hold.
+struct Holdings {
+    /// The live descendants.
+    pids: BTreeSet<i32>,
+    /// The inodes of our memfds they have open.
+    inodes: BTreeSet<InodeKey>,
+}
+
+fn holdings(srv: &Server) -> Holdings {
+    let pids = descendants(srv);
+    let mut inodes = BTreeSet::new();
+    for &pid in &pids {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for e in dir.flatten() {
+            let ours = std::fs::read_link(e.path()).is_ok_and(|t| {
+                t.as_os_str()
+                    .as_encoded_bytes()
+                    .starts_with(b"/memfd:uiommu:")
+            });
+            if !ours {
+                continue;
+            }
+            if let Ok(md) = std::fs::metadata(e.path()) {
+                use std::os::unix::fs::MetadataExt;
+                inodes.insert(InodeKey {
+                    dev: md.dev(),
+                    ino: md.ino(),
+                });
+            }
+        }
+    }
+    Holdings { pids, inodes }
+}
+
+/// After a close: drop the files no fd of this process, nor (once it forked with an engine)
+/// of a descendant, refers to. The removed files are returned, for the caller to drop outside
+/// the table's lock.
+pub(crate) fn sweep(g: &'static Global) -> Vec<Arc<OpenFile>> {
+    sweep_and_see(g).0
+}
+
+/// [`sweep`], and whether files are left that only descendants hold.
+fn sweep_and_see(g: &'static Global) -> (Vec<Arc<OpenFile>>, bool) {
+    let Some(srv) = server() else {
+        return (g.files.sweep(), false);
+    };
+    let theirs = holdings(srv);
+    srv.forget_gone(&theirs.pids);
+    let keys = g.files.keys();
+    let mut held = false;
+    let removed = g.files.sweep_with(|dev| {
+        let mut live = referenced_inodes(dev)?;
+        held = keys
+            .iter()
+            .any(|k| !live.contains(k) && theirs.inodes.contains(k));
+        live.extend(theirs.inodes.iter().copied());
+        Some(live)
+    });
+    if held {
+        srv.reap(g);
+    }
+    (removed, held)
+}
+
+impl Default for Server {
+    fn default() -> Server {
+        Server {
+            known: Mutex::default(),
+            reaping: AtomicBool::new(false),
+            family: Mutex::default(),
+            wake: AtomicI32::new(-1),
+            asked: AtomicU64::new(0),
+            looked: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Server {
+    fn known(&self) -> std::sync::MutexGuard<'_, BTreeMap<i32, Known>> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The address space of descendant `pid`, registered on first use.
+    fn space_of(&self, g: &Global, pid: i32) -> (Arc<Descendant>, SpaceId) {
+        let start = start_time(pid);
+        let mut known = self.known();
+        if let Some(k) = known.get(&pid) {
+            if k.start == start {
+                return (k.mem.clone(), k.space);
+            }
+            k.mem.retire();
+        }
+        let mem = Arc::new(Descendant::new(pid, g.mem.clone()));
+        let space = g.engine.add_space(mem.clone() as Arc<dyn UserMemory>);
+        known.insert(
+            pid,
+            Known {
+                start,
+                mem: mem.clone(),
+                space,
+            },
+        );
+        (mem, space)
+    }
+
+    /// Whether `pid` is a live member of the family (same process as recorded).
+    fn family_member(&self, pid: i32) -> bool {
+        let family = self.family.lock().unwrap_or_else(|e| e.into_inner());
+        family.get(&pid).is_some_and(|&s| s == start_time(pid))
+    }
+
+    /// The live members of the family; the others are forgotten.
+    fn family_alive(&self) -> Vec<i32> {
+        let mut family = self.family.lock().unwrap_or_else(|e| e.into_inner());
+        family.retain(|&pid, &mut s| s == start_time(pid));
+        family.keys().copied().collect()
+    }
+
+    /// Release the memory accessors of descendants that exited.
+    fn forget_gone(&self, live: &BTreeSet<i32>) {
+        self.known().retain(|pid, k| {
+            let keep = live.contains(pid);
+            if !keep {
+                k.mem.retire();
+            }
+            keep
+        });
+    }
+
+    /// Look again, every [`REAP_INTERVAL`], at files that only descendants hold.
+    fn reap(&'static self, g: &'static Global) {
+        if self.reaping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("uiommu-reap".into())
+            .spawn(move || {
+                let _h = Hook::enter();
+                loop {
+                    self.wait_for_wake();
+                    let asked = self.asked.load(Ordering::Acquire);
+                    let (removed, held) = sweep_and_see(g);
+                    self.looked.store(asked, Ordering::Release);
+                    drop(removed);
+                    g.ready.refresh();
+                    if !held {
+                        break;
+                    }
+                }
+                self.reaping.store(false, Ordering::Release);
+                // A file held by descendants only since the last look (the flag was still
+                // set, so nobody started a reaper for it) is seen here, and reaped anew.
+                drop(sweep(g));
+            });
+        if spawned.is_err() {
+            self.reaping.store(false, Ordering::Release);
+        }
+    }
+
+    /// Sleep until [`REAP_INTERVAL`] passed or a look is asked for.
+    fn wait_for_wake(&self) {
+        let wake = self.wake.load(Ordering::Acquire);
+        if wake < 0 {
+            std::thread::sleep(REAP_INTERVAL);
+            return;
+        }
+        let mut p = libc::pollfd {
+            fd: wake,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: polls one live pollfd on the server's eventfd.
+        unsafe { real::poll(&mut p, 1, REAP_INTERVAL.as_millis() as c_int) };
+        let mut v = 0u64;
+        // SAFETY: drains the non-blocking eventfd into a live u64 (EAGAIN when not signalled).
+        unsafe { real::read(wake, (&mut v as *mut u64).cast(), 8) };
+    }
+
+    /// Ask the reaper for a look now and wait (at most [`REAP_INTERVAL`]) until a look that
+    /// began after the asking ended. Only atomics, `write` and `nanosleep`: async-signal safe,
+    /// since a program may `wait` in a SIGCHLD handler (where the look could be held up by the
+    /// interrupted thread's locks: hence the bound).
+    fn look_now(&self) {
+        let wake = self.wake.load(Ordering::Acquire);
+        if wake < 0 {
+            return;
+        }
+        let want = self.asked.fetch_add(1, Ordering::AcqRel) + 1;
+        let one = 1u64;
+        // SAFETY: writes 8 bytes from a live u64 to the server's eventfd.
+        unsafe { real::write(wake, (&one as *const u64).cast(), 8) };
+        let step = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 1_000_000,
+        };
+        for _ in 0..REAP_INTERVAL.as_millis() {
+            if self.looked.load(Ordering::Acquire) >= want || !self.reaping.load(Ordering::Acquire)
+            {
+                return;
+            }
+            // SAFETY: nanosleep reads one live timespec; the remainder pointer may be null.
+            unsafe { libc::nanosleep(&step, std::ptr::null_mut()) };
+        }
+    }
+}
+
+/// After a `wait` reaped a child: files that only the family held may have lost their last
+/// holder. As in Linux, where an exiting process's files are closed before its parent can
+/// reap it, the reaper looks before the wait returns (see [`Server::look_now`]).
+fn after_wait(reaped: bool) {
+    if !reaped || crate::hook::in_hook() {
+        return;
+    }
+    let Some(srv) = server() else { return };
+    // The reaper runs exactly while files are held by the family only.
+    if !srv.reaping.load(Ordering::Acquire) {
+        return;
+    }
+    let e = real::errno();
+    srv.look_now();
+    real::set_errno(e);
+}
+
+/// `wait(2)` (see [`after_wait`]).
+///
+/// # Safety
+/// As `wait(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn wait(status: *mut c_int) -> libc::pid_t {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    let r = unsafe { real::wait(status) };
+    after_wait(r > 0);
+    r
+}
+
+/// `waitpid(2)` (see [`after_wait`]).
+///
+/// # Safety
+/// As `waitpid(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn waitpid(
+    pid: libc::pid_t,
+    status: *mut c_int,
+    options: c_int,
+) -> libc::pid_t {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    let r = unsafe { real::waitpid(pid, status, options) };
+    after_wait(r > 0 && options & libc::WNOWAIT == 0);
+    r
+}
+
+/// `wait3(2)` (see [`after_wait`]).
+///
+/// # Safety
+/// As `wait3(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn wait3(
+    status: *mut c_int,
+    options: c_int,
+    usage: *mut libc::c_void,
+) -> libc::pid_t {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    let r = unsafe { real::wait3(status, options, usage) };
+    after_wait(r > 0);
+    r
+}
+
+/// `wait4(2)` (see [`after_wait`]).
+///
+/// # Safety
+/// As `wait4(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn wait4(
+    pid: libc::pid_t,
+    status: *mut c_int,
+    options: c_int,
+    usage: *mut libc::c_void,
+) -> libc::pid_t {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    let r = unsafe { real::wait4(pid, status, options, usage) };
+    after_wait(r > 0);
+    r
+}
+
+/// `waitid(2)` (see [`after_wait`]).
+///
+/// # Safety
+/// As `waitid(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn waitid(
+    idtype: libc::c_uint,
+    id: libc::c_uint,
+    info: *mut libc::c_void,
+    options: c_int,
+) -> c_int {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    let r = unsafe { real::waitid(idtype, id, info, options) };
+    after_wait(r == 0 && options & libc::WNOWAIT == 0);
+    r
 }
 
 /// The pid and uid of a connected peer.
@@ -215,99 +939,223 @@ fn peer(s: &UnixStream) -> Option<(i32, u32)> {
     (r == 0).then_some((cred.pid, cred.uid))
 }
 
-/// The server thread: one request per connection, served in order.
+/// The server thread: each connection (one call) is served on a thread of its own.
 fn serve(listener: UnixListener) {
     let _h = Hook::enter();
-    let mut spaces: HashMap<i32, (Arc<Descendant>, SpaceId)> = HashMap::new();
     for conn in listener.incoming() {
-        let Ok(mut s) = conn else { continue };
-        let Some((pid, uid)) = peer(&s) else { continue };
-        // SAFETY: geteuid has no preconditions.
-        if uid != unsafe { libc::geteuid() } || !is_descendant(pid) {
-            continue;
-        }
-        let mut req = [0u8; REQ_LEN];
-        if s.read_exact(&mut req).is_err() {
-            continue;
-        }
-        let word = |i: usize| u64::from_ne_bytes(req[i..i + 8].try_into().unwrap_or([0; 8]));
-        if u32::from_ne_bytes(req[0..4].try_into().unwrap_or([0; 4])) != MAGIC {
-            continue;
-        }
-        let key = InodeKey {
-            dev: word(8),
-            ino: word(16),
-        };
-        let (ret, err) = match global_if_any() {
-            None => (0, NOT_MINE),
-            Some(g) => {
-                let (mem, space) = spaces
-                    .entry(pid)
-                    .or_insert_with(|| {
-                        let mem = Arc::new(Descendant::new(pid, g.mem.clone()));
-                        let space = g.engine.add_space(mem.clone() as Arc<dyn UserMemory>);
-                        (mem, space)
-                    })
-                    .clone();
-                match serve_ioctl(
-                    g,
-                    key,
-                    &mem,
-                    space,
-                    word(24) as c_ulong,
-                    word(32) as c_ulong,
-                ) {
-                    None => (0, NOT_MINE),
-                    Some(Ok(v)) => (v, 0),
-                    Some(Err(e)) => (0, i64::from(e)),
-                }
-            }
-        };
-        let mut rep = [0u8; REP_LEN];
-        rep[0..8].copy_from_slice(&ret.to_ne_bytes());
-        rep[8..16].copy_from_slice(&err.to_ne_bytes());
-        let _ = s.write_all(&rep);
+        let Ok(s) = conn else { continue };
+        let _ = std::thread::Builder::new()
+            .name("uiommu-call".into())
+            .spawn(move || {
+                let _h = Hook::enter();
+                serve_call(&s);
+            });
     }
 }
 
-/// A descendant's file table, as handlers see it: its fd numbers mean nothing here.
-struct NoFds;
-
-impl FdTable for NoFds {
-    fn iommufd(&self, _fd: i32) -> Result<uiommu_core::Context, Errno> {
-        Err(libc::EBADF)
+/// Serve one call.
+fn serve_call(s: &UnixStream) {
+    let Some((pid, uid)) = peer(s) else { return };
+    let Some(srv) = server() else { return };
+    // SAFETY: geteuid has no preconditions.
+    if uid != unsafe { libc::geteuid() } || !in_family(srv, pid) {
+        return;
     }
-    fn eventfd(&self, _fd: i32) -> Result<Box<dyn Fn() + Send + Sync>, Errno> {
-        Err(libc::EBADF)
+    let sock = s.as_raw_fd();
+    let mut req = [0u8; REQ_LEN];
+    if receive(sock, &mut req).is_err() {
+        return;
     }
+    let word = |i: usize| u64::from_ne_bytes(req[i..i + 8].try_into().unwrap_or([0; 8]));
+    if u32::from_ne_bytes(req[0..4].try_into().unwrap_or([0; 4])) != MAGIC {
+        return;
+    }
+    let op = u32::from_ne_bytes(req[4..8].try_into().unwrap_or([0; 4]));
+    let key = InodeKey {
+        dev: word(8),
+        ino: word(16),
+    };
+    let args = [word(24), word(32), word(40), word(48)];
+    let r = match global_if_any() {
+        Some(g) => serve_op(g, srv, sock, pid, op, key, args),
+        None => None,
+    };
+    let reply = match r {
+        None => Msg {
+            kind: K_REPLY,
+            y: NOT_MINE,
+            ..Msg::default()
+        },
+        Some(Ok((v, moves))) => Msg {
+            kind: K_REPLY,
+            x: v,
+            z: i64::from(moves),
+            ..Msg::default()
+        },
+        Some(Err(e)) => Msg {
+            kind: K_REPLY,
+            y: i64::from(e),
+            ..Msg::default()
+        },
+    };
+    let _ = send_msg(sock, reply, None);
 }
 
-/// Run one forwarded ioctl on the file of inode `key` for a descendant whose memory is `mem`.
-fn serve_ioctl(
-    g: &Global,
+/// Run operation `op` of descendant `pid` on the file of inode `key`.
+fn serve_op(
+    g: &'static Global,
+    srv: &'static Server,
+    sock: RawFd,
+    pid: i32,
+    op: u32,
     key: InodeKey,
-    mem: &Descendant,
-    space: SpaceId,
-    request: c_ulong,
-    arg: c_ulong,
-) -> Option<Result<i64, Errno>> {
+    [a, b, c, d]: [u64; 4],
+) -> Option<Result<(i64, bool), Errno>> {
+    if op == OP_FORKED {
+        let child = a as i32;
+        // Only a child of the caller joins (the caller is of the family, checked above).
+        if ppid_of(child) == Some(pid) {
+            let mut family = srv.family.lock().unwrap_or_else(|e| e.into_inner());
+            family.insert(child, start_time(child));
+        }
+        return Some(Ok((0, false)));
+    }
+    if op == OP_CLOSED {
+        drop(sweep(g));
+        g.ready.refresh();
+        return Some(Ok((0, false)));
+    }
     let file = g.files.get_key(key)?;
-    let caller = Caller { mem, fds: &NoFds };
-    let r = uiommu_core::with_caller_space(space, || match &file.kind {
-        Kind::Iommufd(f) => f.ioctl(&caller, request, arg),
-        Kind::Group(f) => f.ioctl(&caller, request, arg),
-        Kind::Vfio(f) => f.ioctl(&caller, request, arg),
-        Kind::Engine(_) => Err(libc::ENOTTY),
+    let (mem, space) = srv.space_of(g, pid);
+    let fds = ChildFds { sock, g, srv };
+    let caller = Caller {
+        mem: &*mem,
+        fds: &fds,
+    };
+    let r = uiommu_core::with_caller_space(space, || match op {
+        OP_IOCTL => match &file.kind {
+            Kind::Iommufd(f) => f.ioctl(&caller, a as c_ulong, b as c_ulong),
+            Kind::Group(f) => f.ioctl(&caller, a as c_ulong, b as c_ulong),
+            Kind::Vfio(f) => f.ioctl(&caller, a as c_ulong, b as c_ulong),
+            Kind::Engine(_) => Err(libc::ENOTTY),
+        }
+        .map(|v| (v, false)),
+        OP_READ | OP_WRITE => {
+            let dir = if op == OP_READ { Dir::Read } else { Dir::Write };
+            let pos = if c != 0 {
+                Pos::At(d as i64)
+            } else {
+                Pos::Remote(d as i64)
+            };
+            crate::file_io(&caller, &file, dir, a, b as usize, pos).map(|(n, m)| (n as i64, m))
+        }
+        OP_MMAP => Ok((
+            i64::from(crate::mmap_refusal(
+                &file,
+                a as size_t,
+                b as c_int,
+                c as c_int,
+                d as i64,
+            )),
+            false,
+        )),
+        _ => Err(libc::EINVAL),
     });
+    drop(file);
     g.ready.refresh();
     Some(r)
+}
+
+/// A descendant's file table, as handlers see it: an fd number is asked for during the call.
+struct ChildFds {
+    sock: RawFd,
+    g: &'static Global,
+    srv: &'static Server,
+}
+
+impl ChildFds {
+    /// The descendant's fd `n`, received here.
+    fn fetch(&self, n: i32) -> Result<OwnedFd, Errno> {
+        let io = |_| libc::EIO;
+        send_msg(self.sock, msg(K_NEED_FD, n.into()), None).map_err(io)?;
+        let (m, fd) = receive_msg(self.sock).map_err(io)?;
+        match (m.kind, fd) {
+            (K_GIVE_FD, Some(fd)) => Ok(fd),
+            (K_GIVE_FD, None) if m.x > 0 => Err(m.x as Errno),
+            _ => Err(libc::EIO),
+        }
+    }
+
+    /// Our file the descendant's fd `n` refers to.
+    fn file_of(&self, n: i32) -> Result<Option<Arc<OpenFile>>, Errno> {
+        let fd = self.fetch(n)?;
+        Ok(inode_of(fd.as_raw_fd())
+            .ok()
+            .and_then(|k| self.g.files.get_key(k)))
+    }
+}
+
+impl FdTable for ChildFds {
+    fn iommufd(&self, n: i32) -> Result<uiommu_core::Context, Errno> {
+        match self.file_of(n)?.as_deref() {
+            Some(OpenFile {
+                kind: Kind::Iommufd(f),
+                ..
+            }) => Ok(f.context().clone()),
+            // Not an iommufd of this engine (one of the descendant's own engine included).
+            _ => Err(libc::EBADFD),
+        }
+    }
+
+    fn eventfd(&self, n: i32) -> Result<Box<dyn Fn() + Send + Sync>, Errno> {
+        let fd = self.fetch(n)?;
+        if !is_eventfd(fd.as_raw_fd()) {
+            return Err(libc::EINVAL);
+        }
+        eventfd_signal(fd.into_raw_fd())
+    }
+
+    fn install(&self, file: Arc<dyn EngineFile>, cloexec: bool) -> Result<i32, Errno> {
+        let fd = self.g.install(file, cloexec)?;
+        // The owner's fd is closed once the descendant holds the file (not before: a sweep
+        // in between would find nobody holding it).
+        let took = send_msg(self.sock, msg(K_TAKE_FD, i64::from(cloexec)), Some(fd))
+            .and_then(|_| receive_msg(self.sock));
+        // SAFETY: closes the fd `install` made in this process, once.
+        unsafe { real::close(fd) };
+        let r = match took {
+            Ok((m, _)) if m.kind == K_TOOK_FD && m.x >= 0 => {
+                i32::try_from(m.x).map_err(|_| libc::EIO)
+            }
+            Ok((m, _)) if m.kind == K_TOOK_FD => Err((-m.x) as Errno),
+            _ => Err(libc::EIO),
+        };
+        // Nobody holds the file if the descendant did not take it; otherwise only the
+        // descendant does.
+        drop(sweep(self.g));
+        if r.is_ok() {
+            self.srv.reap(self.g);
+        }
+        r
+    }
+
+    fn file(&self, n: i32) -> Result<Arc<dyn EngineFile>, Errno> {
+        match self.file_of(n)?.as_deref() {
+            Some(OpenFile {
+                kind: Kind::Engine(f),
+                ..
+            }) => Ok(f.clone()),
+            _ => Err(libc::EBADF),
+        }
+    }
 }
 
 /// A descendant's memory: its own through the kernel, except the ranges of `MAP_SHARED`
 /// mappings it shares with this process, which are this process's memory (the same pages).
 struct Descendant {
     pid: i32,
-    mem: ProcessMemory,
+    /// Its memory; `None` once it exited.
+    mem: RwLock<Option<ProcessMemory>>,
     own: Arc<ProcessMemory>,
     /// Page-aligned `[start, end)` ranges found shared with this process at probe time.
     shared: Mutex<Vec<(u64, u64)>>,
@@ -344,9 +1192,25 @@ impl Descendant {
     fn new(pid: i32, own: Arc<ProcessMemory>) -> Descendant {
         Descendant {
             pid,
-            mem: ProcessMemory::of(pid),
+            mem: RwLock::new(Some(ProcessMemory::of(pid))),
             own,
             shared: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The descendant exited: its memory is gone (the shared ranges remain this process's).
+    fn retire(&self) {
+        *self.mem.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn with_mem<R>(
+        &self,
+        va: UserVa,
+        f: impl FnOnce(&ProcessMemory) -> Result<R, MemFault>,
+    ) -> Result<R, MemFault> {
+        match &*self.mem.read().unwrap_or_else(|e| e.into_inner()) {
+            Some(m) => f(m),
+            None => Err(MemFault::Unmapped(va)),
         }
     }
 
@@ -376,16 +1240,16 @@ impl UserMemory for Descendant {
         if self.is_shared(va.raw(), buf.len() as u64) {
             return self.own.read(va, buf);
         }
-        self.mem.read(va, buf)
+        self.with_mem(va, |m| m.read(va, buf))
     }
     fn write(&self, va: UserVa, data: &[u8]) -> Result<(), MemFault> {
         if self.is_shared(va.raw(), data.len() as u64) {
             return self.own.write(va, data);
         }
-        self.mem.write(va, data)
+        self.with_mem(va, |m| m.write(va, data))
     }
     fn probe(&self, va: UserVa, len: u64, write: bool) -> Result<(), MemFault> {
-        self.mem.probe(va, len, write)?;
+        self.with_mem(va, |m| m.probe(va, len, write))?;
         self.note_shared(va.raw(), len);
         Ok(())
     }

@@ -266,15 +266,30 @@ impl Global {
 }
 
 /// Whether `fd` is an open file descriptor.
-fn fd_open(fd: c_int) -> bool {
+pub(crate) fn fd_open(fd: c_int) -> bool {
     // SAFETY: F_GETFD takes no argument and only reports the fd flags or EBADF.
     fd >= 0 && unsafe { real::fcntl(fd, libc::F_GETFD, 0) } >= 0
 }
 
 /// Whether `fd` is an eventfd (its `/proc/self/fd` link is `anon_inode:[eventfd]`).
-fn is_eventfd(fd: c_int) -> bool {
+pub(crate) fn is_eventfd(fd: c_int) -> bool {
     std::fs::read_link(format!("/proc/self/fd/{fd}"))
         .is_ok_and(|t| t.as_os_str() == "anon_inode:[eventfd]")
+}
+
+/// A function that signals the eventfd `dup`, a private fd of this library that the function
+/// owns from now on (closed on error, or when the function is dropped).
+pub(crate) fn eventfd_signal(dup: c_int) -> Result<Box<dyn Fn() + Send + Sync>, Errno> {
+    let key = match inode_of(dup) {
+        Ok(k) => k,
+        Err(e) => {
+            // SAFETY: closes the fd handed over, which nobody else uses.
+            unsafe { real::close(dup) };
+            return Err(e);
+        }
+    };
+    let ev = EventFd { fd: dup, key };
+    Ok(Box::new(move || ev.signal()))
 }
 
 /// A private duplicate of the program's eventfd; closed when the last signal closure goes.
@@ -340,16 +355,7 @@ impl FdTable for Global {
         if dup < 0 {
             return Err(real::errno());
         }
-        let key = match inode_of(dup) {
-            Ok(k) => k,
-            Err(e) => {
-                // SAFETY: closes the duplicate just made.
-                unsafe { real::close(dup) };
-                return Err(e);
-            }
-        };
-        let ev = EventFd { fd: dup, key };
-        Ok(Box::new(move || ev.signal()))
+        eventfd_signal(dup)
     }
 
     fn install(&self, file: Arc<dyn EngineFile>, cloexec: bool) -> Result<i32, Errno> {

@@ -1018,7 +1018,7 @@ unsafe fn fopen_impl(
                     let e = crate::real::errno();
                     // SAFETY: closes the fd made above, which the program never saw.
                     unsafe { real::close(fd) };
-                    drop(crate::state::global().map(|g| g.files.sweep()));
+                    drop(crate::state::global().map(crate::remote::sweep));
                     crate::real::set_errno(e);
                 }
                 return f;

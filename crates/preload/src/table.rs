@@ -184,6 +184,11 @@ impl<T> FileTable<T> {
         self.read().get(&key).cloned()
     }
 
+    /// The inodes of the open files.
+    pub fn keys(&self) -> Vec<InodeKey> {
+        self.read().keys().copied().collect()
+    }
+
     /// Drop the entries no fd of the process refers to any more, after one of ours was closed.
     /// The removed states are returned, for the caller to drop outside the lock (dropping one
     /// may tear a context down, which takes the engine lock).

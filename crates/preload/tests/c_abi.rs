@@ -143,6 +143,12 @@ fn socket_passing_close_range_and_fork() {
 }
 
 #[test]
+fn fork_children_drive_the_parents_device_and_hold_its_files() {
+    let out = run(&compile("fork_vfio"), None);
+    assert!(out.contains("PASS fork_vfio child"), "{out}");
+}
+
+#[test]
 fn platform_file_from_the_environment() {
     let platform = default_platform_file();
     run(&compile("iommufd_basic"), Some(&platform));

@@ -15,6 +15,8 @@
 #include <linux/ioctl.h>
 #include <linux/types.h>
 #include <linux/vfio.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 
 #if defined(__has_include)
 #if __has_include(<linux/iommufd.h>)
@@ -137,5 +139,50 @@ static int uiommu_checks;
 	} while (0)
 
 #define PASS(name) printf("PASS %s: %d checks\n", (name), uiommu_checks)
+
+/* Send `fd` over the Unix socket `sock` (SCM_RIGHTS, one data byte). */
+static inline void send_fd(int sock, int fd)
+{
+	char data = 'f';
+	struct iovec iov = { .iov_base = &data, .iov_len = 1 };
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} u;
+	struct msghdr msg = {
+		.msg_iov = &iov,
+		.msg_iovlen = 1,
+		.msg_control = u.buf,
+		.msg_controllen = sizeof(u.buf),
+	};
+	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(c), &fd, sizeof(int));
+	CHECK(sendmsg(sock, &msg, 0) == 1);
+}
+
+static inline int recv_fd(int sock)
+{
+	char data;
+	struct iovec iov = { .iov_base = &data, .iov_len = 1 };
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} u;
+	struct msghdr msg = {
+		.msg_iov = &iov,
+		.msg_iovlen = 1,
+		.msg_control = u.buf,
+		.msg_controllen = sizeof(u.buf),
+	};
+	CHECK(recvmsg(sock, &msg, 0) == 1);
+	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+	CHECK(c && c->cmsg_type == SCM_RIGHTS);
+	int fd;
+	memcpy(&fd, CMSG_DATA(c), sizeof(int));
+	return fd;
+}
 
 #endif /* UIOMMU_TEST_H */

@@ -1,0 +1,269 @@
+/*
+ * Files inherited across fork keep working, as the shared open file descriptions do in Linux:
+ *
+ * A. A child drives the parent's device and context through the inherited fds: it binds the
+ *    device to the inherited iommufd (an fd argument naming one of its own fds), reads the
+ *    config space and BAR with pread and with read at the file position (which it advances),
+ *    is refused mmap with the parent's errno, maps its own memory, runs a DMA copy in its
+ *    memory, gets the completion interrupt on an eventfd of its own, and allocates a fault
+ *    queue whose fd it can read. The parent then sees the child's work: the device bound and
+ *    attached, the child's mapping in the IOAS.
+ * B. A file stays open while a child holds it: the parent closes its fds of a context and a
+ *    device; the child's copies keep the context (it sends the iommufd back and the IOAS is
+ *    there) and the device's group (a sibling cannot be bound) alive; when the child closes
+ *    its device fd the group is free at once.
+ * C. When the last holder exits without closing, its files are closed by the time the parent's
+ *    waitpid returns, as in Linux; a grandchild nobody waits for closes them soon after its
+ *    exit (the owner looks again periodically).
+ */
+#include "dma_engine.h"
+
+#include <sys/wait.h>
+#include <time.h>
+
+#define MEMLOCK_PAGES 64
+
+struct pgfault_rec {
+	__u32 flags, dev_id, pasid, grpid, perm, __reserved;
+	__u64 addr;
+	__u32 length, cookie;
+};
+
+struct fault_alloc {
+	__u32 size, flags, out_fault_id, out_fault_fd;
+};
+#define FAULT_QUEUE_ALLOC _IO(';', 0x8e)
+
+static int ioas_exists(int iommufd, __u32 ioas)
+{
+	struct iommu_ioas_iova_ranges r = { .size = sizeof(r), .ioas_id = ioas };
+	int rc = ioctl(iommufd, IOMMU_IOAS_IOVA_RANGES, &r);
+	return rc == 0 || errno == EMSGSIZE;
+}
+
+static void say(int fd, char c)
+{
+	CHECK(write(fd, &c, 1) == 1);
+}
+
+static char hear(int fd)
+{
+	char c = 0;
+	CHECK(read(fd, &c, 1) == 1);
+	return c;
+}
+
+static void sleep_ms(long ms)
+{
+	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L };
+	nanosleep(&ts, NULL);
+}
+
+/* Part A, in the child. */
+static void child_drives(int ictx, __u32 ioas, int devfd, int parent_mmap_errno)
+{
+	/* mmap is refused as in the parent. */
+	errno = 0;
+	CHECK(mmap(NULL, PAGE, PROT_READ, MAP_SHARED, devfd, 0) == MAP_FAILED);
+	CHECK(errno == parent_mmap_errno);
+
+	/* Bind the inherited device to the inherited iommufd, both named by the child's fds. */
+	CHECK_ERR(vfio_bind(devfd, 1000, NULL), EBADF);
+	int notiommu = open("/dev/null", O_RDONLY);
+	CHECK_ERR(vfio_bind(devfd, notiommu, NULL), EBADFD);
+	__u32 devid = 0;
+	CHECK(vfio_bind(devfd, ictx, &devid) == 0 && devid != 0);
+	CHECK_ERR(vfio_bind(devfd, ictx, NULL), EINVAL);
+
+	/* Config space and BAR by pread/pwrite, and by read at the file position. */
+	struct dev d = setup(devfd);
+	void *volatile bad = (void *)8;
+	CHECK_ERR(pread(devfd, bad, 4, d.bar0 + REG_ID), EFAULT);
+	CHECK(lseek(devfd, (off_t)(d.bar0 + REG_ID), SEEK_SET) == (off_t)(d.bar0 + REG_ID));
+	__u32 id = 0;
+	CHECK(read(devfd, &id, 4) == 4 && id == 0x444d4145);
+	CHECK(lseek(devfd, 0, SEEK_CUR) == (off_t)(d.bar0 + REG_ID + 4));
+
+	/* The child's own memory, mapped into the parent's IOAS, moved by the device. */
+	unsigned char *src = page_buffer(BUF), *dst = page_buffer(BUF);
+	for (int i = 0; i < BUF; i++)
+		src[i] = (unsigned char)(i * 13 + 1);
+	CHECK(attach(devfd, ioas) == 0);
+	CHECK(map(ictx, ioas, src, BUF, SRC_IOVA, IOMMU_IOAS_MAP_READABLE) == 0);
+	CHECK(map(ictx, ioas, dst, BUF, DST_IOVA,
+		  IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE) == 0);
+	CHECK(dma(&d, OP_COPY, SRC_IOVA, DST_IOVA, BUF) == STATUS_DONE);
+	CHECK(memcmp(src, dst, BUF) == 0);
+	CHECK(dma(&d, OP_COPY, SRC_IOVA, 0x900000, 16) == STATUS_FAULT);
+	CHECK((rd32(&d, REG_FAULT_CODE) & 0xff) == FAULT_NOT_MAPPED);
+
+	/* The completion interrupt on the child's own eventfd. */
+	int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	CHECK(efd >= 0);
+	char irqbuf[sizeof(struct vfio_irq_set) + sizeof(__s32)];
+	struct vfio_irq_set *irq = (struct vfio_irq_set *)irqbuf;
+	irq->argsz = sizeof(irqbuf);
+	irq->flags = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
+	irq->index = VFIO_PCI_MSIX_IRQ_INDEX;
+	irq->start = 0;
+	irq->count = 1;
+	memcpy(irq->data, &notiommu, sizeof(notiommu));
+	CHECK_ERR(ioctl(devfd, VFIO_DEVICE_SET_IRQS, irq), EINVAL); /* not an eventfd */
+	memcpy(irq->data, &efd, sizeof(efd));
+	CHECK(ioctl(devfd, VFIO_DEVICE_SET_IRQS, irq) == 0);
+	wr32(&d, REG_IRQ_ENABLE, 1);
+	CHECK(dma(&d, OP_COPY, SRC_IOVA, DST_IOVA, 16) == STATUS_DONE);
+	__u64 count = 0;
+	CHECK(read(efd, &count, 8) == 8 && count == 1);
+	wr32(&d, REG_IRQ_ENABLE, 0);
+	CHECK(close(notiommu) == 0);
+
+	/* A file the call makes (a fault queue) is installed in the child. */
+	struct fault_alloc fa = { .size = sizeof(fa) };
+	CHECK(ioctl(ictx, FAULT_QUEUE_ALLOC, &fa) == 0);
+	int ffd = (int)fa.out_fault_fd;
+	CHECK(fcntl(ffd, F_GETFD) == FD_CLOEXEC);
+	struct pgfault_rec recs[2];
+	CHECK(read(ffd, recs, sizeof(recs)) == 0); /* no fault queued */
+	CHECK_ERR(read(ffd, recs, sizeof(recs[0]) - 1), ESPIPE);
+	CHECK_ERR(pread(ffd, recs, sizeof(recs), 0), ESPIPE);
+	struct iommu_destroy ds = { .size = sizeof(ds), .id = fa.out_fault_id };
+	CHECK_ERR(ioctl(ictx, IOMMU_DESTROY, &ds), EBUSY); /* the fd holds it */
+	CHECK(close(ffd) == 0);
+	CHECK(ioctl(ictx, IOMMU_DESTROY, &ds) == 0);
+}
+
+int main(void)
+{
+	drop_ipc_lock();
+	struct rlimit rl = { MEMLOCK_PAGES * PAGE, MEMLOCK_PAGES * PAGE };
+	CHECK(setrlimit(RLIMIT_MEMLOCK, &rl) == 0);
+
+	/* --- A ------------------------------------------------------------------------------ */
+	int ictx = iommufd_open();
+	__u32 ioas = ioas_alloc(ictx);
+	int devfd = vfio_open(0);
+	CHECK(devfd >= 0);
+	errno = 0;
+	CHECK(mmap(NULL, PAGE, PROT_READ, MAP_SHARED, devfd, 0) == MAP_FAILED);
+	int mmap_errno = errno;
+	struct vfio_device_info info = { .argsz = sizeof(info) };
+	CHECK_ERR(ioctl(devfd, VFIO_DEVICE_GET_INFO, &info), EINVAL); /* not bound yet */
+
+	pid_t pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		child_drives(ictx, ioas, devfd, mmap_errno);
+		PASS("fork_vfio child");
+		fflush(stdout);
+		_exit(0);
+	}
+	int status = 0;
+	CHECK(waitpid(pid, &status, 0) == pid);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	/* The child bound the parent's device file and mapped into the parent's IOAS. */
+	CHECK(ioctl(devfd, VFIO_DEVICE_GET_INFO, &info) == 0);
+	struct iommu_ioas_unmap u = {
+		.size = sizeof(u), .ioas_id = ioas, .iova = SRC_IOVA, .length = BUF,
+	};
+	CHECK(ioctl(ictx, IOMMU_IOAS_UNMAP, &u) == 0 && u.length == BUF);
+	u.iova = DST_IOVA;
+	u.length = BUF;
+	CHECK(ioctl(ictx, IOMMU_IOAS_UNMAP, &u) == 0 && u.length == BUF);
+
+	/* --- B ------------------------------------------------------------------------------ */
+	int ictx2 = iommufd_open();
+	__u32 ioas2 = ioas_alloc(ictx2);
+	int dev1 = vfio_open(1), dev2 = vfio_open(2); /* siblings: one group */
+	CHECK(dev1 >= 0 && dev2 >= 0);
+	CHECK(vfio_bind(dev1, ictx2, NULL) == 0);
+	int sv[2], go[2], done[2];
+	CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+	CHECK(pipe(go) == 0 && pipe(done) == 0);
+	pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		CHECK(hear(go[0]) == 'b');
+		CHECK(ioas_exists(ictx2, ioas2));
+		send_fd(sv[1], ictx2);
+		CHECK(hear(go[0]) == 'c');
+		CHECK(close(dev1) == 0);
+		say(done[1], 'd');
+		CHECK(hear(go[0]) == 'x');
+		_exit(0);
+	}
+	/* The parent's fds go; the child's keep both files. */
+	CHECK(close(ictx2) == 0);
+	CHECK(close(dev1) == 0);
+	CHECK_ERR(vfio_bind(dev2, ictx, NULL), EPERM); /* the group still belongs to ictx2 */
+	say(go[1], 'b');
+	int back = recv_fd(sv[0]);
+	CHECK(ioas_exists(back, ioas2));
+	/* The child closes its device fd: the group is free as soon as close returns there. */
+	say(go[1], 'c');
+	CHECK(hear(done[0]) == 'd');
+	CHECK(vfio_bind(dev2, ictx, NULL) == 0);
+	CHECK(close(dev2) == 0);
+	say(go[1], 'x');
+	CHECK(waitpid(pid, &status, 0) == pid);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	CHECK(ioas_exists(back, ioas2)); /* the parent holds it again */
+
+	/* --- C ------------------------------------------------------------------------------ */
+	dev1 = vfio_open(1);
+	CHECK(dev1 >= 0);
+	CHECK(vfio_bind(dev1, back, NULL) == 0);
+	pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		CHECK(hear(go[0]) == 'x');
+		_exit(0); /* exits holding dev1 */
+	}
+	CHECK(close(dev1) == 0);
+	dev2 = vfio_open(2);
+	CHECK(dev2 >= 0);
+	CHECK_ERR(vfio_bind(dev2, ictx, NULL), EPERM);
+	say(go[1], 'x');
+	CHECK(waitpid(pid, &status, 0) == pid);
+	/* As in Linux, the exited child's files are closed by the time waitpid returns. */
+	CHECK(vfio_bind(dev2, ictx, NULL) == 0);
+	CHECK(close(dev2) == 0);
+
+	/* A grandchild that outlives its parent holds dev1; nobody waits for it here, yet its
+	 * exit closes the file soon after. */
+	dev1 = vfio_open(1);
+	CHECK(dev1 >= 0);
+	CHECK(vfio_bind(dev1, back, NULL) == 0);
+	pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		pid_t g = fork();
+		CHECK(g >= 0);
+		if (g == 0) {
+			CHECK(hear(go[0]) == 'y');
+			_exit(0);
+		}
+		_exit(0);
+	}
+	CHECK(waitpid(pid, &status, 0) == pid);
+	CHECK(close(dev1) == 0);
+	dev2 = vfio_open(2);
+	CHECK_ERR(vfio_bind(dev2, ictx, NULL), EPERM);
+	say(go[1], 'y');
+	int bound = -1;
+	for (int i = 0; i < 100 && bound != 0; i++) {
+		bound = vfio_bind(dev2, ictx, NULL);
+		if (bound != 0) {
+			CHECK(errno == EPERM);
+			sleep_ms(50);
+		}
+	}
+	CHECK(bound == 0);
+
+	CHECK(close(dev2) == 0);
+	CHECK(close(back) == 0);
+	CHECK(close(devfd) == 0);
+	CHECK(close(ictx) == 0);
+	PASS("fork_vfio");
+	return 0;
+}
