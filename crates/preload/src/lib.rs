@@ -14,7 +14,8 @@
 //! type1 compatibility ioctls) and `/dev/vfio/<group>` the group file of every IOMMU group with
 //! a `vfio-pci` function ([`uiommu_uapi::vfio_group`]); device files a group hands out are
 //! engine-made files served like device cdevs. For discovery, [`sysfs`] serves a view of the
-//! platform under `/sys/bus/pci`, `/sys/kernel/iommu_groups` and `/sys/devices/pci0000:00`.
+//! platform under `/sys/bus/pci`, `/sys/kernel/iommu_groups` and `/sys/devices/pci0000:00`,
+//! and [`devdir`] makes `/dev/vfio` and `/dev/vfio/devices` directories listing the nodes.
 //! Any other path goes straight to the real function after a comparison of its first bytes:
 //! no lock, no allocation.
 //!
@@ -49,6 +50,7 @@
 )))]
 compile_error!("uiommu-preload supports Linux on x86-64 and AArch64 only");
 
+pub mod devdir;
 pub mod hook;
 pub mod inherit;
 pub mod node;
@@ -85,7 +87,7 @@ pub enum Target {
     VfioContainer,
     /// `/dev/vfio/<group>`.
     VfioGroup(u32),
-    /// Another path under `/dev/vfio/`: ENOENT.
+    /// Another path under `/dev/vfio/` (not the directory `/dev/vfio/devices`): ENOENT.
     NoEnt,
 }
 
@@ -104,6 +106,10 @@ pub fn target_of(path: &[u8]) -> Option<Target> {
         return Some(Target::Iommu);
     }
     let rest = path.strip_prefix(b"/dev/vfio/")?;
+    if devdir::dir_of(path).is_some() {
+        // The directories: the sysfs view's tree serves them (`devdir`).
+        return None;
+    }
     if rest == b"vfio" {
         return Some(Target::VfioContainer);
     }
@@ -1176,8 +1182,7 @@ mod tests {
         for noent in [
             &b"/dev/vfio/vfio0"[..],
             b"/dev/vfio/03",
-            b"/dev/vfio/",
-            b"/dev/vfio/devices",
+            b"/dev/vfio/devices/nope",
             b"/dev/vfio/devices/vfio",
             b"/dev/vfio/devices/vfio01",
             b"/dev/vfio/devices/vfio+1",
@@ -1190,6 +1195,11 @@ mod tests {
             b"/dev/iommu0",
             b"/dev/iommu/",
             b"/dev/vfio",
+            b"/dev/vfio/",
+            b"/dev/vfio/devices",
+            b"/dev/vfio/devices/",
+            b"/dev/vfio//",
+            b"/dev/vfio/..",
             b"dev/iommu",
             b"/proc/self/fd",
             b"",

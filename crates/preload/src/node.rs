@@ -11,9 +11,11 @@
 //! The owner is the calling process's effective uid and gid (as if udev had handed the nodes to
 //! the user, which is how an unprivileged VMM is set up); `st_dev` and the times are those of
 //! the real `/dev` (the nodes live there); `st_ino` is fixed per node, so `stat` of the path and
-//! `fstat` of every fd opened from it agree. Files the engine makes (a group's device fds,
+//! `fstat` of every fd opened from it agree. The directories `/dev/vfio` and `/dev/vfio/devices`
+//! ([`dir_stat`]) are `rwxr-xr-x` and owned as the real `/dev`. Files the engine makes (a group's device fds,
 //! fault queues) are anonymous inodes in Linux and stay memfds here.
 
+use crate::devdir::DevDir;
 use crate::real;
 use crate::state::{global, Global};
 use crate::Target;
@@ -69,8 +71,8 @@ pub(crate) fn node_stat(g: &Global, target: Target) -> Option<NodeStat> {
     }
 }
 
-/// `st_dev` and the times of the real `/dev` (zero when it cannot be read).
-fn dev_dir() -> libc::stat {
+/// The real `/dev`'s stat (zero when it cannot be read).
+pub(crate) fn dev_dir() -> libc::stat {
     // SAFETY: an all-zero `struct stat` is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: stat writes one `struct stat` into `st`; the path is NUL-terminated.
@@ -109,7 +111,11 @@ pub fn to_stat(n: NodeStat) -> libc::stat {
 
 /// The `struct statx` of a node (the basic stats, as the kernel fills them for a device node).
 pub fn to_statx(n: NodeStat) -> libc::statx {
-    let st = to_stat(n);
+    statx_of(&to_stat(n))
+}
+
+/// The `struct statx` with the basic stats of `st`.
+pub fn statx_of(st: &libc::stat) -> libc::statx {
     let ts = |sec: i64, nsec: i64| {
         // SAFETY: an all-zero `statx_timestamp` is a valid value.
         let mut t: libc::statx_timestamp = unsafe { std::mem::zeroed() };
@@ -120,20 +126,55 @@ pub fn to_statx(n: NodeStat) -> libc::statx {
     // SAFETY: an all-zero `struct statx` is a valid value.
     let mut sx: libc::statx = unsafe { std::mem::zeroed() };
     sx.stx_mask = libc::STATX_BASIC_STATS;
-    sx.stx_blksize = 4096;
-    sx.stx_nlink = 1;
+    sx.stx_blksize = st.st_blksize as u32;
+    sx.stx_nlink = st.st_nlink as u32;
     sx.stx_uid = st.st_uid;
     sx.stx_gid = st.st_gid;
     sx.stx_mode = st.st_mode as u16;
     sx.stx_ino = st.st_ino;
+    sx.stx_size = st.st_size as u64;
+    sx.stx_blocks = st.st_blocks as u64;
     sx.stx_atime = ts(st.st_atime, st.st_atime_nsec);
     sx.stx_ctime = ts(st.st_ctime, st.st_ctime_nsec);
     sx.stx_mtime = ts(st.st_mtime, st.st_mtime_nsec);
-    sx.stx_rdev_major = n.major;
-    sx.stx_rdev_minor = n.minor;
+    sx.stx_rdev_major = libc::major(st.st_rdev);
+    sx.stx_rdev_minor = libc::minor(st.st_rdev);
     sx.stx_dev_major = libc::major(st.st_dev);
     sx.stx_dev_minor = libc::minor(st.st_dev);
     sx
+}
+
+/// Inode number of the directory `dir` (fixed, beside the nodes' numbers).
+pub fn dir_ino(dir: DevDir) -> u64 {
+    0x7569_0000_0000 | (5 << 24) | dir as u64
+}
+
+/// The `struct stat` of `/dev/vfio` or `/dev/vfio/devices` holding `entries` entries: a
+/// directory `rwxr-xr-x` owned by the real `/dev`'s owner (root, as udev makes it), on the
+/// real `/dev`'s device and with its times; links as a directory has (2, and one per
+/// subdirectory); the size devtmpfs reports (20 bytes per entry, `.` and `..` included).
+pub fn dir_stat(dir: DevDir, entries: usize) -> libc::stat {
+    let real = dev_dir();
+    // SAFETY: an all-zero `struct stat` is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    st.st_dev = real.st_dev;
+    st.st_ino = dir_ino(dir);
+    st.st_nlink = match dir {
+        DevDir::Vfio => 3,
+        DevDir::Devices => 2,
+    };
+    st.st_mode = libc::S_IFDIR | 0o755;
+    st.st_uid = real.st_uid;
+    st.st_gid = real.st_gid;
+    st.st_size = 20 * (entries as i64 + 2);
+    st.st_blksize = 4096;
+    st.st_atime = real.st_atime;
+    st.st_atime_nsec = real.st_atime_nsec;
+    st.st_mtime = real.st_mtime;
+    st.st_mtime_nsec = real.st_mtime_nsec;
+    st.st_ctime = real.st_ctime;
+    st.st_ctime_nsec = real.st_ctime_nsec;
+    st
 }
 
 /// The bytes of a plain C struct.
@@ -157,9 +198,19 @@ const _: () = assert!(std::mem::size_of::<libc::stat>() == std::mem::size_of::<l
 
 /// Write the node's stat in `layout` to the program's buffer at `buf`: 0, or -1 with EFAULT.
 pub(crate) fn write_stat(g: &Global, n: NodeStat, layout: Layout, buf: *mut c_void) -> c_int {
+    write_stat_of(g, &to_stat(n), layout, buf)
+}
+
+/// Write `st` in `layout` to the program's buffer at `buf`: 0, or -1 with EFAULT.
+pub(crate) fn write_stat_of(
+    g: &Global,
+    st: &libc::stat,
+    layout: Layout,
+    buf: *mut c_void,
+) -> c_int {
     let r = match layout {
-        Layout::Stat => crate::to_user(g, buf as u64, bytes_of(&to_stat(n))),
-        Layout::Statx => crate::to_user(g, buf as u64, bytes_of(&to_statx(n))),
+        Layout::Stat => crate::to_user(g, buf as u64, bytes_of(st)),
+        Layout::Statx => crate::to_user(g, buf as u64, bytes_of(&statx_of(st))),
     };
     match r {
         Ok(()) => 0,
@@ -185,7 +236,9 @@ pub(crate) fn node_of_fd(g: &Global, fd: c_int) -> Option<NodeStat> {
     node_stat(g, file.node?)
 }
 
-/// A stat of an fd: the node's when the fd is ours and opened from a node, else `real_op`.
+/// A stat of an fd: the node's when the fd is ours and opened from a node, else `real_op`
+/// (whose result for a directory or file of the `/dev/vfio` tree is what the path's `stat`
+/// says, [`crate::devdir::fix_stat`]).
 pub(crate) fn stat_fd(
     fd: c_int,
     layout: Layout,
@@ -193,12 +246,16 @@ pub(crate) fn stat_fd(
     real_op: impl FnOnce() -> c_int,
 ) -> c_int {
     let Some(g) = crate::active() else {
-        return real_op();
+        return crate::devdir::fix_stat(real_op(), layout, buf);
     };
-    let _h = crate::hook::Hook::enter();
+    let h = crate::hook::Hook::enter();
     match node_of_fd(g, fd) {
         Some(n) => write_stat(g, n, layout, buf),
-        None => real_op(),
+        None => {
+            let r = real_op();
+            drop(h);
+            crate::devdir::fix_stat(r, layout, buf)
+        }
     }
 }
 

@@ -346,6 +346,14 @@ real_fns! {
     fn opendir(path: *const c_char) -> *mut c_void
         = c"opendir" as unsafe extern "C" fn(*const c_char) -> *mut c_void,
         fail std::ptr::null_mut();
+    /// `readdir(3)`.
+    fn readdir(dir: *mut c_void) -> *mut c_void
+        = c"readdir" as unsafe extern "C" fn(*mut c_void) -> *mut c_void,
+        fail std::ptr::null_mut();
+    /// `readdir64(3)`.
+    fn readdir64(dir: *mut c_void) -> *mut c_void
+        = c"readdir64" as unsafe extern "C" fn(*mut c_void) -> *mut c_void,
+        fail std::ptr::null_mut();
     /// `getxattr(2)`.
     fn getxattr(path: *const c_char, name: *const c_char, value: *mut c_void, size: size_t)
         -> ssize_t

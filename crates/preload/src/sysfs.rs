@@ -22,7 +22,11 @@
 //! R/sys/bus/pci/devices/<bdf> -> ../../../devices/pci0000:00/<bdf>
 //! R/sys/bus/pci/drivers/<name>/<bdf> -> ../../../../devices/pci0000:00/<bdf>
 //! R/sys/kernel/iommu_groups/<n>/devices/<bdf> -> ../../../../devices/pci0000:00/<bdf>
+//! R/dev/vfio/{vfio,<group>...,devices/vfio<N>...}                     ([`crate::devdir`])
 //! ```
+//!
+//! `/dev/vfio` and `/dev/vfio/devices` (the directory paths only, [`crate::devdir::dir_of`])
+//! are rewritten to `R/dev/vfio` too, by the same functions.
 //!
 //! Cost for other paths: a comparison of the first bytes with `/sys/` (no lock, no
 //! allocation); for other `/sys/` paths, a few prefix comparisons.
@@ -62,6 +66,8 @@ pub struct View {
     names: [BTreeSet<Vec<u8>>; 4],
     /// The process that made the tree (only it removes the tree at exit).
     pid: u32,
+    /// The `dev/vfio` subtree ([`crate::devdir`]).
+    pub(crate) devdir: crate::devdir::Tree,
 }
 
 static VIEW: OnceLock<Option<View>> = OnceLock::new();
@@ -80,12 +86,24 @@ fn view() -> Option<&'static View> {
     .as_ref()
 }
 
+/// The view when it was built in this process (never builds it).
+pub(crate) fn built() -> Option<&'static View> {
+    VIEW.get()?.as_ref()
+}
+
 extern "C" fn remove_at_exit() {
     let _h = Hook::enter();
     if let Some(Some(v)) = VIEW.get() {
         if v.pid == std::process::id() {
-            let _ = std::fs::remove_dir_all(Path::new(std::ffi::OsStr::from_bytes(&v.root)));
+            v.remove();
         }
+    }
+}
+
+impl View {
+    /// Remove the tree.
+    pub fn remove(&self) {
+        let _ = std::fs::remove_dir_all(Path::new(std::ffi::OsStr::from_bytes(&self.root)));
     }
 }
 
@@ -108,10 +126,28 @@ pub struct FunctionView {
     pub vfio: Option<usize>,
 }
 
-/// What the view shows of the engine's platform: every function, and every group number.
-pub fn describe(engine: &uiommu_core::Engine) -> (Vec<FunctionView>, Vec<u32>) {
+/// What the view shows of the engine's platform.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Description {
+    /// Every function.
+    pub funcs: Vec<FunctionView>,
+    /// Every IOMMU group number.
+    pub groups: Vec<u32>,
+    /// The groups with a `/dev/vfio/<n>` node (those with a vfio-pci function).
+    pub vfio_groups: Vec<u32>,
+    /// How many `/dev/vfio/devices/vfioN` nodes there are.
+    pub vfio_devices: usize,
+}
+
+/// What the view shows of the engine's platform: every function, every group number, and the
+/// `/dev/vfio` nodes.
+pub fn describe(engine: &uiommu_core::Engine) -> Description {
     let vfio = crate::state::vfio_devices(engine);
-    engine.with_platform(|p| {
+    let vfio_groups = uiommu_uapi::vfio_group::vfio_groups(engine)
+        .into_iter()
+        .map(|g| g.0)
+        .collect();
+    let (funcs, groups) = engine.with_platform(|p| {
         let funcs = p
             .topology
             .devices()
@@ -129,11 +165,17 @@ pub fn describe(engine: &uiommu_core::Engine) -> (Vec<FunctionView>, Vec<u32>) {
             .collect();
         let groups = p.topology.groups().map(|g| g.id.0).collect();
         (funcs, groups)
-    })
+    });
+    Description {
+        funcs,
+        groups,
+        vfio_groups,
+        vfio_devices: vfio.len(),
+    }
 }
 
 /// Make the tree for `desc` in a new temporary directory.
-pub fn build(desc: &(Vec<FunctionView>, Vec<u32>)) -> std::io::Result<View> {
+pub fn build(desc: &Description) -> std::io::Result<View> {
     let tmp = std::env::var_os("TMPDIR")
         .filter(|t| !t.is_empty())
         .map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
@@ -146,12 +188,16 @@ pub fn build(desc: &(Vec<FunctionView>, Vec<u32>)) -> std::io::Result<View> {
     }
     template.pop();
     let root = PathBuf::from(std::ffi::OsString::from_vec(template.clone()));
-    let made = fill(&root, desc);
-    if let Err(e) = made {
-        let _ = std::fs::remove_dir_all(&root);
-        return Err(e);
-    }
-    let (funcs, groups) = desc;
+    let made = fill(&root, desc)
+        .and_then(|()| crate::devdir::fill(&root, desc.vfio_devices, &desc.vfio_groups));
+    let devdir = match made {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&root);
+            return Err(e);
+        }
+    };
+    let Description { funcs, groups, .. } = desc;
     let mut names: [BTreeSet<Vec<u8>>; 4] = Default::default();
     for f in funcs {
         names[0].insert(f.bdf.clone().into_bytes());
@@ -167,12 +213,14 @@ pub fn build(desc: &(Vec<FunctionView>, Vec<u32>)) -> std::io::Result<View> {
         root: template,
         names,
         pid: std::process::id(),
+        devdir,
     })
 }
 
 use std::os::unix::ffi::OsStringExt;
 
-fn fill(root: &Path, (funcs, groups): &(Vec<FunctionView>, Vec<u32>)) -> std::io::Result<()> {
+fn fill(root: &Path, desc: &Description) -> std::io::Result<()> {
+    let Description { funcs, groups, .. } = desc;
     use std::fs::{create_dir_all, write};
     use std::os::unix::fs::symlink;
     let sys = root.join("sys");
@@ -244,6 +292,11 @@ fn prefix_of(path: &[u8]) -> Option<(usize, Option<&[u8]>)> {
 
 /// The view's copy of `path`, if the view serves it.
 pub fn rewrite(path: &[u8]) -> Option<CString> {
+    match crate::devdir::dir_of(path) {
+        Some(crate::devdir::DirPath::Dir(_)) => return rewrite_in(&view()?.root, path),
+        Some(crate::devdir::DirPath::RealDev) => return Some(c"/dev".to_owned()),
+        None => {}
+    }
     let (i, comp) = prefix_of(path)?;
     let v = view()?;
     if let Some(c) = comp {
@@ -254,6 +307,11 @@ pub fn rewrite(path: &[u8]) -> Option<CString> {
     rewrite_in(&v.root, path)
 }
 
+/// Whether the view serves `path` (building it).
+pub(crate) fn view_path(path: &[u8]) -> Option<()> {
+    rewrite(path).map(drop)
+}
+
 fn rewrite_in(root: &[u8], path: &[u8]) -> Option<CString> {
     let mut out = Vec::with_capacity(root.len() + path.len() + 1);
     out.extend_from_slice(root);
@@ -261,24 +319,32 @@ fn rewrite_in(root: &[u8], path: &[u8]) -> Option<CString> {
     CString::new(out).ok()
 }
 
-/// Whether the C string `path` starts with `/sys/` (the fast path: stops at the first
-/// mismatching byte).
+/// Whether the C string `path` starts with `prefix` (stops at the first mismatching byte).
 ///
 /// # Safety
-/// `path` is null or NUL-terminated.
-unsafe fn is_sys(path: *const c_char) -> bool {
-    const SYS: &[u8] = b"/sys/";
+/// `path` is null or NUL-terminated; `prefix` has no NUL.
+unsafe fn starts_with(path: *const c_char, prefix: &[u8]) -> bool {
     if path.is_null() {
         return false;
     }
-    for (i, &want) in SYS.iter().enumerate() {
-        // SAFETY: every byte before `i` matched a non-NUL byte of SYS, so the string has not
-        // ended before index `i`.
+    for (i, &want) in prefix.iter().enumerate() {
+        // SAFETY: every byte before `i` matched a non-NUL byte of `prefix`, so the string has
+        // not ended before index `i`.
         if unsafe { *path.add(i) } as u8 != want {
             return false;
         }
     }
     true
+}
+
+/// Whether the C string `path` may be served by the view: it starts with `/sys/` or
+/// `/dev/vfio` (the fast path: stops at the first mismatching byte).
+///
+/// # Safety
+/// `path` is null or NUL-terminated.
+unsafe fn may_be_view(path: *const c_char) -> bool {
+    // SAFETY: forwarded from the caller.
+    unsafe { starts_with(path, b"/sys/") || starts_with(path, b"/dev/vfio") }
 }
 
 /// Call `f` with the path the program means: the view's copy for a sysfs path it serves,
@@ -288,11 +354,11 @@ unsafe fn is_sys(path: *const c_char) -> bool {
 /// `path` is null or NUL-terminated.
 unsafe fn mapped<R>(path: *const c_char, f: impl FnOnce(*const c_char, bool) -> R) -> R {
     // SAFETY: forwarded from the caller.
-    if !unsafe { is_sys(path) } || in_hook() {
+    if !unsafe { may_be_view(path) } || in_hook() {
         return f(path, false);
     }
     let h = Hook::enter();
-    // SAFETY: `path` is NUL-terminated (checked non-null by is_sys).
+    // SAFETY: `path` is NUL-terminated (checked non-null by may_be_view).
     let bytes = unsafe { CStr::from_ptr(path) }.to_bytes();
     let rewritten = rewrite(bytes);
     // The real function runs outside the library: callbacks it makes into the program
@@ -389,7 +455,8 @@ macro_rules! stat_fn {
                     return r;
                 }
                 // SAFETY: the caller's path is null or NUL-terminated.
-                unsafe { mapped($path, |p, _| real_op(p)) }
+                let r = unsafe { mapped($path, |p, _| real_op(p)) };
+                crate::devdir::fix_stat(r, Layout::$layout, $buf)
             })
         }
     };
@@ -450,7 +517,8 @@ pub unsafe extern "C" fn statx(
             return r;
         }
         // SAFETY: the path possibly replaced by the view's copy.
-        unsafe { mapped(path, |p, _| real_op(p)) }
+        let r = unsafe { mapped(path, |p, _| real_op(p)) };
+        crate::devdir::fix_stat(r, Layout::Statx, buf)
     })
 }
 
@@ -514,26 +582,33 @@ path_fn! { /// `opendir(3)` on the view: listing `/sys/bus/pci/devices` lists th
 /// machine's functions.
 fn opendir(@path path) -> *mut c_void = real::opendir, fail std::ptr::null_mut(); }
 
-/// Whether an access-check of one of our `/dev` paths answers 0 (it exists) or ENOENT.
+/// An access-check of one of our `/dev` paths: a node exists (0) or not (ENOENT); the
+/// directories `/dev/vfio` and `/dev/vfio/devices` as [`crate::devdir::access`] answers for
+/// `mode` and the real or (`effective`) effective uid. `None` for any other path.
 ///
 /// # Safety
 /// `path` is null or NUL-terminated.
-unsafe fn dev_access(path: *const c_char) -> Option<c_int> {
+unsafe fn dev_access(path: *const c_char, mode: c_int, effective: bool) -> Option<c_int> {
     // SAFETY: forwarded from the caller.
-    let target = unsafe { crate::classify(path) }?;
-    if in_hook() {
+    let target = unsafe { crate::classify(path) };
+    // SAFETY: forwarded from the caller.
+    if (target.is_none() && !unsafe { starts_with(path, b"/dev/vfio") }) || in_hook() {
         return None;
     }
     let _h = Hook::enter();
-    Some(if crate::target_exists(target) {
-        0
-    } else {
-        crate::real::set_errno(libc::ENOENT);
-        -1
-    })
+    let r = match target {
+        Some(t) if crate::target_exists(t) => Ok(()),
+        Some(_) => Err(libc::ENOENT),
+        None => {
+            // SAFETY: `path` is NUL-terminated (non-null: it starts with /dev/vfio).
+            let bytes = unsafe { CStr::from_ptr(path) }.to_bytes();
+            crate::devdir::access(bytes, mode, effective)?
+        }
+    };
+    Some(r.map_or_else(crate::fail, |()| 0))
 }
 
-/// `access(2)`: on the view, and our `/dev` nodes exist.
+/// `access(2)`: on the view, and our `/dev` nodes and directories exist.
 ///
 /// # Safety
 /// As `access(2)`.
@@ -541,11 +616,14 @@ unsafe fn dev_access(path: *const c_char) -> Option<c_int> {
 pub unsafe extern "C" fn access(path: *const c_char, mode: c_int) -> c_int {
     ffi(-1, || {
         // SAFETY: the caller's arguments are passed on, the path possibly replaced.
-        unsafe { dev_access(path).unwrap_or_else(|| mapped(path, |p, _| real::access(p, mode))) }
+        unsafe {
+            dev_access(path, mode, false)
+                .unwrap_or_else(|| mapped(path, |p, _| real::access(p, mode)))
+        }
     })
 }
 
-/// `euidaccess(3)`: as [`access`].
+/// `euidaccess(3)`: as [`access`], for the effective uid.
 ///
 /// # Safety
 /// As `euidaccess(3)`.
@@ -554,12 +632,13 @@ pub unsafe extern "C" fn euidaccess(path: *const c_char, mode: c_int) -> c_int {
     ffi(-1, || {
         // SAFETY: the caller's arguments are passed on, the path possibly replaced.
         unsafe {
-            dev_access(path).unwrap_or_else(|| mapped(path, |p, _| real::euidaccess(p, mode)))
+            dev_access(path, mode, true)
+                .unwrap_or_else(|| mapped(path, |p, _| real::euidaccess(p, mode)))
         }
     })
 }
 
-/// `eaccess(3)`: as [`access`].
+/// `eaccess(3)`: as [`euidaccess`].
 ///
 /// # Safety
 /// As `eaccess(3)`.
@@ -569,7 +648,7 @@ pub unsafe extern "C" fn eaccess(path: *const c_char, mode: c_int) -> c_int {
     unsafe { euidaccess(path, mode) }
 }
 
-/// `faccessat(2)`: as [`access`] for absolute paths.
+/// `faccessat(2)`: as [`access`] for absolute paths (`AT_EACCESS`: the effective uid).
 ///
 /// # Safety
 /// As `faccessat(2)`.
@@ -581,9 +660,10 @@ pub unsafe extern "C" fn faccessat(
     flags: c_int,
 ) -> c_int {
     ffi(-1, || {
+        let effective = flags & libc::AT_EACCESS != 0;
         // SAFETY: the caller's arguments are passed on, the path possibly replaced.
         unsafe {
-            dev_access(path)
+            dev_access(path, mode, effective)
                 .unwrap_or_else(|| mapped(path, |p, _| real::faccessat(dirfd, p, mode, flags)))
         }
     })
@@ -691,18 +771,44 @@ fn listxattr(@path path, list: *mut c_char, size: size_t) = real::listxattr, lis
 xattr_fn! { /// `llistxattr(2)`: as `listxattr`.
 fn llistxattr(@path path, list: *mut c_char, size: size_t) = real::llistxattr, list true; }
 
-path_fn! { /// `scandir(3)` on the view (glibc's opens the directory internally).
-fn scandir(@path path, list: *mut c_void, filter: *mut c_void, cmp: *mut c_void) -> c_int
-= real::scandir, fail -1; }
-path_fn! { /// `scandir64(3)` on the view.
-fn scandir64(@path path, list: *mut c_void, filter: *mut c_void, cmp: *mut c_void) -> c_int
-= real::scandir64, fail -1; }
-path_fn! { /// `scandirat(3)` on the view (absolute paths).
-fn scandirat(dirfd: c_int, @path path, list: *mut c_void, filter: *mut c_void,
-cmp: *mut c_void) -> c_int = real::scandirat, fail -1; }
-path_fn! { /// `scandirat64(3)` on the view (absolute paths).
-fn scandirat64(dirfd: c_int, @path path, list: *mut c_void, filter: *mut c_void,
-cmp: *mut c_void) -> c_int = real::scandirat64, fail -1; }
+macro_rules! scandir_fn {
+    ($(#[$doc:meta])* fn $name:ident($($pre:ident: $pt:ty,)* @path $path:ident) = $real:path;) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// As the C function.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            $($pre: $pt,)* $path: *const c_char, list: *mut c_void, filter: *mut c_void,
+            cmp: *mut c_void,
+        ) -> c_int {
+            ffi(-1, || {
+                // SAFETY: the caller's arguments are passed on, the path possibly replaced by
+                // the view's copy (a NUL-terminated string alive during the call); scandir
+                // fills `list` with as many entries as it returns.
+                unsafe {
+                    mapped($path, |p, rewritten| {
+                        let n = $real($($pre,)* p, list, filter, cmp);
+                        if rewritten {
+                            crate::devdir::fix_scandir(n, list);
+                        }
+                        n
+                    })
+                }
+            })
+        }
+    };
+}
+
+scandir_fn! { /// `scandir(3)` on the view (glibc's opens the directory internally); in
+/// `/dev/vfio`, the nodes' entries are `DT_CHR` in the result.
+fn scandir(@path path) = real::scandir; }
+scandir_fn! { /// `scandir64(3)`: as `scandir`.
+fn scandir64(@path path) = real::scandir64; }
+scandir_fn! { /// `scandirat(3)`: as `scandir` (absolute paths).
+fn scandirat(dirfd: c_int, @path path) = real::scandirat; }
+scandir_fn! { /// `scandirat64(3)`: as `scandir` (absolute paths).
+fn scandirat64(dirfd: c_int, @path path) = real::scandirat64; }
 
 /// `canonicalize_file_name(3)`: as `realpath`.
 ///
@@ -717,6 +823,9 @@ pub unsafe extern "C" fn canonicalize_file_name(path: *const c_char) -> *mut c_c
 /// The view's copy of a glob pattern: patterns below the directories the view owns
 /// (`/sys/bus/pci/devices/*/vendor`), or naming one of its entries of `/sys/devices`.
 fn rewrite_glob(pattern: &[u8]) -> Option<CString> {
+    if crate::devdir::glob_in_tree(pattern) {
+        return rewrite_in(&view()?.root, pattern);
+    }
     let (i, comp) = prefix_of(pattern)?;
     let v = view()?;
     if let Some(c) = comp {
@@ -739,11 +848,11 @@ unsafe fn glob_impl(
 ) -> c_int {
     ffi(libc::GLOB_ABORTED, || {
         // SAFETY: forwarded from the caller.
-        if !unsafe { is_sys(pattern) } || in_hook() {
+        if !unsafe { may_be_view(pattern) } || in_hook() {
             return real_fn(pattern);
         }
         let h = Hook::enter();
-        // SAFETY: `pattern` is NUL-terminated (checked non-null by is_sys).
+        // SAFETY: `pattern` is NUL-terminated (checked non-null by may_be_view).
         let bytes = unsafe { CStr::from_ptr(pattern) }.to_bytes();
         let Some(p) = rewrite_glob(bytes) else {
             drop(h);
@@ -851,8 +960,24 @@ unsafe extern "C" fn nftw_walk(
         unsafe { *ftw.cast::<Ftw>() }
     };
     local.base -= cut as c_int;
+    // SAFETY: nftw passes a `struct stat` (or null).
+    let st = unsafe { fixed_sb(sb) };
+    let sb = st
+        .as_ref()
+        .map_or(sb, |st| (st as *const libc::stat).cast());
     // SAFETY: the program's function, called as nftw would call it.
     unsafe { f(p, sb, flag, (&local as *const Ftw).cast()) }
+}
+
+/// The `struct stat` a walk hands the program, when it is of an inode of the `/dev/vfio`
+/// subtree: what `stat` of its path says ([`crate::devdir::fixed`]).
+///
+/// # Safety
+/// `sb` is null or points to a `struct stat`.
+unsafe fn fixed_sb(sb: *const c_void) -> Option<libc::stat> {
+    // SAFETY: the caller's contract.
+    let st = unsafe { sb.cast::<libc::stat>().as_ref() }?;
+    crate::devdir::fixed(st)
 }
 
 unsafe extern "C" fn ftw_walk(fpath: *const c_char, sb: *const c_void, flag: c_int) -> c_int {
@@ -860,6 +985,11 @@ unsafe extern "C" fn ftw_walk(fpath: *const c_char, sb: *const c_void, flag: c_i
     let Some(f) = f else { return -1 };
     // SAFETY: ftw passes a NUL-terminated path.
     let (p, _) = unsafe { strip_root(fpath, strip) };
+    // SAFETY: ftw passes a `struct stat` (or null).
+    let st = unsafe { fixed_sb(sb) };
+    let sb = st
+        .as_ref()
+        .map_or(sb, |st| (st as *const libc::stat).cast());
     // SAFETY: the program's function, called as ftw would call it.
     unsafe { f(p, sb, flag) }
 }
@@ -1108,7 +1238,11 @@ mod tests {
             std::fs::read_to_string(dev.join("vendor")).unwrap().trim(),
             format!(
                 "0x{:04x}",
-                d.0.iter().find(|f| f.bdf == "0000:01:00.0").unwrap().vendor
+                d.funcs
+                    .iter()
+                    .find(|f| f.bdf == "0000:01:00.0")
+                    .unwrap()
+                    .vendor
             )
         );
         assert_eq!(
@@ -1145,6 +1279,19 @@ mod tests {
             rewrite_in(b"/r", b"/sys/x").unwrap().as_bytes(),
             b"/r/sys/x"
         );
-        std::fs::remove_dir_all(&root).unwrap();
+        let mut nodes: Vec<_> = std::fs::read_dir(root.join("dev/vfio"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        nodes.sort();
+        assert_eq!(nodes, ["5", "6", "7", "devices", "vfio"]);
+        assert_eq!(
+            std::fs::read_dir(root.join("dev/vfio/devices"))
+                .unwrap()
+                .count(),
+            d.vfio_devices
+        );
+        v.remove();
+        assert!(!root.exists());
     }
 }

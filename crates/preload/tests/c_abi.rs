@@ -127,6 +127,11 @@ fn dev_nodes_stat_as_character_devices_and_directory_walks_see_the_view() {
 }
 
 #[test]
+fn dev_vfio_and_its_devices_directory_list_the_nodes() {
+    run(&compile("dev_dirs"), None);
+}
+
+#[test]
 fn fault_queue_readiness_under_poll_select_epoll_and_efault_reads() {
     run(&compile("fault_poll"), None);
 }
