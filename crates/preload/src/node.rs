@@ -208,14 +208,35 @@ pub(crate) fn write_stat_of(
     layout: Layout,
     buf: *mut c_void,
 ) -> c_int {
+    write_stat_to(&*g.mem, st, layout, buf)
+}
+
+/// [`write_stat_of`] through the memory accessor `mem` of this process.
+fn write_stat_to(
+    mem: &dyn uiommu_platform::memory::UserMemory,
+    st: &libc::stat,
+    layout: Layout,
+    buf: *mut c_void,
+) -> c_int {
+    let va = uiommu_platform::UserVa(buf as u64);
     let r = match layout {
-        Layout::Stat => crate::to_user(g, buf as u64, bytes_of(st)),
-        Layout::Statx => crate::to_user(g, buf as u64, bytes_of(&statx_of(st))),
+        Layout::Stat => mem.write(va, bytes_of(st)),
+        Layout::Statx => mem.write(va, bytes_of(&statx_of(st))),
     };
     match r {
         Ok(()) => 0,
-        Err(e) => crate::fail(e),
+        Err(_) => crate::fail(libc::EFAULT),
     }
+}
+
+/// The node behind `fd` when it is a file of an ancestor's engine this process inherited
+/// through `fork`, opened from a `/dev` path (`crate::remote`).
+fn inherited_node(fd: c_int) -> Option<NodeStat> {
+    if !crate::remote::has_upstream() || crate::hook::in_hook() {
+        return None;
+    }
+    let _h = crate::hook::Hook::enter();
+    crate::remote::node(fd)
 }
 
 /// A path-based stat of `target` (one of our `/dev` paths): the node, or ENOENT.
@@ -246,10 +267,20 @@ pub(crate) fn stat_fd(
     real_op: impl FnOnce() -> c_int,
 ) -> c_int {
     let Some(g) = crate::active() else {
+        if let Some(n) = inherited_node(fd) {
+            let mem = uiommu_platform::process_memory::ProcessMemory::this();
+            return write_stat_to(&mem, &to_stat(n), layout, buf);
+        }
         return crate::devdir::fix_stat(real_op(), layout, buf);
     };
     let h = crate::hook::Hook::enter();
-    match node_of_fd(g, fd) {
+    let node = node_of_fd(g, fd).or_else(|| {
+        // Not one of this process's own files: perhaps an inherited one.
+        crate::remote::has_upstream()
+            .then(|| crate::remote::node(fd))
+            .flatten()
+    });
+    match node {
         Some(n) => write_stat(g, n, layout, buf),
         None => {
             let r = real_op();

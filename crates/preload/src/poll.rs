@@ -18,6 +18,10 @@
 //!   reported may carry `EPOLLWRNORM` besides `EPOLLOUT` (the eventfd's). Adding two fds of the
 //!   same queue to one epoll set is `EEXIST` (one eventfd), where Linux allows it.
 //!
+//! In a `fork` child, a fault queue inherited from the parent's engine (or made for the child
+//! by a forwarded call) is watched through the owner's eventfd for it, which the child receives
+//! once (`crate::remote::ready_efd`); the owner keeps it up to date after each call it serves.
+//!
 //! The counter is brought up to date after every call of the program served by this library
 //! (faults arrive only then: a doorbell `pwrite` whose DMA faults, an `IOMMU_TEST_CMD`, a read
 //! draining the queue) and before every readiness call. Cost when no fault queue exists: one
@@ -31,6 +35,9 @@ use libc::{c_int, c_void};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use uiommu_platform::memory::UserMemory;
+use uiommu_platform::process_memory::ProcessMemory;
+use uiommu_platform::UserVa;
 use uiommu_uapi::fault::FaultQueueFile;
 
 /// One fault queue's eventfd.
@@ -153,6 +160,12 @@ impl Registry {
         }
     }
 
+    /// The eventfd of the fault queue of inode `key`, if it is one whose file is open.
+    pub fn efd_of_key(&self, key: InodeKey) -> Option<c_int> {
+        let r = self.lock().get(&key).cloned()?;
+        r.fault().map(|_| r.efd)
+    }
+
     /// The eventfd watched in place of `fd`, when `fd` is a fault queue of ours.
     fn efd_of(&self, fd: c_int) -> Option<c_int> {
         if fd < 0 {
@@ -164,10 +177,61 @@ impl Registry {
     }
 }
 
-/// The state when a fault queue may be involved and this thread is not inside the library.
-fn active() -> Option<&'static Global> {
-    let g = crate::state::global_if_any()?;
-    (!g.ready.is_empty() && !crate::hook::in_hook()).then_some(g)
+/// Where the fault queues a readiness call may name are known.
+#[derive(Clone, Copy)]
+enum Source {
+    /// This process's engine (and, for fds it inherited, an ancestor's).
+    Own(&'static Global),
+    /// Only an ancestor's engine, for fault queues this process inherited through `fork`
+    /// (`crate::remote`): their eventfds are the owner's, kept up to date there.
+    Upstream,
+}
+
+/// The source when a fault queue may be involved and this thread is not inside the library.
+fn active() -> Option<Source> {
+    if crate::hook::in_hook() {
+        return None;
+    }
+    if let Some(g) = crate::state::global_if_any() {
+        if !g.ready.is_empty() {
+            return Some(Source::Own(g));
+        }
+    }
+    crate::remote::may_have_fault_queues().then_some(Source::Upstream)
+}
+
+impl Source {
+    fn refresh(self) {
+        if let Source::Own(g) = self {
+            g.ready.refresh();
+        }
+    }
+
+    /// The eventfd watched in place of `fd`, when `fd` is a fault queue.
+    fn efd_of(self, fd: c_int) -> Option<c_int> {
+        match self {
+            Source::Own(g) => g.ready.efd_of(fd).or_else(|| crate::remote::ready_efd(fd)),
+            Source::Upstream => crate::remote::ready_efd(fd),
+        }
+    }
+
+    fn read(self, va: u64, buf: &mut [u8]) -> Result<(), libc::c_int> {
+        match self {
+            Source::Own(g) => crate::from_user(g, va, buf),
+            Source::Upstream => ProcessMemory::this()
+                .read(UserVa(va), buf)
+                .map_err(|_| libc::EFAULT),
+        }
+    }
+
+    fn write(self, va: u64, data: &[u8]) -> Result<(), libc::c_int> {
+        match self {
+            Source::Own(g) => crate::to_user(g, va, data),
+            Source::Upstream => ProcessMemory::this()
+                .write(UserVa(va), data)
+                .map_err(|_| libc::EFAULT),
+        }
+    }
 }
 
 /// Kernel readiness of a fault queue from its eventfd's `revents`, masked as `poll` masks.
@@ -189,7 +253,7 @@ pub(crate) fn poll_impl(
         return real_op(fds);
     };
     let h = Hook::enter();
-    g.ready.refresh();
+    g.refresh();
     let n = nfds as usize;
     if fds.is_null() || n == 0 || n > 1 << 20 {
         drop(h);
@@ -210,13 +274,13 @@ pub(crate) fn poll_impl(
             n * std::mem::size_of::<libc::pollfd>(),
         )
     };
-    if crate::from_user(g, fds as u64, bytes).is_err() {
+    if g.read(fds as u64, bytes).is_err() {
         drop(h);
         return crate::fail(libc::EFAULT);
     }
     let mut swapped = vec![None; n];
     for (p, s) in copy.iter_mut().zip(swapped.iter_mut()) {
-        if let Some(efd) = g.ready.efd_of(p.fd) {
+        if let Some(efd) = g.efd_of(p.fd) {
             *s = Some((p.fd, p.events));
             p.fd = efd;
             // The eventfd is readable while a fault is queued: either read event asks for it.
@@ -250,7 +314,7 @@ pub(crate) fn poll_impl(
             n * std::mem::size_of::<libc::pollfd>(),
         )
     };
-    if crate::to_user(g, fds as u64, bytes).is_err() {
+    if g.write(fds as u64, bytes).is_err() {
         return crate::fail(libc::EFAULT);
     }
     if r < 0 {
@@ -274,7 +338,7 @@ pub(crate) unsafe fn select_as_poll(
 ) -> Option<c_int> {
     let g = active()?;
     let h = Hook::enter();
-    g.ready.refresh();
+    g.refresh();
     let nfds = nfds.clamp(0, libc::FD_SETSIZE as c_int);
     let events = [libc::POLLIN, libc::POLLOUT, libc::POLLPRI];
     let mut polls: Vec<libc::pollfd> = Vec::new();
@@ -288,7 +352,7 @@ pub(crate) unsafe fn select_as_poll(
             }
         }
         if ev != 0 {
-            any_fault |= g.ready.efd_of(fd).is_some();
+            any_fault |= g.efd_of(fd).is_some();
             polls.push(libc::pollfd {
                 fd,
                 events: ev,
@@ -347,8 +411,8 @@ pub(crate) unsafe fn epoll_ctl_fault(
 ) -> Option<c_int> {
     let g = active()?;
     let _h = Hook::enter();
-    g.ready.refresh();
-    let efd = g.ready.efd_of(fd)?;
+    g.refresh();
+    let efd = g.efd_of(fd)?;
     // SAFETY: the caller's arguments, with the eventfd for the fault queue's fd.
     Some(unsafe { real::epoll_ctl(epfd, op, efd, event) })
 }

@@ -46,11 +46,16 @@
 //! pinning) are read and written through the owner's memory: they are the same pages, and
 //! remain readable after the descendant exited, as pinned pages do.
 //!
+//! **`fstat` and readiness.** `fstat` of an inherited fd reports what the owner reports (the
+//! `/dev` node it was opened from). For `poll`/`select`/`epoll_ctl` on an inherited fault
+//! queue, the child asks once for the owner's readiness eventfd of that queue (sent by
+//! `SCM_RIGHTS`, kept per inode) and watches it as the owner does (`crate::poll`).
+//!
 //! Not served: the owner's engine ends with the owner (Linux keeps it while a child holds the
-//! fd); `fstat` of an inherited fd in the child reports the memfd, and `poll` on an inherited
-//! fault queue reports it always ready.
+//! fd).
 
 use crate::hook::Hook;
+use crate::node::NodeStat;
 use crate::real;
 use crate::state::{eventfd_signal, fd_open, global_if_any, is_eventfd, Global, Kind, OpenFile};
 use crate::table::{inode_of, referenced_inodes, InodeKey};
@@ -84,6 +89,9 @@ static SERVER: AtomicPtr<Server> = AtomicPtr::new(std::ptr::null_mut());
 static UPSTREAM_PID: AtomicI32 = AtomicI32::new(0);
 /// The random part of its server's name.
 static UPSTREAM_NONCE: AtomicU64 = AtomicU64::new(0);
+/// Whether the upstream may have fault queues this process holds (see
+/// [`may_have_fault_queues`]).
+static UPSTREAM_FAULTS: AtomicBool = AtomicBool::new(false);
 /// `st_dev` of memfds (every memfd lives on the one internal tmpfs mount); 0 when unknown.
 static MEMFD_DEV: AtomicU64 = AtomicU64::new(0);
 
@@ -102,11 +110,15 @@ const OP_MMAP: u32 = 4;
 const OP_CLOSED: u32 = 5;
 /// A descendant forked: the first argument is the new pid.
 const OP_FORKED: u32 = 6;
+/// What `fstat` says of the file (the `/dev` node it was opened from).
+const OP_NODE: u32 = 7;
+/// The fault queue's readiness eventfd, attached to the reply.
+const OP_READY: u32 = 8;
 
 /// A message during a call: kind (u32), 0 (u32), then three i64.
 const MSG_LEN: usize = 32;
-/// Owner → child, the end of the call: result, errno (0 on success), whether a file position
-/// moves by the result.
+/// Owner → child, the end of the call: result, errno (0 on success), a second result (for
+/// `read`/`write`: whether a file position moves by the result); an fd may be attached.
 const K_REPLY: u32 = 1;
 /// Owner → child: send your fd number `x`.
 const K_NEED_FD: u32 = 2;
@@ -266,9 +278,9 @@ fn memfd_dev() -> Option<u64> {
 /// The atfork prepare handler: a process with an engine serves it before it forks.
 pub(crate) extern "C" fn before_fork() {
     let _h = Hook::enter();
-    if global_if_any().is_none() {
-        return;
-    }
+    let Some(g) = global_if_any() else { return };
+    // Read by the child only: whether it may inherit fault queues.
+    UPSTREAM_FAULTS.store(!g.ready.is_empty(), Ordering::Release);
     let pid = std::process::id() as i32;
     if SERVER_PID.load(Ordering::Acquire) == pid {
         return;
@@ -305,8 +317,10 @@ pub(crate) fn after_fork_child() {
         UPSTREAM_NONCE.store(SERVER_NONCE.load(Ordering::Acquire), Ordering::Release);
         UPSTREAM_PID.store(pid, Ordering::Release);
     }
-    // The parent's server state is leaked: its locks may be held by threads not copied.
+    // The parent's server state and readiness cache are leaked: their locks may be held by
+    // threads not copied.
     SERVER.store(std::ptr::null_mut(), Ordering::Release);
+    READY.store(std::ptr::null_mut(), Ordering::Release);
     let fd = SERVER_FD.swap(-1, Ordering::AcqRel);
     if fd >= 0 {
         // SAFETY: closes the child's copy of the parent's listening socket (async-signal safe).
@@ -361,7 +375,7 @@ pub(crate) fn inherited(fd: c_int) -> Option<InodeKey> {
 
 /// Run operation `op` on the upstream file of inode `key`. `None` when the upstream does not
 /// serve that inode (or is gone): the caller goes to the real call.
-fn call(key: InodeKey, op: u32, args: [u64; 4]) -> Option<Result<(i64, bool), Errno>> {
+fn call(key: InodeKey, op: u32, args: [u64; 4]) -> Option<Result<Reply, Errno>> {
     let pid = UPSTREAM_PID.load(Ordering::Acquire);
     let addr = SocketAddr::from_abstract_name(
         name(pid, UPSTREAM_NONCE.load(Ordering::Acquire)).as_bytes(),
@@ -388,7 +402,11 @@ fn call(key: InodeKey, op: u32, args: [u64; 4]) -> Option<Result<(i64, bool), Er
         let answered = match m.kind {
             K_REPLY => {
                 return match m.y {
-                    0 => Some(Ok((m.x, m.z != 0))),
+                    0 => Some(Ok(Reply {
+                        v: m.x,
+                        extra: m.z,
+                        fd,
+                    })),
                     NOT_MINE => None,
                     e => Some(Err(e as Errno)),
                 }
@@ -398,6 +416,7 @@ fn call(key: InodeKey, op: u32, args: [u64; 4]) -> Option<Result<(i64, bool), Er
                 _ => send_msg(sock, msg(K_GIVE_FD, libc::EBADF.into()), None),
             },
             K_TAKE_FD => {
+                UPSTREAM_FAULTS.store(true, Ordering::Release);
                 let took = match fd {
                     Some(f) => {
                         let n = f.into_raw_fd();
@@ -419,6 +438,13 @@ fn call(key: InodeKey, op: u32, args: [u64; 4]) -> Option<Result<(i64, bool), Er
     }
 }
 
+/// The end of a call, as the descendant receives it.
+struct Reply {
+    v: i64,
+    extra: i64,
+    fd: Option<OwnedFd>,
+}
+
 fn msg(kind: u32, x: i64) -> Msg {
     Msg {
         kind,
@@ -432,7 +458,7 @@ fn msg(kind: u32, x: i64) -> Msg {
 pub(crate) fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> Option<Result<i64, Errno>> {
     let key = inherited(fd)?;
     let r = call(key, OP_IOCTL, [request, arg, 0, 0])?;
-    Some(r.map(|(v, _)| v))
+    Some(r.map(|r| r.v))
 }
 
 /// A read or write on `fd` (see [`ioctl`]): at `offset`, or at the fd's file position, which
@@ -455,8 +481,9 @@ pub(crate) fn io(
         Dir::Write => OP_WRITE,
     };
     let r = call(key, op, [buf, count as u64, positional, pos as u64])?;
-    Some(r.map(|(n, moves)| {
-        if offset.is_none() && moves {
+    Some(r.map(|r| {
+        let n = r.v;
+        if offset.is_none() && r.extra != 0 {
             // SAFETY: lseek on an fd of ours; no memory is passed.
             unsafe { libc::lseek(fd, pos.saturating_add(n), libc::SEEK_SET) };
         }
@@ -475,7 +502,7 @@ pub(crate) fn mmap_refusal(
     let key = inherited(fd)?;
     let args = [len as u64, prot as u64, flags as u64, off as u64];
     match call(key, OP_MMAP, args)? {
-        Ok((e, _)) => Some(e as Errno),
+        Ok(r) => Some(r.v as Errno),
         Err(e) => Some(e),
     }
 }
@@ -503,6 +530,67 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
 /// Tell the owner that this process closed an fd of the inherited file `key`.
 pub(crate) fn closed(key: InodeKey) {
     let _ = call(key, OP_CLOSED, [0; 4]);
+}
+
+/// What `fstat` of `fd` reports when it is an inherited file opened from one of our `/dev`
+/// nodes (see [`ioctl`]).
+pub(crate) fn node(fd: c_int) -> Option<NodeStat> {
+    let key = inherited(fd)?;
+    let r = call(key, OP_NODE, [0; 4])?.ok()?;
+    Some(NodeStat {
+        perm: ((r.v >> 32) & 0o7777) as u32,
+        major: ((r.v >> 20) & 0xfff) as u32,
+        minor: (r.v & 0xf_ffff) as u32,
+        ino: r.extra as u64,
+    })
+}
+
+/// Whether this process may hold fault queues of an ancestor's engine (inherited from an owner
+/// that had one when it forked, or made for this process by a forwarded call).
+pub(crate) fn may_have_fault_queues() -> bool {
+    has_upstream() && UPSTREAM_FAULTS.load(Ordering::Acquire)
+}
+
+/// The readiness eventfds of inherited fault queues, by inode (null: none yet, and again in a
+/// `fork` child, which asks anew).
+static READY: AtomicPtr<Mutex<BTreeMap<InodeKey, OwnedFd>>> = AtomicPtr::new(std::ptr::null_mut());
+
+/// The eventfd `poll` watches in place of `fd` when `fd` is an inherited fault queue: the
+/// owner's own (received once, kept), whose counter the owner keeps non-zero while a fault is
+/// queued.
+pub(crate) fn ready_efd(fd: c_int) -> Option<c_int> {
+    if !may_have_fault_queues() {
+        return None;
+    }
+    let key = inherited(fd)?;
+    let mut p = READY.load(Ordering::Acquire);
+    if p.is_null() {
+        let new = Box::into_raw(Box::default());
+        p = match READY.compare_exchange(
+            std::ptr::null_mut(),
+            new,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => new,
+            Err(winner) => {
+                // SAFETY: `new` comes from Box::into_raw above and nobody else saw it.
+                drop(unsafe { Box::from_raw(new) });
+                winner
+            }
+        };
+    }
+    // SAFETY: a non-null READY points to a leaked Box that is never freed (a fork child nulls
+    // the pointer and leaks it).
+    let cache = unsafe { &*p };
+    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(efd) = cache.get(&key) {
+        return Some(efd.as_raw_fd());
+    }
+    let efd = call(key, OP_READY, [0; 4])?.ok()?.fd?;
+    let raw = efd.as_raw_fd();
+    cache.insert(key, efd);
+    Some(raw)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -980,25 +1068,29 @@ fn serve_call(s: &UnixStream) {
         Some(g) => serve_op(g, srv, sock, pid, op, key, args),
         None => None,
     };
+    let mut attached = None;
     let reply = match r {
         None => Msg {
             kind: K_REPLY,
             y: NOT_MINE,
             ..Msg::default()
         },
-        Some(Ok((v, moves))) => Msg {
-            kind: K_REPLY,
-            x: v,
-            z: i64::from(moves),
-            ..Msg::default()
-        },
+        Some(Ok(a)) => {
+            attached = a.fd;
+            Msg {
+                kind: K_REPLY,
+                x: a.v,
+                z: a.extra,
+                ..Msg::default()
+            }
+        }
         Some(Err(e)) => Msg {
             kind: K_REPLY,
             y: i64::from(e),
             ..Msg::default()
         },
     };
-    let _ = send_msg(sock, reply, None);
+    let _ = send_msg(sock, reply, attached.as_ref().map(|f| f.as_raw_fd()));
 }
 
 /// Run operation `op` of descendant `pid` on the file of inode `key`.
@@ -1010,7 +1102,7 @@ fn serve_op(
     op: u32,
     key: InodeKey,
     [a, b, c, d]: [u64; 4],
-) -> Option<Result<(i64, bool), Errno>> {
+) -> Option<Result<Answer, Errno>> {
     if op == OP_FORKED {
         let child = a as i32;
         // Only a child of the caller joins (the caller is of the family, checked above).
@@ -1018,14 +1110,38 @@ fn serve_op(
             let mut family = srv.family.lock().unwrap_or_else(|e| e.into_inner());
             family.insert(child, start_time(child));
         }
-        return Some(Ok((0, false)));
+        return Some(Ok(Answer::of(0)));
     }
     if op == OP_CLOSED {
         drop(sweep(g));
         g.ready.refresh();
-        return Some(Ok((0, false)));
+        return Some(Ok(Answer::of(0)));
     }
     let file = g.files.get_key(key)?;
+    match op {
+        OP_NODE => {
+            let n = crate::node::node_stat(g, file.node?)?;
+            let packed =
+                (i64::from(n.perm) << 32) | (i64::from(n.major) << 20) | i64::from(n.minor);
+            return Some(Ok(Answer {
+                v: packed,
+                extra: n.ino as i64,
+                fd: None,
+            }));
+        }
+        OP_READY => {
+            let efd = g.ready.efd_of_key(key)?;
+            // SAFETY: F_DUPFD_CLOEXEC duplicates the queue's eventfd, alive while `file` is.
+            let dup = unsafe { real::fcntl(efd, libc::F_DUPFD_CLOEXEC, 0) };
+            if dup < 0 {
+                return Some(Err(real::errno()));
+            }
+            // SAFETY: `dup` was just made and is owned by nothing else.
+            let fd = Some(unsafe { OwnedFd::from_raw_fd(dup) });
+            return Some(Ok(Answer { v: 0, extra: 0, fd }));
+        }
+        _ => {}
+    }
     let (mem, space) = srv.space_of(g, pid);
     let fds = ChildFds { sock, g, srv };
     let caller = Caller {
@@ -1039,7 +1155,7 @@ fn serve_op(
             Kind::Vfio(f) => f.ioctl(&caller, a as c_ulong, b as c_ulong),
             Kind::Engine(_) => Err(libc::ENOTTY),
         }
-        .map(|v| (v, false)),
+        .map(Answer::of),
         OP_READ | OP_WRITE => {
             let dir = if op == OP_READ { Dir::Read } else { Dir::Write };
             let pos = if c != 0 {
@@ -1047,23 +1163,42 @@ fn serve_op(
             } else {
                 Pos::Remote(d as i64)
             };
-            crate::file_io(&caller, &file, dir, a, b as usize, pos).map(|(n, m)| (n as i64, m))
+            crate::file_io(&caller, &file, dir, a, b as usize, pos).map(|(n, moves)| Answer {
+                v: n as i64,
+                extra: i64::from(moves),
+                fd: None,
+            })
         }
-        OP_MMAP => Ok((
-            i64::from(crate::mmap_refusal(
-                &file,
-                a as size_t,
-                b as c_int,
-                c as c_int,
-                d as i64,
-            )),
-            false,
-        )),
+        OP_MMAP => Ok(Answer::of(i64::from(crate::mmap_refusal(
+            &file,
+            a as size_t,
+            b as c_int,
+            c as c_int,
+            d as i64,
+        )))),
         _ => Err(libc::EINVAL),
     });
     drop(file);
     g.ready.refresh();
     Some(r)
+}
+
+/// The end of a call, as the owner sends it.
+struct Answer {
+    v: i64,
+    extra: i64,
+    /// An fd for the descendant (closed here once sent).
+    fd: Option<OwnedFd>,
+}
+
+impl Answer {
+    fn of(v: i64) -> Answer {
+        Answer {
+            v,
+            extra: 0,
+            fd: None,
+        }
+    }
 }
 
 /// A descendant's file table, as handlers see it: an fd number is asked for during the call.

@@ -6,7 +6,8 @@
  *    config space and BAR with pread and with read at the file position (which it advances),
  *    is refused mmap with the parent's errno, maps its own memory, runs a DMA copy in its
  *    memory, gets the completion interrupt on an eventfd of its own, and allocates a fault
- *    queue whose fd it can read. The parent then sees the child's work: the device bound and
+ *    queue whose fd it can read; fstat of the inherited fds and poll of inherited and new
+ *    fault queues answer as in the parent. The parent then sees the child's work: the device bound and
  *    attached, the child's mapping in the IOAS.
  * B. A file stays open while a child holds it: the parent closes its fds of a context and a
  *    device; the child's copies keep the context (it sends the iommufd back and the IOAS is
@@ -18,6 +19,8 @@
  */
 #include "dma_engine.h"
 
+#include <poll.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 
@@ -59,9 +62,27 @@ static void sleep_ms(long ms)
 	nanosleep(&ts, NULL);
 }
 
-/* Part A, in the child. */
-static void child_drives(int ictx, __u32 ioas, int devfd, int parent_mmap_errno)
+/* Readiness of a fault queue with nothing queued: writable, not readable (a plain memfd
+ * would be both). */
+static void check_idle_queue(int qfd)
 {
+	struct pollfd p = { .fd = qfd, .events = POLLIN | POLLOUT };
+	CHECK(poll(&p, 1, 0) == 1 && p.revents == POLLOUT);
+}
+
+/* Part A, in the child. */
+static void child_drives(int ictx, __u32 ioas, int devfd, int parent_mmap_errno,
+			 const struct stat *parent_dev_st, int parent_queue)
+{
+	/* fstat of the inherited device is the character device the parent sees. */
+	struct stat st;
+	CHECK(fstat(devfd, &st) == 0);
+	CHECK(S_ISCHR(st.st_mode) && st.st_rdev == parent_dev_st->st_rdev &&
+	      st.st_ino == parent_dev_st->st_ino);
+	CHECK(fstat(ictx, &st) == 0 && S_ISCHR(st.st_mode));
+	/* The parent's fault queue, inherited: its readiness is the queue's. */
+	check_idle_queue(parent_queue);
+
 	/* mmap is refused as in the parent. */
 	errno = 0;
 	CHECK(mmap(NULL, PAGE, PROT_READ, MAP_SHARED, devfd, 0) == MAP_FAILED);
@@ -123,6 +144,7 @@ static void child_drives(int ictx, __u32 ioas, int devfd, int parent_mmap_errno)
 	CHECK(ioctl(ictx, FAULT_QUEUE_ALLOC, &fa) == 0);
 	int ffd = (int)fa.out_fault_fd;
 	CHECK(fcntl(ffd, F_GETFD) == FD_CLOEXEC);
+	check_idle_queue(ffd);
 	struct pgfault_rec recs[2];
 	CHECK(read(ffd, recs, sizeof(recs)) == 0); /* no fault queued */
 	CHECK_ERR(read(ffd, recs, sizeof(recs[0]) - 1), ESPIPE);
@@ -150,10 +172,16 @@ int main(void)
 	struct vfio_device_info info = { .argsz = sizeof(info) };
 	CHECK_ERR(ioctl(devfd, VFIO_DEVICE_GET_INFO, &info), EINVAL); /* not bound yet */
 
+	struct stat dev_st;
+	CHECK(fstat(devfd, &dev_st) == 0 && S_ISCHR(dev_st.st_mode));
+	struct fault_alloc pq = { .size = sizeof(pq) };
+	CHECK(ioctl(ictx, FAULT_QUEUE_ALLOC, &pq) == 0);
+	check_idle_queue((int)pq.out_fault_fd);
+
 	pid_t pid = fork();
 	CHECK(pid >= 0);
 	if (pid == 0) {
-		child_drives(ictx, ioas, devfd, mmap_errno);
+		child_drives(ictx, ioas, devfd, mmap_errno, &dev_st, (int)pq.out_fault_fd);
 		PASS("fork_vfio child");
 		fflush(stdout);
 		_exit(0);
@@ -262,6 +290,7 @@ int main(void)
 
 	CHECK(close(dev2) == 0);
 	CHECK(close(back) == 0);
+	CHECK(close((int)pq.out_fault_fd) == 0);
 	CHECK(close(devfd) == 0);
 	CHECK(close(ictx) == 0);
 	PASS("fork_vfio");
