@@ -321,6 +321,13 @@ pub(crate) fn after_fork_child() {
     // threads not copied.
     SERVER.store(std::ptr::null_mut(), Ordering::Release);
     READY.store(std::ptr::null_mut(), Ordering::Release);
+    // The parent's link to its own upstream is the parent's: the child makes its own.
+    LINK.store(std::ptr::null_mut(), Ordering::Release);
+    let link = LINK_FD.swap(-1, Ordering::AcqRel);
+    if link >= 0 {
+        // SAFETY: closes the child's copy of the parent's link socket (async-signal safe).
+        unsafe { real::close(link) };
+    }
     let fd = SERVER_FD.swap(-1, Ordering::AcqRel);
     if fd >= 0 {
         // SAFETY: closes the child's copy of the parent's listening socket (async-signal safe).
@@ -376,14 +383,6 @@ pub(crate) fn inherited(fd: c_int) -> Option<InodeKey> {
 /// Run operation `op` on the upstream file of inode `key`. `None` when the upstream does not
 /// serve that inode (or is gone): the caller goes to the real call.
 fn call(key: InodeKey, op: u32, args: [u64; 4]) -> Option<Result<Reply, Errno>> {
-    let pid = UPSTREAM_PID.load(Ordering::Acquire);
-    let addr = SocketAddr::from_abstract_name(
-        name(pid, UPSTREAM_NONCE.load(Ordering::Acquire)).as_bytes(),
-    )
-    .ok()?;
-    // The owner is gone: the file died with its engine.
-    let s = UnixStream::connect_addr(&addr).ok()?;
-    let sock = s.as_raw_fd();
     let mut req = [0u8; REQ_LEN];
     req[0..4].copy_from_slice(&MAGIC.to_ne_bytes());
     req[4..8].copy_from_slice(&op.to_ne_bytes());
@@ -392,9 +391,110 @@ fn call(key: InodeKey, op: u32, args: [u64; 4]) -> Option<Result<Reply, Errno>> 
     for (i, a) in args.iter().enumerate() {
         req[24 + 8 * i..32 + 8 * i].copy_from_slice(&a.to_ne_bytes());
     }
+    // The process's link, when no other call of the process uses it; else a connection for
+    // this call alone (another thread, or a signal handler interrupting a call).
+    let link = link();
+    if let Some(mut held) = link.and_then(|l| l.try_lock().ok()) {
+        for _ in 0..2 {
+            if !held.as_ref().is_some_and(Link::intact) {
+                *held = None;
+                LINK_FD.store(-1, Ordering::Release);
+                let fresh = Link::connect()?;
+                LINK_FD.store(fresh.sock, Ordering::Release);
+                *held = Some(fresh);
+            }
+            let sock = held.as_ref()?.sock;
+            if send(sock, &req, None).is_err() {
+                // Never sent (the owner closed the link): once more on a new one.
+                *held = None;
+                continue;
+            }
+            let r = exchange(sock);
+            if matches!(r, Some(Err(libc::EIO))) {
+                *held = None;
+            }
+            return r;
+        }
+        return Some(Err(libc::EIO));
+    }
+    let once = Link::connect()?;
+    let sock = once.sock;
     if send(sock, &req, None).is_err() {
         return Some(Err(libc::EIO));
     }
+    exchange(sock)
+}
+
+/// A connection to the upstream owner.
+struct Link {
+    sock: RawFd,
+    /// Its inode: the number is used only while it still names this socket (a program may
+    /// close descriptors it did not open, and the number may since name another file).
+    key: InodeKey,
+}
+
+impl Link {
+    fn connect() -> Option<Link> {
+        let pid = UPSTREAM_PID.load(Ordering::Acquire);
+        let addr = SocketAddr::from_abstract_name(
+            name(pid, UPSTREAM_NONCE.load(Ordering::Acquire)).as_bytes(),
+        )
+        .ok()?;
+        // The owner is gone: the file died with its engine.
+        let sock = UnixStream::connect_addr(&addr).ok()?.into_raw_fd();
+        let link = Link {
+            sock,
+            key: inode_of(sock).unwrap_or(InodeKey { dev: 0, ino: 0 }),
+        };
+        link.intact().then_some(link)
+    }
+
+    fn intact(&self) -> bool {
+        inode_of(self.sock) == Ok(self.key)
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // Closed only while the number still names the socket (else it is the program's).
+        if self.intact() {
+            // SAFETY: closes the socket this value owns, once.
+            unsafe { real::close(self.sock) };
+        }
+    }
+}
+
+/// The process's link to the upstream owner (null: none yet, and again in a `fork` child).
+static LINK: AtomicPtr<Mutex<Option<Link>>> = AtomicPtr::new(std::ptr::null_mut());
+/// Its socket's fd, closed in a `fork` child (-1: none).
+static LINK_FD: AtomicI32 = AtomicI32::new(-1);
+
+fn link() -> Option<&'static Mutex<Option<Link>>> {
+    let mut p = LINK.load(Ordering::Acquire);
+    if p.is_null() {
+        let new = Box::into_raw(Box::default());
+        p = match LINK.compare_exchange(
+            std::ptr::null_mut(),
+            new,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => new,
+            Err(winner) => {
+                // SAFETY: `new` comes from Box::into_raw above and nobody else saw it.
+                drop(unsafe { Box::from_raw(new) });
+                winner
+            }
+        };
+    }
+    // SAFETY: a non-null LINK points to a leaked Box that is never freed (a fork child nulls
+    // the pointer and leaks it).
+    Some(unsafe { &*p })
+}
+
+/// The rest of one call after its request was sent on `sock`: the owner's questions answered,
+/// until its reply.
+fn exchange(sock: RawFd) -> Option<Result<Reply, Errno>> {
     loop {
         let Ok((m, fd)) = receive_msg(sock) else {
             return Some(Err(libc::EIO));
@@ -1027,36 +1127,58 @@ fn peer(s: &UnixStream) -> Option<(i32, u32)> {
     (r == 0).then_some((cred.pid, cred.uid))
 }
 
-/// The server thread: each connection (one call) is served on a thread of its own.
+/// The server thread: each connection (a descendant's link, or one call) is served on a
+/// thread of its own.
 fn serve(listener: UnixListener) {
     let _h = Hook::enter();
     for conn in listener.incoming() {
         let Ok(s) = conn else { continue };
         let _ = std::thread::Builder::new()
-            .name("uiommu-call".into())
+            .name("uiommu-link".into())
             .spawn(move || {
                 let _h = Hook::enter();
-                serve_call(&s);
+                serve_link(&s);
             });
     }
 }
 
 /// Serve one call.
-fn serve_call(s: &UnixStream) {
+/// Serve the calls arriving on one connection, in order, until the descendant closes it.
+fn serve_link(s: &UnixStream) {
     let Some((pid, uid)) = peer(s) else { return };
     let Some(srv) = server() else { return };
     // SAFETY: geteuid has no preconditions.
     if uid != unsafe { libc::geteuid() } || !in_family(srv, pid) {
         return;
     }
-    let sock = s.as_raw_fd();
-    let mut req = [0u8; REQ_LEN];
-    if receive(sock, &mut req).is_err() {
-        return;
+    let mut peer = Peer {
+        srv,
+        sock: s.as_raw_fd(),
+        pid,
+        space: None,
+    };
+    loop {
+        let mut req = [0u8; REQ_LEN];
+        if receive(peer.sock, &mut req).is_err() || !serve_request(&mut peer, &req) {
+            return;
+        }
     }
+}
+
+/// The descendant at the other end of a link.
+struct Peer {
+    srv: &'static Server,
+    sock: RawFd,
+    pid: i32,
+    /// Its address space, once known.
+    space: Option<(Arc<Descendant>, SpaceId)>,
+}
+
+/// Serve the request `req` of `peer`; false when the link is to be closed.
+fn serve_request(peer: &mut Peer, req: &[u8; REQ_LEN]) -> bool {
     let word = |i: usize| u64::from_ne_bytes(req[i..i + 8].try_into().unwrap_or([0; 8]));
     if u32::from_ne_bytes(req[0..4].try_into().unwrap_or([0; 4])) != MAGIC {
-        return;
+        return false;
     }
     let op = u32::from_ne_bytes(req[4..8].try_into().unwrap_or([0; 4]));
     let key = InodeKey {
@@ -1065,7 +1187,7 @@ fn serve_call(s: &UnixStream) {
     };
     let args = [word(24), word(32), word(40), word(48)];
     let r = match global_if_any() {
-        Some(g) => serve_op(g, srv, sock, pid, op, key, args),
+        Some(g) => serve_op(g, peer, op, key, args),
         None => None,
     };
     let mut attached = None;
@@ -1090,15 +1212,13 @@ fn serve_call(s: &UnixStream) {
             ..Msg::default()
         },
     };
-    let _ = send_msg(sock, reply, attached.as_ref().map(|f| f.as_raw_fd()));
+    send_msg(peer.sock, reply, attached.as_ref().map(|f| f.as_raw_fd())).is_ok()
 }
 
 /// Run operation `op` of descendant `pid` on the file of inode `key`.
 fn serve_op(
     g: &'static Global,
-    srv: &'static Server,
-    sock: RawFd,
-    pid: i32,
+    peer: &mut Peer,
     op: u32,
     key: InodeKey,
     [a, b, c, d]: [u64; 4],
@@ -1106,8 +1226,8 @@ fn serve_op(
     if op == OP_FORKED {
         let child = a as i32;
         // Only a child of the caller joins (the caller is of the family, checked above).
-        if ppid_of(child) == Some(pid) {
-            let mut family = srv.family.lock().unwrap_or_else(|e| e.into_inner());
+        if ppid_of(child) == Some(peer.pid) {
+            let mut family = peer.srv.family.lock().unwrap_or_else(|e| e.into_inner());
             family.insert(child, start_time(child));
         }
         return Some(Ok(Answer::of(0)));
@@ -1142,7 +1262,11 @@ fn serve_op(
         }
         _ => {}
     }
-    let (mem, space) = srv.space_of(g, pid);
+    let (srv, sock, pid) = (peer.srv, peer.sock, peer.pid);
+    let (mem, space) = peer
+        .space
+        .get_or_insert_with(|| srv.space_of(g, pid))
+        .clone();
     let fds = ChildFds { sock, g, srv };
     let caller = Caller {
         mem: &*mem,
