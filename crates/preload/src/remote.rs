@@ -851,18 +851,25 @@ fn sweep_and_see(g: &'static Global) -> (Vec<Arc<OpenFile>>, bool) {
     let Some(srv) = server() else {
         return (g.files.sweep(), false);
     };
-    let theirs = holdings(srv);
-    srv.forget_gone(&theirs.pids);
     let keys = g.files.keys();
     let mut held = false;
+    let mut family = None;
+    // Both looks under the table's lock (sweeps in several threads follow one another), this
+    // process's fds first: a file whose fd this process closed after a fork is then seen in
+    // the child, which existed before the close.
     let removed = g.files.sweep_with(|dev| {
         let mut live = referenced_inodes(dev)?;
+        let theirs = holdings(srv);
         held = keys
             .iter()
             .any(|k| !live.contains(k) && theirs.inodes.contains(k));
         live.extend(theirs.inodes.iter().copied());
+        family = Some(theirs.pids);
         Some(live)
     });
+    if let Some(pids) = family {
+        srv.forget_gone(&pids);
+    }
     if held {
         srv.reap(g);
     }
@@ -1160,8 +1167,14 @@ fn serve_link(s: &UnixStream) {
     loop {
         let mut req = [0u8; REQ_LEN];
         if receive(peer.sock, &mut req).is_err() || !serve_request(&mut peer, &req) {
-            return;
+            break;
         }
+    }
+    // The descendant closed its link, usually by exiting: files only the family held may
+    // have lost their last holder.
+    if let (true, Some(g)) = (srv.reaping.load(Ordering::Acquire), global_if_any()) {
+        drop(sweep(g));
+        g.ready.refresh();
     }
 }
 
