@@ -406,14 +406,18 @@ fn call(key: InodeKey, op: u32, args: [u64; 4]) -> Option<Result<Reply, Errno>> 
             let sock = held.as_ref()?.sock;
             if send(sock, &req, None).is_err() {
                 // Never sent (the owner closed the link): once more on a new one.
+                LINK_FD.store(-1, Ordering::Release);
                 *held = None;
                 continue;
             }
-            let r = exchange(sock);
-            if matches!(r, Some(Err(libc::EIO))) {
-                *held = None;
-            }
-            return r;
+            return match exchange(sock) {
+                Ok(r) => r,
+                Err(Broken) => {
+                    LINK_FD.store(-1, Ordering::Release);
+                    *held = None;
+                    Some(Err(libc::EIO))
+                }
+            };
         }
         return Some(Err(libc::EIO));
     }
@@ -422,7 +426,7 @@ fn call(key: InodeKey, op: u32, args: [u64; 4]) -> Option<Result<Reply, Errno>> 
     if send(sock, &req, None).is_err() {
         return Some(Err(libc::EIO));
     }
-    exchange(sock)
+    exchange(sock).unwrap_or(Some(Err(libc::EIO)))
 }
 
 /// A connection to the upstream owner.
@@ -494,14 +498,12 @@ fn link() -> Option<&'static Mutex<Option<Link>>> {
 
 /// The rest of one call after its request was sent on `sock`: the owner's questions answered,
 /// until its reply.
-fn exchange(sock: RawFd) -> Option<Result<Reply, Errno>> {
+fn exchange(sock: RawFd) -> Result<Option<Result<Reply, Errno>>, Broken> {
     loop {
-        let Ok((m, fd)) = receive_msg(sock) else {
-            return Some(Err(libc::EIO));
-        };
+        let (m, fd) = receive_msg(sock).map_err(|_| Broken)?;
         let answered = match m.kind {
             K_REPLY => {
-                return match m.y {
+                return Ok(match m.y {
                     0 => Some(Ok(Reply {
                         v: m.x,
                         extra: m.z,
@@ -509,7 +511,7 @@ fn exchange(sock: RawFd) -> Option<Result<Reply, Errno>> {
                     })),
                     NOT_MINE => None,
                     e => Some(Err(e as Errno)),
-                }
+                });
             }
             K_NEED_FD => match c_int::try_from(m.x) {
                 Ok(n) if fd_open(n) => send_msg(sock, msg(K_GIVE_FD, 0), Some(n)),
@@ -530,13 +532,15 @@ fn exchange(sock: RawFd) -> Option<Result<Reply, Errno>> {
                 };
                 send_msg(sock, msg(K_TOOK_FD, took), None)
             }
-            _ => return Some(Err(libc::EIO)),
+            _ => return Err(Broken),
         };
-        if answered.is_err() {
-            return Some(Err(libc::EIO));
-        }
+        answered.map_err(|_| Broken)?;
     }
 }
+
+/// The link failed in the middle of a call (the owner exited, or spoke out of turn): the call
+/// fails with EIO and the link is not used again.
+struct Broken;
 
 /// The end of a call, as the descendant receives it.
 struct Reply {

@@ -16,10 +16,12 @@
  * C. When the last holder exits without closing, its files are closed by the time the parent's
  *    waitpid returns, as in Linux; a grandchild nobody waits for closes them soon after its
  *    exit (the owner looks again periodically).
+ * D. Threads of a child call through an inherited fd at once.
  */
 #include "dma_engine.h"
 
 #include <poll.h>
+#include <pthread.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -68,6 +70,26 @@ static void check_idle_queue(int qfd)
 {
 	struct pollfd p = { .fd = qfd, .events = POLLIN | POLLOUT };
 	CHECK(poll(&p, 1, 0) == 1 && p.revents == POLLOUT);
+}
+
+/* Part D: threads of a child calling through the inherited iommufd at once. */
+#define THREADS 6
+#define ROUNDS 150
+
+static int thread_fd;
+
+static void *thread_calls(void *arg)
+{
+	(void)arg;
+	for (int i = 0; i < ROUNDS; i++) {
+		struct iommu_ioas_alloc a = { .size = sizeof(a) };
+		if (ioctl(thread_fd, IOMMU_IOAS_ALLOC, &a) != 0)
+			return (void *)1;
+		struct iommu_destroy d = { .size = sizeof(d), .id = a.out_ioas_id };
+		if (ioctl(thread_fd, IOMMU_DESTROY, &d) != 0)
+			return (void *)2;
+	}
+	return NULL;
 }
 
 /* Part A, in the child. */
@@ -290,6 +312,28 @@ int main(void)
 
 	CHECK(close(dev2) == 0);
 	CHECK(close(back) == 0);
+	/* --- D ------------------------------------------------------------------------------ */
+	thread_fd = ictx;
+	pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		pthread_t t[THREADS];
+		for (int i = 0; i < THREADS; i++)
+			CHECK(pthread_create(&t[i], NULL, thread_calls, NULL) == 0);
+		for (int i = 0; i < THREADS; i++) {
+			void *r = (void *)1;
+			CHECK(pthread_join(t[i], &r) == 0 && r == NULL);
+		}
+		_exit(0);
+	}
+	CHECK(waitpid(pid, &status, 0) == pid);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	/* Every object the threads made is gone: the next id is the lowest free one again. */
+	__u32 next = ioas_alloc(ictx);
+	struct iommu_destroy dn = { .size = sizeof(dn), .id = next };
+	CHECK(ioctl(ictx, IOMMU_DESTROY, &dn) == 0);
+	CHECK(next < 10);
+
 	CHECK(close((int)pq.out_fault_fd) == 0);
 	CHECK(close(devfd) == 0);
 	CHECK(close(ictx) == 0);
