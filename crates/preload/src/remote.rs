@@ -6,7 +6,9 @@
 //! parent serves it: just before its first `fork` with an engine (the `pthread_atfork` prepare
 //! handler) the process that owns an engine starts one thread listening on an abstract Unix
 //! socket named after its pid and a random number. The name is in this library's memory, which
-//! the child inherits (grandchildren too, through a child without an engine of its own).
+//! the child inherits, grandchildren too: a process remembers the servers of up to
+//! [`MAX_UPSTREAMS`] ancestors, nearest first (a child with an engine of its own serves it in
+//! turn), and asks each in turn until one serves the inode.
 //!
 //! **What is forwarded.** In the child, an `ioctl`, `read`, `write`, `pread`, `pwrite` or
 //! `mmap` on an fd that is not in its own table but is one of our memfds (`/memfd:uiommu:...`
@@ -85,10 +87,45 @@ static SERVER_NONCE: AtomicU64 = AtomicU64::new(0);
 static SERVER_FD: AtomicI32 = AtomicI32::new(-1);
 /// Its state (null: none, and again in a `fork` child, which leaks its copy).
 static SERVER: AtomicPtr<Server> = AtomicPtr::new(std::ptr::null_mut());
-/// Pid of the ancestor serving the files this process inherited (0: none).
-static UPSTREAM_PID: AtomicI32 = AtomicI32::new(0);
-/// The random part of its server's name.
-static UPSTREAM_NONCE: AtomicU64 = AtomicU64::new(0);
+/// The ancestors serving files this process inherited, nearest first: the parent's server
+/// when it forked with an engine, then the servers the parent itself inherited (a grandchild
+/// of a process that has its own engine reaches both).
+static UPSTREAMS: [Upstream; MAX_UPSTREAMS] = [const { Upstream::new() }; MAX_UPSTREAMS];
+/// How many ancestors' servers a process remembers.
+const MAX_UPSTREAMS: usize = 4;
+
+/// One ancestor's server, and this process's link to it.
+struct Upstream {
+    /// Its pid (0: none).
+    pid: AtomicI32,
+    /// The random part of its name.
+    nonce: AtomicU64,
+    /// The link (null: none yet, and again in a `fork` child).
+    link: AtomicPtr<Mutex<Option<Link>>>,
+    /// The link's socket fd, closed in a `fork` child (-1: none).
+    link_fd: AtomicI32,
+}
+
+impl Upstream {
+    const fn new() -> Upstream {
+        Upstream {
+            pid: AtomicI32::new(0),
+            nonce: AtomicU64::new(0),
+            link: AtomicPtr::new(std::ptr::null_mut()),
+            link_fd: AtomicI32::new(-1),
+        }
+    }
+
+    /// Forget the link (in a `fork` child: the parent's link is the parent's).
+    fn drop_link_after_fork(&self) {
+        self.link.store(std::ptr::null_mut(), Ordering::Release);
+        let fd = self.link_fd.swap(-1, Ordering::AcqRel);
+        if fd >= 0 {
+            // SAFETY: closes the child's copy of the parent's link socket (async-signal safe).
+            unsafe { real::close(fd) };
+        }
+    }
+}
 /// Whether the upstream may have fault queues this process holds (see
 /// [`may_have_fault_queues`]).
 static UPSTREAM_FAULTS: AtomicBool = AtomicBool::new(false);
@@ -312,22 +349,28 @@ pub(crate) extern "C" fn before_fork() {
 
 /// The atfork child handler's part: the parent's server becomes this child's upstream.
 pub(crate) fn after_fork_child() {
+    for u in &UPSTREAMS {
+        u.drop_link_after_fork();
+    }
     let pid = SERVER_PID.swap(0, Ordering::AcqRel);
     if pid != 0 {
-        UPSTREAM_NONCE.store(SERVER_NONCE.load(Ordering::Acquire), Ordering::Release);
-        UPSTREAM_PID.store(pid, Ordering::Release);
+        // The parent's server comes first; the parent's own upstreams follow.
+        for i in (1..MAX_UPSTREAMS).rev() {
+            let (to, from) = (&UPSTREAMS[i], &UPSTREAMS[i - 1]);
+            to.nonce
+                .store(from.nonce.load(Ordering::Acquire), Ordering::Release);
+            to.pid
+                .store(from.pid.load(Ordering::Acquire), Ordering::Release);
+        }
+        UPSTREAMS[0]
+            .nonce
+            .store(SERVER_NONCE.load(Ordering::Acquire), Ordering::Release);
+        UPSTREAMS[0].pid.store(pid, Ordering::Release);
     }
     // The parent's server state and readiness cache are leaked: their locks may be held by
     // threads not copied.
     SERVER.store(std::ptr::null_mut(), Ordering::Release);
     READY.store(std::ptr::null_mut(), Ordering::Release);
-    // The parent's link to its own upstream is the parent's: the child makes its own.
-    LINK.store(std::ptr::null_mut(), Ordering::Release);
-    let link = LINK_FD.swap(-1, Ordering::AcqRel);
-    if link >= 0 {
-        // SAFETY: closes the child's copy of the parent's link socket (async-signal safe).
-        unsafe { real::close(link) };
-    }
     let fd = SERVER_FD.swap(-1, Ordering::AcqRel);
     if fd >= 0 {
         // SAFETY: closes the child's copy of the parent's listening socket (async-signal safe).
@@ -354,7 +397,7 @@ fn random() -> u64 {
 
 /// Whether this process may have inherited files of an ancestor's engine.
 pub(crate) fn has_upstream() -> bool {
-    UPSTREAM_PID.load(Ordering::Acquire) != 0
+    UPSTREAMS[0].pid.load(Ordering::Acquire) != 0
 }
 
 /// Whether `fd` is one of this library's memfds (by its `/proc/self/fd` link).
@@ -380,9 +423,18 @@ pub(crate) fn inherited(fd: c_int) -> Option<InodeKey> {
     is_our_memfd(fd).then_some(key)
 }
 
-/// Run operation `op` on the upstream file of inode `key`. `None` when the upstream does not
-/// serve that inode (or is gone): the caller goes to the real call.
+/// Run operation `op` on the upstream file of inode `key`, asking the ancestors' servers
+/// nearest first. `None` when none serves that inode (or they are gone): the caller goes to
+/// the real call.
 fn call(key: InodeKey, op: u32, args: [u64; 4]) -> Option<Result<Reply, Errno>> {
+    UPSTREAMS
+        .iter()
+        .take_while(|u| u.pid.load(Ordering::Acquire) != 0)
+        .find_map(|u| call_at(u, key, op, args))
+}
+
+/// Operation `op` on the file of inode `key` served by `up` (see [`call`]).
+fn call_at(up: &Upstream, key: InodeKey, op: u32, args: [u64; 4]) -> Option<Result<Reply, Errno>> {
     let mut req = [0u8; REQ_LEN];
     req[0..4].copy_from_slice(&MAGIC.to_ne_bytes());
     req[4..8].copy_from_slice(&op.to_ne_bytes());
@@ -393,27 +445,26 @@ fn call(key: InodeKey, op: u32, args: [u64; 4]) -> Option<Result<Reply, Errno>> 
     }
     // The process's link, when no other call of the process uses it; else a connection for
     // this call alone (another thread, or a signal handler interrupting a call).
-    let link = link();
-    if let Some(mut held) = link.and_then(|l| l.try_lock().ok()) {
+    if let Ok(mut held) = up.link().try_lock() {
         for _ in 0..2 {
             if !held.as_ref().is_some_and(Link::intact) {
                 *held = None;
-                LINK_FD.store(-1, Ordering::Release);
-                let fresh = Link::connect()?;
-                LINK_FD.store(fresh.sock, Ordering::Release);
+                up.link_fd.store(-1, Ordering::Release);
+                let fresh = Link::connect(up)?;
+                up.link_fd.store(fresh.sock, Ordering::Release);
                 *held = Some(fresh);
             }
             let sock = held.as_ref()?.sock;
             if send(sock, &req, None).is_err() {
                 // Never sent (the owner closed the link): once more on a new one.
-                LINK_FD.store(-1, Ordering::Release);
+                up.link_fd.store(-1, Ordering::Release);
                 *held = None;
                 continue;
             }
             return match exchange(sock) {
                 Ok(r) => r,
                 Err(Broken) => {
-                    LINK_FD.store(-1, Ordering::Release);
+                    up.link_fd.store(-1, Ordering::Release);
                     *held = None;
                     Some(Err(libc::EIO))
                 }
@@ -421,7 +472,7 @@ fn call(key: InodeKey, op: u32, args: [u64; 4]) -> Option<Result<Reply, Errno>> 
         }
         return Some(Err(libc::EIO));
     }
-    let once = Link::connect()?;
+    let once = Link::connect(up)?;
     let sock = once.sock;
     if send(sock, &req, None).is_err() {
         return Some(Err(libc::EIO));
@@ -438,12 +489,11 @@ struct Link {
 }
 
 impl Link {
-    fn connect() -> Option<Link> {
-        let pid = UPSTREAM_PID.load(Ordering::Acquire);
-        let addr = SocketAddr::from_abstract_name(
-            name(pid, UPSTREAM_NONCE.load(Ordering::Acquire)).as_bytes(),
-        )
-        .ok()?;
+    fn connect(up: &Upstream) -> Option<Link> {
+        let pid = up.pid.load(Ordering::Acquire);
+        let addr =
+            SocketAddr::from_abstract_name(name(pid, up.nonce.load(Ordering::Acquire)).as_bytes())
+                .ok()?;
         // The owner is gone: the file died with its engine.
         let sock = UnixStream::connect_addr(&addr).ok()?.into_raw_fd();
         let link = Link {
@@ -468,32 +518,30 @@ impl Drop for Link {
     }
 }
 
-/// The process's link to the upstream owner (null: none yet, and again in a `fork` child).
-static LINK: AtomicPtr<Mutex<Option<Link>>> = AtomicPtr::new(std::ptr::null_mut());
-/// Its socket's fd, closed in a `fork` child (-1: none).
-static LINK_FD: AtomicI32 = AtomicI32::new(-1);
-
-fn link() -> Option<&'static Mutex<Option<Link>>> {
-    let mut p = LINK.load(Ordering::Acquire);
-    if p.is_null() {
-        let new = Box::into_raw(Box::default());
-        p = match LINK.compare_exchange(
-            std::ptr::null_mut(),
-            new,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => new,
-            Err(winner) => {
-                // SAFETY: `new` comes from Box::into_raw above and nobody else saw it.
-                drop(unsafe { Box::from_raw(new) });
-                winner
-            }
-        };
+impl Upstream {
+    /// This process's link to the server (made on first use).
+    fn link(&self) -> &Mutex<Option<Link>> {
+        let mut p = self.link.load(Ordering::Acquire);
+        if p.is_null() {
+            let new = Box::into_raw(Box::default());
+            p = match self.link.compare_exchange(
+                std::ptr::null_mut(),
+                new,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => new,
+                Err(winner) => {
+                    // SAFETY: `new` comes from Box::into_raw above and nobody else saw it.
+                    drop(unsafe { Box::from_raw(new) });
+                    winner
+                }
+            };
+        }
+        // SAFETY: a non-null link points to a leaked Box that is never freed (a fork child
+        // nulls the pointer and leaks it).
+        unsafe { &*p }
     }
-    // SAFETY: a non-null LINK points to a leaked Box that is never freed (a fork child nulls
-    // the pointer and leaks it).
-    Some(unsafe { &*p })
 }
 
 /// The rest of one call after its request was sent on `sock`: the owner's questions answered,
@@ -625,7 +673,13 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
         let e = real::errno();
         let _h = Hook::enter();
         let key = InodeKey { dev: 0, ino: 0 };
-        let _ = call(key, OP_FORKED, [pid as u64, 0, 0, 0]);
+        // Every ancestor serving this process learns it: each may hold files the child has.
+        for u in UPSTREAMS
+            .iter()
+            .take_while(|u| u.pid.load(Ordering::Acquire) != 0)
+        {
+            let _ = call_at(u, key, OP_FORKED, [pid as u64, 0, 0, 0]);
+        }
         real::set_errno(e);
     }
     pid
@@ -1250,6 +1304,8 @@ fn serve_op(
         return Some(Ok(Answer::of(0)));
     }
     if op == OP_CLOSED {
+        // Another ancestor's file (a grandchild asks each of its upstreams in turn).
+        g.files.get_key(key)?;
         drop(sweep(g));
         g.ready.refresh();
         return Some(Ok(Answer::of(0)));

@@ -17,6 +17,7 @@
  *    waitpid returns, as in Linux; a grandchild nobody waits for closes them soon after its
  *    exit (the owner looks again periodically).
  * D. Threads of a child call through an inherited fd at once.
+ * E. The child of a child that has an engine of its own reaches both engines.
  */
 #include "dma_engine.h"
 
@@ -333,6 +334,28 @@ int main(void)
 	struct iommu_destroy dn = { .size = sizeof(dn), .id = next };
 	CHECK(ioctl(ictx, IOMMU_DESTROY, &dn) == 0);
 	CHECK(next < 10);
+
+	/* --- E ------------------------------------------------------------------------------ */
+	pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		/* A child with an engine of its own forks: its child reaches both engines. */
+		int own = iommufd_open();
+		__u32 own_ioas = ioas_alloc(own);
+		pid_t g = fork();
+		CHECK(g >= 0);
+		if (g == 0) {
+			CHECK(ioas_exists(own, own_ioas)); /* the child's engine */
+			CHECK(ioas_exists(ictx, ioas));    /* the original owner's */
+			CHECK(!ioas_exists(own, ioas + 1000));
+			_exit(0);
+		}
+		int gs = 0;
+		CHECK(waitpid(g, &gs, 0) == g && WIFEXITED(gs) && WEXITSTATUS(gs) == 0);
+		_exit(0);
+	}
+	CHECK(waitpid(pid, &status, 0) == pid);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 
 	CHECK(close((int)pq.out_fault_fd) == 0);
 	CHECK(close(devfd) == 0);
