@@ -9,7 +9,10 @@
 //! says `F` is opened again as its path in the new process's engine, under the same fd
 //! (same inode, same open flags), exactly what a fresh open gives. A used file cannot be
 //! carried over (its context, bindings and mappings died with the old image): it stays a plain
-//! memfd, whose iommufd and VFIO ioctls fail with ENOTTY.
+//! memfd, whose iommufd and VFIO ioctls fail with ENOTTY — unless another process's engine
+//! made it and stamped its server's name in it (a parent that forked, then the child
+//! `exec`ed): that server then serves this image as it serves a fork child
+//! (`crate::remote::adopt_upstream`).
 //! The record is kept in the memfd's contents, which the program never sees (our `read`,
 //! `pread` and `mmap` serve the device instead).
 
@@ -79,33 +82,40 @@ extern "C" fn adopt_inherited() {
                 continue;
             };
             let link = link.into_os_string().into_encoded_bytes();
-            if link.starts_with(b"/memfd:uiommu:") && !link.starts_with(b"/memfd:uiommu:file") {
-                found.push(fd);
+            if link.starts_with(b"/memfd:uiommu:") {
+                found.push((fd, !link.starts_with(b"/memfd:uiommu:file")));
             }
         }
-        for fd in found {
-            adopt(fd);
+        for (fd, node) in found {
+            if !(node && adopt(fd)) {
+                // Not fresh: served by the engine that made it, if a descendant of that
+                // process is what this image is (`crate::remote`).
+                crate::remote::adopt_upstream(fd);
+            }
         }
     });
 }
 
-/// Open the node `fd`'s record names again, under `fd`.
-fn adopt(fd: c_int) {
+/// Open the node `fd`'s record names again, under `fd`; false when the record does not say
+/// the file is fresh.
+fn adopt(fd: c_int) -> bool {
     let mut buf = [0u8; 64];
     // SAFETY: reads into a live local buffer from an inherited memfd.
     let n = unsafe { real::pread(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-    let Ok(n) = usize::try_from(n) else { return };
-    let Some(target) = fresh_path(&buf[..n]).and_then(crate::target_of) else {
-        return;
+    let Ok(n) = usize::try_from(n) else {
+        return false;
     };
-    let Ok(g) = global() else { return };
+    let Some(target) = fresh_path(&buf[..n]).and_then(crate::target_of) else {
+        return false;
+    };
+    let Ok(g) = global() else { return true };
     let Ok((_, kind)) = crate::make_file(g, target) else {
-        return;
+        return true;
     };
     // SAFETY: F_GETFL takes no argument.
     let fl = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
     if fl < 0 {
-        return;
+        return true;
     }
     let open = OpenFile {
         kind,
@@ -116,6 +126,7 @@ fn adopt(fd: c_int) {
     if g.files.insert(fd, open).is_ok() {
         crate::stats::inherited(target);
     }
+    true
 }
 
 /// Run [`adopt_inherited`] when the library is loaded.

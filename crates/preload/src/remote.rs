@@ -319,9 +319,83 @@ pub(crate) extern "C" fn before_fork() {
     // Read by the child only: whether it may inherit fault queues.
     UPSTREAM_FAULTS.store(!g.ready.is_empty(), Ordering::Release);
     let pid = std::process::id() as i32;
+    if SERVER_PID.load(Ordering::Acquire) != pid {
+        start_server(pid);
+    }
     if SERVER_PID.load(Ordering::Acquire) == pid {
+        stamp_files(pid, SERVER_NONCE.load(Ordering::Acquire));
+    }
+}
+
+/// Where in one of our memfds the name of the server of its engine is written.
+const STAMP_AT: i64 = 128;
+/// The stamp's length at most.
+const STAMP_LEN: usize = 64;
+
+/// Write the server's name into every memfd of ours this process has open, so that a
+/// descendant that `exec`s with one finds the engine again ([`adopt_upstream`]).
+fn stamp_files(pid: i32, nonce: u64) {
+    let stamp = format!("S {}\n", name(pid, nonce));
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    for e in dir.flatten() {
+        let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<c_int>().ok()) else {
+            continue;
+        };
+        if is_our_memfd(fd) {
+            // SAFETY: writes the stamp from a live buffer into a memfd of this library.
+            unsafe { real::pwrite(fd, stamp.as_ptr().cast(), stamp.len(), STAMP_AT) };
+        }
+    }
+}
+
+/// At load, for a memfd of ours this image inherited whose file cannot be taken over (it was
+/// used: its state lives in the engine of the process that made it): the server stamped in it
+/// becomes an upstream of this process, as after a `fork`. So a child that forks and `exec`s
+/// keeps reaching its parent's files (the parent checks it is of its family).
+pub(crate) fn adopt_upstream(fd: c_int) {
+    let mut buf = [0u8; STAMP_LEN];
+    // SAFETY: reads into a live local buffer from an inherited memfd.
+    let n = unsafe { real::pread(fd, buf.as_mut_ptr().cast(), buf.len(), STAMP_AT) };
+    let Ok(n) = usize::try_from(n) else { return };
+    let Some((pid, nonce)) = parse_stamp(&buf[..n]) else {
+        return;
+    };
+    if pid == std::process::id() as i32 {
+        // This process's own engine, which ended with the `exec`.
         return;
     }
+    if let Ok(key) = inode_of(fd) {
+        MEMFD_DEV.store(key.dev, Ordering::Release);
+    }
+    let known = UPSTREAMS
+        .iter()
+        .any(|u| u.pid.load(Ordering::Acquire) == pid && u.nonce.load(Ordering::Acquire) == nonce);
+    if known {
+        return;
+    }
+    if let Some(free) = UPSTREAMS
+        .iter()
+        .find(|u| u.pid.load(Ordering::Acquire) == 0)
+    {
+        free.nonce.store(nonce, Ordering::Release);
+        free.pid.store(pid, Ordering::Release);
+    }
+}
+
+/// The pid and nonce of a stamp (`S uiommu-<pid>-<nonce>\n`).
+fn parse_stamp(b: &[u8]) -> Option<(i32, u64)> {
+    let line = b.strip_prefix(b"S uiommu-")?;
+    let end = line.iter().position(|&c| c == b'\n')?;
+    let text = std::str::from_utf8(&line[..end]).ok()?;
+    let (pid, nonce) = text.split_once('-')?;
+    let pid = pid.parse::<i32>().ok().filter(|&p| p > 0)?;
+    Some((pid, u64::from_str_radix(nonce, 16).ok()?))
+}
+
+/// Start this process's server (see the module documentation).
+fn start_server(pid: i32) {
     let Some(dev) = memfd_dev() else { return };
     let nonce = random();
     let Ok(addr) = SocketAddr::from_abstract_name(name(pid, nonce).as_bytes()) else {
@@ -1588,5 +1662,33 @@ impl UserMemory for Descendant {
     fn page_size_at(&self, va: UserVa) -> u64 {
         let _ = va;
         PAGE_SIZE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_name_a_server_and_cut_or_foreign_ones_are_refused() {
+        let s = format!("S {}\n", name(4242, 0xdead_beef));
+        assert_eq!(parse_stamp(s.as_bytes()), Some((4242, 0xdead_beef)));
+        assert_eq!(parse_stamp(&s.as_bytes()[..s.len() - 1]), None, "cut");
+        assert_eq!(parse_stamp(b"F /dev/iommu\n"), None);
+        assert_eq!(parse_stamp(b"S uiommu-0-1\n"), None, "pid 0");
+        assert_eq!(parse_stamp(b"S uiommu-x-1\n"), None);
+        assert_eq!(parse_stamp(b""), None);
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let m = Msg {
+            kind: K_TAKE_FD,
+            x: -5,
+            y: i64::MAX,
+            z: 7,
+        };
+        let d = Msg::decode(&m.encode());
+        assert_eq!((d.kind, d.x, d.y, d.z), (K_TAKE_FD, -5, i64::MAX, 7));
     }
 }

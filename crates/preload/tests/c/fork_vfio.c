@@ -18,6 +18,8 @@
  *    exit (the owner looks again periodically).
  * D. Threads of a child call through an inherited fd at once.
  * E. The child of a child that has an engine of its own reaches both engines.
+ * F. A child that `exec`s with the parent's used iommufd open still reaches the parent's
+ *    context (the file names its engine's server).
  */
 #include "dma_engine.h"
 
@@ -178,8 +180,25 @@ static void child_drives(int ictx, __u32 ioas, int devfd, int parent_mmap_errno,
 	CHECK(ioctl(ictx, IOMMU_DESTROY, &ds) == 0);
 }
 
-int main(void)
+/* Part F, the image a child `exec`ed with the parent's (used) iommufd open. */
+static int exec_child(int fd, __u32 ioas)
 {
+	struct stat st;
+	CHECK(fstat(fd, &st) == 0 && S_ISCHR(st.st_mode));
+	CHECK(ioas_exists(fd, ioas)); /* the parent's context */
+	__u32 mine = ioas_alloc(fd);
+	CHECK(mine != ioas);
+	struct iommu_destroy d = { .size = sizeof(d), .id = mine };
+	CHECK(ioctl(fd, IOMMU_DESTROY, &d) == 0);
+	CHECK(close(fd) == 0);
+	PASS("fork_vfio exec child");
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 4 && strcmp(argv[1], "exec-child") == 0)
+		return exec_child(atoi(argv[2]), (__u32)atoi(argv[3]));
 	drop_ipc_lock();
 	struct rlimit rl = { MEMLOCK_PAGES * PAGE, MEMLOCK_PAGES * PAGE };
 	CHECK(setrlimit(RLIMIT_MEMLOCK, &rl) == 0);
@@ -354,6 +373,22 @@ int main(void)
 		CHECK(waitpid(g, &gs, 0) == g && WIFEXITED(gs) && WEXITSTATUS(gs) == 0);
 		_exit(0);
 	}
+	CHECK(waitpid(pid, &status, 0) == pid);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+	/* --- F ------------------------------------------------------------------------------ */
+	int keep = fcntl(ictx, F_DUPFD, 0); /* without close-on-exec */
+	CHECK(keep >= 0);
+	pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		char fdarg[16], ioasarg[16];
+		snprintf(fdarg, sizeof(fdarg), "%d", keep);
+		snprintf(ioasarg, sizeof(ioasarg), "%u", ioas);
+		execl("/proc/self/exe", argv[0], "exec-child", fdarg, ioasarg, (char *)NULL);
+		_exit(127);
+	}
+	CHECK(close(keep) == 0);
 	CHECK(waitpid(pid, &status, 0) == pid);
 	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 
