@@ -11,13 +11,30 @@ use crate::object::ObjId;
 use crate::pages::AccountMode;
 use crate::{AccessOps, Object};
 use std::sync::Arc;
-use uiommu_platform::{Iova, PAGE_SIZE};
+use uiommu_platform::pagetable::Prot;
+use uiommu_platform::{Iova, UserVa, PAGE_SIZE};
 
 /// How often an unmap notifies the accesses holding pins before it gives up (the kernel's
 /// 100 tries in `iopt_unmap_iova_range`).
 const NOTIFY_ROUNDS: usize = 100;
 
 impl Context {
+    /// VFIO_IOMMU_MAP_DMA (`iommufd_vfio_map_dma`): map `len` bytes at `uva` to the fixed `iova`
+    /// of `ioas` by `iopt_map_user_pages`, without IOMMU_IOAS_MAP's up-front EOVERFLOW for a
+    /// `u64::MAX` size or IOVA: a size of 0 or within a page of the top is EINVAL and
+    /// `uva + len` wrapping EOVERFLOW (`iopt_alloc_pages`), then a size or IOVA not aligned to
+    /// the IOAS EINVAL and `iova + len` wrapping EOVERFLOW (`iopt_check_iova`).
+    pub fn vfio_compat_map(
+        &self,
+        ioas: ObjId,
+        uva: UserVa,
+        len: u64,
+        iova: Iova,
+        prot: Prot,
+    ) -> Result<Iova> {
+        self.map_user_pages(ioas, uva, len, Some(iova), prot)
+    }
+
     /// `iommufd_vfio_compat_ioas_create`: make sure the context has a compatibility IOAS,
     /// allocating one when none is set (it is then an ordinary object of the context, destroyed
     /// with it). Returns the compatibility IOAS.

@@ -491,7 +491,8 @@ impl Context {
     }
 
     /// IOMMU_IOAS_MAP: map `len` bytes of the program's memory at `uva` into the IOAS at `iova`
-    /// (or at an IOVA the allocator picks); returns the IOVA.
+    /// (or at an IOVA the allocator picks); returns the IOVA. A `len` or fixed `iova` of
+    /// `u64::MAX` is EOVERFLOW first (`iommufd_ioas_map`'s own check).
     pub fn ioas_map(
         &self,
         ioas: ObjId,
@@ -503,6 +504,21 @@ impl Context {
         if len == u64::MAX || iova.is_some_and(|i| i.raw() == u64::MAX) {
             return Err(Error::Overflow);
         }
+        self.map_user_pages(ioas, uva, len, iova, prot)
+    }
+
+    /// [`Context::ioas_map`] without IOMMU_IOAS_MAP's own EOVERFLOW check of `u64::MAX`
+    /// (`iommufd_ioas_map`): the kernel's `iopt_map_user_pages`, which VFIO_IOMMU_MAP_DMA calls
+    /// directly, so its size and IOVA are checked by `iopt_alloc_pages` and `iopt_check_iova`
+    /// alone.
+    pub(crate) fn map_user_pages(
+        &self,
+        ioas: ObjId,
+        uva: UserVa,
+        len: u64,
+        iova: Option<Iova>,
+        prot: Prot,
+    ) -> Result<Iova> {
         if !prot.read && !prot.write {
             return Err(Error::Invalid("a mapping must be readable or writable"));
         }

@@ -234,7 +234,8 @@ fn fill_iova(
 }
 
 /// VFIO_IOMMU_MAP_DMA (`iommufd_vfio_map_dma`): map `size` bytes at `vaddr` to the fixed
-/// `iova` of the compatibility IOAS.
+/// `iova` of the compatibility IOAS, with the checks of `iopt_map_user_pages` only (size 0 or
+/// `u64::MAX` EINVAL, `vaddr + size` or `iova + size` wrapping EOVERFLOW).
 fn map_dma(ctx: &Context, mem: &dyn UserMemory, arg: u64) -> Result<(), Errno> {
     const MINSZ: usize = size_of::<VfioIommuType1DmaMap>();
     let map: VfioIommuType1DmaMap = read_min(mem, arg, MINSZ)?;
@@ -247,14 +248,9 @@ fn map_dma(ctx: &Context, mem: &dyn UserMemory, arg: u64) -> Result<(), Errno> {
         write: map.flags & VFIO_DMA_MAP_FLAG_WRITE != 0,
     };
     let ioas = compat_ioas(ctx)?;
-    ctx.ioas_map(
-        ioas,
-        UserVa(map.vaddr),
-        map.size,
-        Some(Iova(map.iova)),
-        prot,
-    )
-    .map_err(eno)?;
+    // iopt_map_user_pages directly: none of IOMMU_IOAS_MAP's EOVERFLOW checks of u64::MAX.
+    ctx.vfio_compat_map(ioas, UserVa(map.vaddr), map.size, Iova(map.iova), prot)
+        .map_err(eno)?;
     Ok(())
 }
 

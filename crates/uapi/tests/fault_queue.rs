@@ -7,13 +7,13 @@ use std::sync::Arc;
 use uiommu_core::error::errno::*;
 use uiommu_core::fault::{PageResponseCode, PageResponseRecord};
 use uiommu_core::{Context, Engine, EngineConfig, ObjId, ObjType};
-use uiommu_platform::memory::{SimMemory, UserMemory};
+use uiommu_platform::memory::{MemFault, SimMemory, UserMemory};
 use uiommu_platform::{Platform, UserVa};
 use uiommu_uapi::abi::*;
 use uiommu_uapi::fault::FaultQueueFile;
 use uiommu_uapi::iommufd::IommufdFile;
 use uiommu_uapi::{Caller, Errno, FdTable};
-use zerocopy::{FromBytes, Immutable, IntoBytes};
+use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes};
 
 const ESPIPE: Errno = 29;
 
@@ -280,6 +280,67 @@ fn alloc_refuses_flags_and_short_commands() {
     assert_eq!(r, Err(EINVAL));
     assert_eq!(e.ctx().objects().unwrap(), before);
     assert!(e.fds.open_count() == 0);
+}
+
+/// The caller's memory with every write refused (a reply that cannot be written back).
+struct NoWrites<'a>(&'a SimMemory);
+
+impl UserMemory for NoWrites<'_> {
+    fn read(&self, va: UserVa, buf: &mut [u8]) -> Result<(), MemFault> {
+        self.0.read(va, buf)
+    }
+    fn write(&self, va: UserVa, _data: &[u8]) -> Result<(), MemFault> {
+        Err(MemFault::ReadOnly(va))
+    }
+    fn probe(&self, va: UserVa, len: u64, write: bool) -> Result<(), MemFault> {
+        if write {
+            return Err(MemFault::ReadOnly(va));
+        }
+        self.0.probe(va, len, false)
+    }
+}
+
+/// The kernel's iommufd_fault_alloc: when the reply cannot be written, EFAULT, the fault
+/// object is aborted and the reserved descriptor put back: no fd is left installed.
+#[test]
+fn alloc_whose_reply_cannot_be_written_is_efault_and_leaves_no_fd() {
+    let e = env();
+    let before = e.engine.snapshot();
+    e.sim
+        .write(
+            UserVa(ARG),
+            IommuFaultAlloc {
+                size: 16,
+                ..Default::default()
+            }
+            .as_bytes(),
+        )
+        .unwrap();
+    let ro = NoWrites(&e.sim);
+    let caller = Caller {
+        mem: &ro,
+        fds: &e.fds,
+    };
+    let r = e
+        .file
+        .as_ref()
+        .unwrap()
+        .ioctl(&caller, u64::from(IOMMU_FAULT_QUEUE_ALLOC), ARG);
+    assert_eq!(r, Err(EFAULT));
+    assert_eq!(e.fds.open_count(), 0, "a descriptor was left installed");
+    assert!(e.ctx().objects().unwrap().is_empty());
+    assert_eq!(e.engine.snapshot(), before);
+    // The struct is as the caller wrote it.
+    let back: IommuFaultAlloc = {
+        let mut v = IommuFaultAlloc::new_zeroed();
+        e.sim.read(UserVa(ARG), v.as_mut_bytes()).unwrap();
+        v
+    };
+    assert_eq!((back.out_fault_id, back.out_fault_fd), (0, 0));
+    // The next queue gets the first id.
+    let (id, _) = e.fault_alloc();
+    assert_eq!(id, 1);
+    e.engine.check_invariants().unwrap();
 }
 
 #[test]

@@ -242,6 +242,9 @@ fn commands() -> Vec<(u32, usize, usize)> {
         row::<IommuHwptSetDirtyTracking>(),
         row::<IommuHwptGetDirtyBitmap>(),
         row::<IommuHwptInvalidate>(),
+        // With this test's file table (no files can be made) a well-formed FAULT_QUEUE_ALLOC is
+        // EOPNOTSUPP, but the pointer and size checks come first, as for every command.
+        row::<IommuFaultAlloc>(),
     ]
 }
 
@@ -878,6 +881,141 @@ fn allow_iovas_checks_each_range_and_restricts_allocation() {
     );
 }
 
+/// Every command that takes an IOAS, given an object of another type: ENOENT from
+/// `iommufd_get_ioas` (the type check of `iommufd_get_object`), nothing changed.
+#[test]
+fn ioas_commands_given_another_object_type_are_enoent() {
+    let e = env();
+    let ioas = e.ioas_alloc();
+    // Inside the mock aperture, so that a mock domain can be made for the IOAS.
+    let at = MOCK_APERTURE_START;
+    e.map(ioas, BUF, 2 * PAGE, Some(at)).unwrap();
+    let (_, dev) = e.mock(0);
+    let hwpt = e
+        .hwpt_alloc(IommuHwptAlloc {
+            dev_id: dev,
+            pt_id: ioas,
+            ..Default::default()
+        })
+        .unwrap();
+    e.put(
+        SCRATCH,
+        &IommuIovaRange {
+            start: 0x100_0000,
+            last: 0x1ff_ffff,
+        },
+    );
+    for other in [dev, hwpt] {
+        e.refused(ENOENT, || {
+            e.err(
+                IOMMU_IOAS_ALLOW_IOVAS,
+                &IommuIoasAllowIovas {
+                    size: 24,
+                    ioas_id: other,
+                    num_iovas: 1,
+                    reserved: 0,
+                    allowed_iovas: SCRATCH,
+                },
+            )
+        });
+        let copy = IommuIoasCopy {
+            size: 40,
+            flags: IOMMU_IOAS_MAP_READABLE,
+            dst_ioas_id: ioas,
+            src_ioas_id: ioas,
+            length: PAGE,
+            dst_iova: 0,
+            src_iova: at,
+        };
+        e.refused(ENOENT, || {
+            e.err(
+                IOMMU_IOAS_COPY,
+                &IommuIoasCopy {
+                    src_ioas_id: other,
+                    ..copy
+                },
+            )
+        });
+        e.refused(ENOENT, || {
+            e.err(
+                IOMMU_IOAS_COPY,
+                &IommuIoasCopy {
+                    dst_ioas_id: other,
+                    ..copy
+                },
+            )
+        });
+        e.refused(ENOENT, || e.unmap(other, at, 2 * PAGE).unwrap_err());
+        // Unmap-all takes the same look-up.
+        e.refused(ENOENT, || e.unmap(other, 0, u64::MAX).unwrap_err());
+        for op in [IOMMU_OPTION_OP_GET, IOMMU_OPTION_OP_SET] {
+            e.refused(ENOENT, || {
+                e.err(
+                    IOMMU_OPTION,
+                    &IommuOption {
+                        size: 24,
+                        option_id: IOMMU_OPTION_HUGE_PAGES,
+                        op,
+                        object_id: other,
+                        val64: 0,
+                        ..Default::default()
+                    },
+                )
+            });
+        }
+        e.refused(ENOENT, || {
+            e.err(
+                IOMMU_VFIO_IOAS,
+                &IommuVfioIoas {
+                    size: 12,
+                    ioas_id: other,
+                    op: IOMMU_VFIO_IOAS_SET,
+                    ..Default::default()
+                },
+            )
+        });
+    }
+    // Nothing was set as the compatibility IOAS.
+    e.refused(ENODEV, || {
+        e.err(
+            IOMMU_VFIO_IOAS,
+            &IommuVfioIoas {
+                size: 12,
+                op: IOMMU_VFIO_IOAS_GET,
+                ..Default::default()
+            },
+        )
+    });
+    // The IOAS itself still answers each of them.
+    assert_eq!(e.unmap(ioas, at, 2 * PAGE), Ok(2 * PAGE));
+}
+
+/// IOMMU_IOAS_MAP with `user_va + length` past the top of the address space: EOVERFLOW from
+/// `iopt_alloc_pages` (pages.c), before the IOVA is looked at; nothing mapped.
+#[test]
+fn map_with_a_wrapping_user_range_is_eoverflow() {
+    let e = env();
+    let ioas = e.ioas_alloc();
+    for (uva, length) in [
+        (u64::MAX - PAGE + 1, 2 * PAGE),
+        (BUF, u64::MAX - BUF + 1),
+        (u64::MAX, 1),
+        // The kernel computes the exclusive end: a range ending at the very top wraps too.
+        (u64::MAX - PAGE + 1, PAGE),
+    ] {
+        e.refused(EOVERFLOW, || {
+            e.map(ioas, uva, length, Some(0x10_0000)).unwrap_err()
+        });
+        e.refused(EOVERFLOW, || e.map(ioas, uva, length, None).unwrap_err());
+    }
+    // One byte short of the top is no overflow: the IOVA is then mapped (nothing is pinned
+    // without a domain).
+    assert_eq!(
+        e.map(ioas, u64::MAX - PAGE + 1, PAGE - 1, Some(0x10_0000)),
+        Ok(0x10_0000)
+    );
+}
+
 // --- OPTION, VFIO_IOAS ------------------------------------------------------------------------
 
 #[test]
@@ -1041,6 +1179,23 @@ fn hwpt_alloc_paging_and_nested_like_the_selftest() {
         })
         .unwrap_err()
     });
+    // An unknown dev_id: ENOENT (iommufd_get_device), before pt_id is looked at.
+    for dev_id in [0, 77] {
+        e.refused(ENOENT, || {
+            e.hwpt_alloc(IommuHwptAlloc {
+                dev_id,
+                ..paging(ioas, 0)
+            })
+            .unwrap_err()
+        });
+        e.refused(ENOENT, || {
+            e.hwpt_alloc(IommuHwptAlloc {
+                dev_id,
+                ..paging(78, 0)
+            })
+            .unwrap_err()
+        });
+    }
     e.refused(EINVAL, || e.hwpt_alloc(paging(dev, 0)).unwrap_err());
     e.refused(EINVAL, || e.hwpt_alloc(paging(77, 0)).unwrap_err());
     e.refused(EOPNOTSUPP, || {
@@ -1254,6 +1409,13 @@ fn hwpt_invalidate_like_the_selftest() {
     put_reqs(&[(0, 0), (0, 0)]);
     // Only nested HWPTs; zero requests check just the type; size sanity; flags; ids.
     assert_eq!(inv(parent, sel, 8, 1, REQS), (ENOENT, 0));
+    // Unknown ids and other types (iommufd_get_hwpt_nested): ENOENT, entry_num 0 written back.
+    for id in [0, 99, ioas, dev] {
+        let before = e.engine.snapshot();
+        assert_eq!(inv(id, sel, 8, 1, REQS), (ENOENT, 0), "id {id}");
+        assert_eq!(inv(id, sel, 8, 0, REQS), (ENOENT, 0), "id {id}");
+        assert_eq!(e.engine.snapshot(), before);
+    }
     assert_eq!(inv(n0, sel, 8, 0, REQS), (0, 0));
     assert_eq!(
         inv(n0, IOMMU_HWPT_INVALIDATE_DATA_SELFTEST_INVALID, 8, 1, REQS),
@@ -1631,6 +1793,84 @@ fn dirty_bitmap_refusals_in_the_kernels_order() {
             },
         )
     });
+}
+
+/// SET_DIRTY_TRACKING and GET_DIRTY_BITMAP take a paging HWPT (`iommufd_get_hwpt_paging`):
+/// an IOAS, a nested HWPT or a device is ENOENT, after the flags and before the range checks.
+#[test]
+fn dirty_operations_on_an_ioas_or_a_nested_hwpt_are_enoent() {
+    let e = env();
+    let ioas = e.ioas_alloc();
+    let (_, dev) = e.mock(0);
+    e.map(ioas, BUF, DLEN, Some(DIOVA)).unwrap();
+    let parent = e
+        .hwpt_alloc(IommuHwptAlloc {
+            dev_id: dev,
+            pt_id: ioas,
+            flags: IOMMU_HWPT_ALLOC_NEST_PARENT | IOMMU_HWPT_ALLOC_DIRTY_TRACKING,
+            ..Default::default()
+        })
+        .unwrap();
+    e.put(
+        SCRATCH,
+        &IommuHwptSelftest {
+            iotlb: IOMMU_TEST_IOTLB_DEFAULT,
+        },
+    );
+    let nested = e
+        .hwpt_alloc(IommuHwptAlloc {
+            dev_id: dev,
+            pt_id: parent,
+            data_type: IOMMU_HWPT_DATA_SELFTEST,
+            data_len: 4,
+            data_uptr: SCRATCH,
+            ..Default::default()
+        })
+        .unwrap();
+    e.ctx().device_attach(ObjId(dev), ObjId(nested)).unwrap();
+    let set = |hwpt_id, flags| IommuHwptSetDirtyTracking {
+        size: 16,
+        flags,
+        hwpt_id,
+        reserved: 0,
+    };
+    let get = |hwpt_id, length| IommuHwptGetDirtyBitmap {
+        size: 48,
+        hwpt_id,
+        flags: 0,
+        reserved: 0,
+        iova: DIOVA,
+        length,
+        page_size: 2048,
+        data: BITMAP,
+    };
+    for other in [ioas, nested, dev] {
+        for flags in [0, IOMMU_HWPT_DIRTY_TRACKING_ENABLE] {
+            e.refused(ENOENT, || {
+                e.err(IOMMU_HWPT_SET_DIRTY_TRACKING, &set(other, flags))
+            });
+        }
+        e.refused(ENOENT, || {
+            e.err(IOMMU_HWPT_GET_DIRTY_BITMAP, &get(other, DLEN))
+        });
+        // The type is checked before the range (length 0 would be EINVAL).
+        e.refused(ENOENT, || {
+            e.err(IOMMU_HWPT_GET_DIRTY_BITMAP, &get(other, 0))
+        });
+        // Unknown flags before the look-up.
+        e.refused(EOPNOTSUPP, || {
+            e.err(IOMMU_HWPT_SET_DIRTY_TRACKING, &set(other, 2))
+        });
+    }
+    // The parent, a paging HWPT allocated with dirty tracking, has the operations.
+    assert_eq!(
+        e.err(
+            IOMMU_HWPT_SET_DIRTY_TRACKING,
+            &set(parent, IOMMU_HWPT_DIRTY_TRACKING_ENABLE)
+        ),
+        0
+    );
+    assert_eq!(e.err(IOMMU_HWPT_GET_DIRTY_BITMAP, &get(parent, DLEN)), 0);
 }
 
 #[test]

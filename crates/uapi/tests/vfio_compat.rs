@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use uiommu_core::error::errno::*;
 use uiommu_core::{Context, Engine, ObjId};
-use uiommu_platform::memory::{SimMemory, UserMemory};
+use uiommu_platform::memory::{MemFault, SimMemory, UserMemory};
 use uiommu_platform::topology::DeviceId;
 use uiommu_platform::{Iova, Platform, UserVa};
 use uiommu_uapi::abi::{IommuVfioIoas, IOMMU_VFIO_IOAS, IOMMU_VFIO_IOAS_SET};
@@ -61,6 +61,24 @@ impl FdTable for Fds {
     }
     fn file(&self, fd: i32) -> Result<Arc<dyn EngineFile>, Errno> {
         self.files.lock().unwrap().get(&fd).cloned().ok_or(EBADF)
+    }
+}
+
+/// The caller's memory with every write refused (replies that cannot be written back).
+struct NoWrites<'a>(&'a SimMemory);
+
+impl UserMemory for NoWrites<'_> {
+    fn read(&self, va: UserVa, buf: &mut [u8]) -> Result<(), MemFault> {
+        self.0.read(va, buf)
+    }
+    fn write(&self, va: UserVa, _data: &[u8]) -> Result<(), MemFault> {
+        Err(MemFault::ReadOnly(va))
+    }
+    fn probe(&self, va: UserVa, len: u64, write: bool) -> Result<(), MemFault> {
+        if write {
+            return Err(MemFault::ReadOnly(va));
+        }
+        self.0.probe(va, len, false)
     }
 }
 
@@ -170,6 +188,16 @@ impl Env {
                 size,
             },
         )
+    }
+
+    /// `request` on the struct at `arg` by a caller whose memory refuses every write.
+    fn no_writes(&self, f: &IommufdFile, request: u32, arg: u64) -> Result<i64, Errno> {
+        let mem = NoWrites(&self.sim);
+        let caller = Caller {
+            mem: &mem,
+            fds: &self.fds,
+        };
+        f.ioctl(&caller, u64::from(request), arg)
     }
 
     fn unmap(&self, f: &IommufdFile, flags: u32, iova: u64, size: u64) -> Result<u64, Errno> {
@@ -543,7 +571,7 @@ fn type1_unmaps_inside_a_mapping_and_type1v2_refuses() {
 #[test]
 fn unmap_writes_the_size_back_and_bad_replies_are_efault() {
     let e = env();
-    let (f, _, _) = e.compat(VFIO_TYPE1V2_IOMMU);
+    let (f, ioas, _) = e.compat(VFIO_TYPE1V2_IOMMU);
     assert_eq!(e.map(&f, BUF, IOVA, 2 * PAGE), 0);
     // A partial unmap of a TYPE1v2 mapping: ENOENT, size 0 written back.
     let (r, c) = e.call(
@@ -559,6 +587,203 @@ fn unmap_writes_the_size_back_and_bad_replies_are_efault() {
     assert_eq!((r, c.size), (Err(ENOENT), 0));
     // The whole struct is written back: the other fields as they were.
     assert_eq!((c.argsz, c.iova), (24, IOVA));
+    // A struct that cannot be written: the kernel unmaps, then the copy_to_user of the size
+    // fails: EFAULT, and the mapping is gone all the same.
+    e.put(
+        ARG,
+        &VfioIommuType1DmaUnmap {
+            argsz: 24,
+            flags: 0,
+            iova: IOVA,
+            size: 2 * PAGE,
+        },
+    );
+    assert_eq!(e.no_writes(&f, VFIO_IOMMU_UNMAP_DMA, ARG), Err(EFAULT));
+    assert!(f.context().ioas_areas(ioas).unwrap().is_empty());
+    assert_eq!(e.get::<VfioIommuType1DmaUnmap>(ARG).size, 2 * PAGE);
+    // Unmapping nothing still writes the size (0): EFAULT too, nothing changed.
+    let before = e.engine.snapshot();
+    assert_eq!(e.no_writes(&f, VFIO_IOMMU_UNMAP_DMA, ARG), Err(EFAULT));
+    assert_eq!(e.engine.snapshot(), before);
+    // UNMAP_ALL the same.
+    assert_eq!(e.map(&f, BUF, IOVA, 2 * PAGE), 0);
+    e.put(
+        ARG,
+        &VfioIommuType1DmaUnmap {
+            argsz: 24,
+            flags: VFIO_DMA_UNMAP_FLAG_ALL,
+            iova: 0,
+            size: 0,
+        },
+    );
+    assert_eq!(e.no_writes(&f, VFIO_IOMMU_UNMAP_DMA, ARG), Err(EFAULT));
+    assert!(f.context().ioas_areas(ioas).unwrap().is_empty());
+    // A refusal is not turned into EFAULT when its reply cannot be written: EINVAL returns
+    // before the write.
+    e.put(
+        ARG,
+        &VfioIommuType1DmaUnmap {
+            argsz: 24,
+            flags: VFIO_DMA_UNMAP_FLAG_ALL,
+            iova: IOVA,
+            size: 0,
+        },
+    );
+    assert_eq!(e.no_writes(&f, VFIO_IOMMU_UNMAP_DMA, ARG), Err(EINVAL));
+    e.engine.check_invariants().unwrap();
+}
+
+/// VFIO_IOMMU_GET_INFO whose reply cannot be written: EFAULT (the kernel's copy_to_user of
+/// the capabilities and of the struct), for any argsz; nothing changed.
+#[test]
+fn get_info_into_unwritable_memory_is_efault() {
+    let e = env();
+    let (f, _, _) = e.compat(VFIO_TYPE1V2_IOMMU);
+    let before = e.engine.snapshot();
+    for argsz in [16, 24, 40, 256] {
+        e.put(
+            ARG,
+            &VfioIommuType1Info {
+                argsz,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            e.no_writes(&f, VFIO_IOMMU_GET_INFO, ARG),
+            Err(EFAULT),
+            "argsz {argsz}"
+        );
+        // Nothing was written.
+        assert_eq!(e.get::<VfioIommuType1Info>(ARG).argsz, argsz);
+    }
+    assert_eq!(e.engine.snapshot(), before);
+}
+
+/// VFIO_IOMMU_MAP_DMA's range checks in the kernel's order (`iommufd_vfio_map_dma` ->
+/// `iopt_map_user_pages`): `iopt_alloc_pages` first (size 0 or within a page of the top
+/// EINVAL, vaddr + size wrapping EOVERFLOW), then `iopt_alloc_area_pages` (size not aligned to
+/// the IOAS EINVAL) and `iopt_check_iova` (iova not aligned EINVAL, iova + size wrapping
+/// EOVERFLOW). None of IOMMU_IOAS_MAP's own EOVERFLOW checks of `u64::MAX` apply. Checked on an
+/// iommufd after IOMMU_VFIO_IOAS and on the legacy container; nothing changes.
+#[test]
+fn map_dma_size_and_overflow_checks_in_the_kernels_order() {
+    let e = env();
+    let (f, _, _) = e.compat(VFIO_TYPE1V2_IOMMU);
+    map_dma_overflow_cases(&e, &f);
+    drop(f);
+    let c = e.container();
+    let g = VfioGroupFile::open(&e.engine, GroupId(5)).unwrap();
+    assert_eq!(e.set_container(&g, CONTAINER_FD), Ok(0));
+    assert_eq!(
+        e.val(&c, VFIO_SET_IOMMU, u64::from(VFIO_TYPE1_IOMMU)),
+        Ok(0)
+    );
+    // The device opened: its domain makes the IOAS's alignment a page.
+    let fd = e.device_fd(&g, "0000:01:00.0").unwrap();
+    map_dma_overflow_cases(&e, &c);
+    e.close(fd);
+}
+
+fn map_dma_overflow_cases(e: &Env, f: &IommufdFile) {
+    let ioas = f.context().vfio_ioas().unwrap();
+    assert_eq!(
+        f.context().ioas_iova_ranges(ioas).unwrap().alignment,
+        PAGE,
+        "a domain is attached"
+    );
+    let top = u64::MAX - PAGE + 1;
+    let cases: [(Errno, u64, u64, u64); 13] = [
+        // (errno, vaddr, iova, size)
+        (EINVAL, BUF, IOVA, 0),
+        (EINVAL, BUF, IOVA, u64::MAX),
+        (EINVAL, BUF, IOVA, top),
+        (EINVAL, BUF, u64::MAX, u64::MAX),
+        // Size before the vaddr wrap.
+        (EINVAL, u64::MAX, IOVA, 0),
+        (EOVERFLOW, BUF, IOVA, top - PAGE),
+        (EOVERFLOW, top, IOVA, PAGE),
+        (EOVERFLOW, u64::MAX, IOVA, 1),
+        // The vaddr wrap before anything about the IOVA.
+        (EOVERFLOW, top, u64::MAX, 2 * PAGE),
+        // Size, then iova alignment, then the iova wrap.
+        (EINVAL, BUF, top, PAGE + 1),
+        (EINVAL, BUF, u64::MAX, PAGE),
+        (EOVERFLOW, BUF, top, 2 * PAGE),
+        (EOVERFLOW, BUF, top - PAGE, BUF_LEN),
+    ];
+    for (errno, vaddr, iova, size) in cases {
+        let before = e.engine.snapshot();
+        assert_eq!(
+            e.map(f, vaddr, iova, size),
+            errno,
+            "vaddr {vaddr:#x} iova {iova:#x} size {size:#x}"
+        );
+        assert_eq!(e.engine.snapshot(), before);
+    }
+    // A range ending at the last byte does not wrap: it is refused as reserved (outside the
+    // domain's aperture), EINVAL.
+    let before = e.engine.snapshot();
+    assert_eq!(e.map(f, BUF, top, PAGE), EINVAL);
+    assert_eq!(e.engine.snapshot(), before);
+}
+
+/// VFIO_IOMMU_UNMAP_DMA: UNMAP_ALL with a non-zero iova or size EINVAL, iova + size wrapping
+/// EOVERFLOW (`iopt_unmap_iova`), with the size written back as 0 where the kernel writes it;
+/// nothing changes. On the iommufd (TYPE1v2) and on the legacy container (TYPE1, whose cuts
+/// come first and cut nothing here).
+#[test]
+fn unmap_dma_flag_all_and_overflow_refusals() {
+    let e = env();
+    let (f, _, _) = e.compat(VFIO_TYPE1V2_IOMMU);
+    unmap_dma_refusals(&e, &f);
+    drop(f);
+    let c = e.container();
+    let g = VfioGroupFile::open(&e.engine, GroupId(5)).unwrap();
+    assert_eq!(e.set_container(&g, CONTAINER_FD), Ok(0));
+    assert_eq!(
+        e.val(&c, VFIO_SET_IOMMU, u64::from(VFIO_TYPE1_IOMMU)),
+        Ok(0)
+    );
+    let fd = e.device_fd(&g, "0000:01:00.0").unwrap();
+    unmap_dma_refusals(&e, &c);
+    e.close(fd);
+}
+
+fn unmap_dma_refusals(e: &Env, f: &IommufdFile) {
+    assert_eq!(e.map(f, BUF, IOVA, 4 * PAGE), 0);
+    let all = VFIO_DMA_UNMAP_FLAG_ALL;
+    let top = u64::MAX - PAGE + 1;
+    for (errno, flags, iova, size) in [
+        (EINVAL, all, IOVA, 0),
+        (EINVAL, all, 0, PAGE),
+        (EINVAL, all, 0, u64::MAX),
+        (EINVAL, all, IOVA, 4 * PAGE),
+        (EOVERFLOW, 0, top, 2 * PAGE),
+        (EOVERFLOW, 0, IOVA, u64::MAX),
+        (EOVERFLOW, 0, u64::MAX, 2),
+        (EOVERFLOW, 0, 2 * PAGE, u64::MAX - PAGE),
+    ] {
+        let before = e.engine.snapshot();
+        e.put(ARG + 24, &0xabcd_u64);
+        let (r, c) = e.call(
+            f,
+            VFIO_IOMMU_UNMAP_DMA,
+            &VfioIommuType1DmaUnmap {
+                argsz: 24,
+                flags,
+                iova,
+                size,
+            },
+        );
+        let what = format!("flags {flags:#x} iova {iova:#x} size {size:#x}");
+        assert_eq!(r, Err(errno), "{what}");
+        // UNMAP_ALL's EINVAL leaves before the write-back; iopt_unmap_iova's errors are
+        // followed by it (size 0).
+        let size_back = if flags == all { size } else { 0 };
+        assert_eq!(c.size, size_back, "{what}");
+        assert_eq!(e.engine.snapshot(), before, "{what}");
+    }
+    assert_eq!(e.unmap(f, VFIO_DMA_UNMAP_FLAG_ALL, 0, 0), Ok(4 * PAGE));
 }
 
 // --- The container and group files -----------------------------------------------------------

@@ -25,6 +25,8 @@ use zerocopy::{FromBytes, IntoBytes};
 const EPERM: Errno = 1;
 const EIO: Errno = 5;
 const EBADF: Errno = 9;
+/// EBADFD: an open fd that is not an iommufd (the kernel's `iommufd_ctx_from_fd`).
+const EBADFD: Errno = 77;
 const EFAULT: Errno = 14;
 const ENODEV: Errno = 19;
 const EINVAL: Errno = 22;
@@ -57,8 +59,9 @@ struct TestFds {
 
 impl FdTable for TestFds {
     fn iommufd(&self, fd: i32) -> Result<Context, Errno> {
+        // iommufd_ctx_from_fd: an open file that is not an iommufd is EBADFD.
         if self.eventfds.contains_key(&fd) {
-            return Err(EINVAL);
+            return Err(EBADFD);
         }
         self.iommufds.lock().unwrap().get(&fd).cloned().ok_or(EBADF)
     }
@@ -903,7 +906,7 @@ fn bad_pointers_sizes_and_flags_change_nothing() {
         (16, 1, IOMMUFD, EINVAL),
         (16, 0, -1, EINVAL),
         (16, 0, 55, EBADF),
-        (16, 0, EVENTFD, EINVAL),
+        (16, 0, EVENTFD, EBADFD),
     ] {
         let mut b = VfioDeviceBindIommufd {
             argsz,
