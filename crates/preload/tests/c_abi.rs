@@ -154,6 +154,12 @@ fn fork_children_drive_the_parents_device_and_hold_its_files() {
 }
 
 #[test]
+fn bad_inputs_of_every_command_get_the_kernels_errno_and_change_nothing() {
+    let out = run(&compile("bad_inputs"), None);
+    assert!(out.contains("PASS bad_inputs"), "{out}");
+}
+
+#[test]
 fn platform_file_from_the_environment() {
     let platform = default_platform_file();
     run(&compile("iommufd_basic"), Some(&platform));
