@@ -54,6 +54,7 @@ pub mod devdir;
 pub mod hook;
 pub mod inherit;
 pub mod node;
+mod passing;
 mod poll;
 pub mod real;
 mod remote;

@@ -103,6 +103,14 @@ real_fns! {
     /// `dup3(2)`.
     fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int
         = c"dup3" as unsafe extern "C" fn(c_int, c_int, c_int) -> c_int, fail -1;
+    /// `sendmsg(2)`.
+    fn sendmsg(sock: c_int, msg: *const libc::msghdr, flags: c_int) -> ssize_t
+        = c"sendmsg" as unsafe extern "C" fn(c_int, *const libc::msghdr, c_int) -> ssize_t,
+        fail -1;
+    /// `recvmsg(2)`.
+    fn recvmsg(sock: c_int, msg: *mut libc::msghdr, flags: c_int) -> ssize_t
+        = c"recvmsg" as unsafe extern "C" fn(c_int, *mut libc::msghdr, c_int) -> ssize_t,
+        fail -1;
     /// `fork(2)`.
     fn fork() -> libc::pid_t = c"fork" as unsafe extern "C" fn() -> libc::pid_t, fail -1;
     /// `wait(2)`.

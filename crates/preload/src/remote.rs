@@ -151,6 +151,9 @@ const OP_FORKED: u32 = 6;
 const OP_NODE: u32 = 7;
 /// The fault queue's readiness eventfd, attached to the reply.
 const OP_READY: u32 = 8;
+/// The descendant received the file by `SCM_RIGHTS`: one hold of it is released
+/// (`crate::passing`).
+const OP_RECEIVED: u32 = 9;
 
 /// A message during a call: kind (u32), 0 (u32), then three i64.
 const MSG_LEN: usize = 32;
@@ -445,6 +448,7 @@ pub(crate) fn after_fork_child() {
     // threads not copied.
     SERVER.store(std::ptr::null_mut(), Ordering::Release);
     READY.store(std::ptr::null_mut(), Ordering::Release);
+    crate::passing::forget_after_fork();
     let fd = SERVER_FD.swap(-1, Ordering::AcqRel);
     if fd >= 0 {
         // SAFETY: closes the child's copy of the parent's listening socket (async-signal safe).
@@ -762,6 +766,11 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
 /// Tell the owner that this process closed an fd of the inherited file `key`.
 pub(crate) fn closed(key: InodeKey) {
     let _ = call(key, OP_CLOSED, [0; 4]);
+}
+
+/// Tell the owner of the inherited file `key` that this process received it over a socket.
+pub(crate) fn received(key: InodeKey) {
+    let _ = call(key, OP_RECEIVED, [0; 4]);
 }
 
 /// What `fstat` of `fd` reports when it is an inherited file opened from one of our `/dev`
@@ -1386,6 +1395,10 @@ fn serve_op(
     }
     let file = g.files.get_key(key)?;
     match op {
+        OP_RECEIVED => {
+            crate::passing::release(key);
+            return Some(Ok(Answer::of(0)));
+        }
         OP_NODE => {
             let n = crate::node::node_stat(g, file.node?)?;
             let packed =

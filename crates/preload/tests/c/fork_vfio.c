@@ -20,6 +20,7 @@
  * E. The child of a child that has an engine of its own reaches both engines.
  * F. A child that `exec`s with the parent's used iommufd open still reaches the parent's
  *    context (the file names its engine's server).
+ * G. An iommufd the parent opens after the fork and sends to the child is served too.
  */
 #include "dma_engine.h"
 
@@ -389,6 +390,24 @@ int main(int argc, char **argv)
 		_exit(127);
 	}
 	CHECK(close(keep) == 0);
+	CHECK(waitpid(pid, &status, 0) == pid);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+	/* --- G ------------------------------------------------------------------------------ */
+	pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		int got = recv_fd(sv[1]);
+		CHECK(hear(go[0]) == 'g');
+		CHECK(ioas_exists(got, 1));
+		CHECK(ioas_alloc(got) == 2);
+		_exit(0);
+	}
+	int later = iommufd_open(); /* opened after the fork */
+	CHECK(ioas_alloc(later) == 1);
+	send_fd(sv[0], later);
+	CHECK(close(later) == 0); /* the child's copy (in flight, then received) keeps it */
+	say(go[1], 'g');
 	CHECK(waitpid(pid, &status, 0) == pid);
 	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 

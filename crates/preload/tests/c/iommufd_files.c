@@ -58,6 +58,11 @@ int main(int argc, char **argv)
 	CHECK(got >= 0 && got != fd);
 	CHECK(close(fd) == 0);
 	CHECK(ioas_exists(got, ioas));
+	/* In flight: sent, its only fd closed, then received; the message held the file. */
+	send_fd(sv[0], got);
+	CHECK(close(got) == 0);
+	got = recv_fd(sv[1]);
+	CHECK(ioas_exists(got, ioas));
 
 	/* close_range and closefrom close our fds: the context goes with its last fd. */
 	int hi = fcntl(got, F_DUPFD, 200);
