@@ -748,6 +748,14 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
     // SAFETY: fork has no arguments; the atfork handlers run inside it.
     let pid = unsafe { real::fork() };
     if pid > 0 && has_upstream() && !crate::hook::in_hook() {
+        quietly(|| tell_forked(pid));
+    }
+    pid
+}
+
+/// Tell every ancestor serving this process about its new child `pid` (see [`fork`]).
+fn tell_forked(pid: libc::pid_t) {
+    {
         let e = real::errno();
         let _h = Hook::enter();
         let key = InodeKey { dev: 0, ino: 0 };
@@ -760,7 +768,12 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
         }
         real::set_errno(e);
     }
-    pid
+}
+
+/// Run `f`, the library's own work after a call whose result is already the program's: a
+/// panic in it must neither unwind into C nor change that result.
+fn quietly(f: impl FnOnce()) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
 }
 
 /// Tell the owner that this process closed an fd of the inherited file `key`.
@@ -1184,7 +1197,7 @@ fn after_wait(reaped: bool) {
 pub unsafe extern "C" fn wait(status: *mut c_int) -> libc::pid_t {
     // SAFETY: the caller's arguments are passed on unchanged.
     let r = unsafe { real::wait(status) };
-    after_wait(r > 0);
+    quietly(|| after_wait(r > 0));
     r
 }
 
@@ -1200,7 +1213,7 @@ pub unsafe extern "C" fn waitpid(
 ) -> libc::pid_t {
     // SAFETY: the caller's arguments are passed on unchanged.
     let r = unsafe { real::waitpid(pid, status, options) };
-    after_wait(r > 0 && options & libc::WNOWAIT == 0);
+    quietly(|| after_wait(r > 0 && options & libc::WNOWAIT == 0));
     r
 }
 
@@ -1216,7 +1229,7 @@ pub unsafe extern "C" fn wait3(
 ) -> libc::pid_t {
     // SAFETY: the caller's arguments are passed on unchanged.
     let r = unsafe { real::wait3(status, options, usage) };
-    after_wait(r > 0);
+    quietly(|| after_wait(r > 0));
     r
 }
 
@@ -1233,7 +1246,7 @@ pub unsafe extern "C" fn wait4(
 ) -> libc::pid_t {
     // SAFETY: the caller's arguments are passed on unchanged.
     let r = unsafe { real::wait4(pid, status, options, usage) };
-    after_wait(r > 0);
+    quietly(|| after_wait(r > 0));
     r
 }
 
@@ -1250,7 +1263,7 @@ pub unsafe extern "C" fn waitid(
 ) -> c_int {
     // SAFETY: the caller's arguments are passed on unchanged.
     let r = unsafe { real::waitid(idtype, id, info, options) };
-    after_wait(r == 0 && options & libc::WNOWAIT == 0);
+    quietly(|| after_wait(r == 0 && options & libc::WNOWAIT == 0));
     r
 }
 
