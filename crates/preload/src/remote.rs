@@ -12,10 +12,14 @@
 //!
 //! **What is forwarded.** In the child, an `ioctl`, `read`, `write`, `pread`, `pwrite` or
 //! `mmap` on an fd that is not in its own table but is one of our memfds (`/memfd:uiommu:...`
-//! on the memfd device) is sent to the owner, one connection per call: the fd's inode (the same
-//! memfd inode names the same file in the owner's table), the operation and its arguments. The
-//! owner serves each connection on a thread of its own; it checks that the peer
-//! (`SO_PEERCRED`) has its uid and is a descendant of its own, and runs the file's operation
+//! on the memfd device) is sent to the owner: the fd's inode (the same memfd inode names the
+//! same file in the owner's table), the operation and its arguments. Each process keeps one
+//! connection (its link) to each ancestor's server, used by one call at a time (a call made
+//! while it is busy — another thread's, or a signal handler's — connects anew). The owner
+//! serves each connection on a thread of its own; it checks once that the peer
+//! (`SO_PEERCRED`) has its uid and is of its family (a descendant, or a process a descendant
+//! forked: [`fork`] reports those, so they stay of the family once reparented), and runs the
+//! file's operation
 //! with the peer's memory (`process_vm_readv`/`writev`; an ancestor may under Yama
 //! `ptrace_scope=1`) as the caller's memory and, for IOMMU_IOAS_MAP, as the address space the
 //! pages come from ([`uiommu_core::with_caller_space`]). A `read`/`write` without an offset
@@ -36,8 +40,14 @@
 //! forked with an engine, the files it drops after a close are those no fd of its own *and*
 //! no fd of a descendant (`/proc/<pid>/fd`, descendants found through
 //! `/proc/<pid>/task/<tid>/children`) refers to. A child closing an inherited fd tells the
-//! owner, which looks again; while files are held by descendants only, a thread of the owner
-//! looks again every [`REAP_INTERVAL`] (a descendant may exit or `exec` without telling).
+//! owner, which looks again before the child's `close` returns; the owner's `wait` family looks
+//! again before it returns a reaped child ([`after_wait`]); while files are held by the family
+//! only, a thread of the owner looks again every [`REAP_INTERVAL`] (a descendant may exit or
+//! `exec` without telling). Files in flight in a socket are held by `crate::passing`.
+//!
+//! **After `exec`.** A process that forks with an engine stamps its server's name into its
+//! memfds; an image a descendant `exec`s with a used file of that engine open makes that server
+//! an upstream ([`adopt_upstream`]).
 //!
 //! **Address spaces.** One address space per descendant process (pid and start time) is
 //! registered with the engine; once the descendant exited, pinning its pages is EFAULT, as
