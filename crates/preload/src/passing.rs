@@ -12,7 +12,7 @@
 //! Cost for other calls: `sendmsg`/`recvmsg` without control data, or with this process having
 //! no files of ours, go to the real call after one load.
 
-use crate::hook::{ffi, in_hook, Hook};
+use crate::hook::{in_hook, Hook};
 use crate::real;
 use crate::state::global_if_any;
 use crate::table::{inode_of, InodeKey};
@@ -147,23 +147,29 @@ fn received(fds: &[c_int]) {
 /// As `sendmsg(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn sendmsg(sock: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
-    ffi(-1, || {
-        // SAFETY: the caller's arguments are passed on unchanged.
-        let r = unsafe { real::sendmsg(sock, msg, flags) };
-        if r < 0 || in_hook() || msg.is_null() || global_if_any().is_none() {
-            return r;
-        }
+    // SAFETY: the caller's arguments are passed on unchanged.
+    let r = unsafe { real::sendmsg(sock, msg, flags) };
+    if r < 0 || in_hook() || msg.is_null() || global_if_any().is_none() {
+        return r;
+    }
+    // The message is sent: the library's own work must not change the result.
+    after(|| {
         // SAFETY: the kernel accepted `msg`, so it and its control buffer are readable.
-        let has_control = unsafe { (*msg).msg_controllen } != 0;
-        if has_control {
-            let e = real::errno();
-            let _h = Hook::enter();
+        if unsafe { (*msg).msg_controllen } != 0 {
             // SAFETY: as above.
             hold(&unsafe { rights(msg) });
-            real::set_errno(e);
         }
-        r
-    })
+    });
+    r
+}
+
+/// Run `f` (the library's work after a call that succeeded) inside the library, keeping the
+/// call's errno; a panic in it is contained and changes nothing for the program.
+fn after(f: impl FnOnce()) {
+    let e = real::errno();
+    let _h = Hook::enter();
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    real::set_errno(e);
 }
 
 /// `recvmsg(2)`: files of ours received release the sender's hold.
@@ -172,24 +178,20 @@ pub unsafe extern "C" fn sendmsg(sock: c_int, msg: *const msghdr, flags: c_int) 
 /// As `recvmsg(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn recvmsg(sock: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
-    ffi(-1, || {
-        // SAFETY: the caller's arguments are passed on unchanged.
-        let r = unsafe { real::recvmsg(sock, msg, flags) };
-        if r < 0 || in_hook() || msg.is_null() {
-            return r;
-        }
-        if global_if_any().is_none() && !crate::remote::has_upstream() {
-            return r;
-        }
+    // SAFETY: the caller's arguments are passed on unchanged.
+    let r = unsafe { real::recvmsg(sock, msg, flags) };
+    if r < 0 || in_hook() || msg.is_null() {
+        return r;
+    }
+    if global_if_any().is_none() && !crate::remote::has_upstream() {
+        return r;
+    }
+    after(|| {
         // SAFETY: the kernel filled `msg`, so it and its control buffer are valid.
-        let has_control = unsafe { (*msg).msg_controllen } != 0;
-        if has_control {
-            let e = real::errno();
-            let _h = Hook::enter();
+        if unsafe { (*msg).msg_controllen } != 0 {
             // SAFETY: as above.
             received(&unsafe { rights(msg) });
-            real::set_errno(e);
         }
-        r
-    })
+    });
+    r
 }
