@@ -178,6 +178,9 @@ const K_GIVE_FD: u32 = 3;
 const K_TAKE_FD: u32 = 4;
 /// Child → owner: the number it got (`x`), or minus the errno.
 const K_TOOK_FD: u32 = 5;
+/// Owner → child: close your fd `x`, just installed by K_TAKE_FD of this call (the reply
+/// naming it could not be written); the child answers K_TOOK_FD.
+const K_DROP_FD: u32 = 6;
 /// Errno of a reply meaning "that inode is not one of mine".
 const NOT_MINE: i64 = -1;
 
@@ -635,6 +638,8 @@ impl Upstream {
 /// The rest of one call after its request was sent on `sock`: the owner's questions answered,
 /// until its reply.
 fn exchange(sock: RawFd) -> Result<Option<Result<Reply, Errno>>, Broken> {
+    // The fds this call installed (the only ones the owner may ask to close).
+    let mut installed: Vec<c_int> = Vec::new();
     loop {
         let (m, fd) = receive_msg(sock).map_err(|_| Broken)?;
         let answered = match m.kind {
@@ -658,6 +663,7 @@ fn exchange(sock: RawFd) -> Result<Option<Result<Reply, Errno>>, Broken> {
                 let took = match fd {
                     Some(f) => {
                         let n = f.into_raw_fd();
+                        installed.push(n);
                         if m.x == 0 {
                             // SAFETY: clears close-on-exec of the fd just received.
                             unsafe { real::fcntl(n, libc::F_SETFD, 0) };
@@ -667,6 +673,17 @@ fn exchange(sock: RawFd) -> Result<Option<Result<Reply, Errno>>, Broken> {
                     None => -i64::from(libc::EIO),
                 };
                 send_msg(sock, msg(K_TOOK_FD, took), None)
+            }
+            K_DROP_FD => {
+                if let Some(n) = c_int::try_from(m.x)
+                    .ok()
+                    .filter(|&n| installed.contains(&n))
+                {
+                    // SAFETY: closes the fd this call installed, whose number the program
+                    // was never told.
+                    unsafe { real::close(n) };
+                }
+                send_msg(sock, msg(K_TOOK_FD, 0), None)
             }
             _ => return Err(Broken),
         };
@@ -1579,6 +1596,14 @@ impl FdTable for ChildFds {
             self.srv.reap(self.g);
         }
         r
+    }
+
+    fn uninstall(&self, n: i32) {
+        let dropped = send_msg(self.sock, msg(K_DROP_FD, n.into()), None)
+            .and_then(|_| receive_msg(self.sock));
+        if dropped.is_ok() {
+            drop(sweep(self.g));
+        }
     }
 
     fn file(&self, n: i32) -> Result<Arc<dyn EngineFile>, Errno> {

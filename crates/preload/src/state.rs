@@ -379,6 +379,16 @@ impl FdTable for Global {
         }
     }
 
+    fn uninstall(&self, fd: i32) {
+        if let Some(key) = self.files.key(fd) {
+            // SAFETY: closes the memfd `install` just made, whose number the program was
+            // never told (so no other fd of it exists).
+            unsafe { real::close(fd) };
+            drop(self.files.remove(key));
+            self.ready.refresh();
+        }
+    }
+
     fn file(&self, fd: i32) -> Result<Arc<dyn EngineFile>, Errno> {
         match self.files.get(fd).as_deref() {
             Some(OpenFile {

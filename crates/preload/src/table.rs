@@ -184,6 +184,14 @@ impl<T> FileTable<T> {
         self.read().get(&key).cloned()
     }
 
+    /// Forget the state of inode `key` (returned, for the caller to drop outside the lock).
+    pub fn remove(&self, key: InodeKey) -> Option<Arc<T>> {
+        let mut files = self.write();
+        let removed = files.remove(&key);
+        self.live.store(files.len(), Ordering::Release);
+        removed
+    }
+
     /// The inodes of the open files.
     pub fn keys(&self) -> Vec<InodeKey> {
         self.read().keys().copied().collect()

@@ -200,7 +200,8 @@ impl EngineFile for FaultQueueFile {
 /// IOMMU_FAULT_QUEUE_ALLOC: EOPNOTSUPP for any flag; the fault object and its file
 /// (close-on-exec) are made and both ids replied. The reply is checked writable before the
 /// descriptor exists; should it still fail, the fault object is destroyed and the descriptor
-/// left naming a dead file (EBADFD).
+/// taken back ([`FdTable::uninstall`]; a front-end that cannot leaves it naming a dead file,
+/// EBADFD).
 pub(crate) fn fault_alloc(f: &IommufdFile, c: &Caller<'_>, u: &Ucmd<'_>) -> Result<(), Errno> {
     let mut cmd: IommuFaultAlloc = u.cmd()?;
     if cmd.flags != 0 {
@@ -230,6 +231,7 @@ pub(crate) fn fault_alloc(f: &IommufdFile, c: &Caller<'_>, u: &Ucmd<'_>) -> Resu
     cmd.out_fault_fd = fd as u32;
     if let Err(e) = u.respond(&cmd) {
         file.abort();
+        c.fds.uninstall(fd);
         return Err(e);
     }
     Ok(())

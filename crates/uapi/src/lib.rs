@@ -47,6 +47,12 @@ pub trait FdTable {
         let _ = (file, cloexec);
         Err(95)
     }
+    /// Take back a descriptor [`FdTable::install`] just gave, before the caller learnt its
+    /// number (the reply naming it could not be written: the kernel never installs such a
+    /// descriptor). The default leaves it open.
+    fn uninstall(&self, fd: i32) {
+        let _ = fd;
+    }
     /// The file behind a descriptor made by [`FdTable::install`]; EBADF otherwise.
     fn file(&self, fd: i32) -> Result<std::sync::Arc<dyn EngineFile>, Errno> {
         let _ = fd;

@@ -343,6 +343,56 @@ fn alloc_whose_reply_cannot_be_written_is_efault_and_leaves_no_fd() {
     e.engine.check_invariants().unwrap();
 }
 
+/// The caller's memory taking the first write and refusing the rest (unmapped by another
+/// thread between the two replies of IOMMU_FAULT_QUEUE_ALLOC).
+struct OneWrite<'a>(&'a SimMemory, std::sync::atomic::AtomicUsize);
+
+impl UserMemory for OneWrite<'_> {
+    fn read(&self, va: UserVa, buf: &mut [u8]) -> Result<(), MemFault> {
+        self.0.read(va, buf)
+    }
+    fn write(&self, va: UserVa, data: &[u8]) -> Result<(), MemFault> {
+        if self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0 {
+            return Err(MemFault::ReadOnly(va));
+        }
+        self.0.write(va, data)
+    }
+    fn probe(&self, va: UserVa, len: u64, write: bool) -> Result<(), MemFault> {
+        self.0.probe(va, len, write)
+    }
+}
+
+/// The second reply (naming the descriptor) failing: EFAULT, the queue aborted and the
+/// descriptor taken back, as the kernel never installs it.
+#[test]
+fn alloc_whose_second_reply_fails_takes_the_descriptor_back() {
+    let e = env();
+    e.sim
+        .write(
+            UserVa(ARG),
+            IommuFaultAlloc {
+                size: 16,
+                ..Default::default()
+            }
+            .as_bytes(),
+        )
+        .unwrap();
+    let once = OneWrite(&e.sim, Default::default());
+    let caller = Caller {
+        mem: &once,
+        fds: &e.fds,
+    };
+    let r = e
+        .file
+        .as_ref()
+        .unwrap()
+        .ioctl(&caller, u64::from(IOMMU_FAULT_QUEUE_ALLOC), ARG);
+    assert_eq!(r, Err(EFAULT));
+    assert_eq!(e.fds.open_count(), 0, "the descriptor was left installed");
+    assert!(e.ctx().objects().unwrap().is_empty());
+    e.engine.check_invariants().unwrap();
+}
+
 #[test]
 fn hwpt_alloc_takes_a_fault_on_nested_hwpts_only() {
     let e = env();

@@ -42,6 +42,9 @@ impl FdTable for Fds {
         files.insert(fd, file);
         Ok(fd)
     }
+    fn uninstall(&self, fd: i32) {
+        self.files.lock().unwrap().remove(&fd);
+    }
     fn file(&self, fd: i32) -> Result<Arc<dyn EngineFile>, Errno> {
         self.files.lock().unwrap().get(&fd).cloned().ok_or(EBADF)
     }
