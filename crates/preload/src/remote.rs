@@ -164,6 +164,9 @@ const OP_READY: u32 = 8;
 /// The descendant received the file by `SCM_RIGHTS`: one hold of it is released
 /// (`crate::passing`).
 const OP_RECEIVED: u32 = 9;
+/// The descendant sends the file over a socket: the owner takes a hold of it (the
+/// descendant's fd, first argument, fetched by `SCM_RIGHTS`) until it is received.
+const OP_HOLD: u32 = 10;
 
 /// A message during a call: kind (u32), 0 (u32), then three i64.
 const MSG_LEN: usize = 32;
@@ -366,11 +369,33 @@ fn stamp_files(pid: i32, nonce: u64) {
     }
 }
 
-/// At load, for a memfd of ours this image inherited whose file cannot be taken over (it was
-/// used: its state lives in the engine of the process that made it): the server stamped in it
-/// becomes an upstream of this process, as after a `fork`. So a child that forks and `exec`s
-/// keeps reaching its parent's files (the parent checks it is of its family).
+/// Before one of this process's files is sent over a socket: serve the engine (start the
+/// server if it does not run) and stamp the file with the server's name, so that a receiver
+/// outside the family finds it ([`adopt_upstream`]).
+pub(crate) fn serve_sent(fd: c_int) {
+    let pid = std::process::id() as i32;
+    if SERVER_PID.load(Ordering::Acquire) != pid {
+        start_server(pid);
+    }
+    if SERVER_PID.load(Ordering::Acquire) != pid {
+        return;
+    }
+    let stamp = format!("S {}\n", name(pid, SERVER_NONCE.load(Ordering::Acquire)));
+    // SAFETY: writes the stamp from a live buffer into a memfd of this library.
+    unsafe { real::pwrite(fd, stamp.as_ptr().cast(), stamp.len(), STAMP_AT) };
+}
+
+/// For a memfd of ours this process got from another process's engine — inherited by this
+/// image at load (a used file cannot be taken over: its state lives in that engine), or
+/// received over a socket (`crate::passing`): the server stamped in it becomes an upstream of
+/// this process, as after a `fork`. So a child that forks and `exec`s keeps reaching its
+/// parent's files (the parent checks it is of its family), and a process sent a file reaches
+/// the sender's engine (the sender checks it holds the file).
 pub(crate) fn adopt_upstream(fd: c_int) {
+    // Only our memfds are read (a received device or pipe is never touched).
+    if !is_our_memfd(fd) {
+        return;
+    }
     let mut buf = [0u8; STAMP_LEN];
     // SAFETY: reads into a live local buffer from an inherited memfd.
     let n = unsafe { real::pread(fd, buf.as_mut_ptr().cast(), buf.len(), STAMP_AT) };
@@ -397,7 +422,32 @@ pub(crate) fn adopt_upstream(fd: c_int) {
     {
         free.nonce.store(nonce, Ordering::Release);
         free.pid.store(pid, Ordering::Release);
+        allow_access_by(pid);
     }
+}
+
+/// Under Yama `ptrace_scope` 1 only an ancestor may read a process's memory: let the server
+/// `pid` (which may not be one, for a file received over a socket) read this process's.
+fn allow_access_by(pid: i32) {
+    let restricted = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+        .is_ok_and(|s| s.trim() == "1");
+    if restricted && !is_descendant_of(pid) {
+        // SAFETY: PR_SET_PTRACER takes a pid; no memory is passed.
+        unsafe { libc::prctl(libc::PR_SET_PTRACER, pid as libc::c_ulong, 0, 0, 0) };
+    }
+}
+
+/// Whether this process descends from `pid`.
+fn is_descendant_of(pid: i32) -> bool {
+    let mut p = std::process::id() as i32;
+    for _ in 0..64 {
+        match ppid_of(p) {
+            Some(pp) if pp == pid => return true,
+            Some(pp) if pp > 1 => p = pp,
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// The pid and nonce of a stamp (`S uiommu-<pid>-<nonce>\n`).
@@ -808,6 +858,12 @@ pub(crate) fn closed(key: InodeKey) {
     let _ = call(key, OP_CLOSED, [0; 4]);
 }
 
+/// Ask the owner of the inherited file `key` (open here at `fd`) to hold it while this
+/// process sends it over a socket (`crate::passing`).
+pub(crate) fn hold(fd: c_int, key: InodeKey) {
+    let _ = call(key, OP_HOLD, [fd as u64, 0, 0, 0]);
+}
+
 /// Tell the owner of the inherited file `key` that this process received it over a socket.
 pub(crate) fn received(key: InodeKey) {
     let _ = call(key, OP_RECEIVED, [0; 4]);
@@ -984,6 +1040,24 @@ fn descendants_by_scan(me: i32) -> BTreeSet<i32> {
     found
 }
 
+/// Whether process `pid` has an fd of our memfd of inode `key` open.
+fn holds_inode(pid: i32, key: InodeKey) -> bool {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        let ours = std::fs::read_link(e.path()).is_ok_and(|t| {
+            t.as_os_str()
+                .as_encoded_bytes()
+                .starts_with(b"/memfd:uiommu:")
+        });
+        ours && std::fs::metadata(e.path()).is_ok_and(|md| {
+            use std::os::unix::fs::MetadataExt;
+            (md.dev(), md.ino()) == (key.dev, key.ino)
+        })
+    })
+}
+
 /// What the descendants hold.
 struct Holdings {
     /// The live descendants.
@@ -1096,6 +1170,12 @@ impl Server {
             },
         );
         (mem, space)
+    }
+
+    /// Make `pid` a member of the family (a process this one sent a file to).
+    fn join(&self, pid: i32) {
+        let mut family = self.family.lock().unwrap_or_else(|e| e.into_inner());
+        family.insert(pid, start_time(pid));
     }
 
     /// Whether `pid` is a live member of the family (same process as recorded).
@@ -1336,7 +1416,7 @@ fn serve_link(s: &UnixStream) {
     let Some((pid, uid)) = peer(s) else { return };
     let Some(srv) = server() else { return };
     // SAFETY: geteuid has no preconditions.
-    if uid != unsafe { libc::geteuid() } || !in_family(srv, pid) {
+    if uid != unsafe { libc::geteuid() } {
         return;
     }
     let mut peer = Peer {
@@ -1344,6 +1424,7 @@ fn serve_link(s: &UnixStream) {
         sock: s.as_raw_fd(),
         pid,
         space: None,
+        member: in_family(srv, pid),
     };
     loop {
         let mut req = [0u8; REQ_LEN];
@@ -1366,6 +1447,9 @@ struct Peer {
     pid: i32,
     /// Its address space, once known.
     space: Option<(Arc<Descendant>, SpaceId)>,
+    /// Whether it is of the family. Another process of this uid is served once it shows it
+    /// holds the file it names (it was sent one: `crate::passing`), and joins the family.
+    member: bool,
 }
 
 /// Serve the request `req` of `peer`; false when the link is to be closed.
@@ -1380,9 +1464,13 @@ fn serve_request(peer: &mut Peer, req: &[u8; REQ_LEN]) -> bool {
         ino: word(16),
     };
     let args = [word(24), word(32), word(40), word(48)];
+    if !peer.member && holds_inode(peer.pid, key) {
+        peer.srv.join(peer.pid);
+        peer.member = true;
+    }
     let r = match global_if_any() {
-        Some(g) => serve_op(g, peer, op, key, args),
-        None => None,
+        Some(g) if peer.member => serve_op(g, peer, op, key, args),
+        _ => None,
     };
     let mut attached = None;
     let reply = match r {
@@ -1437,6 +1525,22 @@ fn serve_op(
     match op {
         OP_RECEIVED => {
             crate::passing::release(key);
+            return Some(Ok(Answer::of(0)));
+        }
+        OP_HOLD => {
+            let fds = ChildFds {
+                sock: peer.sock,
+                g,
+                srv: peer.srv,
+            };
+            let fd = match fds.fetch(a as i32) {
+                Ok(fd) => fd,
+                Err(e) => return Some(Err(e)),
+            };
+            if inode_of(fd.as_raw_fd()) != Ok(key) {
+                return Some(Err(libc::EBADF));
+            }
+            crate::passing::keep(fd.into_raw_fd(), key);
             return Some(Ok(Answer::of(0)));
         }
         OP_NODE => {

@@ -160,6 +160,12 @@ fn bad_inputs_of_every_command_get_the_kernels_errno_and_change_nothing() {
 }
 
 #[test]
+fn an_iommufd_sent_to_a_process_outside_the_family_works_there() {
+    let out = run(&compile("fd_passing"), None);
+    assert!(out.contains("PASS fd_passing receiver"), "{out}");
+}
+
+#[test]
 fn platform_file_from_the_environment() {
     let platform = default_platform_file();
     run(&compile("iommufd_basic"), Some(&platform));
