@@ -354,7 +354,6 @@ const STAMP_LEN: usize = 64;
 /// Write the server's name into every memfd of ours this process has open, so that a
 /// descendant that `exec`s with one finds the engine again ([`adopt_upstream`]).
 fn stamp_files(pid: i32, nonce: u64) {
-    let stamp = format!("S {}\n", name(pid, nonce));
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
         return;
     };
@@ -363,10 +362,16 @@ fn stamp_files(pid: i32, nonce: u64) {
             continue;
         };
         if is_our_memfd(fd) {
-            // SAFETY: writes the stamp from a live buffer into a memfd of this library.
-            unsafe { real::pwrite(fd, stamp.as_ptr().cast(), stamp.len(), STAMP_AT) };
+            stamp(fd, pid, nonce);
         }
     }
+}
+
+/// Write the name of server `pid`/`nonce` into our memfd `fd`.
+fn stamp(fd: c_int, pid: i32, nonce: u64) {
+    let stamp = format!("S {}\n", name(pid, nonce));
+    // SAFETY: writes the stamp from a live buffer into a memfd of this library.
+    unsafe { real::pwrite(fd, stamp.as_ptr().cast(), stamp.len(), STAMP_AT) };
 }
 
 /// Before one of this process's files is sent over a socket: serve the engine (start the
@@ -380,9 +385,7 @@ pub(crate) fn serve_sent(fd: c_int) {
     if SERVER_PID.load(Ordering::Acquire) != pid {
         return;
     }
-    let stamp = format!("S {}\n", name(pid, SERVER_NONCE.load(Ordering::Acquire)));
-    // SAFETY: writes the stamp from a live buffer into a memfd of this library.
-    unsafe { real::pwrite(fd, stamp.as_ptr().cast(), stamp.len(), STAMP_AT) };
+    stamp(fd, pid, SERVER_NONCE.load(Ordering::Acquire));
 }
 
 /// For a memfd of ours this process got from another process's engine — inherited by this
@@ -431,23 +434,10 @@ pub(crate) fn adopt_upstream(fd: c_int) {
 fn allow_access_by(pid: i32) {
     let restricted = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
         .is_ok_and(|s| s.trim() == "1");
-    if restricted && !is_descendant_of(pid) {
+    if restricted && !descends_from(std::process::id() as i32, pid) {
         // SAFETY: PR_SET_PTRACER takes a pid; no memory is passed.
         unsafe { libc::prctl(libc::PR_SET_PTRACER, pid as libc::c_ulong, 0, 0, 0) };
     }
-}
-
-/// Whether this process descends from `pid`.
-fn is_descendant_of(pid: i32) -> bool {
-    let mut p = std::process::id() as i32;
-    for _ in 0..64 {
-        match ppid_of(p) {
-            Some(pp) if pp == pid => return true,
-            Some(pp) if pp > 1 => p = pp,
-            _ => return false,
-        }
-    }
-    false
 }
 
 /// The pid and nonce of a stamp (`S uiommu-<pid>-<nonce>\n`).
@@ -541,13 +531,34 @@ pub(crate) fn has_upstream() -> bool {
     UPSTREAMS[0].pid.load(Ordering::Acquire) != 0
 }
 
-/// Whether `fd` is one of this library's memfds (by its `/proc/self/fd` link).
-fn is_our_memfd(fd: c_int) -> bool {
-    std::fs::read_link(format!("/proc/self/fd/{fd}")).is_ok_and(|t| {
+/// Whether the `/proc/<pid>/fd/<n>` link `path` names one of this library's memfds.
+fn names_our_memfd(path: &std::path::Path) -> bool {
+    std::fs::read_link(path).is_ok_and(|t| {
         t.as_os_str()
             .as_encoded_bytes()
             .starts_with(b"/memfd:uiommu:")
     })
+}
+
+/// Whether `fd` is one of this library's memfds.
+fn is_our_memfd(fd: c_int) -> bool {
+    names_our_memfd(std::path::Path::new(&format!("/proc/self/fd/{fd}")))
+}
+
+/// The inodes of our memfds process `pid` has open (empty when it cannot be looked at).
+fn memfds_of(pid: i32) -> Vec<InodeKey> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter(|e| names_our_memfd(&e.path()))
+        .filter_map(|e| std::fs::metadata(e.path()).ok())
+        .map(|md| InodeKey {
+            dev: md.dev(),
+            ino: md.ino(),
+        })
+        .collect()
 }
 
 /// The inode of `fd` when it may be a file of the upstream engine this process inherited
@@ -661,28 +672,34 @@ impl Drop for Link {
 
 impl Upstream {
     /// This process's link to the server (made on first use).
-    fn link(&self) -> &Mutex<Option<Link>> {
-        let mut p = self.link.load(Ordering::Acquire);
-        if p.is_null() {
-            let new = Box::into_raw(Box::default());
-            p = match self.link.compare_exchange(
-                std::ptr::null_mut(),
-                new,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => new,
-                Err(winner) => {
-                    // SAFETY: `new` comes from Box::into_raw above and nobody else saw it.
-                    drop(unsafe { Box::from_raw(new) });
-                    winner
-                }
-            };
-        }
-        // SAFETY: a non-null link points to a leaked Box that is never freed (a fork child
-        // nulls the pointer and leaks it).
-        unsafe { &*p }
+    fn link(&self) -> &'static Mutex<Option<Link>> {
+        leaked(&self.link)
     }
+}
+
+/// The value `slot` points to, made (and leaked) on first use. A `fork` child nulls such
+/// slots without freeing what they point to (its locks may be held by threads that were not
+/// copied), so the pointer, once set, stays valid for the process's life.
+fn leaked<T: Default>(slot: &AtomicPtr<T>) -> &'static T {
+    let mut p = slot.load(Ordering::Acquire);
+    if p.is_null() {
+        let new = Box::into_raw(Box::default());
+        p = match slot.compare_exchange(
+            std::ptr::null_mut(),
+            new,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => new,
+            Err(winner) => {
+                // SAFETY: `new` comes from Box::into_raw above and nobody else saw it.
+                drop(unsafe { Box::from_raw(new) });
+                winner
+            }
+        };
+    }
+    // SAFETY: a non-null slot points to a leaked Box that is never freed (see above).
+    unsafe { &*p }
 }
 
 /// The rest of one call after its request was sent on `sock`: the owner's questions answered,
@@ -900,27 +917,7 @@ pub(crate) fn ready_efd(fd: c_int) -> Option<c_int> {
         return None;
     }
     let key = inherited(fd)?;
-    let mut p = READY.load(Ordering::Acquire);
-    if p.is_null() {
-        let new = Box::into_raw(Box::default());
-        p = match READY.compare_exchange(
-            std::ptr::null_mut(),
-            new,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => new,
-            Err(winner) => {
-                // SAFETY: `new` comes from Box::into_raw above and nobody else saw it.
-                drop(unsafe { Box::from_raw(new) });
-                winner
-            }
-        };
-    }
-    // SAFETY: a non-null READY points to a leaked Box that is never freed (a fork child nulls
-    // the pointer and leaks it).
-    let cache = unsafe { &*p };
-    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cache = leaked(&READY).lock().unwrap_or_else(|e| e.into_inner());
     if let Some(efd) = cache.get(&key) {
         return Some(efd.as_raw_fd());
     }
@@ -961,11 +958,15 @@ fn in_family(srv: &Server, pid: i32) -> bool {
 
 /// Whether `pid` is a descendant of this process.
 fn is_descendant(pid: i32) -> bool {
-    let me = std::process::id() as i32;
+    descends_from(pid, std::process::id() as i32)
+}
+
+/// Whether process `pid` descends from `ancestor` (walking `/proc/<pid>/stat` parents).
+fn descends_from(pid: i32, ancestor: i32) -> bool {
     let mut p = pid;
     for _ in 0..64 {
         match ppid_of(p) {
-            Some(pp) if pp == me => return true,
+            Some(pp) if pp == ancestor => return true,
             Some(pp) if pp > 1 => p = pp,
             _ => return false,
         }
@@ -1042,20 +1043,7 @@ fn descendants_by_scan(me: i32) -> BTreeSet<i32> {
 
 /// Whether process `pid` has an fd of our memfd of inode `key` open.
 fn holds_inode(pid: i32, key: InodeKey) -> bool {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return false;
-    };
-    dir.flatten().any(|e| {
-        let ours = std::fs::read_link(e.path()).is_ok_and(|t| {
-            t.as_os_str()
-                .as_encoded_bytes()
-                .starts_with(b"/memfd:uiommu:")
-        });
-        ours && std::fs::metadata(e.path()).is_ok_and(|md| {
-            use std::os::unix::fs::MetadataExt;
-            (md.dev(), md.ino()) == (key.dev, key.ino)
-        })
-    })
+    memfds_of(pid).contains(&key)
 }
 
 /// What the descendants hold.
@@ -1068,29 +1056,7 @@ struct Holdings {
 
 fn holdings(srv: &Server) -> Holdings {
     let pids = descendants(srv);
-    let mut inodes = BTreeSet::new();
-    for &pid in &pids {
-        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        for e in dir.flatten() {
-            let ours = std::fs::read_link(e.path()).is_ok_and(|t| {
-                t.as_os_str()
-                    .as_encoded_bytes()
-                    .starts_with(b"/memfd:uiommu:")
-            });
-            if !ours {
-                continue;
-            }
-            if let Ok(md) = std::fs::metadata(e.path()) {
-                use std::os::unix::fs::MetadataExt;
-                inodes.insert(InodeKey {
-                    dev: md.dev(),
-                    ino: md.ino(),
-                });
-            }
-        }
-    }
+    let inodes = pids.iter().flat_map(|&pid| memfds_of(pid)).collect();
     Holdings { pids, inodes }
 }
 

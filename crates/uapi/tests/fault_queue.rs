@@ -7,7 +7,7 @@ use std::sync::Arc;
 use uiommu_core::error::errno::*;
 use uiommu_core::fault::{PageResponseCode, PageResponseRecord};
 use uiommu_core::{Context, Engine, EngineConfig, ObjId, ObjType};
-use uiommu_platform::memory::{MemFault, SimMemory, UserMemory};
+use uiommu_platform::memory::{SimMemory, UserMemory};
 use uiommu_platform::{Platform, UserVa};
 use uiommu_uapi::abi::*;
 use uiommu_uapi::fault::FaultQueueFile;
@@ -18,7 +18,7 @@ use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes};
 const ESPIPE: Errno = 29;
 
 mod common;
-use common::{out, tcmd, Fds};
+use common::{out, tcmd, Fds, Writes};
 
 const ARG: u64 = 0x1000_0000;
 const SCRATCH: u64 = 0x3000_0000;
@@ -122,6 +122,24 @@ impl Env {
 
     fn fault_alloc(&self) -> (u32, i32) {
         self.fault_alloc_flags(0).unwrap()
+    }
+
+    /// IOMMU_FAULT_QUEUE_ALLOC with the caller's memory seen through `mem` (the struct is
+    /// written at ARG first).
+    fn fault_alloc_through(&self, mem: &dyn UserMemory) -> Result<i64, Errno> {
+        let cmd = IommuFaultAlloc {
+            size: 16,
+            ..Default::default()
+        };
+        self.sim.write(UserVa(ARG), cmd.as_bytes()).unwrap();
+        let caller = Caller {
+            mem,
+            fds: &self.fds,
+        };
+        self.file
+            .as_ref()
+            .unwrap()
+            .ioctl(&caller, u64::from(IOMMU_FAULT_QUEUE_ALLOC), ARG)
     }
 
     /// MOCK_DOMAIN on `pt`: (stdev, hwpt, idev).
@@ -282,50 +300,13 @@ fn alloc_refuses_flags_and_short_commands() {
     assert!(e.fds.open_count() == 0);
 }
 
-/// The caller's memory with every write refused (a reply that cannot be written back).
-struct NoWrites<'a>(&'a SimMemory);
-
-impl UserMemory for NoWrites<'_> {
-    fn read(&self, va: UserVa, buf: &mut [u8]) -> Result<(), MemFault> {
-        self.0.read(va, buf)
-    }
-    fn write(&self, va: UserVa, _data: &[u8]) -> Result<(), MemFault> {
-        Err(MemFault::ReadOnly(va))
-    }
-    fn probe(&self, va: UserVa, len: u64, write: bool) -> Result<(), MemFault> {
-        if write {
-            return Err(MemFault::ReadOnly(va));
-        }
-        self.0.probe(va, len, false)
-    }
-}
-
 /// The kernel's iommufd_fault_alloc: when the reply cannot be written, EFAULT, the fault
 /// object is aborted and the reserved descriptor put back: no fd is left installed.
 #[test]
 fn alloc_whose_reply_cannot_be_written_is_efault_and_leaves_no_fd() {
     let e = env();
     let before = e.engine.snapshot();
-    e.sim
-        .write(
-            UserVa(ARG),
-            IommuFaultAlloc {
-                size: 16,
-                ..Default::default()
-            }
-            .as_bytes(),
-        )
-        .unwrap();
-    let ro = NoWrites(&e.sim);
-    let caller = Caller {
-        mem: &ro,
-        fds: &e.fds,
-    };
-    let r = e
-        .file
-        .as_ref()
-        .unwrap()
-        .ioctl(&caller, u64::from(IOMMU_FAULT_QUEUE_ALLOC), ARG);
+    let r = e.fault_alloc_through(&Writes::none(&e.sim));
     assert_eq!(r, Err(EFAULT));
     assert_eq!(e.fds.open_count(), 0, "a descriptor was left installed");
     assert!(e.ctx().objects().unwrap().is_empty());
@@ -343,50 +324,12 @@ fn alloc_whose_reply_cannot_be_written_is_efault_and_leaves_no_fd() {
     e.engine.check_invariants().unwrap();
 }
 
-/// The caller's memory taking the first write and refusing the rest (unmapped by another
-/// thread between the two replies of IOMMU_FAULT_QUEUE_ALLOC).
-struct OneWrite<'a>(&'a SimMemory, std::sync::atomic::AtomicUsize);
-
-impl UserMemory for OneWrite<'_> {
-    fn read(&self, va: UserVa, buf: &mut [u8]) -> Result<(), MemFault> {
-        self.0.read(va, buf)
-    }
-    fn write(&self, va: UserVa, data: &[u8]) -> Result<(), MemFault> {
-        if self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0 {
-            return Err(MemFault::ReadOnly(va));
-        }
-        self.0.write(va, data)
-    }
-    fn probe(&self, va: UserVa, len: u64, write: bool) -> Result<(), MemFault> {
-        self.0.probe(va, len, write)
-    }
-}
-
 /// The second reply (naming the descriptor) failing: EFAULT, the queue aborted and the
 /// descriptor taken back, as the kernel never installs it.
 #[test]
 fn alloc_whose_second_reply_fails_takes_the_descriptor_back() {
     let e = env();
-    e.sim
-        .write(
-            UserVa(ARG),
-            IommuFaultAlloc {
-                size: 16,
-                ..Default::default()
-            }
-            .as_bytes(),
-        )
-        .unwrap();
-    let once = OneWrite(&e.sim, Default::default());
-    let caller = Caller {
-        mem: &once,
-        fds: &e.fds,
-    };
-    let r = e
-        .file
-        .as_ref()
-        .unwrap()
-        .ioctl(&caller, u64::from(IOMMU_FAULT_QUEUE_ALLOC), ARG);
+    let r = e.fault_alloc_through(&Writes::first(&e.sim, 1));
     assert_eq!(r, Err(EFAULT));
     assert_eq!(e.fds.open_count(), 0, "the descriptor was left installed");
     assert!(e.ctx().objects().unwrap().is_empty());

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use uiommu_core::error::errno::*;
 use uiommu_core::{Context, Engine, EngineConfig, ObjId, ObjType};
-use uiommu_platform::memory::{MemFault, SimMemory, UserMemory};
+use uiommu_platform::memory::{SimMemory, UserMemory};
 use uiommu_platform::topology::ModelKind;
 use uiommu_platform::{Platform, UserVa};
 use uiommu_uapi::abi::*;
@@ -19,7 +19,7 @@ const EBADFD: Errno = 77;
 const EBADE: Errno = 52;
 
 mod common;
-use common::{out, tcmd, Fds};
+use common::{out, tcmd, Fds, Writes};
 
 /// Argument structs.
 const ARG: u64 = 0x1000_0000;
@@ -873,30 +873,12 @@ fn trigger_iopf_checks_the_device() {
     assert_eq!(trig(999), ENOENT);
 }
 
-/// The caller's memory with writes refused (replies cannot be written).
-struct NoWrites(Arc<SimMemory>);
-
-impl UserMemory for NoWrites {
-    fn read(&self, va: UserVa, buf: &mut [u8]) -> Result<(), MemFault> {
-        self.0.read(va, buf)
-    }
-    fn write(&self, va: UserVa, _data: &[u8]) -> Result<(), MemFault> {
-        Err(MemFault::ReadOnly(va))
-    }
-    fn probe(&self, va: UserVa, len: u64, write: bool) -> Result<(), MemFault> {
-        if write {
-            return Err(MemFault::ReadOnly(va));
-        }
-        self.0.probe(va, len, write)
-    }
-}
-
 #[test]
 fn failed_replies_undo_what_was_created() {
     let e = env();
     let ioas = e.ioas_alloc();
     let before = e.mock_devices();
-    let ro = NoWrites(e.sim.clone());
+    let ro = Writes::none(&e.sim);
     let raw = |c: &IommuTestCmd| {
         e.sim.write(UserVa(ARG), c.as_bytes()).unwrap();
         e.file().ioctl(

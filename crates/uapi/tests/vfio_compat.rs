@@ -667,9 +667,16 @@ fn get_info_into_unwritable_memory_is_efault() {
 /// iommufd after IOMMU_VFIO_IOAS and on the legacy container; nothing changes.
 #[test]
 fn map_dma_size_and_overflow_checks_in_the_kernels_order() {
+    on_iommufd_and_container(map_dma_overflow_cases);
+}
+
+/// Run `check` on an iommufd after IOMMU_VFIO_IOAS (TYPE1v2), then on the legacy container
+/// (TYPE1) with group 5 set and its device opened (whose domain makes the IOAS's alignment a
+/// page), each in a fresh engine.
+fn on_iommufd_and_container(check: impl Fn(&Env, &IommufdFile)) {
     let e = env();
     let (f, _, _) = e.compat(VFIO_TYPE1V2_IOMMU);
-    map_dma_overflow_cases(&e, &f);
+    check(&e, &f);
     drop(f);
     let c = e.container();
     let g = VfioGroupFile::open(&e.engine, GroupId(5)).unwrap();
@@ -678,9 +685,8 @@ fn map_dma_size_and_overflow_checks_in_the_kernels_order() {
         e.val(&c, VFIO_SET_IOMMU, u64::from(VFIO_TYPE1_IOMMU)),
         Ok(0)
     );
-    // The device opened: its domain makes the IOAS's alignment a page.
     let fd = e.device_fd(&g, "0000:01:00.0").unwrap();
-    map_dma_overflow_cases(&e, &c);
+    check(&e, &c);
     e.close(fd);
 }
 
@@ -733,20 +739,7 @@ fn map_dma_overflow_cases(e: &Env, f: &IommufdFile) {
 /// come first and cut nothing here).
 #[test]
 fn unmap_dma_flag_all_and_overflow_refusals() {
-    let e = env();
-    let (f, _, _) = e.compat(VFIO_TYPE1V2_IOMMU);
-    unmap_dma_refusals(&e, &f);
-    drop(f);
-    let c = e.container();
-    let g = VfioGroupFile::open(&e.engine, GroupId(5)).unwrap();
-    assert_eq!(e.set_container(&g, CONTAINER_FD), Ok(0));
-    assert_eq!(
-        e.val(&c, VFIO_SET_IOMMU, u64::from(VFIO_TYPE1_IOMMU)),
-        Ok(0)
-    );
-    let fd = e.device_fd(&g, "0000:01:00.0").unwrap();
-    unmap_dma_refusals(&e, &c);
-    e.close(fd);
+    on_iommufd_and_container(unmap_dma_refusals);
 }
 
 fn unmap_dma_refusals(e: &Env, f: &IommufdFile) {

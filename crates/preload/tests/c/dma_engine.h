@@ -155,6 +155,21 @@ static inline __u64 region_offset(int devfd, __u32 index, __u64 *size)
 	return ri.offset;
 }
 
+/* VFIO_DEVICE_SET_IRQS: trigger eventfd `efd` on MSI-X vector 0 (the dma-engine's completion
+ * interrupt); the ioctl's result. */
+static inline int set_msix_eventfd(int devfd, int efd)
+{
+	char buf[sizeof(struct vfio_irq_set) + sizeof(__s32)];
+	struct vfio_irq_set *irq = (struct vfio_irq_set *)buf;
+	irq->argsz = sizeof(buf);
+	irq->flags = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
+	irq->index = VFIO_PCI_MSIX_IRQ_INDEX;
+	irq->start = 0;
+	irq->count = 1;
+	memcpy(irq->data, &efd, sizeof(efd));
+	return ioctl(devfd, VFIO_DEVICE_SET_IRQS, irq);
+}
+
 /* Find the regions and turn on memory decoding (PCI command bit 1), as a driver does. */
 static inline struct dev setup(int devfd)
 {

@@ -147,17 +147,8 @@ static void child_drives(int ictx, __u32 ioas, int devfd, int parent_mmap_errno,
 	/* The completion interrupt on the child's own eventfd. */
 	int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	CHECK(efd >= 0);
-	char irqbuf[sizeof(struct vfio_irq_set) + sizeof(__s32)];
-	struct vfio_irq_set *irq = (struct vfio_irq_set *)irqbuf;
-	irq->argsz = sizeof(irqbuf);
-	irq->flags = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
-	irq->index = VFIO_PCI_MSIX_IRQ_INDEX;
-	irq->start = 0;
-	irq->count = 1;
-	memcpy(irq->data, &notiommu, sizeof(notiommu));
-	CHECK_ERR(ioctl(devfd, VFIO_DEVICE_SET_IRQS, irq), EINVAL); /* not an eventfd */
-	memcpy(irq->data, &efd, sizeof(efd));
-	CHECK(ioctl(devfd, VFIO_DEVICE_SET_IRQS, irq) == 0);
+	CHECK_ERR(set_msix_eventfd(devfd, notiommu), EINVAL); /* not an eventfd */
+	CHECK(set_msix_eventfd(devfd, efd) == 0);
 	wr32(&d, REG_IRQ_ENABLE, 1);
 	CHECK(dma(&d, OP_COPY, SRC_IOVA, DST_IOVA, 16) == STATUS_DONE);
 	__u64 count = 0;

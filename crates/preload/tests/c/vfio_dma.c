@@ -83,27 +83,17 @@ int main(void)
 	/* An interrupt on completion arrives on an eventfd (MSI-X vector 0). */
 	int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	CHECK(efd >= 0);
-	char irqbuf[sizeof(struct vfio_irq_set) + sizeof(__s32)];
-	struct vfio_irq_set *irq = (struct vfio_irq_set *)irqbuf;
-	irq->argsz = sizeof(irqbuf);
-	irq->flags = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
-	irq->index = VFIO_PCI_MSIX_IRQ_INDEX;
-	irq->start = 0;
-	irq->count = 1;
-	memcpy(irq->data, &efd, sizeof(efd));
-	CHECK(ioctl(devfd, VFIO_DEVICE_SET_IRQS, irq) == 0);
+	CHECK(set_msix_eventfd(devfd, efd) == 0);
 	CHECK(close(efd) == 0); /* the device holds its own reference */
 	int efd2 = eventfd(0, EFD_CLOEXEC); /* a new eventfd may reuse the number */
 	wr32(&d, REG_IRQ_ENABLE, 1);
 	CHECK(dma(&d, OP_COPY, SRC_IOVA, DST_IOVA, 16) == STATUS_DONE);
-	memcpy(irq->data, &efd2, sizeof(efd2));
-	CHECK(ioctl(devfd, VFIO_DEVICE_SET_IRQS, irq) == 0);
+	CHECK(set_msix_eventfd(devfd, efd2) == 0);
 	CHECK(dma(&d, OP_COPY, SRC_IOVA, DST_IOVA, 16) == STATUS_DONE);
 	__u64 count = 0;
 	CHECK(read(efd2, &count, 8) == 8 && count == 1);
 	int notefd = open("/dev/null", O_RDONLY);
-	memcpy(irq->data, &notefd, sizeof(notefd));
-	CHECK_ERR(ioctl(devfd, VFIO_DEVICE_SET_IRQS, irq), EINVAL);
+	CHECK_ERR(set_msix_eventfd(devfd, notefd), EINVAL);
 	close(notefd);
 	wr32(&d, REG_IRQ_ENABLE, 0);
 

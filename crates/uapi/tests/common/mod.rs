@@ -1,9 +1,13 @@
 //! Shared by the uapi scenario tests: a caller's file table that holds the files the engine
-//! installs (fds from 100 up) and knows no iommufd or eventfd; IOMMU_TEST_CMD builders.
+//! installs (fds from 100 up) and knows no iommufd or eventfd; a caller's memory that refuses
+//! writes after the first few; IOMMU_TEST_CMD builders.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use uiommu_core::Context;
+use uiommu_platform::memory::{MemFault, SimMemory, UserMemory};
+use uiommu_platform::UserVa;
 use uiommu_uapi::abi::IommuTestCmd;
 use uiommu_uapi::{EngineFile, Errno, FdTable};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
@@ -66,4 +70,51 @@ pub fn tcmd<P: IntoBytes + Immutable>(op: u32, id: u32, p: &P) -> IommuTestCmd {
 /// The payload of a replied command.
 pub fn out<P: FromBytes>(c: &IommuTestCmd) -> P {
     P::read_from_prefix(c.payload.as_bytes()).unwrap().0
+}
+
+/// The caller's memory taking its first `n` writes and refusing the rest (a reply that cannot
+/// be written back; with `n` = 1, memory unmapped by another thread between two replies).
+pub struct Writes<'a> {
+    mem: &'a SimMemory,
+    left: AtomicUsize,
+}
+
+impl Writes<'_> {
+    /// Every write refused.
+    pub fn none(mem: &SimMemory) -> Writes<'_> {
+        Writes::first(mem, 0)
+    }
+
+    /// The first `n` writes taken.
+    pub fn first(mem: &SimMemory, n: usize) -> Writes<'_> {
+        Writes {
+            mem,
+            left: AtomicUsize::new(n),
+        }
+    }
+
+    fn exhausted(&self) -> bool {
+        self.left.load(Ordering::SeqCst) == 0
+    }
+}
+
+impl UserMemory for Writes<'_> {
+    fn read(&self, va: UserVa, buf: &mut [u8]) -> Result<(), MemFault> {
+        self.mem.read(va, buf)
+    }
+    fn write(&self, va: UserVa, data: &[u8]) -> Result<(), MemFault> {
+        let took = self
+            .left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if took.is_err() {
+            return Err(MemFault::ReadOnly(va));
+        }
+        self.mem.write(va, data)
+    }
+    fn probe(&self, va: UserVa, len: u64, write: bool) -> Result<(), MemFault> {
+        if write && self.exhausted() {
+            return Err(MemFault::ReadOnly(va));
+        }
+        self.mem.probe(va, len, write)
+    }
 }
