@@ -69,28 +69,10 @@ use hook::{ffi, in_hook, Hook};
 use libc::{c_char, c_int, c_uint, c_ulong, c_void, off64_t, off_t, size_t, ssize_t};
 use real::{errno, set_errno};
 use state::{global, global_if_any, Global, Kind, OpenFile};
-use uiommu_platform::topology::GroupId;
 use uiommu_platform::UserVa;
-use uiommu_uapi::fault::FaultQueueFile;
-use uiommu_uapi::iommufd::IommufdFile;
-use uiommu_uapi::vfio_device::VfioDeviceFile;
-use uiommu_uapi::vfio_group::{open_container, vfio_groups, VfioGroupFile};
 use uiommu_uapi::{Caller, Errno};
 
-/// What an opened path of ours is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Target {
-    /// `/dev/iommu`.
-    Iommu,
-    /// `/dev/vfio/devices/vfioN`.
-    VfioDevice(u32),
-    /// `/dev/vfio/vfio`, the legacy container.
-    VfioContainer,
-    /// `/dev/vfio/<group>`.
-    VfioGroup(u32),
-    /// Another path under `/dev/vfio/` (not the directory `/dev/vfio/devices`): ENOENT.
-    NoEnt,
-}
+pub use uiommu_uapi::file::Target;
 
 /// A decimal number without sign or leading zeros, as the kernel names nodes.
 fn canonical_number(num: &[u8]) -> Option<u32> {
@@ -122,13 +104,7 @@ pub fn target_of(path: &[u8]) -> Option<Target> {
 
 /// Whether the node `target` names exists now (for `access`).
 pub(crate) fn target_exists(target: Target) -> bool {
-    let Ok(g) = global() else { return false };
-    match target {
-        Target::Iommu | Target::VfioContainer => true,
-        Target::NoEnt => false,
-        Target::VfioDevice(n) => (n as usize) < vfio_devices(&g.engine).len(),
-        Target::VfioGroup(n) => vfio_groups(&g.engine).contains(&GroupId(n)),
-    }
+    global().is_ok_and(|g| uiommu_uapi::file::target_exists(&g.engine, target))
 }
 
 /// The fast path of every `open`: whether the C string `path` is one of ours.
@@ -187,41 +163,14 @@ pub(crate) fn make_file(
     g: &Global,
     target: Target,
 ) -> Result<(&'static std::ffi::CStr, Kind), Errno> {
-    match target {
-        Target::NoEnt => Err(libc::ENOENT),
-        Target::Iommu => {
-            let file = IommufdFile::open(&g.engine, g.space)?;
-            Ok((c"uiommu:iommu", Kind::Iommufd(file)))
-        }
-        Target::VfioDevice(n) => {
-            let dev = *vfio_devices(&g.engine)
-                .get(n as usize)
-                .ok_or(libc::ENOENT)?;
-            let file = VfioDeviceFile::open(&g.engine, dev)?;
-            Ok((c"uiommu:vfio", Kind::Vfio(file)))
-        }
-        Target::VfioContainer => {
-            let file = open_container(&g.engine, g.space)?;
-            Ok((c"uiommu:container", Kind::Iommufd(file)))
-        }
-        Target::VfioGroup(n) => {
-            if !vfio_groups(&g.engine).contains(&GroupId(n)) {
-                return Err(libc::ENOENT);
-            }
-            let file = VfioGroupFile::open(&g.engine, GroupId(n))?;
-            Ok((c"uiommu:group", Kind::Group(file)))
-        }
-    }
-}
-
-/// The VFIO device behind an open file of ours: a device cdev, or a device file a group
-/// handed out (an engine-made file).
-fn vfio_of(kind: &Kind) -> Option<&VfioDeviceFile> {
-    match kind {
-        Kind::Vfio(f) => Some(f),
-        Kind::Engine(f) => f.as_any().downcast_ref::<VfioDeviceFile>(),
-        _ => None,
-    }
+    let kind = uiommu_uapi::file::make_file(&g.engine, g.space, target)?;
+    let name = match target {
+        Target::Iommu => c"uiommu:iommu",
+        Target::VfioDevice(_) => c"uiommu:vfio",
+        Target::VfioContainer => c"uiommu:container",
+        Target::VfioGroup(_) | Target::NoEnt => c"uiommu:group",
+    };
+    Ok((name, kind))
 }
 
 /// Give `kind` a new memfd and record it.
@@ -238,12 +187,7 @@ fn register(
         // SAFETY: F_SETFL with an integer argument on the fd just made.
         unsafe { real::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK as c_ulong) };
     }
-    let open = OpenFile {
-        kind,
-        accmode: flags & libc::O_ACCMODE,
-        node: Some(target),
-        used: Default::default(),
-    };
+    let open = OpenFile::new(kind, flags & libc::O_ACCMODE, Some(target));
     match g.files.insert(fd, open) {
         Ok(_) => Ok(fd),
         Err(e) => {
@@ -532,13 +476,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_i
             return remote_or_real(fd, request, arg, real_ioctl);
         };
         inherit::mark_used(fd, &file);
-        let caller = g.caller();
-        let r = match (&file.kind, vfio_of(&file.kind)) {
-            (Kind::Iommufd(f), _) => f.ioctl(&caller, request, arg),
-            (Kind::Group(f), _) => f.ioctl(&caller, request, arg),
-            (_, Some(f)) => f.ioctl(&caller, request, arg),
-            _ => Err(libc::ENOTTY),
-        };
+        let r = file.ioctl(&g.caller(), request, arg);
         stats::ioctl(g, &file.kind, request, arg, r.map(|_| ()));
         g.ready.refresh();
         match r {
@@ -570,134 +508,36 @@ fn remote_or_real(
     }
 }
 
-/// Largest transfer one `read`/`write`/`pread`/`pwrite` on our files serves; larger requests
-/// are served short, as the system calls allow. The data passes through a bounce buffer (so a
-/// bad buffer pointer is EFAULT, never a crash), which this bounds.
-const MAX_IO: usize = 1 << 20;
+pub(crate) use uiommu_uapi::file::{Dir, Pos};
 
-/// Which side of a transfer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Dir {
-    Read,
-    Write,
-}
-
-/// Where a read or write on one of our files happens.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Pos {
-    /// At this offset (`pread`/`pwrite`); the fd's file position is untouched.
-    At(i64),
-    /// At the file position of this fd of the calling process, which is then advanced.
-    Cursor(c_int),
-    /// At a descendant's file position (`crate::remote`): the descendant advances it by the
-    /// count served when the reply says so.
-    Remote(i64),
-}
-
-/// Serve a read or write of `count` bytes at `buf` in the caller's memory on our `file`, at
-/// `pos`. Returns the count and whether a file position moves by it.
-pub(crate) fn file_io(
+/// [`uiommu_uapi::file::file_io`] at the file position of this process's `fd` (`read` and
+/// `write`: the position is read first and advanced by what was served) or at an offset.
+fn file_io_at(
     caller: &Caller<'_>,
     file: &OpenFile,
+    fd: c_int,
     dir: Dir,
     buf: u64,
     count: usize,
-    pos: Pos,
-) -> Result<(usize, bool), Errno> {
-    let allowed = match dir {
-        Dir::Read => file.readable(),
-        Dir::Write => file.writable(),
-    };
-    if !allowed {
-        return Err(libc::EBADF);
-    }
-    let count = count.min(MAX_IO);
-    if let Some(f) = vfio_of(&file.kind) {
-        return vfio_io(caller, f, dir, buf, count, pos);
-    }
-    match &file.kind {
-        // No read or write operations: the VFS answers EINVAL.
-        Kind::Iommufd(_) | Kind::Group(_) | Kind::Vfio(_) => Err(libc::EINVAL),
-        Kind::Engine(f) => {
-            if let Pos::At(_) = pos {
-                return Err(libc::ESPIPE);
-            }
-            if let (Dir::Read, Some(q)) = (dir, f.as_any().downcast_ref::<FaultQueueFile>()) {
-                // Group by group into the program's buffer: a group it cannot take stays
-                // queued (EFAULT), as the kernel's read.
-                return q.read_to(caller, buf, count).map(|n| (n, false));
-            }
-            let mut bounce = vec![0u8; count];
-            match dir {
-                Dir::Read => {
-                    let n = f.read(caller, &mut bounce)?.min(count);
-                    to_caller(caller, buf, &bounce[..n])?;
-                    Ok((n, false))
-                }
-                Dir::Write => {
-                    from_caller(caller, buf, &mut bounce)?;
-                    f.write(caller, &bounce).map(|n| (n, false))
-                }
-            }
-        }
-    }
-}
-
-/// A read or write of a VFIO device's regions (see [`file_io`]).
-fn vfio_io(
-    caller: &Caller<'_>,
-    f: &VfioDeviceFile,
-    dir: Dir,
-    buf: u64,
-    count: usize,
-    pos: Pos,
-) -> Result<(usize, bool), Errno> {
-    let at = match pos {
-        Pos::At(p) | Pos::Remote(p) if p < 0 => return Err(libc::EINVAL),
-        Pos::At(p) | Pos::Remote(p) => p,
-        Pos::Cursor(fd) => {
+    offset: Option<i64>,
+) -> Result<usize, Errno> {
+    let pos = match offset {
+        Some(at) => Pos::At(at),
+        None => {
             // SAFETY: lseek on an fd of ours; no memory is passed.
             let p = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
             if p < 0 {
                 return Err(errno());
             }
-            p
+            Pos::Stream(p)
         }
     };
-    let mut bounce = vec![0u8; count];
-    let n = match dir {
-        Dir::Read => {
-            let n = f.pread(&mut bounce, at as u64)?.min(count);
-            to_caller(caller, buf, &bounce[..n])?;
-            n
-        }
-        Dir::Write => {
-            from_caller(caller, buf, &mut bounce)?;
-            f.pwrite(&bounce, at as u64)?
-        }
-    };
-    if let Pos::Cursor(fd) = pos {
-        let end = at.saturating_add(n as i64);
+    let (n, moves) = uiommu_uapi::file::file_io(caller, file, dir, buf, count, pos)?;
+    if let (true, Pos::Stream(p)) = (moves, pos) {
         // SAFETY: lseek on an fd of ours; no memory is passed.
-        unsafe { libc::lseek(fd, end, libc::SEEK_SET) };
+        unsafe { libc::lseek(fd, p.saturating_add(n as i64), libc::SEEK_SET) };
     }
-    Ok((n, !matches!(pos, Pos::At(_))))
-}
-
-/// Copy `data` to the caller's buffer at `va` (EFAULT when it is not writable).
-fn to_caller(caller: &Caller<'_>, va: u64, data: &[u8]) -> Result<(), Errno> {
-    if data.is_empty() {
-        return Ok(());
-    }
-    caller.mem.write(UserVa(va), data).map_err(|_| libc::EFAULT)
-}
-
-/// Copy the caller's buffer at `va` into `buf` (EFAULT when it is not readable).
-fn from_caller(caller: &Caller<'_>, va: u64, buf: &mut [u8]) -> Result<(), Errno> {
-    if buf.is_empty() {
-        return Ok(());
-    }
-    caller.mem.read(UserVa(va), buf).map_err(|_| libc::EFAULT)
+    Ok(n)
 }
 
 /// Copy `data` to the program's buffer at `va` (EFAULT when it is not writable).
@@ -740,11 +580,10 @@ fn io_impl(
         let Some(file) = g.files.get(fd) else {
             return remote_io_or_real(fd, dir, buf, count, offset, real_op);
         };
-        let pos = offset.map_or(Pos::Cursor(fd), Pos::At);
-        let r = file_io(&g.caller(), &file, dir, buf, count, pos);
+        let r = file_io_at(&g.caller(), &file, fd, dir, buf, count, offset);
         g.ready.refresh();
         match r {
-            Ok((n, _)) => n as ssize_t,
+            Ok(n) => n as ssize_t,
             Err(e) => fail_ssize(e),
         }
     })
@@ -1052,37 +891,6 @@ pub unsafe extern "C" fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mu
     })
 }
 
-/// Why an mmap of our `file` fails (mmap of our files never succeeds yet).
-pub(crate) fn mmap_refusal(
-    file: &OpenFile,
-    len: size_t,
-    prot: c_int,
-    flags: c_int,
-    off: i64,
-) -> Errno {
-    // The VFS's checks of the open mode come before the file's mmap.
-    if !file.readable()
-        || (flags & libc::MAP_SHARED != 0 && prot & libc::PROT_WRITE != 0 && !file.writable())
-    {
-        return libc::EACCES;
-    }
-    match vfio_of(&file.kind) {
-        // No mmap operation on the file.
-        None => libc::ENODEV,
-        Some(f) => {
-            let Ok(off) = u64::try_from(off) else {
-                return libc::EINVAL;
-            };
-            match f.mmap_check(off, len as u64, prot, flags) {
-                Err(e) => e,
-                // No device model has an mmappable BAR yet; mapping one would need its
-                // accesses trapped. Refuse rather than hand out memory the device never sees.
-                Ok(_) => libc::ENODEV,
-            }
-        }
-    }
-}
-
 /// The common body of `mmap`/`mmap64`.
 fn mmap_impl(
     len: size_t,
@@ -1106,7 +914,9 @@ fn mmap_impl(
             // library.
             let _h = Hook::enter();
             if let Some(file) = g.files.get(fd) {
-                set_errno(mmap_refusal(&file, len, prot, flags, off));
+                set_errno(uiommu_uapi::file::mmap_refusal(
+                    &file, len as u64, prot, flags, off,
+                ));
                 return libc::MAP_FAILED;
             }
         }

@@ -1543,32 +1543,24 @@ fn serve_op(
         fds: &fds,
     };
     let r = uiommu_core::with_caller_space(space, || match op {
-        OP_IOCTL => match &file.kind {
-            Kind::Iommufd(f) => f.ioctl(&caller, a as c_ulong, b as c_ulong),
-            Kind::Group(f) => f.ioctl(&caller, a as c_ulong, b as c_ulong),
-            Kind::Vfio(f) => f.ioctl(&caller, a as c_ulong, b as c_ulong),
-            Kind::Engine(_) => Err(libc::ENOTTY),
-        }
-        .map(Answer::of),
+        OP_IOCTL => file.ioctl(&caller, a, b).map(Answer::of),
         OP_READ | OP_WRITE => {
             let dir = if op == OP_READ { Dir::Read } else { Dir::Write };
             let pos = if c != 0 {
                 Pos::At(d as i64)
             } else {
-                Pos::Remote(d as i64)
+                Pos::Stream(d as i64)
             };
-            crate::file_io(&caller, &file, dir, a, b as usize, pos).map(|(n, moves)| Answer {
-                v: n as i64,
-                extra: i64::from(moves),
-                fd: None,
+            uiommu_uapi::file::file_io(&caller, &file, dir, a, b as usize, pos).map(|(n, moves)| {
+                Answer {
+                    v: n as i64,
+                    extra: i64::from(moves),
+                    fd: None,
+                }
             })
         }
-        OP_MMAP => Ok(Answer::of(i64::from(crate::mmap_refusal(
-            &file,
-            a as size_t,
-            b as c_int,
-            c as c_int,
-            d as i64,
+        OP_MMAP => Ok(Answer::of(i64::from(uiommu_uapi::file::mmap_refusal(
+            &file, a, b as c_int, c as c_int, d as i64,
         )))),
         _ => Err(libc::EINVAL),
     });

@@ -21,13 +21,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::Arc;
 use uiommu_core::{Context, Engine, EngineConfig};
-use uiommu_platform::drivers::Driver;
 use uiommu_platform::memory::{SpaceId, UserMemory};
 use uiommu_platform::process_memory::ProcessMemory;
-use uiommu_platform::topology::{DeviceId, Topology};
+use uiommu_platform::topology::Topology;
 use uiommu_platform::Platform;
-use uiommu_uapi::iommufd::IommufdFile;
-use uiommu_uapi::vfio_device::VfioDeviceFile;
 use uiommu_uapi::{Caller, EngineFile, Errno, FdTable};
 
 /// Bit of `CAP_IPC_LOCK` in a capability set.
@@ -37,43 +34,7 @@ const CAP_SYS_RESOURCE: u32 = 24;
 /// Page size the engine accounts in.
 const PAGE: u64 = 4096;
 
-/// What kind of file one of our fds is.
-pub(crate) enum Kind {
-    /// An open `/dev/iommu`.
-    Iommufd(IommufdFile),
-    /// An open `/dev/vfio/devices/vfioN`.
-    Vfio(VfioDeviceFile),
-    /// `/dev/vfio/<group>`.
-    Group(uiommu_uapi::vfio_group::VfioGroupFile),
-    /// A file the engine made for the program ([`FdTable::install`]).
-    Engine(Arc<dyn EngineFile>),
-}
-
-/// One of our open files (one memfd inode; every fd of that inode shares it).
-pub(crate) struct OpenFile {
-    /// The file.
-    pub kind: Kind,
-    /// `O_ACCMODE` of the open: read and write on a file opened for the other direction only
-    /// are EBADF, as the kernel checks before the file's own operations.
-    pub accmode: c_int,
-    /// The `/dev` node the file was opened from (what `fstat` reports), if any: files the
-    /// engine makes have none.
-    pub node: Option<crate::Target>,
-    /// Whether an ioctl was made on the file (`crate::inherit`: such a file is not taken over
-    /// by a program `exec`ed with it).
-    pub used: AtomicBool,
-}
-
-impl OpenFile {
-    /// Whether the file was opened for reading.
-    pub fn readable(&self) -> bool {
-        self.accmode == libc::O_RDONLY || self.accmode == libc::O_RDWR
-    }
-    /// Whether the file was opened for writing.
-    pub fn writable(&self) -> bool {
-        self.accmode == libc::O_WRONLY || self.accmode == libc::O_RDWR
-    }
-}
+pub(crate) use uiommu_uapi::file::{Kind, OpenFile};
 
 /// The process-wide state.
 pub(crate) struct Global {
@@ -236,18 +197,7 @@ pub(crate) fn effective_caps(status: &str) -> Option<u64> {
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
 }
 
-/// The devices `/dev/vfio/devices/vfioN` names: every function bound to `vfio-pci`, in
-/// ascending platform order; `vfioN` is the N-th (from 0). The sysfs view numbers its
-/// `vfio-dev/vfioN` entries the same way.
-pub fn vfio_devices(engine: &Engine) -> Vec<DeviceId> {
-    engine.with_platform(|p| {
-        p.topology
-            .devices()
-            .filter(|d| *p.drivers.driver(d.id) == Driver::VfioPci)
-            .map(|d| d.id)
-            .collect()
-    })
-}
+pub use uiommu_uapi::file::vfio_devices;
 
 impl Global {
     /// Number of security contexts open in the engine.
@@ -360,12 +310,7 @@ impl FdTable for Global {
 
     fn install(&self, file: Arc<dyn EngineFile>, cloexec: bool) -> Result<i32, Errno> {
         let fd = new_memfd(c"uiommu:file", cloexec)?;
-        let open = OpenFile {
-            kind: Kind::Engine(file),
-            accmode: libc::O_RDWR,
-            node: None,
-            used: Default::default(),
-        };
+        let open = OpenFile::new(Kind::Engine(file), libc::O_RDWR, None);
         match self.files.insert(fd, open) {
             Ok(file) => {
                 self.ready.add(fd, &file);
@@ -532,18 +477,10 @@ mod tests {
     fn iommufd_lookup_finds_our_contexts_only() {
         let g = test_global();
         let fd = new_memfd(c"uiommu:iommu", true).unwrap();
-        let file = IommufdFile::open(&g.engine, g.space).unwrap();
+        let file = uiommu_uapi::iommufd::IommufdFile::open(&g.engine, g.space).unwrap();
         let id = file.context().id();
         g.files
-            .insert(
-                fd,
-                OpenFile {
-                    kind: Kind::Iommufd(file),
-                    accmode: libc::O_RDWR,
-                    node: None,
-                    used: Default::default(),
-                },
-            )
+            .insert(fd, OpenFile::new(Kind::Iommufd(file), libc::O_RDWR, None))
             .unwrap();
         assert_eq!(g.iommufd(fd).unwrap().id(), id);
         // SAFETY: dup has no memory preconditions.
@@ -591,7 +528,10 @@ mod tests {
         assert!(devs.windows(2).all(|w| w[0] < w[1]));
         engine.with_platform(|p| {
             for d in &devs {
-                assert_eq!(*p.drivers.driver(*d), Driver::VfioPci);
+                assert_eq!(
+                    *p.drivers.driver(*d),
+                    uiommu_platform::drivers::Driver::VfioPci
+                );
             }
         });
     }

@@ -19,6 +19,7 @@
 
 pub mod abi;
 pub mod fault;
+pub mod file;
 pub mod iommufd;
 pub mod selftest;
 pub mod ucmd;
