@@ -51,6 +51,38 @@ impl Default for EngineConfig {
     }
 }
 
+/// Bit of `CAP_IPC_LOCK` in a capability set.
+const CAP_IPC_LOCK: u32 = 14;
+/// Bit of `CAP_SYS_RESOURCE` in a capability set.
+const CAP_SYS_RESOURCE: u32 = 24;
+
+impl EngineConfig {
+    /// The privileges and limits of a process as the kernel sees them: `memlock` its
+    /// RLIMIT_MEMLOCK soft limit in bytes (`None`: unlimited), `status` its
+    /// `/proc/<pid>/status` text (the `CapEff:` mask), both capabilities granted whatever the
+    /// process has with `as_root` (for programs written for root, such as the kernel
+    /// selftests).
+    pub fn of_process(memlock: Option<u64>, status: &str, as_root: bool) -> EngineConfig {
+        let mut caps = effective_caps(status).unwrap_or(0);
+        if as_root {
+            caps |= (1 << CAP_IPC_LOCK) | (1 << CAP_SYS_RESOURCE);
+        }
+        EngineConfig {
+            memlock_limit_pages: memlock.map(|b| b / uiommu_platform::PAGE_SIZE),
+            cap_ipc_lock: caps & (1 << CAP_IPC_LOCK) != 0,
+            cap_sys_resource: caps & (1 << CAP_SYS_RESOURCE) != 0,
+        }
+    }
+}
+
+/// The `CapEff:` mask of a `/proc/<pid>/status` text.
+pub fn effective_caps(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+}
+
 /// An IOAS object.
 #[derive(Debug)]
 pub(crate) struct Ioas {
@@ -525,7 +557,7 @@ impl Context {
         self.with(|st, c| {
             let ctx = st.ctx(c)?;
             let space = CALLER_SPACE.with(|s| s.get()).unwrap_or(ctx.space);
-            let mode = if st.config.cap_ipc_lock {
+            let mode = if caller_creds().map_or(st.config.cap_ipc_lock, |c| c.cap_ipc_lock) {
                 AccountMode::None
             } else {
                 ctx.account_mode
@@ -600,7 +632,7 @@ impl Context {
     /// objects.
     pub fn set_rlimit_mode_process(&self, process: bool) -> Result<()> {
         self.with(|st, c| {
-            if !st.config.cap_sys_resource {
+            if !caller_creds().map_or(st.config.cap_sys_resource, |c| c.cap_sys_resource) {
                 return Err(Error::Permission(
                     "setting RLIMIT_MODE needs CAP_SYS_RESOURCE",
                 ));
@@ -673,6 +705,39 @@ std::thread_local! {
     /// The address space of the program making the current call on this thread, when it is
     /// not the context's own (see [`with_caller_space`]).
     static CALLER_SPACE: std::cell::Cell<Option<SpaceId>> = const { std::cell::Cell::new(None) };
+}
+
+std::thread_local! {
+    /// The privileges and limits of the program making the current call on this thread, when
+    /// they are not the engine's (see [`with_caller`]).
+    static CALLER_CREDS: std::cell::Cell<Option<CallerCreds>> = const { std::cell::Cell::new(None) };
+}
+
+/// The privileges and limits of one caller, as the kernel reads them from the calling task at
+/// the time of the call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallerCreds {
+    /// Its RLIMIT_MEMLOCK in pages (`None`: unlimited).
+    pub memlock_limit_pages: Option<u64>,
+    /// CAP_IPC_LOCK: its pins are not accounted.
+    pub cap_ipc_lock: bool,
+    /// CAP_SYS_RESOURCE: it may set IOMMU_OPTION_RLIMIT_MODE.
+    pub cap_sys_resource: bool,
+}
+
+/// The current call's caller credentials, if [`with_caller`] set them.
+pub(crate) fn caller_creds() -> Option<CallerCreds> {
+    CALLER_CREDS.with(|c| c.get())
+}
+
+/// Run `f` on behalf of a program whose memory is `space` and whose privileges and limits are
+/// `creds` (an engine serving many processes: the host engine), rather than the context's
+/// own space and the engine's configuration.
+pub fn with_caller<R>(space: SpaceId, creds: CallerCreds, f: impl FnOnce() -> R) -> R {
+    let prev = CALLER_CREDS.with(|c| c.replace(Some(creds)));
+    let r = with_caller_space(space, f);
+    CALLER_CREDS.with(|c| c.set(prev));
+    r
 }
 
 /// Run `f` on behalf of a program whose memory is `space` rather than the context's own:

@@ -36,7 +36,10 @@ mod vfio_support;
 pub use access::AccessOps;
 pub use coherency::CoherencyRight;
 pub use device::HwptFlags;
-pub use engine::{with_caller_space, Context, Engine, EngineConfig, GroupStatus, IovaRanges};
+pub use engine::{
+    with_caller, with_caller_space, CallerCreds, Context, Engine, EngineConfig, GroupStatus,
+    IovaRanges,
+};
 pub use error::{Error, Result};
 pub use group::CtxId;
 pub use io_pagetable::RwBuf;

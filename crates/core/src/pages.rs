@@ -89,7 +89,15 @@ impl Accounting {
             AccountMode::User => self.user,
             AccountMode::Process => self.process_pages(space),
         };
-        let Some(limit) = self.limit else {
+        // The caller's own limit when the engine serves many processes.
+        let limit = crate::engine::caller_creds().map_or(self.limit, |c| {
+            if c.cap_ipc_lock {
+                None
+            } else {
+                c.memlock_limit_pages
+            }
+        });
+        let Some(limit) = limit else {
             return Ok(());
         };
         match current.checked_add(n) {

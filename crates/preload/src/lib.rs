@@ -53,6 +53,7 @@ compile_error!("uiommu-preload supports Linux on x86-64 and AArch64 only");
 pub mod devdir;
 pub mod hook;
 pub mod inherit;
+mod host;
 pub mod node;
 mod passing;
 mod poll;
@@ -153,6 +154,9 @@ pub(crate) fn open_ours(target: Target, flags: c_int) -> Result<c_int, Errno> {
     if target == Target::NoEnt {
         return Err(libc::ENOENT);
     }
+    if host::on() {
+        return host::open(target, flags);
+    }
     let g = global()?;
     let (name, kind) = make_file(g, target)?;
     register(g, name, target, kind, flags)
@@ -212,7 +216,15 @@ unsafe fn open_impl(
         let Some(target) = (unsafe { classify(path) }) else {
             // SAFETY: forwarded from the caller; the real open gets the path to open (the
             // sysfs view's copy of a path it serves).
-            return unsafe { sysfs::open_path(path, real) };
+            let r = unsafe { sysfs::open_path(path, real) };
+            if r < 0 && errno() == libc::ENXIO && host::on() && !path.is_null() {
+                // `/proc/PID/fd/N` of one of the engine's files: a new open of its node.
+                if let Some(res) = host::reopen(path, flags) {
+                    return res.unwrap_or_else(fail);
+                }
+                set_errno(libc::ENXIO);
+            }
+            return r;
         };
         if in_hook() {
             return real(path);
@@ -337,6 +349,15 @@ fn closing(g: &'static Global, may_close_ours: bool, close_op: impl FnOnce() -> 
     r
 }
 
+/// Under the host engine: run `close_op`, then let the engine release what it closed.
+fn host_closing(may_close_ours: bool, close_op: impl FnOnce() -> c_int) -> c_int {
+    let r = close_op();
+    if may_close_ours {
+        host::sync();
+    }
+    r
+}
+
 /// `close(2)`. Closing the last fd of one of our files closes the file (context teardown,
 /// device unbind); a `dup` or an fd received over a socket keeps it open.
 ///
@@ -347,6 +368,15 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     ffi(-1, || {
         // SAFETY: close has no memory preconditions.
         let real_close = || unsafe { real::close(fd) };
+        if host::on() {
+            // The engine releases a file nobody holds before this close returns.
+            let ours = host::ours(fd);
+            let r = real_close();
+            if ours && r == 0 {
+                host::sync();
+            }
+            return r;
+        }
         let g = active();
         if g.is_none() && (in_hook() || !remote::has_upstream()) {
             return real_close();
@@ -378,6 +408,9 @@ pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
     ffi(-1, || {
         // SAFETY: dup2 has no memory preconditions.
         let op = || unsafe { real::dup2(old, new) };
+        if host::on() {
+            return host_closing(old != new && host::ours(new), op);
+        }
         let Some(g) = active() else {
             return op();
         };
@@ -396,6 +429,9 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     ffi(-1, || {
         // SAFETY: dup3 has no memory preconditions.
         let op = || unsafe { real::dup3(old, new, flags) };
+        if host::on() {
+            return host_closing(old != new && host::ours(new), op);
+        }
         let Some(g) = active() else {
             return op();
         };
@@ -414,6 +450,9 @@ pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) 
     ffi(-1, || {
         // SAFETY: close_range has no memory preconditions.
         let op = || unsafe { real::close_range(first, last, flags) };
+        if host::on() {
+            return host_closing(flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0, op);
+        }
         let Some(g) = active() else {
             return op();
         };
@@ -432,6 +471,13 @@ pub unsafe extern "C" fn closefrom(low: c_int) {
     ffi((), || {
         // SAFETY: closefrom has no memory preconditions.
         let op = || unsafe { real::closefrom(low) };
+        if host::on() {
+            host_closing(true, || {
+                op();
+                0
+            });
+            return;
+        }
         let Some(g) = active() else {
             return op();
         };
@@ -462,6 +508,13 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_i
         let real_ioctl = || unsafe { real::ioctl(fd, request, arg) };
         if (request >> 8) & 0xff != UAPI_IOCTL_TYPE {
             return real_ioctl();
+        }
+        if host::on() {
+            return match host::ioctl(fd, request as u64, arg as u64) {
+                None => real_ioctl(),
+                Some(Ok(v)) => c_int::try_from(v).unwrap_or(c_int::MAX),
+                Some(Err(e)) => fail(e),
+            };
         }
         let Some(g) = active() else {
             if in_hook() {
@@ -568,6 +621,13 @@ fn io_impl(
     real_op: impl FnOnce() -> ssize_t,
 ) -> ssize_t {
     ffi(-1, || {
+        if host::on() {
+            return match host::io(fd, dir, buf, count, offset) {
+                None => real_op(),
+                Some(Ok(n)) => n as ssize_t,
+                Some(Err(e)) => fail_ssize(e),
+            };
+        }
         let Some(g) = active() else {
             if in_hook() {
                 return real_op();
@@ -902,6 +962,13 @@ fn mmap_impl(
 ) -> *mut c_void {
     ffi(libc::MAP_FAILED, || {
         if flags & libc::MAP_ANONYMOUS != 0 || fd < 0 {
+            return real_op();
+        }
+        if host::on() {
+            if let Some(e) = host::mmap_refusal(fd, len as u64, prot, flags, off) {
+                set_errno(e);
+                return libc::MAP_FAILED;
+            }
             return real_op();
         }
         let g = active();

@@ -266,6 +266,19 @@ pub(crate) fn stat_fd(
     buf: *mut c_void,
     real_op: impl FnOnce() -> c_int,
 ) -> c_int {
+    if crate::host::on() {
+        return match crate::host::node(fd) {
+            Some(Some(t)) => match global() {
+                Ok(g) => match node_stat(g, t) {
+                    Some(n) => write_stat(g, n, layout, buf),
+                    None => crate::fail(libc::ENODEV),
+                },
+                Err(e) => crate::fail(e),
+            },
+            // A file the engine made, or not ours: the socket's own stat.
+            _ => crate::devdir::fix_stat(real_op(), layout, buf),
+        };
+    }
     let Some(g) = crate::active() else {
         if let Some(n) = inherited_node(fd) {
             let mem = uiommu_platform::process_memory::ProcessMemory::this();

@@ -333,6 +333,10 @@ fn memfd_dev() -> Option<u64> {
 
 /// The atfork prepare handler: a process with an engine serves it before it forks.
 pub(crate) extern "C" fn before_fork() {
+    if crate::host::on() {
+        // Under the host engine the kernel shares our files with the child.
+        return;
+    }
     let _h = Hook::enter();
     let Some(g) = global_if_any() else { return };
     // Read by the child only: whether it may inherit fault queues.

@@ -27,10 +27,6 @@ use uiommu_platform::topology::Topology;
 use uiommu_platform::Platform;
 use uiommu_uapi::{Caller, EngineFile, Errno, FdTable};
 
-/// Bit of `CAP_IPC_LOCK` in a capability set.
-const CAP_IPC_LOCK: u32 = 14;
-/// Bit of `CAP_SYS_RESOURCE` in a capability set.
-const CAP_SYS_RESOURCE: u32 = 24;
 /// Page size the engine accounts in.
 const PAGE: u64 = 4096;
 
@@ -153,32 +149,27 @@ fn build() -> Result<Global, String> {
 
 /// The limits and privileges of this process, as the kernel would see them.
 pub(crate) fn engine_config() -> EngineConfig {
-    let default = EngineConfig::default();
     let mut rl = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes one struct rlimit into `rl`.
     let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) } == 0;
-    let memlock_limit_pages = if !ok {
-        default.memlock_limit_pages
+    let memlock = if !ok {
+        EngineConfig::default()
+            .memlock_limit_pages
+            .map(|p| p * PAGE)
     } else if rl.rlim_cur == libc::RLIM_INFINITY {
         None
     } else {
-        Some(rl.rlim_cur / PAGE)
+        Some(rl.rlim_cur)
     };
-    let mut caps = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| effective_caps(&s))
-        .unwrap_or(0);
-    if caps_all_requested(std::env::var_os("UIOMMU_CAPS").as_deref()) {
-        caps |= (1 << CAP_IPC_LOCK) | (1 << CAP_SYS_RESOURCE);
-    }
-    EngineConfig {
-        memlock_limit_pages,
-        cap_ipc_lock: caps & (1 << CAP_IPC_LOCK) != 0,
-        cap_sys_resource: caps & (1 << CAP_SYS_RESOURCE) != 0,
-    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    EngineConfig::of_process(
+        memlock,
+        &status,
+        caps_all_requested(std::env::var_os("UIOMMU_CAPS").as_deref()),
+    )
 }
 
 /// Whether `UIOMMU_CAPS` (its value given) asks for every capability the engine checks: with
@@ -187,14 +178,6 @@ pub(crate) fn engine_config() -> EngineConfig {
 /// container often lacks CAP_SYS_RESOURCE). Opt-in: any other value, or none, grants nothing.
 pub(crate) fn caps_all_requested(value: Option<&std::ffi::OsStr>) -> bool {
     value.is_some_and(|v| v == "all")
-}
-
-/// The `CapEff:` mask of a `/proc/<pid>/status` text.
-pub(crate) fn effective_caps(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
 }
 
 pub use uiommu_uapi::file::vfio_devices;
@@ -374,10 +357,12 @@ mod tests {
     #[test]
     fn effective_caps_parses_the_status_line() {
         let s = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t0000000001004000\nCapBnd:\t1\n";
-        let caps = effective_caps(s).unwrap();
-        assert_ne!(caps & (1 << CAP_IPC_LOCK), 0);
-        assert_ne!(caps & (1 << CAP_SYS_RESOURCE), 0);
-        assert_eq!(effective_caps("Name: x\n"), None);
+        let cfg = EngineConfig::of_process(Some(1 << 20), s, false);
+        assert!(cfg.cap_ipc_lock && cfg.cap_sys_resource);
+        assert_eq!(cfg.memlock_limit_pages, Some(256));
+        let none = EngineConfig::of_process(None, "Name: x\n", false);
+        assert!(!none.cap_ipc_lock && !none.cap_sys_resource);
+        assert!(EngineConfig::of_process(None, "", true).cap_ipc_lock);
     }
 
     #[test]

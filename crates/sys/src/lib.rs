@@ -96,6 +96,55 @@ pub fn procmap_query(maps: BorrowedFd<'_>, addr: u64) -> io::Result<Option<Vma>>
     }
 }
 
+/// The effective capability set of process `pid` (`capget`, version 3: 64 bits).
+pub fn effective_caps_of(pid: i32) -> io::Result<u64> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mut hdr = Header {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget reads the header and writes two data structs (version 3), both live.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut hdr as *mut Header,
+            data.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u64::from(data[0].effective) | (u64::from(data[1].effective) << 32))
+}
+
+/// The RLIMIT_MEMLOCK soft limit of process `pid` in bytes (`None`: unlimited), read
+/// without changing it (`prlimit(pid, RLIMIT_MEMLOCK, NULL, &old)`); needs the permission
+/// `prlimit` asks for (same uid, or CAP_SYS_RESOURCE).
+pub fn memlock_limit_of(pid: i32) -> io::Result<Option<u64>> {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a null new limit only reads; `old` is a live struct rlimit the call fills.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_MEMLOCK, std::ptr::null(), &mut old) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((old.rlim_cur != libc::RLIM_INFINITY).then_some(old.rlim_cur))
+}
+
 /// Copy `len` bytes from `src` to `dst`, both addresses of the calling process, with one
 /// `process_vm_readv` (the kernel copies page to page; there is no intermediate buffer).
 /// Returns the number of bytes copied: less than `len` when a page of either range is not

@@ -1,6 +1,7 @@
 //! The `uiommu` command.
 
 mod bench;
+mod host_cli;
 mod plot;
 
 use clap::{Parser, Subcommand};
@@ -47,9 +48,55 @@ enum Command {
         /// CAP_SYS_RESOURCE) whatever the real process has: sets UIOMMU_CAPS=all.
         #[arg(long)]
         as_root: bool,
+        /// Which engine serves the program: `in-process` (one engine per process family,
+        /// the default) or `host` (the instance's host engine, started if none runs; every
+        /// process of the host shares it, as the kernel's IOMMU subsystem). Default:
+        /// $UIOMMU_ENGINE, else in-process.
+        #[arg(long, value_name = "ENGINE")]
+        engine: Option<EngineKind>,
+        /// The host engine's instance (with `--engine host`); default: $UIOMMU_INSTANCE,
+        /// else `default`.
+        #[arg(long, value_name = "NAME")]
+        instance: Option<String>,
         /// The program and its arguments (after `--`).
         #[arg(last = true, required = true, value_name = "PROGRAM")]
         command: Vec<OsString>,
+    },
+    /// Run the host engine of an instance: one IOMMU subsystem that every process of the
+    /// host reaches through `uiommu run --engine host`. Serves until killed.
+    Serve {
+        /// The instance; default: $UIOMMU_INSTANCE, else `default`.
+        #[arg(long, value_name = "NAME")]
+        instance: Option<String>,
+        /// Platform file (TOML); the built-in default platform when omitted.
+        #[arg(long)]
+        platform: Option<PathBuf>,
+        /// Give every caller the privileges of real root in the emulation (CAP_IPC_LOCK and
+        /// CAP_SYS_RESOURCE).
+        #[arg(long)]
+        as_root: bool,
+        /// Exit after SECS with no file open and no client connected.
+        #[arg(long, value_name = "SECS")]
+        idle_exit: Option<u64>,
+        /// Permission bits of the device nodes (octal), owned by the engine's uid and gid.
+        #[arg(long, value_name = "OCTAL", default_value = "600")]
+        mode: String,
+        /// Also serve processes of this uid (repeatable; a root engine serves every uid).
+        #[arg(long, value_name = "UID")]
+        allow_uid: Vec<u32>,
+        /// Start the engine in the background and exit once it answers.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Show a host engine: its platform, and per security context the processes holding it,
+    /// its devices, groups, objects and pinned pages.
+    Status {
+        /// The instance; default: $UIOMMU_INSTANCE, else `default`.
+        #[arg(long, value_name = "NAME")]
+        instance: Option<String>,
+        /// Print the JSON (keys in docs/HOST.md).
+        #[arg(long)]
+        json: bool,
     },
     /// Measure the engine (map/unmap rates through the ioctl ABI and the library API, 1 GiB
     /// maps, copies, translation, DMA, metadata) and print a table with the real kernel's
@@ -72,9 +119,105 @@ enum Command {
     },
 }
 
+/// Which engine `uiommu run` uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum EngineKind {
+    /// One engine inside each process family (the preload library's own).
+    InProcess,
+    /// The instance's host engine.
+    Host,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve {
+            instance,
+            platform,
+            as_root,
+            idle_exit,
+            mode,
+            allow_uid,
+            detach,
+        } => {
+            let fail = |code: u8, m: String| {
+                eprintln!("uiommu serve: {m}");
+                ExitCode::from(code)
+            };
+            let instance = match host_cli::instance_name(instance) {
+                Ok(n) => n,
+                Err(m) => return fail(2, m),
+            };
+            let Ok(mode) = u32::from_str_radix(&mode, 8).map_err(|_| ()).and_then(|m| {
+                if m <= 0o777 {
+                    Ok(m)
+                } else {
+                    Err(())
+                }
+            }) else {
+                return fail(2, format!("--mode {mode}: not an octal mode up to 777"));
+            };
+            if detach {
+                let mut args: Vec<OsString> = vec!["--instance".into(), instance.clone().into()];
+                if let Some(p) = &platform {
+                    // Checked here, so that a bad file is reported to the caller.
+                    if let Err(m) = host_cli::load_platform(p) {
+                        return fail(2, m);
+                    }
+                    args.push("--platform".into());
+                    args.push(p.clone().into());
+                }
+                if as_root {
+                    args.push("--as-root".into());
+                }
+                if let Some(s) = idle_exit {
+                    args.push("--idle-exit".into());
+                    args.push(s.to_string().into());
+                }
+                args.push("--mode".into());
+                args.push(format!("{mode:o}").into());
+                for u in allow_uid {
+                    args.push("--allow-uid".into());
+                    args.push(u.to_string().into());
+                }
+                return match host_cli::start_detached(&instance, &args) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(m) => fail(1, m),
+                };
+            }
+            let (code, msg) = host_cli::serve(host_cli::ServeArgs {
+                instance,
+                platform,
+                as_root,
+                idle_exit: idle_exit.map(std::time::Duration::from_secs),
+                mode,
+                allow_uids: allow_uid,
+            });
+            fail(code, msg)
+        }
+        Command::Status { instance, json } => {
+            let instance = match host_cli::instance_name(instance) {
+                Ok(n) => n,
+                Err(m) => {
+                    eprintln!("uiommu status: {m}");
+                    return ExitCode::from(2);
+                }
+            };
+            match host_cli::status_json(&instance) {
+                Ok(v) => {
+                    if json {
+                        println!("{v}");
+                    } else {
+                        print!("{}", host_cli::status_text(&v));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(m) => {
+                    eprintln!("uiommu status: {m}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Demo => {
             let mut out = std::io::stdout();
             match uiommu::demo::run(&mut out) {
@@ -119,8 +262,10 @@ fn main() -> ExitCode {
             platform,
             preload,
             as_root,
+            engine,
+            instance,
             command,
-        } => match run(platform, preload, as_root, &command) {
+        } => match run(platform, preload, as_root, engine, instance, &command) {
             // `run` only returns when the program could not be started.
             Ok(never) => match never {},
             Err((code, msg)) => {
@@ -211,15 +356,30 @@ fn run(
     platform: Option<PathBuf>,
     preload: Option<PathBuf>,
     as_root: bool,
+    engine: Option<EngineKind>,
+    instance: Option<String>,
     command: &[OsString],
 ) -> Result<std::convert::Infallible, (u8, String)> {
     let lib = find_preload(preload).map_err(|m| (2, m))?;
+    let engine = match engine {
+        Some(e) => e,
+        None => match std::env::var("UIOMMU_ENGINE").ok().as_deref() {
+            None | Some("") | Some("in-process") => EngineKind::InProcess,
+            Some("host") => EngineKind::Host,
+            Some(other) => {
+                return Err((
+                    2,
+                    format!("UIOMMU_ENGINE={other}: expected `host` or `in-process`"),
+                ))
+            }
+        },
+    };
     let (program, args) = command
         .split_first()
         .ok_or((2, "no program given".to_string()))?;
     let mut cmd = std::process::Command::new(program);
     cmd.args(args);
-    if let Some(path) = platform {
+    if let Some(path) = &platform {
         // Refuse a bad file here, with its error, rather than in the program's first open.
         let text =
             std::fs::read_to_string(&path).map_err(|e| (2, format!("{}: {e}", path.display())))?;
@@ -231,6 +391,21 @@ fn run(
     }
     if as_root {
         cmd.env("UIOMMU_CAPS", "all");
+    }
+    if engine == EngineKind::Host {
+        let name = host_cli::instance_name(instance).map_err(|m| (2, m))?;
+        let source =
+            host_cli::ensure_engine(&name, platform.as_deref(), as_root).map_err(|m| (1, m))?;
+        // The program's view of the platform (sysfs, /dev nodes) is the engine's.
+        if source != "built-in" {
+            cmd.env("UIOMMU_PLATFORM", source);
+        } else {
+            cmd.env_remove("UIOMMU_PLATFORM");
+        }
+        cmd.env("UIOMMU_INSTANCE", &name);
+        cmd.env("UIOMMU_SOCKET", uiommu_proto::socket_path(&name));
+    } else {
+        cmd.env_remove("UIOMMU_SOCKET");
     }
     let existing = std::env::var_os("LD_PRELOAD");
     cmd.env("LD_PRELOAD", append_preload(existing.as_deref(), &lib));

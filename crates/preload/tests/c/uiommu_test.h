@@ -185,4 +185,13 @@ static inline int recv_fd(int sock)
 	return fd;
 }
 
+
+/* Whether the host engine serves this program (`uiommu run --engine host`): our files are then
+ * the kernel's sockets, shared across exec, lseek-less as Linux's device files. */
+static inline int host_engine(void)
+{
+	const char *s = getenv("UIOMMU_SOCKET");
+	return s && *s;
+}
+
 #endif /* UIOMMU_TEST_H */

@@ -1,0 +1,204 @@
+//! The processes the engine serves: who each is (from the kernel, never from the client's
+//! word), its memory as the engine reads and writes it, its address space in the engine, and
+//! the fds the engine takes from it.
+//!
+//! A process is known by its pid, checked against a pidfd: once the process exits, its pidfd
+//! becomes readable, the watcher retires it (its memory reads nothing any more: a DMA to an
+//! area it mapped faults instead of reaching whatever process reuses the pid), and a later
+//! caller with the same pid is a new process with an address space of its own.
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use rustix::process::{pidfd_getfd, pidfd_open, Pid, PidfdFlags, PidfdGetfdFlags};
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use uiommu_core::Engine;
+use uiommu_platform::memory::{MemFault, SpaceId, UserMemory};
+use uiommu_platform::process_memory::ProcessMemory;
+use uiommu_platform::UserVa;
+use uiommu_uapi::Errno;
+
+/// A client process's memory: the live process's, nothing once it exited.
+pub struct ClientMemory {
+    mem: ProcessMemory,
+    alive: AtomicBool,
+    /// Bytes read and written on the process's behalf (for `uiommu status`).
+    pub moved: AtomicU64,
+}
+
+impl ClientMemory {
+    fn live(&self, va: UserVa) -> Result<&ProcessMemory, MemFault> {
+        if self.alive.load(Ordering::Acquire) {
+            Ok(&self.mem)
+        } else {
+            Err(MemFault::Unmapped(va))
+        }
+    }
+}
+
+impl UserMemory for ClientMemory {
+    fn read(&self, va: UserVa, buf: &mut [u8]) -> Result<(), MemFault> {
+        self.live(va)?.read(va, buf)?;
+        self.moved.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn write(&self, va: UserVa, data: &[u8]) -> Result<(), MemFault> {
+        self.live(va)?.write(va, data)?;
+        self.moved.fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn probe(&self, va: UserVa, len: u64, write: bool) -> Result<(), MemFault> {
+        self.live(va)?.probe(va, len, write)
+    }
+
+    fn page_size_at(&self, va: UserVa) -> u64 {
+        match self.live(va) {
+            Ok(m) => m.page_size_at(va),
+            Err(_) => uiommu_platform::PAGE_SIZE,
+        }
+    }
+
+    fn copy_within(&self, dst: UserVa, src: UserVa, len: u64) -> Option<Result<(), MemFault>> {
+        match self.live(src) {
+            Ok(m) => m.copy_within(dst, src, len),
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
+
+/// One client process.
+pub struct Process {
+    /// Its pid (in the engine's pid namespace).
+    pub pid: i32,
+    /// Its real uid, as the kernel stamped its first message.
+    pub uid: u32,
+    /// Its address space in the engine.
+    pub space: SpaceId,
+    /// Its memory.
+    pub mem: Arc<ClientMemory>,
+    /// A pidfd of it: what fds are taken from, and what says it exited.
+    pub pidfd: OwnedFd,
+    /// Whether it asked for root's privileges in the emulation and was granted them.
+    pub as_root: AtomicBool,
+}
+
+impl Process {
+    /// The privileges and limits the kernel would read from the process now: its
+    /// RLIMIT_MEMLOCK (read at every call, as the kernel reads the calling task's), its
+    /// capabilities, root's with [`Process::as_root`].
+    pub fn creds(&self) -> uiommu_core::CallerCreds {
+        // Linux's default (8 MiB) if it cannot be read.
+        let memlock = uiommu_sys::memlock_limit_of(self.pid).unwrap_or(Some(8 << 20));
+        let caps = if self.as_root.load(Ordering::Acquire) {
+            u64::MAX
+        } else {
+            // Read at every call too: a program may drop a capability while it runs.
+            uiommu_sys::effective_caps_of(self.pid).unwrap_or(0)
+        };
+        uiommu_core::CallerCreds {
+            memlock_limit_pages: memlock.map(|b| b / uiommu_platform::PAGE_SIZE),
+            cap_ipc_lock: caps & (1 << 14) != 0,
+            cap_sys_resource: caps & (1 << 24) != 0,
+        }
+    }
+
+    /// Whether the process has exited (its pidfd is readable).
+    fn exited(&self) -> bool {
+        let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+    }
+
+    /// A duplicate of the process's fd `fd` (`pidfd_getfd`): EBADF when it is not open.
+    pub fn take_fd(&self, fd: i32) -> Result<OwnedFd, Errno> {
+        if fd < 0 {
+            return Err(nix::libc::EBADF);
+        }
+        pidfd_getfd(&self.pidfd, fd, PidfdGetfdFlags::empty()).map_err(|e| {
+            match e.raw_os_error() {
+                // The process exited meanwhile: as if the fd were closed.
+                nix::libc::ESRCH => nix::libc::EBADF,
+                e => e,
+            }
+        })
+    }
+
+    fn retire(&self) {
+        self.mem.alive.store(false, Ordering::Release);
+    }
+}
+
+/// The processes known to the engine.
+#[derive(Default)]
+pub struct Clients {
+    map: Mutex<HashMap<i32, Arc<Process>>>,
+}
+
+impl Clients {
+    fn lock(&self) -> MutexGuard<'_, HashMap<i32, Arc<Process>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The process `pid` (of real uid `uid`, as the kernel says), registered on its first
+    /// call; `watch` is given the pidfd of a newly registered process.
+    pub fn get(
+        &self,
+        engine: &Engine,
+        pid: i32,
+        uid: u32,
+        watch: impl FnOnce(&Process),
+    ) -> Result<Arc<Process>, Errno> {
+        let mut map = self.lock();
+        if let Some(p) = map.get(&pid) {
+            if !p.exited() && p.uid == uid {
+                return Ok(p.clone());
+            }
+            // The pid was reused before the watcher saw the exit.
+            p.retire();
+            map.remove(&pid);
+        }
+        let raw = Pid::from_raw(pid).ok_or(nix::libc::ESRCH)?;
+        let pidfd = pidfd_open(raw, PidfdFlags::empty()).map_err(|e| e.raw_os_error())?;
+        let mem = Arc::new(ClientMemory {
+            mem: ProcessMemory::of(pid),
+            alive: AtomicBool::new(true),
+            moved: AtomicU64::new(0),
+        });
+        let space = engine.add_space(mem.clone() as Arc<dyn UserMemory>);
+        let p = Arc::new(Process {
+            pid,
+            uid,
+            space,
+            mem,
+            pidfd,
+            as_root: AtomicBool::new(false),
+        });
+        watch(&p);
+        map.insert(pid, p.clone());
+        Ok(p)
+    }
+
+    /// Process `pid` exited: forget it and make its memory unreachable.
+    pub fn exited(&self, pid: i32) {
+        let mut map = self.lock();
+        if map.get(&pid).is_some_and(|p| p.exited()) {
+            if let Some(p) = map.remove(&pid) {
+                p.retire();
+            }
+        }
+    }
+
+    /// Every live process known.
+    pub fn all(&self) -> Vec<Arc<Process>> {
+        let mut v: Vec<_> = self.lock().values().cloned().collect();
+        v.sort_by_key(|p| p.pid);
+        v
+    }
+
+    /// The process `pid`, if known.
+    pub fn find(&self, pid: i32) -> Option<Arc<Process>> {
+        self.lock().get(&pid).cloned()
+    }
+}

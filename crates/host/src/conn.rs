@@ -1,0 +1,383 @@
+//! One connection of a front-end: its messages, who sent each (the kernel's
+//! `SCM_CREDENTIALS`), and the operations of the protocol on the engine.
+//!
+//! A call's file is the fd sent with the request; a call naming fds in its arguments (an
+//! iommufd to bind to, an eventfd to signal) has them taken from the caller with
+//! `pidfd_getfd`, so the engine sees exactly the files the caller holds, whatever their
+//! numbers. A file made during the call is handed to the caller with [`K_TAKE_FD`].
+
+use crate::clients::Process;
+use crate::files::HostFile;
+use crate::Host;
+use rustix::net::{
+    recvmsg, sendmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, UCred,
+};
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use uiommu_core::Context;
+use uiommu_proto::*;
+use uiommu_uapi::file::{file_io, make_file, mmap_refusal, Dir, Kind, OpenFile, Pos, Target};
+use uiommu_uapi::{Caller, EngineFile, Errno, FdTable};
+
+const EBADF: Errno = 9;
+const EACCES: Errno = 13;
+const EINVAL: Errno = 22;
+const ENXIO: Errno = 6;
+const EBADFD: Errno = 77;
+const EIO: Errno = 5;
+
+/// One message received: the request, its sender, the fd attached.
+struct Received {
+    req: Option<Request>,
+    cred: Option<UCred>,
+    fd: Option<OwnedFd>,
+}
+
+/// Receive one message; `None` at the end of the connection.
+fn receive(sock: BorrowedFd<'_>) -> Option<Received> {
+    let mut buf = [0u8; REQUEST_LEN + 8];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4), ScmCredentials(1))];
+    let mut anc = RecvAncillaryBuffer::new(&mut space);
+    let r = loop {
+        match recvmsg(
+            sock,
+            &mut [IoSliceMut::new(&mut buf)],
+            &mut anc,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Ok(r) => break r,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return None,
+        }
+    };
+    let mut out = Received {
+        req: None,
+        cred: None,
+        fd: None,
+    };
+    for m in anc.drain() {
+        match m {
+            RecvAncillaryMessage::ScmRights(fds) => {
+                for fd in fds {
+                    // The first fd is the call's file; any others are closed unused.
+                    if out.fd.is_none() {
+                        out.fd = Some(fd);
+                    }
+                }
+            }
+            RecvAncillaryMessage::ScmCredentials(c) => out.cred = Some(c),
+            _ => {}
+        }
+    }
+    if r.bytes == 0 && out.fd.is_none() {
+        return None;
+    }
+    if !r.flags.contains(ReturnFlags::TRUNC) {
+        out.req = Request::from_bytes(&buf[..r.bytes]);
+    }
+    Some(out)
+}
+
+/// Send `m` on `sock`, with `fd` attached if any.
+fn send(sock: BorrowedFd<'_>, m: &Message, fd: Option<BorrowedFd<'_>>) -> Result<(), Errno> {
+    let bytes = m.to_bytes();
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut anc = SendAncillaryBuffer::new(&mut space);
+    let fds;
+    if let Some(fd) = fd {
+        fds = [fd];
+        anc.push(SendAncillaryMessage::ScmRights(&fds));
+    }
+    loop {
+        match sendmsg(sock, &[IoSlice::new(&bytes)], &mut anc, SendFlags::NOSIGNAL) {
+            Ok(n) if n == bytes.len() => return Ok(()),
+            Ok(_) => return Err(EIO),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.raw_os_error()),
+        }
+    }
+}
+
+/// Serve one connection until the client closes it.
+pub fn serve_connection(host: &Host, sock: OwnedFd) {
+    let _ = rustix::net::sockopt::set_socket_passcred(&sock, true);
+    while let Some(msg) = receive(sock.as_fd()) {
+        let reply = call(host, sock.as_fd(), msg);
+        if send(sock.as_fd(), &reply, None).is_err() {
+            break;
+        }
+    }
+}
+
+/// One call: who sent it, then the operation.
+fn call(host: &Host, sock: BorrowedFd<'_>, msg: Received) -> Message {
+    let (Some(req), Some(cred)) = (msg.req, msg.cred) else {
+        return Message::reply(Err(EINVAL));
+    };
+    let uid = cred.uid.as_raw();
+    if !host.serves(uid) {
+        return Message::reply(Err(EACCES));
+    }
+    let pid = cred.pid.as_raw_nonzero().get();
+    let process = match host
+        .clients
+        .get(&host.engine, pid, uid, |p| {
+            let _ = host.files.watch_pid(p.pid, p.pidfd.as_fd());
+        }) {
+        Ok(p) => p,
+        Err(e) => return Message::reply(Err(e)),
+    };
+    let c = Call {
+        host,
+        sock,
+        process: &process,
+        gid: cred.gid.as_raw(),
+    };
+    match req.op {
+        OP_HELLO => {
+            // Root's privileges in the emulation (`uiommu run --as-root`): for the engine's own
+            // uid, or anyone when the engine grants them to everyone.
+            let wanted = req.args[0] & HELLO_CAPS_ALL != 0;
+            let granted = wanted
+                && (uid == nix::unistd::geteuid().as_raw() || host.config.engine.cap_ipc_lock);
+            process
+                .as_root
+                .store(granted, std::sync::atomic::Ordering::Release);
+            Message {
+                extra: [u64::from(std::process::id()), u64::from(granted)],
+                ..Message::reply(Ok(VERSION))
+            }
+        }
+        OP_OPEN => {
+            let target = Target::decode(req.args[0] as u32, req.args[1] as u32);
+            Message::reply(c.open(target, req.args[2] as i32))
+        }
+        OP_REOPEN => match host.files.get((req.args[0], req.args[1])) {
+            None => Message::reply(Err(NOT_MINE)),
+            Some(f) => match f.open.node {
+                // A file the engine made has no node to open again.
+                None => Message::reply(Err(ENXIO)),
+                Some(node) => Message::reply(c.open(node, req.args[2] as i32)),
+            },
+        },
+        OP_SYNC => {
+            host.reap();
+            Message::reply(Ok(0))
+        }
+        OP_STATUS => Message::reply(c.status(req.args[0], req.args[1])),
+        _ => {
+            let Some(fd) = msg.fd else {
+                return Message::reply(Err(NOT_MINE));
+            };
+            let Some(file) = host.files.of_fd(fd.as_fd()) else {
+                return Message::reply(Err(NOT_MINE));
+            };
+            let m = c.on_file(&file, req);
+            host.files.sync_ready(Some((&file, fd.as_fd())));
+            m
+        }
+    }
+}
+
+/// A call in progress: what the handlers see as the caller's file table.
+struct Call<'a> {
+    host: &'a Host,
+    sock: BorrowedFd<'a>,
+    process: &'a Arc<Process>,
+    gid: u32,
+}
+
+impl Call<'_> {
+    fn caller(&self) -> Caller<'_> {
+        Caller {
+            mem: &*self.process.mem,
+            fds: self,
+        }
+    }
+
+    /// Whether the caller may open a node with `accmode`, as the VFS checks the node's mode.
+    fn may_open(&self, accmode: i32) -> bool {
+        let cfg = &self.host.config;
+        if self.process.uid == 0 {
+            return true;
+        }
+        let bits = if self.process.uid == cfg.node_uid {
+            cfg.node_mode >> 6
+        } else if self.gid == cfg.node_gid {
+            cfg.node_mode >> 3
+        } else {
+            cfg.node_mode
+        } & 7;
+        let need = match accmode {
+            uiommu_uapi::file::O_RDONLY => 4,
+            uiommu_uapi::file::O_WRONLY => 2,
+            _ => 6,
+        };
+        bits & need == need
+    }
+
+    /// `open` of `target` with `flags`: the file handed to the caller, 0 replied.
+    fn open(&self, target: Target, flags: i32) -> Result<i64, Errno> {
+        let accmode = flags & 3;
+        if target != Target::NoEnt && !self.may_open(accmode) {
+            return Err(EACCES);
+        }
+        let kind = make_file(&self.host.engine, self.process.space, target)?;
+        let open = OpenFile::new(kind, accmode, Some(target));
+        let cloexec = flags & nix::libc::O_CLOEXEC != 0;
+        self.hand_over(open, cloexec).map(i64::from)
+    }
+
+    /// Register `open` and give the caller an fd of it; returns the fd's number.
+    fn hand_over(&self, open: OpenFile, cloexec: bool) -> Result<i32, Errno> {
+        let (_file, client) = self
+            .host
+            .files
+            .add(open, (self.process.pid, self.process.uid))?;
+        let m = Message {
+            flags: u32::from(cloexec),
+            ..Message::new(K_TAKE_FD, 0)
+        };
+        send(self.sock, &m, Some(client.as_fd()))?;
+        // The message holds the file now; if the caller never takes it, the file goes with
+        // the message (and the watcher drops it).
+        drop(client);
+        match self.answer(OP_TOOK_FD)? {
+            n if n >= 0 => i32::try_from(n).map_err(|_| EIO),
+            n => Err(i32::try_from(-n).unwrap_or(EIO)),
+        }
+    }
+
+    /// The caller's answer `op` to a request of ours during the call.
+    fn answer(&self, op: u32) -> Result<i64, Errno> {
+        let r = receive(self.sock).ok_or(EIO)?;
+        match r.req {
+            Some(req) if req.op == op => Ok(req.args[0] as i64),
+            _ => Err(EIO),
+        }
+    }
+
+    /// `uiommu status`: the JSON into the caller's buffer `[buf, buf + len)` if it fits;
+    /// replies the JSON's length either way.
+    fn status(&self, buf: u64, len: u64) -> Result<i64, Errno> {
+        let text = crate::status::json(self.host).to_string();
+        if text.len() as u64 <= len {
+            use uiommu_platform::memory::UserMemory;
+            self.process
+                .mem
+                .write(uiommu_platform::UserVa(buf), text.as_bytes())
+                .map_err(|_| 14)?;
+        }
+        Ok(text.len() as i64)
+    }
+
+    /// The file the caller has at `fd`, if it is ours.
+    fn file_at(&self, fd: i32) -> Result<Arc<HostFile>, Errno> {
+        let got = self.process.take_fd(fd)?;
+        self.host.files.of_fd(got.as_fd()).ok_or(EBADFD)
+    }
+
+    /// An operation on `file` (the fd sent with the call).
+    fn on_file(&self, file: &HostFile, req: Request) -> Message {
+        let caller = self.caller();
+        let space = self.process.space;
+        match req.op {
+            OP_IOCTL => {
+                let creds = self.process.creds();
+                Message::reply(uiommu_core::with_caller(space, creds, || {
+                    file.open.ioctl(&caller, req.args[0], req.args[1])
+                }))
+            }
+            OP_READ | OP_WRITE => {
+                let dir = if req.op == OP_READ { Dir::Read } else { Dir::Write };
+                let count = usize::try_from(req.args[1]).unwrap_or(usize::MAX);
+                let r = if req.args[3] == 1 {
+                    file_io(&caller, &file.open, dir, req.args[0], count, Pos::At(req.args[2] as i64))
+                        .map(|(n, _)| n as i64)
+                } else {
+                    let mut pos = file.pos();
+                    match file_io(&caller, &file.open, dir, req.args[0], count, Pos::Stream(*pos)) {
+                        Ok((n, moves)) => {
+                            if moves {
+                                *pos = pos.saturating_add(n as i64);
+                            }
+                            Ok(n as i64)
+                        }
+                        Err(e) => Err(e),
+                    }
+                };
+                Message::reply(r)
+            }
+            OP_MMAP => Message::reply(Err(mmap_refusal(
+                &file.open,
+                req.args[0],
+                req.args[1] as i32,
+                req.args[2] as i32,
+                req.args[3] as i64,
+            ))),
+            OP_STAT => {
+                let (kind, n) = file.open.node.map_or((0, 0), Target::encode);
+                let made = match (&file.open.kind, file.open.fault_queue()) {
+                    (_, Some(_)) => 2,
+                    (Kind::Engine(_), None) if file.open.vfio().is_some() => 3,
+                    (Kind::Engine(_), None) => 1,
+                    _ => 0,
+                };
+                Message {
+                    extra: [file.id, made],
+                    ..Message::reply(Ok((i64::from(kind) << 32) | i64::from(n)))
+                }
+            }
+            OP_READY => Message::reply(Ok(file.open.fault_queue().map_or(0, |q| i64::from(q.readable())))),
+            _ => Message::reply(Err(EINVAL)),
+        }
+    }
+}
+
+impl FdTable for Call<'_> {
+    fn iommufd(&self, fd: i32) -> Result<Context, Errno> {
+        match &self.file_at(fd)?.open.kind {
+            Kind::Iommufd(f) => Ok(f.context().clone()),
+            // iommufd_ctx_from_fd on another file: EBADFD.
+            _ => Err(EBADFD),
+        }
+    }
+
+    fn eventfd(&self, fd: i32) -> Result<Box<dyn Fn() + Send + Sync>, Errno> {
+        let ev = self.process.take_fd(fd)?;
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", crate::raw_fd(&ev)));
+        if !link.is_ok_and(|t| t.as_os_str() == "anon_inode:[eventfd]") {
+            return Err(EINVAL);
+        }
+        Ok(Box::new(move || {
+            // Never block the engine on a full counter: the signal is lost, as the kernel's
+            // eventfd_signal saturates.
+            let mut fds = [nix::poll::PollFd::new(ev.as_fd(), nix::poll::PollFlags::POLLOUT)];
+            if matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO), Ok(1)) {
+                let _ = nix::unistd::write(&ev, &1u64.to_ne_bytes());
+            }
+        }))
+    }
+
+    fn install(&self, file: Arc<dyn EngineFile>, cloexec: bool) -> Result<i32, Errno> {
+        let open = OpenFile::new(Kind::Engine(file), uiommu_uapi::file::O_RDWR, None);
+        self.hand_over(open, cloexec)
+    }
+
+    fn uninstall(&self, fd: i32) {
+        let m = Message::new(K_DROP_FD, i64::from(fd));
+        if send(self.sock, &m, None).is_ok() {
+            let _ = self.answer(OP_DROPPED);
+        }
+    }
+
+    fn file(&self, fd: i32) -> Result<Arc<dyn EngineFile>, Errno> {
+        match &self.file_at(fd).map_err(|_| EBADF)?.open.kind {
+            Kind::Engine(f) => Ok(f.clone()),
+            _ => Err(EBADF),
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! uiommu's host engine (`uiommu serve`): one IOMMU subsystem for a host *instance*, serving
+//! every process that uses it, as the kernel serves every process of a host.
+//!
+//! The engine owns the platform (topology, groups, drivers, IOMMU, emulated devices) and every
+//! security context. Programs reach it through a front-end (the preload library; the protocol
+//! is [`uiommu_proto`]): each file the engine opens for a program is a socket whose other end
+//! the engine keeps ([`files`]), so the kernel itself shares it through `dup`, `fork`, `exec`
+//! and `SCM_RIGHTS` to any process, and the file lives while any process holds it. Calls come
+//! over `SOCK_SEQPACKET` connections to the instance's socket ([`conn`]); the caller is who the
+//! kernel says sent the message, its memory is read and written by the engine
+//! ([`clients`]), and the file of a call is the fd sent with it.
+//!
+//! - [`files`]: the open files, their sockets and the watcher of their last close.
+//! - [`clients`]: the processes served: identity, memory, pidfds, fds taken from them.
+//! - [`conn`]: one connection: messages, credentials, the operations.
+//! - [`status`]: `uiommu status`.
+//! - [`serve`]: the instance's socket and lock, the accept loop, the watcher, idle exit.
+
+#![forbid(unsafe_code)]
+
+pub mod clients;
+pub mod conn;
+pub mod files;
+pub mod status;
+
+use nix::fcntl::{Flock, FlockArg};
+use rustix::net::{
+    accept_with, bind, listen, socket_with, sockopt, AddressFamily, SocketAddrUnix, SocketFlags,
+    SocketType,
+};
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use uiommu_core::{Engine, EngineConfig};
+use uiommu_platform::Platform;
+
+/// How the engine serves.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The instance name ([`uiommu_proto::valid_instance`]).
+    pub instance: String,
+    /// Where the platform came from (for `uiommu status`): a file, or "built-in".
+    pub platform_source: String,
+    /// Limits and privileges of the emulated callers (instance-wide).
+    pub engine: EngineConfig,
+    /// Exit after this long with no file open and no connection (an engine `uiommu run`
+    /// started); `None`: serve until killed.
+    pub idle_exit: Option<Duration>,
+    /// Owner uid, gid and mode of the device nodes (`open` checks them as the VFS does).
+    pub node_uid: u32,
+    /// Owner gid of the nodes.
+    pub node_gid: u32,
+    /// Permission bits of the nodes.
+    pub node_mode: u32,
+    /// Uids served besides the engine's own and root's (every uid when the engine is root).
+    pub allow_uids: Vec<u32>,
+}
+
+impl Config {
+    /// Defaults for instance `instance`: nodes owned by the engine's uid, mode 0600; no
+    /// other uid served; no idle exit.
+    pub fn new(instance: &str) -> Config {
+        Config {
+            instance: instance.to_string(),
+            platform_source: "built-in".into(),
+            engine: EngineConfig::default(),
+            idle_exit: None,
+            node_uid: nix::unistd::geteuid().as_raw(),
+            node_gid: nix::unistd::getegid().as_raw(),
+            node_mode: 0o600,
+            allow_uids: Vec::new(),
+        }
+    }
+}
+
+/// The running engine.
+pub struct Host {
+    /// The engine.
+    pub engine: Arc<Engine>,
+    /// The open files.
+    pub files: files::Files,
+    /// The processes served.
+    pub clients: clients::Clients,
+    /// The configuration.
+    pub config: Config,
+    /// Open connections.
+    pub connections: AtomicUsize,
+    /// When the engine started.
+    pub started: Instant,
+}
+
+impl Host {
+    /// An engine over `platform` (not yet serving: see [`serve`]).
+    pub fn new(platform: Platform, config: Config) -> Result<Arc<Host>, String> {
+        let engine = Engine::new(platform, config.engine.clone())
+            .map_err(|e| format!("cannot start the engine: {e}"))?;
+        Ok(Arc::new(Host {
+            engine,
+            files: files::Files::new().map_err(|e| format!("epoll: {e}"))?,
+            clients: clients::Clients::default(),
+            config,
+            connections: AtomicUsize::new(0),
+            started: Instant::now(),
+        }))
+    }
+
+    /// Whether the engine serves processes of real uid `uid`.
+    pub fn serves(&self, uid: u32) -> bool {
+        let me = nix::unistd::geteuid().as_raw();
+        me == 0 || uid == me || uid == 0 || self.config.allow_uids.contains(&uid)
+    }
+
+    /// Drop the files nobody holds any more and forget exited processes.
+    pub fn reap(&self) {
+        let r = self.files.reap();
+        for pid in r.exited {
+            self.clients.exited(pid);
+        }
+    }
+
+    /// Whether nothing uses the engine: no file open, no connection.
+    fn idle(&self) -> bool {
+        self.files.is_empty() && self.connections.load(Ordering::Acquire) == 0
+    }
+}
+
+/// Why [`serve`] did not start.
+#[derive(Debug)]
+pub enum ServeError {
+    /// Another engine serves the instance (its pid, if it could be read).
+    Running(Option<i32>),
+    /// Anything else.
+    Other(String),
+}
+
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServeError::Running(Some(pid)) => write!(f, "the instance is served already (pid {pid})"),
+            ServeError::Running(None) => write!(f, "the instance is served already"),
+            ServeError::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+/// The lock file of instance `name`, beside its socket.
+pub fn lock_path(name: &str) -> PathBuf {
+    uiommu_proto::socket_dir().join(format!("{name}.lock"))
+}
+
+/// The pid of the engine serving instance `name`, if one holds its lock.
+pub fn running_pid(name: &str) -> Option<i32> {
+    let text = std::fs::read_to_string(lock_path(name)).ok()?;
+    let pid: i32 = text.trim().parse().ok()?;
+    // A stale pid in the file: whoever holds the lock is the engine.
+    let f = std::fs::File::open(lock_path(name)).ok()?;
+    match Flock::lock(f, FlockArg::LockSharedNonblock) {
+        Ok(_) => None,
+        Err(_) => Some(pid),
+    }
+}
+
+/// Serve `host`'s instance until killed (or idle, with [`Config::idle_exit`]). `ready` runs
+/// once the socket accepts connections.
+pub fn serve(host: Arc<Host>, ready: impl FnOnce()) -> Result<(), ServeError> {
+    let name = &host.config.instance;
+    if !uiommu_proto::valid_instance(name) {
+        return Err(ServeError::Other(format!("{name:?}: not a valid instance name")));
+    }
+    let dir = uiommu_proto::socket_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| ServeError::Other(format!("{}: {e}", dir.display())))?;
+    let root = nix::unistd::geteuid().is_root();
+    // Others may reach a root engine's directory (the engine checks who calls); a user's is
+    // private.
+    let _ = std::fs::set_permissions(
+        &dir,
+        std::fs::Permissions::from_mode(if root { 0o755 } else { 0o700 }),
+    );
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(lock_path(name))
+        .map_err(|e| ServeError::Other(format!("{}: {e}", lock_path(name).display())))?;
+    let mut lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock)
+        .map_err(|_| ServeError::Running(running_pid(name)))?;
+    let _ = lock.set_len(0);
+    let _ = write!(lock, "{}", std::process::id());
+    let _ = lock.flush();
+    let path = uiommu_proto::socket_path(name);
+    // Whoever held the lock before is gone: its socket is stale.
+    let _ = std::fs::remove_file(&path);
+    let other = |what: &str, e: rustix::io::Errno| ServeError::Other(format!("{what}: {e}"));
+    let listener = socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| other("socket", e))?;
+    let addr = SocketAddrUnix::new(&path).map_err(|e| other(&path.display().to_string(), e))?;
+    bind(&listener, &addr).map_err(|e| other(&path.display().to_string(), e))?;
+    let _ = std::fs::set_permissions(
+        &path,
+        std::fs::Permissions::from_mode(if root { 0o666 } else { 0o600 }),
+    );
+    sockopt::set_socket_passcred(&listener, true).map_err(|e| other("SO_PASSCRED", e))?;
+    listen(&listener, 128).map_err(|e| other("listen", e))?;
+    {
+        let host = host.clone();
+        std::thread::Builder::new()
+            .name("uiommu-watch".into())
+            .spawn(move || watch(&host))
+            .map_err(|e| ServeError::Other(format!("thread: {e}")))?;
+    }
+    ready();
+    loop {
+        let sock = match accept_with(&listener, SocketFlags::CLOEXEC) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED) => continue,
+            Err(e) => return Err(other("accept", e)),
+        };
+        let Ok(cred) = sockopt::socket_peercred(&sock) else {
+            continue;
+        };
+        if !host.serves(cred.uid.as_raw()) {
+            // Refused: closed unanswered.
+            continue;
+        }
+        host.connections.fetch_add(1, Ordering::AcqRel);
+        let h = host.clone();
+        let spawned = std::thread::Builder::new()
+            .name("uiommu-conn".into())
+            .spawn(move || {
+                conn::serve_connection(&h, sock);
+                h.connections.fetch_sub(1, Ordering::AcqRel);
+            });
+        if spawned.is_err() {
+            host.connections.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The watcher: drops files whose last holder closed them, forgets exited processes, and
+/// ends an idle on-demand engine.
+fn watch(host: &Host) {
+    let mut idle_since: Option<Instant> = None;
+    loop {
+        host.files.wait(if host.config.idle_exit.is_some() { 250 } else { -1 });
+        host.reap();
+        let Some(grace) = host.config.idle_exit else {
+            continue;
+        };
+        if host.idle() {
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= grace {
+                let _ = std::fs::remove_file(uiommu_proto::socket_path(&host.config.instance));
+                std::process::exit(0);
+            }
+        } else {
+            idle_since = None;
+        }
+    }
+}
+
+
+/// The number of an fd the engine owns (for `/proc/self/fd` paths).
+pub(crate) fn raw_fd(fd: &impl std::os::fd::AsFd) -> i32 {
+    use std::os::fd::AsRawFd;
+    fd.as_fd().as_raw_fd()
+}

@@ -1,0 +1,136 @@
+//! `uiommu status`: the engine, its platform, and per security context who holds it, what it
+//! has bound, the groups it owns, its objects and the pages it pinned.
+//!
+//! The JSON keys (documented in docs/HOST.md):
+//! - `instance`, `pid`, `uid`, `uptime_s`, `platform` (its source), `connections`;
+//! - `processes`: `[{pid, uid, bytes_moved}]`, the processes the engine served;
+//! - `files`: `[{id, node, kind, opener: {pid, uid}, holders: [pid], context, device}]`: every
+//!   open file; `holders` are the known processes with an fd of it now, `context` the
+//!   security context of an iommufd, `device` the BDF of a VFIO device file;
+//! - `contexts`: `[{id, objects, groups: [n]}]`;
+//! - `groups`: `[{group, devices: [bdf], owner: context or null, domain}]`;
+//! - `pinned`: `{user_pages, total_pins}`.
+
+use crate::Host;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::MetadataExt;
+use uiommu_uapi::file::{Kind, Target};
+
+/// The node path of `t`.
+fn node_path(t: Target) -> String {
+    match t {
+        Target::Iommu => "/dev/iommu".into(),
+        Target::VfioDevice(n) => format!("/dev/vfio/devices/vfio{n}"),
+        Target::VfioContainer => "/dev/vfio/vfio".into(),
+        Target::VfioGroup(n) => format!("/dev/vfio/{n}"),
+        Target::NoEnt => String::new(),
+    }
+}
+
+/// Which processes hold which socket inodes now (from their `/proc/PID/fd`).
+fn holders(pids: &[i32]) -> BTreeMap<u64, BTreeSet<i32>> {
+    let mut out: BTreeMap<u64, BTreeSet<i32>> = BTreeMap::new();
+    for &pid in pids {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for e in dir.flatten() {
+            if let Ok(md) = std::fs::metadata(e.path()) {
+                out.entry(md.ino()).or_default().insert(pid);
+            }
+        }
+    }
+    out
+}
+
+/// The engine's state as JSON.
+pub fn json(host: &Host) -> Value {
+    let procs = host.clients.all();
+    let pids: Vec<i32> = procs.iter().map(|p| p.pid).collect();
+    let held = holders(&pids);
+    let mut files = Vec::new();
+    let mut contexts = BTreeMap::new();
+    for f in host.files.all() {
+        let (kind, context, device) = match (&f.open.kind, f.open.vfio(), f.open.fault_queue()) {
+            (Kind::Iommufd(i), _, _) => {
+                let c = i.context();
+                contexts.insert(c.id().0, c.objects().map(|o| o.len()).unwrap_or(0));
+                ("iommufd", Some(c.id().0), None)
+            }
+            (Kind::Group(_), _, _) => ("vfio-group", None, None),
+            (_, Some(v), _) => ("vfio-device", None, Some(v.device())),
+            (_, _, Some(_)) => ("fault-queue", None, None),
+            _ => ("engine-file", None, None),
+        };
+        let device = device.and_then(|d| {
+            host.engine
+                .with_platform(|p| p.topology.device(d).map(|d| d.bdf.to_string()))
+        });
+        files.push(json!({
+            "id": f.id,
+            "node": f.open.node.map(node_path),
+            "kind": kind,
+            "opener": {"pid": f.opener.0, "uid": f.opener.1},
+            "holders": held.get(&f.key.1).map(|s| s.iter().copied().collect::<Vec<_>>()).unwrap_or_default(),
+            "context": context,
+            "device": device,
+        }));
+    }
+    let groups: Vec<(u32, Vec<String>)> = host.engine.with_platform(|p| {
+        p.topology
+            .groups()
+            .map(|g| {
+                let devs = g
+                    .devices
+                    .iter()
+                    .filter_map(|d| p.topology.device(*d).map(|d| d.bdf.to_string()))
+                    .collect();
+                (g.id.0, devs)
+            })
+            .collect()
+    });
+    let mut owned: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+    let groups: Vec<Value> = groups
+        .into_iter()
+        .map(|(id, devs)| {
+            let st = host.engine.group_status(uiommu_platform::topology::GroupId(id));
+            let owner = st.as_ref().and_then(|s| s.owner).map(|c| c.0);
+            if let Some(o) = owner {
+                owned.entry(o).or_default().push(id);
+            }
+            json!({
+                "group": id,
+                "devices": devs,
+                "owner": owner,
+                "domain": st.and_then(|s| s.domain).map(|d| format!("{d:?}").to_lowercase()),
+            })
+        })
+        .collect();
+    let contexts: Vec<Value> = contexts
+        .into_iter()
+        .map(|(id, objects)| {
+            json!({"id": id, "objects": objects, "groups": owned.get(&id).cloned().unwrap_or_default()})
+        })
+        .collect();
+    json!({
+        "instance": host.config.instance,
+        "pid": std::process::id(),
+        "uid": nix::unistd::geteuid().as_raw(),
+        "uptime_s": host.started.elapsed().as_secs(),
+        "platform": host.config.platform_source,
+        "connections": host.connections.load(std::sync::atomic::Ordering::Relaxed),
+        "processes": procs.iter().map(|p| json!({
+            "pid": p.pid,
+            "uid": p.uid,
+            "bytes_moved": p.mem.moved.load(std::sync::atomic::Ordering::Relaxed),
+        })).collect::<Vec<_>>(),
+        "files": files,
+        "contexts": contexts,
+        "groups": groups,
+        "pinned": {
+            "user_pages": host.engine.user_charged_pages(),
+            "total_pins": host.engine.total_pins(),
+        },
+    })
+}

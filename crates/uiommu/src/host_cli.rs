@@ -1,0 +1,276 @@
+//! `uiommu serve`, `uiommu status`, and the host-engine side of `uiommu run`: reaching an
+//! instance's engine, starting one on demand.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use uiommu_proto::client::Client;
+use uiommu_proto::{Request, OP_STATUS};
+
+/// How long an engine `uiommu run` started stays with nothing to serve.
+pub const IDLE_GRACE: Duration = Duration::from_secs(5);
+
+/// The instance named by `flag`, else `$UIOMMU_INSTANCE`, else `default`; checked.
+pub fn instance_name(flag: Option<String>) -> Result<String, String> {
+    let name = flag
+        .or_else(|| std::env::var("UIOMMU_INSTANCE").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| uiommu_proto::DEFAULT_INSTANCE.to_string());
+    if uiommu_proto::valid_instance(&name) {
+        Ok(name)
+    } else {
+        Err(format!(
+            "{name:?}: not a valid instance name (1 to 64 of A-Z a-z 0-9 . _ -, not starting with a dot)"
+        ))
+    }
+}
+
+/// Options of `uiommu serve`.
+pub struct ServeArgs {
+    pub instance: String,
+    pub platform: Option<PathBuf>,
+    pub as_root: bool,
+    pub idle_exit: Option<Duration>,
+    pub mode: u32,
+    pub allow_uids: Vec<u32>,
+}
+
+/// Read and check a platform file.
+pub fn load_platform(path: &Path) -> Result<uiommu_platform::Platform, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let topo = uiommu_platform::topology::Topology::from_toml(&text)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(uiommu_platform::Platform::new(topo))
+}
+
+/// The limits and privileges of this process, for the engine's callers.
+fn engine_config(as_root: bool) -> uiommu_core::EngineConfig {
+    let memlock = rustix::process::getrlimit(rustix::process::Resource::Memlock).current;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    uiommu_core::EngineConfig::of_process(memlock, &status, as_root)
+}
+
+/// `uiommu serve`: returns only when the engine could not start (exit status 1; 3 when the
+/// instance is served already).
+pub fn serve(args: ServeArgs) -> (u8, String) {
+    let (platform, source) = match &args.platform {
+        None => (uiommu_platform::Platform::builtin(), "built-in".to_string()),
+        Some(p) => match load_platform(p).and_then(|pl| {
+            std::fs::canonicalize(p)
+                .map(|abs| (pl, abs.display().to_string()))
+                .map_err(|e| format!("{}: {e}", p.display()))
+        }) {
+            Ok(x) => x,
+            Err(m) => return (2, m),
+        },
+    };
+    let mut config = uiommu_host::Config::new(&args.instance);
+    config.platform_source = source;
+    config.engine = engine_config(args.as_root);
+    config.idle_exit = args.idle_exit;
+    config.node_mode = args.mode;
+    config.allow_uids = args.allow_uids;
+    let host = match uiommu_host::Host::new(platform, config) {
+        Ok(h) => h,
+        Err(m) => return (1, m),
+    };
+    let name = args.instance.clone();
+    let r = uiommu_host::serve(host, || {
+        eprintln!(
+            "uiommu serve: instance {name} at {} (pid {})",
+            uiommu_proto::socket_path(&name).display(),
+            std::process::id()
+        );
+    });
+    match r {
+        Ok(()) => (0, String::new()),
+        Err(e @ uiommu_host::ServeError::Running(_)) => (3, format!("instance {}: {e}", args.instance)),
+        Err(e) => (1, format!("instance {}: {e}", args.instance)),
+    }
+}
+
+/// A client of instance `name`'s engine.
+fn client_of(name: &str) -> Result<&'static Client, String> {
+    static CLIENT: Client = Client::new();
+    let path = uiommu_proto::socket_path(name);
+    if !CLIENT.set_path(path.as_os_str().as_encoded_bytes()) {
+        return Err(format!("{}: path too long", path.display()));
+    }
+    Ok(&CLIENT)
+}
+
+/// The engine's status JSON, or why it cannot be had.
+pub fn status_json(name: &str) -> Result<serde_json::Value, String> {
+    let client = client_of(name)?;
+    if !client.reachable() {
+        return Err(format!(
+            "no engine serves instance {name} ({} does not answer)",
+            uiommu_proto::socket_path(name).display()
+        ));
+    }
+    let mut len = 1 << 16;
+    for _ in 0..8 {
+        let mut buf = vec![0u8; len];
+        let req = Request::new(OP_STATUS, [buf.as_mut_ptr() as u64, len as u64, 0, 0, 0, 0]);
+        let m = client
+            .call(req, None)
+            .map_err(|e| format!("instance {name}: {}", std::io::Error::from_raw_os_error(e)))?;
+        if m.err != 0 {
+            return Err(format!(
+                "instance {name}: {}",
+                std::io::Error::from_raw_os_error(m.err.max(1))
+            ));
+        }
+        let n = usize::try_from(m.val).unwrap_or(0);
+        if n <= len {
+            // The engine wrote the JSON into `buf` with process_vm_writev.
+            let buf = std::hint::black_box(buf);
+            return serde_json::from_slice(&buf[..n]).map_err(|e| format!("status: {e}"));
+        }
+        len = n;
+    }
+    Err("status: the engine's answer keeps growing".into())
+}
+
+/// `uiommu status` as text.
+pub fn status_text(v: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "instance {}: engine pid {}, uid {}, up {} s, platform {}, {} connection(s)",
+        v["instance"].as_str().unwrap_or("?"),
+        v["pid"],
+        v["uid"],
+        v["uptime_s"],
+        v["platform"].as_str().unwrap_or("?"),
+        v["connections"]
+    );
+    let empty = Vec::new();
+    let files = v["files"].as_array().unwrap_or(&empty);
+    let _ = writeln!(out, "files: {}", files.len());
+    for f in files {
+        let _ = writeln!(
+            out,
+            "  #{} {} {}{}{} opened by pid {} (uid {}), held by {}",
+            f["id"],
+            f["kind"].as_str().unwrap_or("?"),
+            f["node"].as_str().unwrap_or("(made by the engine)"),
+            f["context"].as_u64().map(|c| format!(" context {c}")).unwrap_or_default(),
+            f["device"].as_str().map(|d| format!(" device {d}")).unwrap_or_default(),
+            f["opener"]["pid"],
+            f["opener"]["uid"],
+            f["holders"]
+        );
+    }
+    let _ = writeln!(out, "contexts:");
+    for c in v["contexts"].as_array().unwrap_or(&empty) {
+        let _ = writeln!(
+            out,
+            "  context {}: {} object(s), owns group(s) {}",
+            c["id"], c["objects"], c["groups"]
+        );
+    }
+    let _ = writeln!(out, "groups:");
+    for g in v["groups"].as_array().unwrap_or(&empty) {
+        let owner = g["owner"]
+            .as_u64()
+            .map(|o| format!("context {o}"))
+            .unwrap_or_else(|| "kernel".into());
+        let _ = writeln!(
+            out,
+            "  group {} {}: owner {}, domain {}",
+            g["group"],
+            g["devices"],
+            owner,
+            g["domain"].as_str().unwrap_or("none")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "pinned: {} page(s) charged to the user, {} pin(s)",
+        v["pinned"]["user_pages"], v["pinned"]["total_pins"]
+    );
+    out
+}
+
+/// Start an engine for instance `name` in the background with `args` (the options of
+/// `uiommu serve`), its stderr in `<socket dir>/<name>.log`, and wait until it answers. The
+/// engine is not a child of the caller once this returns (the caller may `exec` a program
+/// that waits for any child). Exit status 3 of the engine (served already) counts as started.
+pub fn start_detached(name: &str, args: &[std::ffi::OsString]) -> Result<(), String> {
+    let client = client_of(name)?;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot locate uiommu: {e}"))?;
+    let dir = uiommu_proto::socket_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let log = dir.join(format!("{name}.log"));
+    let log_file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("serve").args(args);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .env_remove("LD_PRELOAD")
+        .spawn()
+        .map_err(|e| format!("cannot start the engine: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !client.reachable() {
+        if let Ok(Some(st)) = child.try_wait() {
+            // Another `uiommu run` may have started it meanwhile (exit 3).
+            if st.code() != Some(3) {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(format!("the engine did not start ({st}): {}", text.trim()));
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the engine did not answer within 10 s (log: {})",
+                log.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// Make sure instance `name` has an engine, starting one on demand (`platform` and `as_root`
+/// are given to it; it exits after [`IDLE_GRACE`] with nothing to serve). Returns the
+/// engine's platform source as its status reports it.
+pub fn ensure_engine(name: &str, platform: Option<&Path>, as_root: bool) -> Result<String, String> {
+    let client = client_of(name)?;
+    if !client.reachable() {
+        // `serve --detach` starts the engine and exits once it answers: the engine is then
+        // nobody's child but init's.
+        let exe = std::env::current_exe().map_err(|e| format!("cannot locate uiommu: {e}"))?;
+        let mut cmd = std::process::Command::new(exe);
+        cmd.args(["serve", "--detach", "--instance", name, "--idle-exit"])
+            .arg(IDLE_GRACE.as_secs().to_string())
+            .env_remove("LD_PRELOAD");
+        if let Some(p) = platform {
+            cmd.arg("--platform").arg(p);
+        }
+        if as_root {
+            cmd.arg("--as-root");
+        }
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot start the engine: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+    }
+    let status = status_json(name)?;
+    let source = status["platform"].as_str().unwrap_or("built-in").to_string();
+    if let Some(p) = platform {
+        let want = std::fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        if Path::new(&source) != want {
+            return Err(format!(
+                "instance {name} is served with platform {source}, not {} (use another --instance)",
+                want.display()
+            ));
+        }
+    }
+    Ok(source)
+}
