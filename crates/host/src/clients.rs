@@ -130,6 +130,14 @@ impl Process {
     }
 }
 
+/// The parent of process `pid` (`/proc/PID/stat`, field 4).
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: parse after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// The processes known to the engine.
 #[derive(Default)]
 pub struct Clients {
@@ -175,6 +183,20 @@ impl Clients {
             pidfd,
             as_root: AtomicBool::new(false),
         });
+        // A fork child has the privileges in the emulation of its nearest known ancestor
+        // (it says hello only when it execs; a harness may fork twice before calling).
+        let mut at = pid;
+        for _ in 0..16 {
+            let Some(pp) = parent_of(at).filter(|&pp| pp > 1) else {
+                break;
+            };
+            if let Some(known) = map.get(&pp) {
+                p.as_root
+                    .store(known.as_root.load(Ordering::Acquire), Ordering::Release);
+                break;
+            }
+            at = pp;
+        }
         watch(&p);
         map.insert(pid, p.clone());
         Ok(p)

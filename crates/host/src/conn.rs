@@ -121,12 +121,15 @@ fn call(host: &Host, sock: BorrowedFd<'_>, msg: Received) -> Message {
     if !host.serves(uid) {
         return Message::reply(Err(EACCES));
     }
+    // Files whose last holder went before this message was sent (a process that exited, a
+    // close in another process) are released first, as Linux released them then.
+    if req.op != OP_HELLO {
+        host.reap();
+    }
     let pid = cred.pid.as_raw_nonzero().get();
-    let process = match host
-        .clients
-        .get(&host.engine, pid, uid, |p| {
-            let _ = host.files.watch_pid(p.pid, p.pidfd.as_fd());
-        }) {
+    let process = match host.clients.get(&host.engine, pid, uid, |p| {
+        let _ = host.files.watch_pid(p.pid, p.pidfd.as_fd());
+    }) {
         Ok(p) => p,
         Err(e) => return Message::reply(Err(e)),
     };
@@ -292,14 +295,32 @@ impl Call<'_> {
                 }))
             }
             OP_READ | OP_WRITE => {
-                let dir = if req.op == OP_READ { Dir::Read } else { Dir::Write };
+                let dir = if req.op == OP_READ {
+                    Dir::Read
+                } else {
+                    Dir::Write
+                };
                 let count = usize::try_from(req.args[1]).unwrap_or(usize::MAX);
                 let r = if req.args[3] == 1 {
-                    file_io(&caller, &file.open, dir, req.args[0], count, Pos::At(req.args[2] as i64))
-                        .map(|(n, _)| n as i64)
+                    file_io(
+                        &caller,
+                        &file.open,
+                        dir,
+                        req.args[0],
+                        count,
+                        Pos::At(req.args[2] as i64),
+                    )
+                    .map(|(n, _)| n as i64)
                 } else {
                     let mut pos = file.pos();
-                    match file_io(&caller, &file.open, dir, req.args[0], count, Pos::Stream(*pos)) {
+                    match file_io(
+                        &caller,
+                        &file.open,
+                        dir,
+                        req.args[0],
+                        count,
+                        Pos::Stream(*pos),
+                    ) {
                         Ok((n, moves)) => {
                             if moves {
                                 *pos = pos.saturating_add(n as i64);
@@ -331,7 +352,10 @@ impl Call<'_> {
                     ..Message::reply(Ok((i64::from(kind) << 32) | i64::from(n)))
                 }
             }
-            OP_READY => Message::reply(Ok(file.open.fault_queue().map_or(0, |q| i64::from(q.readable())))),
+            OP_READY => Message::reply(Ok(file
+                .open
+                .fault_queue()
+                .map_or(0, |q| i64::from(q.readable())))),
             _ => Message::reply(Err(EINVAL)),
         }
     }
@@ -355,8 +379,14 @@ impl FdTable for Call<'_> {
         Ok(Box::new(move || {
             // Never block the engine on a full counter: the signal is lost, as the kernel's
             // eventfd_signal saturates.
-            let mut fds = [nix::poll::PollFd::new(ev.as_fd(), nix::poll::PollFlags::POLLOUT)];
-            if matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO), Ok(1)) {
+            let mut fds = [nix::poll::PollFd::new(
+                ev.as_fd(),
+                nix::poll::PollFlags::POLLOUT,
+            )];
+            if matches!(
+                nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO),
+                Ok(1)
+            ) {
                 let _ = nix::unistd::write(&ev, &1u64.to_ne_bytes());
             }
         }))

@@ -98,7 +98,11 @@ impl Files {
 
     /// Register `open` (opened by `opener`): returns the file and the client's end to hand
     /// out.
-    pub fn add(&self, open: OpenFile, opener: (i32, u32)) -> Result<(Arc<HostFile>, OwnedFd), Errno> {
+    pub fn add(
+        &self,
+        open: OpenFile,
+        opener: (i32, u32),
+    ) -> Result<(Arc<HostFile>, OwnedFd), Errno> {
         let (end, client) = socketpair(
             AddressFamily::Unix,
             SockType::Stream,
@@ -108,8 +112,11 @@ impl Files {
         .map_err(|e| e as Errno)?;
         // The engine's end never blocks (readiness bytes); the client's blocks as a device
         // file does unless the program asks otherwise.
-        nix::fcntl::fcntl(&end, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
-            .map_err(|e| e as Errno)?;
+        nix::fcntl::fcntl(
+            &end,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .map_err(|e| e as Errno)?;
         let st = nix::sys::stat::fstat(&client).map_err(|e| e as Errno)?;
         let key = (st.st_dev, st.st_ino);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -159,7 +166,10 @@ impl Files {
     /// Watch `pidfd` (a client process) in the same set: it is reported by [`Files::reap`]
     /// once the process exits.
     pub fn watch_pid(&self, pid: i32, pidfd: BorrowedFd<'_>) -> Result<(), Errno> {
-        let ev = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLONESHOT, PID_TAG | pid as u32 as u64);
+        let ev = EpollEvent::new(
+            EpollFlags::EPOLLIN | EpollFlags::EPOLLONESHOT,
+            PID_TAG | pid as u32 as u64,
+        );
         self.epoll.add(pidfd, ev).map_err(|e| e as Errno)
     }
 

@@ -139,7 +139,9 @@ pub enum ServeError {
 impl std::fmt::Display for ServeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ServeError::Running(Some(pid)) => write!(f, "the instance is served already (pid {pid})"),
+            ServeError::Running(Some(pid)) => {
+                write!(f, "the instance is served already (pid {pid})")
+            }
             ServeError::Running(None) => write!(f, "the instance is served already"),
             ServeError::Other(m) => f.write_str(m),
         }
@@ -168,10 +170,13 @@ pub fn running_pid(name: &str) -> Option<i32> {
 pub fn serve(host: Arc<Host>, ready: impl FnOnce()) -> Result<(), ServeError> {
     let name = &host.config.instance;
     if !uiommu_proto::valid_instance(name) {
-        return Err(ServeError::Other(format!("{name:?}: not a valid instance name")));
+        return Err(ServeError::Other(format!(
+            "{name:?}: not a valid instance name"
+        )));
     }
     let dir = uiommu_proto::socket_dir();
-    std::fs::create_dir_all(&dir).map_err(|e| ServeError::Other(format!("{}: {e}", dir.display())))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| ServeError::Other(format!("{}: {e}", dir.display())))?;
     let root = nix::unistd::geteuid().is_root();
     // Others may reach a root engine's directory (the engine checks who calls); a user's is
     // private.
@@ -250,7 +255,11 @@ pub fn serve(host: Arc<Host>, ready: impl FnOnce()) -> Result<(), ServeError> {
 fn watch(host: &Host) {
     let mut idle_since: Option<Instant> = None;
     loop {
-        host.files.wait(if host.config.idle_exit.is_some() { 250 } else { -1 });
+        host.files.wait(if host.config.idle_exit.is_some() {
+            250
+        } else {
+            -1
+        });
         host.reap();
         let Some(grace) = host.config.idle_exit else {
             continue;
@@ -266,7 +275,6 @@ fn watch(host: &Host) {
         }
     }
 }
-
 
 /// The number of an fd the engine owns (for `/proc/self/fd` paths).
 pub(crate) fn raw_fd(fd: &impl std::os::fd::AsFd) -> i32 {

@@ -94,7 +94,9 @@ pub fn json(host: &Host) -> Value {
     let groups: Vec<Value> = groups
         .into_iter()
         .map(|(id, devs)| {
-            let st = host.engine.group_status(uiommu_platform::topology::GroupId(id));
+            let st = host
+                .engine
+                .group_status(uiommu_platform::topology::GroupId(id));
             let owner = st.as_ref().and_then(|s| s.owner).map(|c| c.0);
             if let Some(o) = owner {
                 owned.entry(o).or_default().push(id);

@@ -44,7 +44,18 @@ extern "C" fn connect_at_load() {
         let caps = std::env::var_os("UIOMMU_CAPS").is_some_and(|v| v == "all");
         let hello = Request::new(
             uiommu_proto::OP_HELLO,
-            [if caps { uiommu_proto::HELLO_CAPS_ALL } else { 0 }, 0, 0, 0, 0, 0],
+            [
+                if caps {
+                    uiommu_proto::HELLO_CAPS_ALL
+                } else {
+                    0
+                },
+                0,
+                0,
+                0,
+                0,
+                0,
+            ],
         );
         if let Ok(m) = CLIENT.call(hello, None) {
             // Under Yama's restricted ptrace the engine must be allowed to read this
@@ -170,13 +181,26 @@ pub(crate) fn io(
 }
 
 /// The errno `mmap` of `fd` fails with; `None` when `fd` is not ours.
-pub(crate) fn mmap_refusal(fd: c_int, len: u64, prot: c_int, flags: c_int, off: i64) -> Option<Errno> {
+pub(crate) fn mmap_refusal(
+    fd: c_int,
+    len: u64,
+    prot: c_int,
+    flags: c_int,
+    off: i64,
+) -> Option<Errno> {
     if !ours(fd) {
         return None;
     }
     match on_file(
         uiommu_proto::OP_MMAP,
-        [len, prot as u32 as u64, flags as u32 as u64, off as u64, 0, 0],
+        [
+            len,
+            prot as u32 as u64,
+            flags as u32 as u64,
+            off as u64,
+            0,
+            0,
+        ],
         fd,
     )? {
         Err(e) => Some(e),

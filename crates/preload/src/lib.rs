@@ -52,8 +52,8 @@ compile_error!("uiommu-preload supports Linux on x86-64 and AArch64 only");
 
 pub mod devdir;
 pub mod hook;
-pub mod inherit;
 mod host;
+pub mod inherit;
 pub mod node;
 mod passing;
 mod poll;
@@ -510,7 +510,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_i
             return real_ioctl();
         }
         if host::on() {
-            return match host::ioctl(fd, request as u64, arg as u64) {
+            return match host::ioctl(fd, request, arg) {
                 None => real_ioctl(),
                 Some(Ok(v)) => c_int::try_from(v).unwrap_or(c_int::MAX),
                 Some(Err(e)) => fail(e),

@@ -50,7 +50,9 @@ impl Default for Client {
 
 /// The raw `errno` of the last failed call.
 fn errno() -> Errno {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 // Every system call here is made with `syscall(2)` rather than through libc's wrappers: in a

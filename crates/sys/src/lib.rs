@@ -116,13 +116,7 @@ pub fn effective_caps_of(pid: i32) -> io::Result<u64> {
     };
     let mut data = [Data::default(); 2];
     // SAFETY: capget reads the header and writes two data structs (version 3), both live.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_capget,
-            &mut hdr as *mut Header,
-            data.as_mut_ptr(),
-        )
-    };
+    let r = unsafe { libc::syscall(libc::SYS_capget, &mut hdr as *mut Header, data.as_mut_ptr()) };
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -472,5 +466,33 @@ mod tests {
             }
             Err(e) => assert!(e.raw_os_error().is_some()),
         }
+    }
+}
+
+#[cfg(test)]
+mod process_query_tests {
+    #[test]
+    fn capabilities_and_memlock_of_this_process() {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let want = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+            .unwrap();
+        assert_eq!(
+            super::effective_caps_of(std::process::id() as i32).unwrap(),
+            want
+        );
+        let mut rl = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one struct rlimit.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) }, 0);
+        let want = (rl.rlim_cur != libc::RLIM_INFINITY).then_some(rl.rlim_cur);
+        assert_eq!(
+            super::memlock_limit_of(std::process::id() as i32).unwrap(),
+            want
+        );
     }
 }

@@ -13,7 +13,11 @@ pub const IDLE_GRACE: Duration = Duration::from_secs(5);
 /// The instance named by `flag`, else `$UIOMMU_INSTANCE`, else `default`; checked.
 pub fn instance_name(flag: Option<String>) -> Result<String, String> {
     let name = flag
-        .or_else(|| std::env::var("UIOMMU_INSTANCE").ok().filter(|s| !s.is_empty()))
+        .or_else(|| {
+            std::env::var("UIOMMU_INSTANCE")
+                .ok()
+                .filter(|s| !s.is_empty())
+        })
         .unwrap_or_else(|| uiommu_proto::DEFAULT_INSTANCE.to_string());
     if uiommu_proto::valid_instance(&name) {
         Ok(name)
@@ -83,7 +87,9 @@ pub fn serve(args: ServeArgs) -> (u8, String) {
     });
     match r {
         Ok(()) => (0, String::new()),
-        Err(e @ uiommu_host::ServeError::Running(_)) => (3, format!("instance {}: {e}", args.instance)),
+        Err(e @ uiommu_host::ServeError::Running(_)) => {
+            (3, format!("instance {}: {e}", args.instance))
+        }
         Err(e) => (1, format!("instance {}: {e}", args.instance)),
     }
 }
@@ -155,8 +161,14 @@ pub fn status_text(v: &serde_json::Value) -> String {
             f["id"],
             f["kind"].as_str().unwrap_or("?"),
             f["node"].as_str().unwrap_or("(made by the engine)"),
-            f["context"].as_u64().map(|c| format!(" context {c}")).unwrap_or_default(),
-            f["device"].as_str().map(|d| format!(" device {d}")).unwrap_or_default(),
+            f["context"]
+                .as_u64()
+                .map(|c| format!(" context {c}"))
+                .unwrap_or_default(),
+            f["device"]
+                .as_str()
+                .map(|d| format!(" device {d}"))
+                .unwrap_or_default(),
             f["opener"]["pid"],
             f["opener"]["uid"],
             f["holders"]
@@ -262,7 +274,10 @@ pub fn ensure_engine(name: &str, platform: Option<&Path>, as_root: bool) -> Resu
         }
     }
     let status = status_json(name)?;
-    let source = status["platform"].as_str().unwrap_or("built-in").to_string();
+    let source = status["platform"]
+        .as_str()
+        .unwrap_or("built-in")
+        .to_string();
     if let Some(p) = platform {
         let want = std::fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display()))?;
         if Path::new(&source) != want {

@@ -382,11 +382,11 @@ fn run(
     if let Some(path) = &platform {
         // Refuse a bad file here, with its error, rather than in the program's first open.
         let text =
-            std::fs::read_to_string(&path).map_err(|e| (2, format!("{}: {e}", path.display())))?;
+            std::fs::read_to_string(path).map_err(|e| (2, format!("{}: {e}", path.display())))?;
         uiommu::platform::topology::Topology::from_toml(&text)
             .map_err(|e| (2, format!("{}: {e}", path.display())))?;
         let abs =
-            std::fs::canonicalize(&path).map_err(|e| (2, format!("{}: {e}", path.display())))?;
+            std::fs::canonicalize(path).map_err(|e| (2, format!("{}: {e}", path.display())))?;
         cmd.env("UIOMMU_PLATFORM", abs);
     }
     if as_root {

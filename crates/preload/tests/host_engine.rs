@@ -1,0 +1,243 @@
+//! The host engine with the preload library as its front-end: unrelated processes sharing one
+//! IOMMU subsystem, and every C program of `tests/c/` under it.
+//!
+//! Each test starts an engine of its own instance in a thread of the test process
+//! (`uiommu_host::serve`), then runs C programs as separate processes — none the parent of
+//! another — with `UIOMMU_SOCKET` naming that engine. After each scenario the engine must be
+//! back to nothing: no file open, no page pinned or charged, the invariants holding.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::{compile, library};
+use uiommu_host::{Config, Host};
+
+/// A host engine of a fresh instance, serving from a thread of this process.
+struct Engine {
+    host: Arc<Host>,
+    socket: PathBuf,
+}
+
+fn engine(name: &str) -> Engine {
+    let instance = format!("test-{}-{name}", std::process::id());
+    let host = Host::new(uiommu_platform::Platform::builtin(), Config::new(&instance)).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = host.clone();
+    std::thread::spawn(move || {
+        let r = uiommu_host::serve(h, || tx.send(()).unwrap());
+        panic!("serve returned: {r:?}");
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the engine starts");
+    Engine {
+        host,
+        socket: uiommu_proto::socket_path(&instance),
+    }
+}
+
+impl Engine {
+    /// A command running `program` with `args` under the library, served by this engine.
+    fn command(&self, program: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .env("LD_PRELOAD", library())
+            .env("UIOMMU_SOCKET", &self.socket)
+            .env_remove("UIOMMU_PLATFORM")
+            .env_remove("UIOMMU_CAPS");
+        cmd
+    }
+
+    /// Run `program` to completion; it must pass. Returns its stdout.
+    fn run(&self, program: &Path, args: &[&str]) -> String {
+        let out = self.command(program, args).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        print!("{stdout}");
+        eprint!("{stderr}");
+        assert!(
+            out.status.success() && stdout.contains("PASS "),
+            "{} {args:?} failed ({}):\n{stdout}{stderr}",
+            program.display(),
+            out.status
+        );
+        stdout
+    }
+
+    /// Start `program` with a pipe on stdin (closed to let it finish); returns once it prints
+    /// its READY line, and the line.
+    fn start(&self, program: &Path, args: &[&str]) -> (Child, String) {
+        let mut child = self
+            .command(program, args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        let stdout = child.stdout.take().unwrap();
+        let mut reader = BufReader::new(stdout);
+        reader.read_line(&mut line).unwrap();
+        assert!(line.starts_with("READY"), "{args:?}: {line:?}");
+        // Keep the rest of its output flowing to the test's.
+        std::thread::spawn(move || {
+            for l in reader.lines().map_while(Result::ok) {
+                println!("{l}");
+            }
+        });
+        (child, line)
+    }
+
+    /// Close `child`'s stdin and check it passed.
+    fn finish(&self, mut child: Child) {
+        drop(child.stdin.take());
+        let st = child.wait().unwrap();
+        assert!(st.success(), "{st}");
+    }
+
+    /// Wait until the engine holds nothing, then check it is clean.
+    fn settle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.host.files.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(self.host.files.is_empty(), "files left open");
+        assert_eq!(self.host.engine.contexts(), 0, "contexts left");
+        assert_eq!(self.host.engine.total_pins(), 0, "pages left pinned");
+        assert_eq!(
+            self.host.engine.user_charged_pages(),
+            0,
+            "pages left charged"
+        );
+        assert!(self.host.engine.check_invariants().is_ok());
+    }
+}
+
+fn peers() -> PathBuf {
+    compile("host_peers")
+}
+
+const EINVAL: &str = "22";
+const EPERM: &str = "1";
+
+#[test]
+fn unrelated_processes_contend_for_a_device_and_its_group() {
+    let e = engine("contend");
+    // vfio1 is 0000:02:00.0, vfio2 its group sibling 0000:02:00.1, vfio0 another group.
+    let (holder, _) = e.start(&peers(), &["hold", "1"]);
+    e.run(&peers(), &["contend", "1", EINVAL]);
+    e.run(&peers(), &["contend", "2", EPERM]);
+    e.run(&peers(), &["contend", "0", "0"]);
+    e.finish(holder);
+    e.settle();
+    // Released with its last holder: the group is free again.
+    e.run(&peers(), &["contend", "2", "0"]);
+    e.settle();
+}
+
+#[test]
+fn opening_proc_pid_fd_of_a_file_is_a_new_open_of_its_node() {
+    let e = engine("steal");
+    let (holder, line) = e.start(&peers(), &["hold", "1"]);
+    let f: Vec<&str> = line.split_whitespace().collect();
+    e.run(&peers(), &["steal", f[1], f[2], f[3], f[4]]);
+    e.finish(holder);
+    e.settle();
+}
+
+#[test]
+fn files_sent_to_an_unrelated_process_outlive_the_sender() {
+    let e = engine("send");
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("host-send-{}", std::process::id()));
+    let p = path.to_str().unwrap();
+    let (receiver, _) = e.start(&peers(), &["receive", p]);
+    e.run(&peers(), &["send", p]);
+    e.finish(receiver);
+    e.settle();
+}
+
+#[test]
+fn pinned_pages_are_charged_to_the_user_across_processes() {
+    let e = engine("pin");
+    let (first, _) = e.start(&peers(), &["pin", "1", "32"]);
+    assert_eq!(e.host.engine.user_charged_pages(), 32);
+    // Another process of the same user, within its own limit, finds the user's charge full.
+    e.run(&peers(), &["pinfail", "0", "32"]);
+    e.finish(first);
+    e.settle();
+    let (again, _) = e.start(&peers(), &["pin", "0", "32"]);
+    e.finish(again);
+    e.settle();
+}
+
+#[test]
+fn a_client_killed_mid_call_releases_everything_it_held() {
+    let e = engine("kill");
+    for _ in 0..3 {
+        let (mut churn, _) = e.start(&peers(), &["churn", "1"]);
+        std::thread::sleep(Duration::from_millis(200));
+        churn.kill().unwrap();
+        let _ = churn.wait();
+        e.settle();
+    }
+    e.run(&peers(), &["contend", "1", "0"]);
+    e.settle();
+}
+
+#[test]
+fn status_names_the_holders_of_each_file() {
+    let e = engine("status");
+    let (holder, line) = e.start(&peers(), &["hold", "1"]);
+    let pid: i32 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let v = uiommu_host::status::json(&e.host);
+    let files = v["files"].as_array().unwrap();
+    assert_eq!(files.len(), 2, "{v}");
+    let dev = files.iter().find(|f| f["kind"] == "vfio-device").unwrap();
+    assert_eq!(dev["device"], "0000:02:00.0");
+    assert_eq!(dev["holders"], serde_json::json!([pid]));
+    let ctx = files.iter().find(|f| f["kind"] == "iommufd").unwrap()["context"].clone();
+    let group = v["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["group"] == 6)
+        .unwrap()
+        .clone();
+    assert_eq!(group["owner"], ctx);
+    assert_eq!(
+        v["pinned"]["total_pins"], 1,
+        "the secret page, pinned for the domain"
+    );
+    e.finish(holder);
+    e.settle();
+    let _ = std::io::stdout().flush();
+}
+
+/// Every C program of the in-process suite, under the host engine.
+macro_rules! under_host {
+    ($($test:ident: $prog:literal),* $(,)?) => {$(
+        #[test]
+        fn $test() {
+            let e = engine($prog);
+            e.run(&compile($prog), &[]);
+            e.settle();
+        }
+    )*};
+}
+
+under_host! {
+    iommufd_basic_under_host: "iommufd_basic",
+    iommufd_files_under_host: "iommufd_files",
+    iommufd_threads_under_host: "iommufd_threads",
+    vfio_dma_under_host: "vfio_dma",
+    vfio_legacy_under_host: "vfio_legacy",
+    fault_poll_under_host: "fault_poll",
+    bad_inputs_under_host: "bad_inputs",
+    dev_nodes_under_host: "dev_nodes",
+    dev_dirs_under_host: "dev_dirs",
+    fork_vfio_under_host: "fork_vfio",
+    fd_passing_under_host: "fd_passing",
+}
