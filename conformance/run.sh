@@ -10,6 +10,8 @@
 #   UIOMMU_CONFORMANCE_DIR      work directory (default /tmp/uiommu-conformance)
 #   UIOMMU_BIN                  a uiommu executable to use instead of building the workspace
 #   UIOMMU_CONFORMANCE_TIMEOUT  seconds for the whole selftest run (default 1200)
+#   UIOMMU_ENGINE, UIOMMU_INSTANCE  passed on to `uiommu run`: `UIOMMU_ENGINE=host` runs the suite
+#                               under the instance's host engine (docs/HOST.md; floor-host.txt)
 # Results: conformance-results.txt (what is printed) and conformance-results.json
 # ({pass, fail, skip, total, per_fixture, failed_tests, ...}) in the work directory, next to the
 # run's TAP output (iommufd.log). A crashed or timed-out run is still summarised from what it
