@@ -104,11 +104,21 @@ fn send(sock: BorrowedFd<'_>, m: &Message, fd: Option<BorrowedFd<'_>>) -> Result
 /// Serve one connection until the client closes it.
 pub fn serve_connection(host: &Host, sock: OwnedFd) {
     let _ = rustix::net::sockopt::set_socket_passcred(&sock, true);
+    let mut program = false;
     while let Some(msg) = receive(sock.as_fd()) {
+        if !program && msg.req.is_some_and(|r| r.op == OP_HELLO) {
+            program = true;
+            host.programs
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
         let reply = call(host, sock.as_fd(), msg);
         if send(sock.as_fd(), &reply, None).is_err() {
             break;
         }
+    }
+    if program {
+        host.programs
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 

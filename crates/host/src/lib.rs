@@ -46,8 +46,8 @@ pub struct Config {
     pub platform_source: String,
     /// Limits and privileges of the emulated callers (instance-wide).
     pub engine: EngineConfig,
-    /// Exit after this long with no file open and no connection (an engine `uiommu run`
-    /// started); `None`: serve until killed.
+    /// Exit after this long with no file open and no program connected (an engine `uiommu
+    /// run` started); `None`: serve until killed.
     pub idle_exit: Option<Duration>,
     /// Owner uid, gid and mode of the device nodes (`open` checks them as the VFS does).
     pub node_uid: u32,
@@ -88,6 +88,9 @@ pub struct Host {
     pub config: Config,
     /// Open connections.
     pub connections: AtomicUsize,
+    /// Open connections of programs (those that said hello: a front-end does at load, and
+    /// keeps that connection while the program lives); `uiommu status` does not count.
+    pub programs: AtomicUsize,
     /// When the engine started.
     pub started: Instant,
 }
@@ -103,6 +106,7 @@ impl Host {
             clients: clients::Clients::default(),
             config,
             connections: AtomicUsize::new(0),
+            programs: AtomicUsize::new(0),
             started: Instant::now(),
         }))
     }
@@ -123,7 +127,7 @@ impl Host {
 
     /// Whether nothing uses the engine: no file open, no connection.
     fn idle(&self) -> bool {
-        self.files.is_empty() && self.connections.load(Ordering::Acquire) == 0
+        self.files.is_empty() && self.programs.load(Ordering::Acquire) == 0
     }
 }
 

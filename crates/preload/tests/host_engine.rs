@@ -218,6 +218,15 @@ fn status_names_the_holders_of_each_file() {
     let _ = std::io::stdout().flush();
 }
 
+#[test]
+fn calls_from_a_signal_handler_interrupting_malloc_and_calls_are_safe() {
+    // Under the in-process engine this program corrupts malloc's state: its handler's calls
+    // allocate. The host engine's front-end neither allocates nor locks.
+    let e = engine("signal");
+    e.run(&compile("signal_calls"), &[]);
+    e.settle();
+}
+
 /// Every C program of the in-process suite, under the host engine.
 macro_rules! under_host {
     ($($test:ident: $prog:literal),* $(,)?) => {$(

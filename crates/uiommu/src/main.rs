@@ -75,7 +75,7 @@ enum Command {
         /// CAP_SYS_RESOURCE).
         #[arg(long)]
         as_root: bool,
-        /// Exit after SECS with no file open and no client connected.
+        /// Exit after SECS with no file open and no program connected.
         #[arg(long, value_name = "SECS")]
         idle_exit: Option<u64>,
         /// Permission bits of the device nodes (octal), owned by the engine's uid and gid.
