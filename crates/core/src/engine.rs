@@ -707,10 +707,13 @@ std::thread_local! {
     static CALLER_SPACE: std::cell::Cell<Option<SpaceId>> = const { std::cell::Cell::new(None) };
 }
 
+/// Where the current call's caller credentials come from, and what they were once read.
+type CredsSlot = (Box<dyn Fn() -> CallerCreds>, Option<CallerCreds>);
+
 std::thread_local! {
     /// The privileges and limits of the program making the current call on this thread, when
-    /// they are not the engine's (see [`with_caller`]).
-    static CALLER_CREDS: std::cell::Cell<Option<CallerCreds>> = const { std::cell::Cell::new(None) };
+    /// they are not the engine's (see [`with_caller`]): read on first use during the call.
+    static CALLER_CREDS: std::cell::RefCell<Option<CredsSlot>> = const { std::cell::RefCell::new(None) };
 }
 
 /// The privileges and limits of one caller, as the kernel reads them from the calling task at
@@ -725,18 +728,28 @@ pub struct CallerCreds {
     pub cap_sys_resource: bool,
 }
 
-/// The current call's caller credentials, if [`with_caller`] set them.
+/// The current call's caller credentials, if [`with_caller`] gave a source (read once per
+/// call, when first needed).
 pub(crate) fn caller_creds() -> Option<CallerCreds> {
-    CALLER_CREDS.with(|c| c.get())
+    CALLER_CREDS.with(|c| {
+        let mut slot = c.borrow_mut();
+        let (read, got) = slot.as_mut()?;
+        Some(*got.get_or_insert_with(read))
+    })
 }
 
-/// Run `f` on behalf of a program whose memory is `space` and whose privileges and limits are
-/// `creds` (an engine serving many processes: the host engine), rather than the context's
-/// own space and the engine's configuration.
-pub fn with_caller<R>(space: SpaceId, creds: CallerCreds, f: impl FnOnce() -> R) -> R {
-    let prev = CALLER_CREDS.with(|c| c.replace(Some(creds)));
+/// Run `f` on behalf of a program whose memory is `space` and whose privileges and limits
+/// `creds` reads (an engine serving many processes: the host engine), rather than the
+/// context's own space and the engine's configuration. `creds` runs at most once, and only
+/// if the call needs them (a pin, a privileged option).
+pub fn with_caller<R>(
+    space: SpaceId,
+    creds: impl Fn() -> CallerCreds + 'static,
+    f: impl FnOnce() -> R,
+) -> R {
+    let prev = CALLER_CREDS.with(|c| c.replace(Some((Box::new(creds), None))));
     let r = with_caller_space(space, f);
-    CALLER_CREDS.with(|c| c.set(prev));
+    CALLER_CREDS.with(|c| *c.borrow_mut() = prev);
     r
 }
 

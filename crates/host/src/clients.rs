@@ -159,8 +159,10 @@ impl Clients {
         watch: impl FnOnce(&Process),
     ) -> Result<Arc<Process>, Errno> {
         let mut map = self.lock();
+        // The caller reaps before it asks (`Host::reap`), so a process that exited is gone
+        // from the map by now, before its pid could be reused.
         if let Some(p) = map.get(&pid) {
-            if !p.exited() && p.uid == uid {
+            if p.uid == uid {
                 return Ok(p.clone());
             }
             // The pid was reused before the watcher saw the exit.

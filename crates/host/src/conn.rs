@@ -36,20 +36,27 @@ struct Received {
     fd: Option<OwnedFd>,
 }
 
-/// Receive one message; `None` at the end of the connection.
-fn receive(sock: BorrowedFd<'_>) -> Option<Received> {
+/// Receive one message; `None` at the end of the connection. Polls for up to `spin` before
+/// sleeping (a client that calls again at once costs no wake-up).
+fn receive(sock: BorrowedFd<'_>, spin: std::time::Duration) -> Option<Received> {
     let mut buf = [0u8; REQUEST_LEN + 8];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4), ScmCredentials(1))];
     let mut anc = RecvAncillaryBuffer::new(&mut space);
+    let until = std::time::Instant::now() + spin;
     let r = loop {
-        match recvmsg(
-            sock,
-            &mut [IoSliceMut::new(&mut buf)],
-            &mut anc,
-            RecvFlags::CMSG_CLOEXEC,
-        ) {
+        let spinning = !spin.is_zero() && std::time::Instant::now() < until;
+        let flags = if spinning {
+            RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT
+        } else {
+            RecvFlags::CMSG_CLOEXEC
+        };
+        match recvmsg(sock, &mut [IoSliceMut::new(&mut buf)], &mut anc, flags) {
             Ok(r) => break r,
             Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN) if spinning => {
+                std::hint::spin_loop();
+                continue;
+            }
             Err(_) => return None,
         }
     };
@@ -105,7 +112,7 @@ fn send(sock: BorrowedFd<'_>, m: &Message, fd: Option<BorrowedFd<'_>>) -> Result
 pub fn serve_connection(host: &Host, sock: OwnedFd) {
     let _ = rustix::net::sockopt::set_socket_passcred(&sock, true);
     let mut program = false;
-    while let Some(msg) = receive(sock.as_fd()) {
+    while let Some(msg) = receive(sock.as_fd(), host.config.spin) {
         if !program && msg.req.is_some_and(|r| r.op == OP_HELLO) {
             program = true;
             host.programs
@@ -266,7 +273,7 @@ impl Call<'_> {
 
     /// The caller's answer `op` to a request of ours during the call.
     fn answer(&self, op: u32) -> Result<i64, Errno> {
-        let r = receive(self.sock).ok_or(EIO)?;
+        let r = receive(self.sock, std::time::Duration::ZERO).ok_or(EIO)?;
         match r.req {
             Some(req) if req.op == op => Ok(req.args[0] as i64),
             _ => Err(EIO),
@@ -299,10 +306,12 @@ impl Call<'_> {
         let space = self.process.space;
         match req.op {
             OP_IOCTL => {
-                let creds = self.process.creds();
-                Message::reply(uiommu_core::with_caller(space, creds, || {
-                    file.open.ioctl(&caller, req.args[0], req.args[1])
-                }))
+                let p = self.process.clone();
+                Message::reply(uiommu_core::with_caller(
+                    space,
+                    move || p.creds(),
+                    || file.open.ioctl(&caller, req.args[0], req.args[1]),
+                ))
             }
             OP_READ | OP_WRITE => {
                 let dir = if req.op == OP_READ {

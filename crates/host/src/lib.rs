@@ -57,6 +57,8 @@ pub struct Config {
     pub node_mode: u32,
     /// Uids served besides the engine's own and root's (every uid when the engine is root).
     pub allow_uids: Vec<u32>,
+    /// How long a connection polls for the next call before it sleeps (0: at once).
+    pub spin: Duration,
 }
 
 impl Config {
@@ -72,6 +74,7 @@ impl Config {
             node_gid: nix::unistd::getegid().as_raw(),
             node_mode: 0o600,
             allow_uids: Vec::new(),
+            spin: Duration::ZERO,
         }
     }
 }

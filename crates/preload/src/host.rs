@@ -39,6 +39,12 @@ extern "C" fn connect_at_load() {
             return;
         }
         ON.store(true, Ordering::Release);
+        // A reply that comes within the spin costs no wake-up (docs/HOST.md#performance).
+        let us: u64 = std::env::var("UIOMMU_SPIN_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(uiommu_proto::DEFAULT_SPIN_US);
+        uiommu_proto::client::set_spin(us.saturating_mul(1000));
         // One connection stays open while the process lives (an engine started on demand
         // outlives no program that uses it), and tells us the engine's pid.
         let caps = std::env::var_os("UIOMMU_CAPS").is_some_and(|v| v == "all");

@@ -124,6 +124,29 @@ pub fn send(sock: i32, bytes: &[u8], fd: Option<i32>) -> Result<(), Errno> {
     }
 }
 
+/// Nanoseconds of `CLOCK_MONOTONIC` (async-signal-safe).
+fn now_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    (t.tv_sec as u64).saturating_mul(1_000_000_000) + t.tv_nsec as u64
+}
+
+/// How long a receive polls before it sleeps: a reply that comes within it costs no wake-up.
+static SPIN_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn spin_ns() -> u64 {
+    SPIN_NS.load(Ordering::Relaxed)
+}
+
+/// Poll for up to `ns` nanoseconds for a reply before sleeping (0: sleep at once).
+pub fn set_spin(ns: u64) {
+    SPIN_NS.store(ns, Ordering::Relaxed);
+}
+
 /// Receive one message of at most `buf.len()` bytes on `sock` (with `MSG_CMSG_CLOEXEC`);
 /// returns its length and the fd attached, if any.
 pub fn receive(sock: i32, buf: &mut [u8]) -> Result<(usize, Option<i32>), Errno> {
@@ -138,21 +161,24 @@ pub fn receive(sock: i32, buf: &mut [u8]) -> Result<(usize, Option<i32>), Errno>
     msg.msg_iovlen = 1;
     msg.msg_control = cbuf.0.as_mut_ptr().cast();
     msg.msg_controllen = cbuf.0.len();
+    let spin_until = now_ns().saturating_add(spin_ns());
     let n = loop {
+        let spinning = now_ns() < spin_until;
+        let flags = libc::MSG_CMSG_CLOEXEC | if spinning { libc::MSG_DONTWAIT } else { 0 };
         // SAFETY: msg describes live buffers for the duration of the call.
         let n = ret(unsafe {
             libc::syscall(
                 libc::SYS_recvmsg,
                 sock,
                 &mut msg as *mut libc::msghdr,
-                libc::MSG_CMSG_CLOEXEC,
+                flags,
             )
         });
         if n >= 0 {
             break n as usize;
         }
         let e = errno();
-        if e != libc::EINTR {
+        if e != libc::EINTR && !(spinning && e == libc::EAGAIN) {
             return Err(e);
         }
     };

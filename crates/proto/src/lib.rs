@@ -209,6 +209,11 @@ pub const NOT_MINE: i32 = -1;
 /// Protocol version ([`OP_HELLO`]).
 pub const VERSION: i64 = 1;
 
+/// How long, by default, a front-end polls for a reply and the engine for a connection's next
+/// call before sleeping, in microseconds: a round trip inside it needs no wake-up of either
+/// process, which on these machines costs tens of microseconds (docs/HOST.md#performance).
+pub const DEFAULT_SPIN_US: u64 = 50;
+
 /// Default instance name.
 pub const DEFAULT_INSTANCE: &str = "default";
 

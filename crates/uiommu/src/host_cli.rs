@@ -36,6 +36,7 @@ pub struct ServeArgs {
     pub idle_exit: Option<Duration>,
     pub mode: u32,
     pub allow_uids: Vec<u32>,
+    pub spin_us: u64,
 }
 
 /// Read and check a platform file.
@@ -73,6 +74,7 @@ pub fn serve(args: ServeArgs) -> (u8, String) {
     config.idle_exit = args.idle_exit;
     config.node_mode = args.mode;
     config.allow_uids = args.allow_uids;
+    config.spin = Duration::from_micros(args.spin_us);
     let host = match uiommu_host::Host::new(platform, config) {
         Ok(h) => h,
         Err(m) => return (1, m),

@@ -87,6 +87,9 @@ enum Command {
         /// Start the engine in the background and exit once it answers.
         #[arg(long)]
         detach: bool,
+        /// Microseconds a connection polls for the next call before sleeping (0: at once).
+        #[arg(long, value_name = "US", default_value_t = uiommu_proto::DEFAULT_SPIN_US)]
+        spin_us: u64,
     },
     /// Show a host engine: its platform, and per security context the processes holding it,
     /// its devices, groups, objects and pinned pages.
@@ -139,6 +142,7 @@ fn main() -> ExitCode {
             mode,
             allow_uid,
             detach,
+            spin_us,
         } => {
             let fail = |code: u8, m: String| {
                 eprintln!("uiommu serve: {m}");
@@ -180,6 +184,8 @@ fn main() -> ExitCode {
                     args.push("--allow-uid".into());
                     args.push(u.to_string().into());
                 }
+                args.push("--spin-us".into());
+                args.push(spin_us.to_string().into());
                 return match host_cli::start_detached(&instance, &args) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(m) => fail(1, m),
@@ -192,6 +198,7 @@ fn main() -> ExitCode {
                 idle_exit: idle_exit.map(std::time::Duration::from_secs),
                 mode,
                 allow_uids: allow_uid,
+                spin_us,
             });
             fail(code, msg)
         }
