@@ -44,6 +44,9 @@ const PAGE: u64 = 4 * KIB;
 pub const KERNEL_ANCHORS: &[(&str, f64)] = &[
     ("abi.map_unmap_4k_ops_per_s.no_domain", 199_860.0),
     ("abi.map_unmap_4k_ops_per_s.one_domain", 55_709.0),
+    // The same kernel call, beside the host engine's path (another process calling through
+    // the engine).
+    ("host.abi.map_unmap_4k_ops_per_s.one_domain", 55_709.0),
     ("map_1g_gib_per_s.small_pages", 4.73),
     ("map_1g_gib_per_s.huge_pages", 6.61),
     ("unmap_1g_gib_per_s.small_pages", 4.33),
@@ -831,6 +834,23 @@ impl Bench {
         Ok(())
     }
 
+    /// IOAS_MAP+UNMAP of 4 KiB with a mock domain, called by another process through the host
+    /// engine ([`crate::bench_host`]).
+    fn host_map_unmap_4k(&self, r: &mut Report) -> Result<(), String> {
+        let rate = crate::bench_host::measure(self.sizes.target, self.sizes.runs)?;
+        r.note(
+            "host.abi.map_unmap_4k_ops_per_s.one_domain",
+            Some(rate),
+            Unit::OpsPerS,
+            format!(
+                "another process through the host engine (a message per call, both sides \
+                 polling {} us before sleeping)",
+                uiommu_proto::DEFAULT_SPIN_US
+            ),
+        );
+        Ok(())
+    }
+
     fn map_1g(&self, r: &mut Report) -> Result<(), String> {
         let len = self.sizes.big;
         let runs = self.sizes.runs.min(3);
@@ -1327,8 +1347,9 @@ pub fn run(sizes: Sizes, progress: &mut dyn std::io::Write) -> Result<Report, St
         sizes,
     };
     let mut keep = Vec::new();
-    let steps: [(&str, Step); 6] = [
+    let steps: [(&str, Step); 7] = [
         ("map+unmap 4 KiB", Bench::map_unmap_4k),
+        ("host engine map+unmap 4 KiB", Bench::host_map_unmap_4k),
         ("map/unmap 1 GiB", Bench::map_1g),
         ("distinct 4 KiB", Bench::distinct),
         ("IOAS_COPY", Bench::copy),

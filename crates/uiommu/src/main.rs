@@ -1,6 +1,7 @@
 //! The `uiommu` command.
 
 mod bench;
+mod bench_host;
 mod host_cli;
 mod plot;
 
@@ -100,6 +101,13 @@ enum Command {
         /// Print the JSON (keys in docs/HOST.md).
         #[arg(long)]
         json: bool,
+    },
+    /// The client process of `bench`'s host-engine figure (internal).
+    #[command(name = "__bench-host-client", hide = true)]
+    BenchHostClient {
+        socket: String,
+        ms: u64,
+        runs: usize,
     },
     /// Measure the engine (map/unmap rates through the ioctl ABI and the library API, 1 GiB
     /// maps, copies, translation, DMA, metadata) and print a table with the real kernel's
@@ -201,6 +209,18 @@ fn main() -> ExitCode {
                 spin_us,
             });
             fail(code, msg)
+        }
+        Command::BenchHostClient { socket, ms, runs } => {
+            match bench_host::client_main(&socket, ms, runs) {
+                Ok(rate) => {
+                    println!("{rate}");
+                    ExitCode::SUCCESS
+                }
+                Err(m) => {
+                    eprintln!("uiommu bench host client: {m}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Status { instance, json } => {
             let instance = match host_cli::instance_name(instance) {
