@@ -1417,6 +1417,7 @@ mod tests {
         let r = run(Sizes::tiny(), &mut std::io::sink()).unwrap();
         for key in [
             "abi.map_unmap_4k_ops_per_s.no_domain",
+            "host.abi.map_unmap_4k_ops_per_s.one_domain",
             "lib.map_unmap_4k_ops_per_s.two_domains",
             "radix.abi.map_unmap_4k_ops_per_s.two_domains",
             "map_1g_gib_per_s.small_pages",

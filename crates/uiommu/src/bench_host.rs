@@ -43,6 +43,14 @@ pub fn measure(target: Duration, runs: usize) -> Result<f64, String> {
     rx.recv_timeout(Duration::from_secs(10))
         .map_err(|_| "the host engine did not start".to_string())?;
     let socket = uiommu_proto::socket_path(&instance);
+    if cfg!(test) {
+        // A unit test's executable is not `uiommu`: the client runs in a thread instead.
+        let path = socket.to_string_lossy().into_owned();
+        let ms = target.as_millis() as u64;
+        return std::thread::spawn(move || client_main(&path, ms, runs))
+            .join()
+            .map_err(|_| "bench client panicked".to_string())?;
+    }
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let out = Command::new(exe)
         .arg("__bench-host-client")
