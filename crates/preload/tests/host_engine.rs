@@ -23,8 +23,14 @@ struct Engine {
 }
 
 fn engine(name: &str) -> Engine {
+    engine_with(name, |_| {})
+}
+
+fn engine_with(name: &str, configure: impl FnOnce(&mut Config)) -> Engine {
     let instance = format!("test-{}-{name}", std::process::id());
-    let host = Host::new(uiommu_platform::Platform::builtin(), Config::new(&instance)).unwrap();
+    let mut config = Config::new(&instance);
+    configure(&mut config);
+    let host = Host::new(uiommu_platform::Platform::builtin(), config).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let h = host.clone();
     std::thread::spawn(move || {
@@ -225,6 +231,38 @@ fn calls_from_a_signal_handler_interrupting_malloc_and_calls_are_safe() {
     let e = engine("signal");
     e.run(&compile("signal_calls"), &[]);
     e.settle();
+}
+
+#[test]
+fn another_uid_opens_the_nodes_only_as_their_mode_allows() {
+    use std::os::unix::process::CommandExt;
+    // 65534: nobody. Only root can start a process of another uid.
+    if !nix::unistd::geteuid().is_root() {
+        println!("not run: needs root to start a process of another uid");
+        return;
+    }
+    let nobody = 65534;
+    let run_as_nobody = |e: &Engine, want: &str| {
+        let out = e
+            .command(&peers(), &["open", want])
+            .uid(nobody)
+            .gid(nobody)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success() && text.contains("PASS"), "{text}");
+    };
+    // The default: nodes owned by the engine's uid, mode 0600.
+    let private = engine("mode600");
+    run_as_nobody(&private, "13");
+    private.settle();
+    let open = engine_with("mode666", |c| c.node_mode = 0o666);
+    run_as_nobody(&open, "0");
+    open.settle();
 }
 
 /// Every C program of the in-process suite, under the host engine.

@@ -18,6 +18,7 @@
  *   pinfail N PAGES    as pin, but the map fails with ENOMEM (the user's pinned pages are
  *                      charged already)
  *   churn N            map/unmap/DMA in a loop for ever (to be killed)
+ *   open ERRNO         open /dev/iommu and /dev/vfio/devices/vfio0: fail with ERRNO (0: work)
  */
 #define _GNU_SOURCE
 #include "dma_engine.h"
@@ -214,6 +215,22 @@ static int churn(int n)
 	return 0;
 }
 
+static int open_nodes(int err)
+{
+	const char *paths[] = { "/dev/iommu", "/dev/vfio/devices/vfio0" };
+	for (int i = 0; i < 2; i++) {
+		if (err) {
+			CHECK_ERR(open(paths[i], O_RDWR), err);
+		} else {
+			int fd = open(paths[i], O_RDWR);
+			CHECK(fd >= 0);
+			close(fd);
+		}
+	}
+	PASS("host_peers open");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc >= 3 && !strcmp(argv[1], "hold"))
@@ -230,8 +247,10 @@ int main(int argc, char **argv)
 		return pin(atoi(argv[2]), atol(argv[3]), 0);
 	if (argc >= 4 && !strcmp(argv[1], "pinfail"))
 		return pin(atoi(argv[2]), atol(argv[3]), ENOMEM);
+	if (argc >= 3 && !strcmp(argv[1], "open"))
+		return open_nodes(atoi(argv[2]));
 	if (argc >= 3 && !strcmp(argv[1], "churn"))
 		return churn(atoi(argv[2]));
-	fprintf(stderr, "usage: host_peers hold|contend|steal|send|receive|pin|pinfail|churn ...\n");
+	fprintf(stderr, "usage: host_peers hold|contend|steal|send|receive|pin|pinfail|churn|open ...\n");
 	return 2;
 }
