@@ -384,9 +384,25 @@ impl Engine {
         self.with(|st| st.platform.memory.frames.total_pins())
     }
 
-    /// Pages charged to the user (RLIMIT_MODE user) over all contexts.
+    /// Pages charged to users (RLIMIT_MODE user) over all contexts, all users together.
     pub fn user_charged_pages(&self) -> u64 {
         self.with(|st| st.acct.user_pages())
+    }
+
+    /// Pages charged to user `uid` (its `locked_vm`; uid 0 also stands for the engine's own
+    /// user, the user of every space not given one).
+    pub fn pages_charged_to(&self, uid: u32) -> u64 {
+        self.with(|st| st.acct.pages_of_user(uid))
+    }
+
+    /// Register a program's address space, of a process of user `uid`: pins from it are
+    /// charged to that user (an engine serving several users: the host engine).
+    pub fn add_space_of_user(&self, mem: Arc<dyn UserMemory>, uid: u32) -> SpaceId {
+        self.with(|st| {
+            let space = st.platform.memory.add_space(mem);
+            st.acct.set_space_user(space, uid);
+            space
+        })
     }
 
     /// Pages charged to the process owning `space` (RLIMIT_MODE process).

@@ -46,7 +46,13 @@ pub enum AccountMode {
 #[derive(Clone, Debug, Default)]
 pub struct Accounting {
     limit: Option<u64>,
+    /// Pages charged to all users together.
     user: u64,
+    /// Pages charged to each user (uid), as the kernel's per-user `locked_vm`.
+    per_user: HashMap<u32, u64>,
+    /// The user of each address space whose user is not the engine's (uid 0 stands for the
+    /// engine's own user).
+    space_user: HashMap<SpaceId, u32>,
     process: HashMap<SpaceId, u64>,
 }
 
@@ -56,6 +62,8 @@ impl Accounting {
         Accounting {
             limit: limit_pages,
             user: 0,
+            per_user: HashMap::new(),
+            space_user: HashMap::new(),
             process: HashMap::new(),
         }
     }
@@ -71,9 +79,24 @@ impl Accounting {
         self.limit = limit_pages;
     }
 
-    /// Pages charged to the user ([`AccountMode::User`]).
+    /// Pages charged to users ([`AccountMode::User`]), all users together.
     pub fn user_pages(&self) -> u64 {
         self.user
+    }
+
+    /// Pages charged to user `uid`.
+    pub fn pages_of_user(&self, uid: u32) -> u64 {
+        self.per_user.get(&uid).copied().unwrap_or(0)
+    }
+
+    /// Address space `space` belongs to a process of user `uid`: its pins are charged to that
+    /// user (the kernel charges the mapping task's user).
+    pub fn set_space_user(&mut self, space: SpaceId, uid: u32) {
+        self.space_user.insert(space, uid);
+    }
+
+    fn user_of(&self, space: SpaceId) -> u32 {
+        self.space_user.get(&space).copied().unwrap_or(0)
     }
 
     /// Pages charged to the process owning `space` ([`AccountMode::Process`]).
@@ -86,7 +109,7 @@ impl Accounting {
     pub fn check(&self, mode: AccountMode, space: SpaceId, n: u64) -> Result<()> {
         let current = match mode {
             AccountMode::None => return Ok(()),
-            AccountMode::User => self.user,
+            AccountMode::User => self.pages_of_user(self.user_of(space)),
             AccountMode::Process => self.process_pages(space),
         };
         // The caller's own limit when the engine serves many processes.
@@ -113,7 +136,10 @@ impl Accounting {
         self.check(mode, space, n)?;
         match mode {
             AccountMode::None => {}
-            AccountMode::User => self.user += n,
+            AccountMode::User => {
+                self.user += n;
+                *self.per_user.entry(self.user_of(space)).or_insert(0) += n;
+            }
             AccountMode::Process => *self.process.entry(space).or_insert(0) += n,
         }
         Ok(())
@@ -127,6 +153,13 @@ impl Accounting {
             AccountMode::User => {
                 debug_assert!(self.user >= n, "uncharging more user pages than charged");
                 self.user = self.user.saturating_sub(n);
+                let uid = self.user_of(space);
+                if let Some(c) = self.per_user.get_mut(&uid) {
+                    *c = c.saturating_sub(n);
+                    if *c == 0 {
+                        self.per_user.remove(&uid);
+                    }
+                }
             }
             AccountMode::Process => {
                 if let Some(c) = self.process.get_mut(&space) {

@@ -176,7 +176,8 @@ impl Clients {
             alive: AtomicBool::new(true),
             moved: AtomicU64::new(0),
         });
-        let space = engine.add_space(mem.clone() as Arc<dyn UserMemory>);
+        // Pins from this space are charged to the process's user.
+        let space = engine.add_space_of_user(mem.clone() as Arc<dyn UserMemory>, uid);
         let p = Arc::new(Process {
             pid,
             uid,

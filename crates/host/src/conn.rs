@@ -307,6 +307,7 @@ impl Call<'_> {
         match req.op {
             OP_IOCTL => {
                 let p = self.process.clone();
+                // The caller's limits, read when a pin needs them.
                 Message::reply(uiommu_core::with_caller(
                     space,
                     move || p.creds(),

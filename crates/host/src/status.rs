@@ -3,7 +3,8 @@
 //!
 //! The JSON keys (documented in docs/HOST.md):
 //! - `instance`, `pid`, `uid`, `uptime_s`, `platform` (its source), `connections`;
-//! - `processes`: `[{pid, uid, bytes_moved}]`, the processes the engine served;
+//! - `processes`: `[{pid, uid, bytes_moved, user_pages}]`, the processes the engine served
+//!   (`user_pages`: pinned pages charged to the process's user);
 //! - `files`: `[{id, node, kind, opener: {pid, uid}, holders: [pid], context, device}]`: every
 //!   open file; `holders` are the known processes with an fd of it now, `context` the
 //!   security context of an iommufd, `device` the BDF of a VFIO device file;
@@ -126,6 +127,7 @@ pub fn json(host: &Host) -> Value {
             "pid": p.pid,
             "uid": p.uid,
             "bytes_moved": p.mem.moved.load(std::sync::atomic::Ordering::Relaxed),
+            "user_pages": host.engine.pages_charged_to(p.uid),
         })).collect::<Vec<_>>(),
         "files": files,
         "contexts": contexts,

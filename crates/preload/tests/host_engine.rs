@@ -76,8 +76,12 @@ impl Engine {
     /// Start `program` with a pipe on stdin (closed to let it finish); returns once it prints
     /// its READY line, and the line.
     fn start(&self, program: &Path, args: &[&str]) -> (Child, String) {
-        let mut child = self
-            .command(program, args)
+        self.start_command(self.command(program, args), args)
+    }
+
+    /// [`Engine::start`] of a command made by [`Engine::command`] (and adjusted).
+    fn start_command(&self, mut cmd: Command, args: &[&str]) -> (Child, String) {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -263,6 +267,28 @@ fn another_uid_opens_the_nodes_only_as_their_mode_allows() {
     let open = engine_with("mode666", |c| c.node_mode = 0o666);
     run_as_nobody(&open, "0");
     open.settle();
+}
+
+#[test]
+fn pins_are_charged_to_each_user_separately() {
+    use std::os::unix::process::CommandExt;
+    if !nix::unistd::geteuid().is_root() {
+        println!("not run: needs root to start a process of another uid");
+        return;
+    }
+    let e = engine_with("peruser", |c| c.node_mode = 0o666);
+    let (first, _) = e.start(&peers(), &["pin", "1", "32"]);
+    assert_eq!(e.host.engine.pages_charged_to(0), 32);
+    // Another user has a limit of its own: its 32 pages fit beside root's 32.
+    let args = ["pin", "0", "32"];
+    let mut cmd = e.command(&peers(), &args);
+    cmd.uid(65534).gid(65534);
+    let (second, _) = e.start_command(cmd, &args);
+    assert_eq!(e.host.engine.pages_charged_to(65534), 32);
+    assert_eq!(e.host.engine.user_charged_pages(), 64);
+    e.finish(second);
+    e.finish(first);
+    e.settle();
 }
 
 /// Every C program of the in-process suite, under the host engine.
