@@ -406,6 +406,96 @@ fn qemu_legacy_container_realizes_the_vfio_device_and_maps_guest_ram() {
     assert!(mapped_bytes(&summary) >= GUEST_RAM, "{summary}");
 }
 
+/// QEMU under the host engine (`uiommu run --engine host`), with `device_args`: while it
+/// runs, the engine's status must show QEMU holding an iommufd and the device file, the
+/// device's group owned by QEMU's context, and guest RAM pinned for the attached domain.
+fn qemu_under_the_host_engine(name: &str, device_args: &[&str], node: &str) {
+    let Some(qemu) = qemu() else { return };
+    let instance = format!("qemutest-{}-{name}", std::process::id());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_uiommu"));
+    cmd.args([
+        "run",
+        "--engine",
+        "host",
+        "--instance",
+        &instance,
+        "--preload",
+    ])
+    .arg(library())
+    .arg("--")
+    .arg(qemu)
+    .args([
+        "-machine",
+        "q35",
+        "-accel",
+        "tcg",
+        "-m",
+        "256",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-S",
+    ])
+    .args(device_args)
+    .args(["-qmp", "stdio"])
+    .env_remove("UIOMMU_PLATFORM")
+    .env_remove("LD_PRELOAD");
+    let mut q = Qmp::start(cmd);
+    assert_eq!(q.execute("qmp_capabilities"), "{\"return\": {}}");
+    let pci = q.execute("query-pci");
+    let status = Command::new(env!("CARGO_BIN_EXE_uiommu"))
+        .args(["status", "--json", "--instance", &instance])
+        .output()
+        .unwrap();
+    let (exit, stderr) = q.quit();
+    let (vendor, device) = dma0_ids();
+    assert!(lists_device(&pci, vendor, device), "{pci}\n{stderr}");
+    assert!(exit.success(), "QEMU exited with {exit}; stderr:\n{stderr}");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{text}");
+    let files: Vec<&str> = text.split("\"id\":").collect();
+    assert!(text.contains(&format!("\"node\":\"{node}\"")), "{text}");
+    assert!(text.contains("\"kind\":\"iommufd\""), "{text}");
+    assert!(files.len() > 2, "{text}");
+    // dma0 (0000:01:00.0) is group 5 on the built-in platform: owned by a context.
+    assert!(
+        text.contains(
+            "\"devices\":[\"0000:01:00.0\"],\"domain\":\"paging\",\"group\":5,\"owner\":"
+        ),
+        "{text}"
+    );
+    let pins: u64 = text
+        .split("\"total_pins\":")
+        .nth(1)
+        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(pins * 4096 >= GUEST_RAM, "{pins} pins: {text}");
+}
+
+#[test]
+fn qemu_iommufd_backend_under_the_host_engine() {
+    qemu_under_the_host_engine(
+        "iommufd",
+        &[
+            "-object",
+            "iommufd,id=iommufd0",
+            "-device",
+            "vfio-pci,host=0000:01:00.0,iommufd=iommufd0,id=dma0",
+        ],
+        "/dev/vfio/devices/vfio0",
+    );
+}
+
+#[test]
+fn qemu_legacy_container_under_the_host_engine() {
+    qemu_under_the_host_engine(
+        "legacy",
+        &["-device", "vfio-pci,host=0000:01:00.0,id=dma0"],
+        "/dev/vfio/5",
+    );
+}
+
 #[test]
 fn version_parsing() {
     assert_eq!(
