@@ -76,7 +76,7 @@ impl EngineConfig {
 }
 
 /// The `CapEff:` mask of a `/proc/<pid>/status` text.
-pub fn effective_caps(status: &str) -> Option<u64> {
+fn effective_caps(status: &str) -> Option<u64> {
     status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))

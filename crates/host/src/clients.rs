@@ -87,12 +87,12 @@ pub struct Process {
 
 impl Process {
     /// The privileges and limits the kernel would read from the process now: its
-    /// RLIMIT_MEMLOCK (read at every call, as the kernel reads the calling task's), its
-    /// capabilities, root's with [`Process::as_root`].
-    pub fn creds(&self) -> uiommu_core::CallerCreds {
+    /// RLIMIT_MEMLOCK and capabilities, root's with [`Process::as_root`] or when the engine
+    /// grants them to everyone (`all_root`: `uiommu serve --as-root`).
+    pub fn creds(&self, all_root: bool) -> uiommu_core::CallerCreds {
         // Linux's default (8 MiB) if it cannot be read.
         let memlock = uiommu_sys::memlock_limit_of(self.pid).unwrap_or(Some(8 << 20));
-        let caps = if self.as_root.load(Ordering::Acquire) {
+        let caps = if all_root || self.as_root.load(Ordering::Acquire) {
             u64::MAX
         } else {
             // Read at every call too: a program may drop a capability while it runs.
@@ -220,10 +220,5 @@ impl Clients {
         let mut v: Vec<_> = self.lock().values().cloned().collect();
         v.sort_by_key(|p| p.pid);
         v
-    }
-
-    /// The process `pid`, if known.
-    pub fn find(&self, pid: i32) -> Option<Arc<Process>> {
-        self.lock().get(&pid).cloned()
     }
 }

@@ -22,12 +22,7 @@ use uiommu_proto::*;
 use uiommu_uapi::file::{file_io, make_file, mmap_refusal, Dir, Kind, OpenFile, Pos, Target};
 use uiommu_uapi::{Caller, EngineFile, Errno, FdTable};
 
-const EBADF: Errno = 9;
-const EACCES: Errno = 13;
-const EINVAL: Errno = 22;
-const ENXIO: Errno = 6;
-const EBADFD: Errno = 77;
-const EIO: Errno = 5;
+use nix::libc::{EACCES, EBADF, EBADFD, EFAULT, EINVAL, EIO, ENXIO};
 
 /// One message received: the request, its sender, the fd attached.
 struct Received {
@@ -161,8 +156,7 @@ fn call(host: &Host, sock: BorrowedFd<'_>, msg: Received) -> Message {
             // Root's privileges in the emulation (`uiommu run --as-root`): for the engine's own
             // uid, or anyone when the engine grants them to everyone.
             let wanted = req.args[0] & HELLO_CAPS_ALL != 0;
-            let granted = wanted
-                && (uid == nix::unistd::geteuid().as_raw() || host.config.engine.cap_ipc_lock);
+            let granted = wanted && (uid == nix::unistd::geteuid().as_raw() || host.config.as_root);
             process
                 .as_root
                 .store(granted, std::sync::atomic::Ordering::Release);
@@ -289,7 +283,7 @@ impl Call<'_> {
             self.process
                 .mem
                 .write(uiommu_platform::UserVa(buf), text.as_bytes())
-                .map_err(|_| 14)?;
+                .map_err(|_| EFAULT)?;
         }
         Ok(text.len() as i64)
     }
@@ -307,10 +301,11 @@ impl Call<'_> {
         match req.op {
             OP_IOCTL => {
                 let p = self.process.clone();
+                let all_root = self.host.config.as_root;
                 // The caller's limits, read when a pin needs them.
                 Message::reply(uiommu_core::with_caller(
                     space,
-                    move || p.creds(),
+                    move || p.creds(all_root),
                     || file.open.ioctl(&caller, req.args[0], req.args[1]),
                 ))
             }
@@ -361,21 +356,8 @@ impl Call<'_> {
             ))),
             OP_STAT => {
                 let (kind, n) = file.open.node.map_or((0, 0), Target::encode);
-                let made = match (&file.open.kind, file.open.fault_queue()) {
-                    (_, Some(_)) => 2,
-                    (Kind::Engine(_), None) if file.open.vfio().is_some() => 3,
-                    (Kind::Engine(_), None) => 1,
-                    _ => 0,
-                };
-                Message {
-                    extra: [file.id, made],
-                    ..Message::reply(Ok((i64::from(kind) << 32) | i64::from(n)))
-                }
+                Message::reply(Ok((i64::from(kind) << 32) | i64::from(n)))
             }
-            OP_READY => Message::reply(Ok(file
-                .open
-                .fault_queue()
-                .map_or(0, |q| i64::from(q.readable())))),
             _ => Message::reply(Err(EINVAL)),
         }
     }

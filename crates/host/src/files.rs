@@ -18,7 +18,7 @@
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use uiommu_uapi::file::OpenFile;
@@ -61,6 +61,8 @@ struct Table {
     by_key: BTreeMap<Key, Arc<HostFile>>,
     /// The epoll data of each file (its id) to its key.
     by_id: BTreeMap<u64, Key>,
+    /// The fault queues among them (the only pollable files).
+    queues: Vec<Arc<HostFile>>,
 }
 
 /// The open files, and the epoll set watching their ends (and the clients' pidfds).
@@ -132,6 +134,9 @@ impl Files {
         let ev = EpollEvent::new(EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP, id);
         self.epoll.add(&file.end, ev).map_err(|e| e as Errno)?;
         let mut t = self.lock();
+        if file.open.fault_queue().is_some() {
+            t.queues.push(file.clone());
+        }
         t.by_key.insert(key, file.clone());
         t.by_id.insert(id, key);
         Ok((file, client))
@@ -173,11 +178,6 @@ impl Files {
         self.epoll.add(pidfd, ev).map_err(|e| e as Errno)
     }
 
-    /// Stop watching `pidfd`.
-    pub fn unwatch(&self, fd: BorrowedFd<'_>) {
-        let _ = self.epoll.delete(fd);
-    }
-
     /// Wait up to `timeout` ms (`-1`: for ever) for an event, without handling it.
     pub fn wait(&self, timeout: i32) {
         let mut evs = [EpollEvent::empty(); 1];
@@ -209,6 +209,7 @@ impl Files {
                     if let Some(key) = t.by_id.remove(&data) {
                         if let Some(f) = t.by_key.remove(&key) {
                             let _ = self.epoll.delete(&f.end);
+                            t.queues.retain(|q| q.id != f.id);
                             gone.push(f);
                         }
                     }
@@ -228,7 +229,14 @@ impl Files {
     /// Keep fault queues' readiness bytes in step with their records. `held` is the client
     /// end of `held_file` if the call had one (the only way to take a byte out again).
     pub fn sync_ready(&self, held: Option<(&HostFile, BorrowedFd<'_>)>) {
-        for f in self.all() {
+        let queues = {
+            let t = self.lock();
+            if t.queues.is_empty() {
+                return;
+            }
+            t.queues.clone()
+        };
+        for f in queues {
             let Some(q) = f.open.fault_queue() else {
                 continue;
             };
@@ -252,10 +260,5 @@ impl Files {
                 }
             }
         }
-    }
-
-    /// The epoll set (for tests).
-    pub fn epoll_fd(&self) -> BorrowedFd<'_> {
-        self.epoll.0.as_fd()
     }
 }

@@ -44,8 +44,11 @@ pub struct Config {
     pub instance: String,
     /// Where the platform came from (for `uiommu status`): a file, or "built-in".
     pub platform_source: String,
-    /// Limits and privileges of the emulated callers (instance-wide).
+    /// The engine's own limits and privileges (for calls made without a caller).
     pub engine: EngineConfig,
+    /// Every caller has root's privileges in the emulation (`uiommu serve --as-root`); else
+    /// only those that ask for them (`uiommu run --as-root`) and run as the engine's uid.
+    pub as_root: bool,
     /// Exit after this long with no file open and no program connected (an engine `uiommu
     /// run` started); `None`: serve until killed.
     pub idle_exit: Option<Duration>,
@@ -69,6 +72,7 @@ impl Config {
             instance: instance.to_string(),
             platform_source: "built-in".into(),
             engine: EngineConfig::default(),
+            as_root: false,
             idle_exit: None,
             node_uid: nix::unistd::geteuid().as_raw(),
             node_gid: nix::unistd::getegid().as_raw(),

@@ -76,7 +76,7 @@ fn malformed_and_hostile_messages_get_errnos_and_the_engine_keeps_serving() {
     assert_eq!(call(&s, 999, [0; 6], None).err, NOT_MINE);
     // Operations on a file, without one, or with one that is not the engine's.
     let devnull = std::fs::File::open("/dev/null").unwrap();
-    for op in [OP_IOCTL, OP_READ, OP_WRITE, OP_MMAP, OP_STAT, OP_READY] {
+    for op in [OP_IOCTL, OP_READ, OP_WRITE, OP_MMAP, OP_STAT] {
         assert_eq!(call(&s, op, [0; 6], None).err, NOT_MINE);
         assert_eq!(
             call(&s, op, [0; 6], Some(devnull.as_raw_fd())).err,

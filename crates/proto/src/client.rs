@@ -12,10 +12,7 @@
 //! parent and child never read each other's replies. (Each message carries the sender's
 //! kernel-stamped credentials, so a connection carries no identity of its own.)
 
-use crate::{
-    Message, Request, K_DROP_FD, K_REPLY, K_TAKE_FD, MESSAGE_LEN, OP_DROPPED, OP_TOOK_FD,
-    REQUEST_LEN,
-};
+use crate::{Message, Request, K_DROP_FD, K_REPLY, K_TAKE_FD, MESSAGE_LEN, OP_DROPPED, OP_TOOK_FD};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 
 /// Connections kept per process.
@@ -389,12 +386,6 @@ impl Client {
         }
     }
 
-    /// Forget the pool in a `fork` child without touching it (the child handler; the first
-    /// call closes the copies).
-    pub fn after_fork_child(&self) {
-        self.adopt_pool();
-    }
-
     /// One call: send `req` with `file` attached, serve the engine's requests during it, and
     /// return its reply.
     pub fn call(&self, req: Request, file: Option<i32>) -> Result<Message, Errno> {
@@ -481,9 +472,4 @@ fn exchange(sock: i32, req: Request, file: Option<i32>) -> Result<Message, Errno
             _ => return Err(libc::EIO),
         }
     }
-}
-
-/// The length of a [`Request`], for servers sizing their buffers.
-pub const fn request_len() -> usize {
-    REQUEST_LEN
 }

@@ -61,7 +61,7 @@ pub struct Message {
     pub err: i32,
     /// [`K_TAKE_FD`]: `O_CLOEXEC` wanted.
     pub flags: u32,
-    /// More results of the operation.
+    /// More results of the operation ([`OP_HELLO`]: the engine's pid).
     pub extra: [u64; 2],
 }
 
@@ -177,23 +177,22 @@ pub const OP_WRITE: u32 = 6;
 /// `mmap` (the file attached): `args` = length, prot, flags, offset. Replies the errno the
 /// mmap fails with.
 pub const OP_MMAP: u32 = 7;
-/// `fstat` (the file attached): replies the node (`val` = kind << 32 | index, `extra[0]` the
-/// engine's open-file number, `extra[1]` the engine-made file's kind, 0 for none).
+/// `fstat` (the file attached): replies the node it was opened from (`val` = kind << 32 |
+/// index, `uiommu_uapi::file::Target` encoded; 0 for a file the engine made).
 pub const OP_STAT: u32 = 8;
 /// After a `close` of one of ours: replies once the engine has released every file no fd
 /// refers to any more (Linux releases the file before `close` returns).
 pub const OP_SYNC: u32 = 9;
 /// `uiommu status`: replies the JSON size; the JSON comes as a memfd ([`K_TAKE_FD`]).
 pub const OP_STATUS: u32 = 10;
-/// Whether a file is readable for `poll` (the file attached): replies 1 or 0.
-pub const OP_READY: u32 = 11;
 /// Answer to [`K_TAKE_FD`]: `args[0]` = the fd number, or the negated errno.
 pub const OP_TOOK_FD: u32 = 20;
 /// Answer to [`K_DROP_FD`].
 pub const OP_DROPPED: u32 = 21;
 
 /// [`OP_HELLO`]: the program asks for CAP_IPC_LOCK and CAP_SYS_RESOURCE in the emulation
-/// (`uiommu run --as-root`); granted only to clients of the engine's own uid.
+/// (`uiommu run --as-root`); granted only to clients of the engine's own uid, or to everyone
+/// by an engine started with `uiommu serve --as-root`.
 pub const HELLO_CAPS_ALL: u64 = 1;
 
 /// The end of a call.

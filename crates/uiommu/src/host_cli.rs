@@ -71,6 +71,7 @@ pub fn serve(args: ServeArgs) -> (u8, String) {
     let mut config = uiommu_host::Config::new(&args.instance);
     config.platform_source = source;
     config.engine = engine_config(args.as_root);
+    config.as_root = args.as_root;
     config.idle_exit = args.idle_exit;
     config.node_mode = args.mode;
     config.allow_uids = args.allow_uids;
@@ -248,10 +249,11 @@ pub fn start_detached(name: &str, args: &[std::ffi::OsString]) -> Result<(), Str
     Ok(())
 }
 
-/// Make sure instance `name` has an engine, starting one on demand (`platform` and `as_root`
-/// are given to it; it exits after [`IDLE_GRACE`] with nothing to serve). Returns the
-/// engine's platform source as its status reports it.
-pub fn ensure_engine(name: &str, platform: Option<&Path>, as_root: bool) -> Result<String, String> {
+/// Make sure instance `name` has an engine, starting one on demand (`platform` is given to
+/// it; it exits after [`IDLE_GRACE`] with nothing to serve). Returns the engine's platform
+/// source as its status reports it. (`run --as-root` is granted per program, by its hello,
+/// not to the whole instance.)
+pub fn ensure_engine(name: &str, platform: Option<&Path>) -> Result<String, String> {
     let client = client_of(name)?;
     if !client.reachable() {
         // `serve --detach` starts the engine and exits once it answers: the engine is then
@@ -263,9 +265,6 @@ pub fn ensure_engine(name: &str, platform: Option<&Path>, as_root: bool) -> Resu
             .env_remove("LD_PRELOAD");
         if let Some(p) = platform {
             cmd.arg("--platform").arg(p);
-        }
-        if as_root {
-            cmd.arg("--as-root");
         }
         let out = cmd
             .stdin(Stdio::null())

@@ -421,8 +421,7 @@ fn run(
     }
     if engine == EngineKind::Host {
         let name = host_cli::instance_name(instance).map_err(|m| (2, m))?;
-        let source =
-            host_cli::ensure_engine(&name, platform.as_deref(), as_root).map_err(|m| (1, m))?;
+        let source = host_cli::ensure_engine(&name, platform.as_deref()).map_err(|m| (1, m))?;
         // The program's view of the platform (sysfs, /dev nodes) is the engine's.
         if source != "built-in" {
             cmd.env("UIOMMU_PLATFORM", source);

@@ -252,16 +252,17 @@ fn run_qemu(name: &str, device_args: &[&str]) -> Option<String> {
     run_qemu_via(name, None, device_args)
 }
 
-fn run_qemu_via(name: &str, shell_prefix: Option<&str>, device_args: &[&str]) -> Option<String> {
-    let qemu = qemu()?;
-    let stats = scratch(&format!("{name}.stats"));
+/// `uiommu run RUN_ARGS --preload LIB -- [PREFIX...] qemu` with a paused q35 TCG machine,
+/// `device_args` and QMP on stdio.
+fn qemu_command(qemu: &str, run_args: &[&str], prefix: &[String], device_args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_uiommu"));
-    cmd.arg("run").arg("--preload").arg(library()).arg("--");
-    if let Some(prefix) = shell_prefix {
-        // sh -c 'PREFIX exec "$0" "$@"' qemu ARGS...
-        cmd.args(["sh", "-c", &format!("{prefix} exec \"$0\" \"$@\"")]);
-    }
-    cmd.arg(qemu)
+    cmd.arg("run")
+        .args(run_args)
+        .arg("--preload")
+        .arg(library())
+        .arg("--")
+        .args(prefix)
+        .arg(qemu)
         .args([
             "-machine",
             "q35",
@@ -270,15 +271,29 @@ fn run_qemu_via(name: &str, shell_prefix: Option<&str>, device_args: &[&str]) ->
             "-m",
             "256",
             "-nodefaults",
-            "-display",
-            "none",
-            "-S",
         ])
+        .args(["-display", "none", "-S"])
         .args(device_args)
         .args(["-qmp", "stdio"])
-        .env("UIOMMU_STATS", &stats)
         .env_remove("UIOMMU_PLATFORM")
         .env_remove("LD_PRELOAD");
+    cmd
+}
+
+fn run_qemu_via(name: &str, shell_prefix: Option<&str>, device_args: &[&str]) -> Option<String> {
+    let qemu = qemu()?;
+    let stats = scratch(&format!("{name}.stats"));
+    let mut prefix_args = Vec::new();
+    if let Some(prefix) = shell_prefix {
+        // sh -c 'PREFIX exec "$0" "$@"' qemu ARGS...
+        prefix_args = vec![
+            "sh".to_string(),
+            "-c".to_string(),
+            format!("{prefix} exec \"$0\" \"$@\""),
+        ];
+    }
+    let mut cmd = qemu_command(qemu, &[], &prefix_args, device_args);
+    cmd.env("UIOMMU_STATS", &stats);
     let mut q = Qmp::start(cmd);
     let caps = q.execute("qmp_capabilities");
     assert_eq!(caps, "{\"return\": {}}");
@@ -412,34 +427,12 @@ fn qemu_legacy_container_realizes_the_vfio_device_and_maps_guest_ram() {
 fn qemu_under_the_host_engine(name: &str, device_args: &[&str], node: &str) {
     let Some(qemu) = qemu() else { return };
     let instance = format!("qemutest-{}-{name}", std::process::id());
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_uiommu"));
-    cmd.args([
-        "run",
-        "--engine",
-        "host",
-        "--instance",
-        &instance,
-        "--preload",
-    ])
-    .arg(library())
-    .arg("--")
-    .arg(qemu)
-    .args([
-        "-machine",
-        "q35",
-        "-accel",
-        "tcg",
-        "-m",
-        "256",
-        "-nodefaults",
-        "-display",
-        "none",
-        "-S",
-    ])
-    .args(device_args)
-    .args(["-qmp", "stdio"])
-    .env_remove("UIOMMU_PLATFORM")
-    .env_remove("LD_PRELOAD");
+    let cmd = qemu_command(
+        qemu,
+        &["--engine", "host", "--instance", &instance],
+        &[],
+        device_args,
+    );
     let mut q = Qmp::start(cmd);
     assert_eq!(q.execute("qmp_capabilities"), "{\"return\": {}}");
     let pci = q.execute("query-pci");
