@@ -104,7 +104,7 @@ fn send(sock: BorrowedFd<'_>, m: &Message, fd: Option<BorrowedFd<'_>>) -> Result
 }
 
 /// Serve one connection until the client closes it.
-pub fn serve_connection(host: &Host, sock: OwnedFd) {
+pub fn serve_connection(host: &Arc<Host>, sock: OwnedFd) {
     let _ = rustix::net::sockopt::set_socket_passcred(&sock, true);
     let mut program = false;
     while let Some(msg) = receive(sock.as_fd(), host.config.spin) {
@@ -125,7 +125,7 @@ pub fn serve_connection(host: &Host, sock: OwnedFd) {
 }
 
 /// One call: who sent it, then the operation.
-fn call(host: &Host, sock: BorrowedFd<'_>, msg: Received) -> Message {
+fn call(host: &Arc<Host>, sock: BorrowedFd<'_>, msg: Received) -> Message {
     let (Some(req), Some(cred)) = (msg.req, msg.cred) else {
         return Message::reply(Err(EINVAL));
     };
@@ -147,7 +147,7 @@ fn call(host: &Host, sock: BorrowedFd<'_>, msg: Received) -> Message {
     };
     let c = Call {
         host,
-        sock,
+        via: &Socket(sock),
         process: &process,
         gid: cred.gid.as_raw(),
     };
@@ -182,6 +182,7 @@ fn call(host: &Host, sock: BorrowedFd<'_>, msg: Received) -> Message {
             Message::reply(Ok(0))
         }
         OP_STATUS => Message::reply(c.status(req.args[0], req.args[1])),
+        OP_SUPERVISE => Message::reply(supervise(host, msg.fd, req)),
         _ => {
             let Some(fd) = msg.fd else {
                 return Message::reply(Err(NOT_MINE));
@@ -196,12 +197,79 @@ fn call(host: &Host, sock: BorrowedFd<'_>, msg: Received) -> Message {
     }
 }
 
+/// How a file made during a call reaches the caller: over its connection (the preload
+/// front-end), or put in its fd table by the seccomp supervisor ([`crate::seccomp`]).
+pub(crate) trait Handover {
+    /// Give the caller `client`, an fd of the file; returns the caller's number for it.
+    fn give(&self, client: OwnedFd, cloexec: bool) -> Result<i32, Errno>;
+    /// The call failed after giving `fd`: take it back.
+    fn take_back(&self, fd: i32);
+}
+
+/// The preload front-end's connection: the file goes with a [`K_TAKE_FD`] message, the
+/// front-end installs it and answers the number.
+struct Socket<'a>(BorrowedFd<'a>);
+
+impl Socket<'_> {
+    /// The caller's answer `op` to a request of ours during the call.
+    fn answer(&self, op: u32) -> Result<i64, Errno> {
+        let r = receive(self.0, std::time::Duration::ZERO).ok_or(EIO)?;
+        match r.req {
+            Some(req) if req.op == op => Ok(req.args[0] as i64),
+            _ => Err(EIO),
+        }
+    }
+}
+
+impl Handover for Socket<'_> {
+    fn give(&self, client: OwnedFd, cloexec: bool) -> Result<i32, Errno> {
+        let m = Message {
+            flags: u32::from(cloexec),
+            ..Message::new(K_TAKE_FD, 0)
+        };
+        send(self.0, &m, Some(client.as_fd()))?;
+        // The message holds the file now; if the caller never takes it, the file goes with
+        // the message (and the watcher drops it).
+        drop(client);
+        match self.answer(OP_TOOK_FD)? {
+            n if n >= 0 => i32::try_from(n).map_err(|_| EIO),
+            n => Err(i32::try_from(-n).unwrap_or(EIO)),
+        }
+    }
+
+    fn take_back(&self, fd: i32) {
+        let m = Message::new(K_DROP_FD, i64::from(fd));
+        if send(self.0, &m, None).is_ok() {
+            let _ = self.answer(OP_DROPPED);
+        }
+    }
+}
+
+/// [`OP_SUPERVISE`]: serve the seccomp listener `fd`, whose filter stops the reads and
+/// writes of fds `[args[0], args[1])`.
+fn supervise(host: &Arc<Host>, fd: Option<OwnedFd>, req: Request) -> Result<i64, Errno> {
+    let fd = fd.ok_or(EBADF)?;
+    if !crate::seccomp::is_listener(fd.as_fd()) {
+        return Err(EINVAL);
+    }
+    let (start, end) = (req.args[0], req.args[1]);
+    if start >= end || end > 1 << 20 {
+        return Err(EINVAL);
+    }
+    let range = uiommu_sys::seccomp::FdRange {
+        start: start as u32,
+        end: end as u32,
+    };
+    crate::seccomp::supervise(host.clone(), fd, range).map_err(|_| nix::libc::EAGAIN)?;
+    Ok(0)
+}
+
 /// A call in progress: what the handlers see as the caller's file table.
-struct Call<'a> {
-    host: &'a Host,
-    sock: BorrowedFd<'a>,
-    process: &'a Arc<Process>,
-    gid: u32,
+pub(crate) struct Call<'a> {
+    pub(crate) host: &'a Host,
+    pub(crate) via: &'a dyn Handover,
+    pub(crate) process: &'a Arc<Process>,
+    pub(crate) gid: u32,
 }
 
 impl Call<'_> {
@@ -214,9 +282,20 @@ impl Call<'_> {
 
     /// Whether the caller may open a node with `accmode`, as the VFS checks the node's mode.
     fn may_open(&self, accmode: i32) -> bool {
+        let need = match accmode {
+            uiommu_uapi::file::O_RDONLY => 4,
+            uiommu_uapi::file::O_WRONLY => 2,
+            _ => 6,
+        };
+        self.node_allows(need)
+    }
+
+    /// Whether the node's mode grants the caller the access bits `need` (4 read, 2 write,
+    /// 1 execute), as the VFS checks them; root passes (but execute needs some x bit).
+    pub(crate) fn node_allows(&self, need: u32) -> bool {
         let cfg = &self.host.config;
         if self.process.uid == 0 {
-            return true;
+            return need & 1 == 0 || cfg.node_mode & 0o111 != 0;
         }
         let bits = if self.process.uid == cfg.node_uid {
             cfg.node_mode >> 6
@@ -225,16 +304,11 @@ impl Call<'_> {
         } else {
             cfg.node_mode
         } & 7;
-        let need = match accmode {
-            uiommu_uapi::file::O_RDONLY => 4,
-            uiommu_uapi::file::O_WRONLY => 2,
-            _ => 6,
-        };
         bits & need == need
     }
 
-    /// `open` of `target` with `flags`: the file handed to the caller, 0 replied.
-    fn open(&self, target: Target, flags: i32) -> Result<i64, Errno> {
+    /// `open` of `target` with `flags`: the file handed to the caller, its number replied.
+    pub(crate) fn open(&self, target: Target, flags: i32) -> Result<i64, Errno> {
         let accmode = flags & 3;
         if target != Target::NoEnt && !self.may_open(accmode) {
             return Err(EACCES);
@@ -242,36 +316,26 @@ impl Call<'_> {
         let kind = make_file(&self.host.engine, self.process.space, target)?;
         let open = OpenFile::new(kind, accmode, Some(target));
         let cloexec = flags & nix::libc::O_CLOEXEC != 0;
-        self.hand_over(open, cloexec).map(i64::from)
+        let nonblock = flags & nix::libc::O_NONBLOCK != 0;
+        self.hand_over(open, cloexec, nonblock).map(i64::from)
     }
 
-    /// Register `open` and give the caller an fd of it; returns the fd's number.
-    fn hand_over(&self, open: OpenFile, cloexec: bool) -> Result<i32, Errno> {
+    /// Register `open` and give the caller an fd of it (its open file description
+    /// `O_NONBLOCK` with `nonblock`); returns the fd's number.
+    fn hand_over(&self, open: OpenFile, cloexec: bool, nonblock: bool) -> Result<i32, Errno> {
         let (_file, client) = self
             .host
             .files
             .add(open, (self.process.pid, self.process.uid))?;
-        let m = Message {
-            flags: u32::from(cloexec),
-            ..Message::new(K_TAKE_FD, 0)
-        };
-        send(self.sock, &m, Some(client.as_fd()))?;
-        // The message holds the file now; if the caller never takes it, the file goes with
-        // the message (and the watcher drops it).
-        drop(client);
-        match self.answer(OP_TOOK_FD)? {
-            n if n >= 0 => i32::try_from(n).map_err(|_| EIO),
-            n => Err(i32::try_from(-n).unwrap_or(EIO)),
+        if nonblock {
+            // The caller's fd shares this description: the flag is the caller's to see.
+            nix::fcntl::fcntl(
+                &client,
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            )
+            .map_err(|e| e as i32)?;
         }
-    }
-
-    /// The caller's answer `op` to a request of ours during the call.
-    fn answer(&self, op: u32) -> Result<i64, Errno> {
-        let r = receive(self.sock, std::time::Duration::ZERO).ok_or(EIO)?;
-        match r.req {
-            Some(req) if req.op == op => Ok(req.args[0] as i64),
-            _ => Err(EIO),
-        }
+        self.via.give(client, cloexec)
     }
 
     /// `uiommu status`: the JSON into the caller's buffer `[buf, buf + len)` if it fits;
@@ -295,7 +359,7 @@ impl Call<'_> {
     }
 
     /// An operation on `file` (the fd sent with the call).
-    fn on_file(&self, file: &HostFile, req: Request) -> Message {
+    pub(crate) fn on_file(&self, file: &HostFile, req: Request) -> Message {
         let caller = self.caller();
         let space = self.process.space;
         match req.op {
@@ -396,14 +460,11 @@ impl FdTable for Call<'_> {
 
     fn install(&self, file: Arc<dyn EngineFile>, cloexec: bool) -> Result<i32, Errno> {
         let open = OpenFile::new(Kind::Engine(file), uiommu_uapi::file::O_RDWR, None);
-        self.hand_over(open, cloexec)
+        self.hand_over(open, cloexec, false)
     }
 
     fn uninstall(&self, fd: i32) {
-        let m = Message::new(K_DROP_FD, i64::from(fd));
-        if send(self.sock, &m, None).is_ok() {
-            let _ = self.answer(OP_DROPPED);
-        }
+        self.via.take_back(fd);
     }
 
     fn file(&self, fd: i32) -> Result<Arc<dyn EngineFile>, Errno> {

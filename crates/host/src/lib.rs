@@ -13,6 +13,7 @@
 //! - [`files`]: the open files, their sockets and the watcher of their last close.
 //! - [`clients`]: the processes served: identity, memory, pidfds, fds taken from them.
 //! - [`conn`]: one connection: messages, credentials, the operations.
+//! - [`seccomp`]: the seccomp front-end: the calls a filter stops in static programs.
 //! - [`status`]: `uiommu status`.
 //! - [`serve`]: the instance's socket and lock, the accept loop, the watcher, idle exit.
 
@@ -21,6 +22,7 @@
 pub mod clients;
 pub mod conn;
 pub mod files;
+pub mod seccomp;
 pub mod status;
 
 use nix::fcntl::{Flock, FlockArg};

@@ -55,21 +55,7 @@ pub enum DirPath {
 /// trailing or doubled slashes and `.` components (and `devices/..`), or `/dev/vfio/..`.
 /// Node paths (and every other path) are `None`.
 pub fn dir_of(path: &[u8]) -> Option<DirPath> {
-    let rest = path.strip_prefix(b"/dev/vfio")?;
-    if !rest.is_empty() && !rest.starts_with(b"/") {
-        return None;
-    }
-    // -1: /dev, 0: /dev/vfio, 1: /dev/vfio/devices.
-    let mut depth = 0;
-    for comp in rest.split(|&b| b == b'/') {
-        match comp {
-            b"" | b"." => {}
-            b".." if depth >= 0 => depth -= 1,
-            b"devices" if depth == 0 => depth = 1,
-            _ => return None,
-        }
-    }
-    match depth {
+    match uiommu_uapi::file::vfio_dir_depth(path)? {
         0 => Some(DirPath::Dir(DevDir::Vfio)),
         1 => Some(DirPath::Dir(DevDir::Devices)),
         _ => Some(DirPath::RealDev),

@@ -75,33 +75,7 @@ use uiommu_uapi::{Caller, Errno};
 
 pub use uiommu_uapi::file::Target;
 
-/// A decimal number without sign or leading zeros, as the kernel names nodes.
-fn canonical_number(num: &[u8]) -> Option<u32> {
-    let canonical =
-        !num.is_empty() && num.iter().all(u8::is_ascii_digit) && (num.len() == 1 || num[0] != b'0');
-    canonical
-        .then(|| std::str::from_utf8(num).ok()?.parse::<u32>().ok())
-        .flatten()
-}
-
-/// Whether `path` (without its NUL) is one of ours.
-pub fn target_of(path: &[u8]) -> Option<Target> {
-    if path == b"/dev/iommu" {
-        return Some(Target::Iommu);
-    }
-    let rest = path.strip_prefix(b"/dev/vfio/")?;
-    if devdir::dir_of(path).is_some() {
-        // The directories: the sysfs view's tree serves them (`devdir`).
-        return None;
-    }
-    if rest == b"vfio" {
-        return Some(Target::VfioContainer);
-    }
-    let Some(num) = rest.strip_prefix(b"devices/vfio") else {
-        return Some(canonical_number(rest).map_or(Target::NoEnt, Target::VfioGroup));
-    };
-    Some(canonical_number(num).map_or(Target::NoEnt, Target::VfioDevice))
-}
+pub use uiommu_uapi::file::target_of;
 
 /// Whether the node `target` names exists now (for `access`).
 pub(crate) fn target_exists(target: Target) -> bool {
@@ -144,16 +118,7 @@ pub(crate) fn fail_ssize(e: Errno) -> ssize_t {
 
 /// Open one of our paths.
 pub(crate) fn open_ours(target: Target, flags: c_int) -> Result<c_int, Errno> {
-    // What the VFS refuses for an existing character device before its open runs.
-    if flags & libc::O_DIRECTORY != 0 {
-        return Err(libc::ENOTDIR);
-    }
-    if flags & (libc::O_CREAT | libc::O_EXCL) == libc::O_CREAT | libc::O_EXCL {
-        return Err(libc::EEXIST);
-    }
-    if target == Target::NoEnt {
-        return Err(libc::ENOENT);
-    }
+    uiommu_uapi::file::open_check(target, flags)?;
     if host::on() {
         return host::open(target, flags);
     }

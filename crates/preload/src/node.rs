@@ -20,55 +20,14 @@ use crate::real;
 use crate::state::{global, Global};
 use crate::Target;
 use libc::{c_int, c_void};
-use uiommu_platform::topology::GroupId;
-use uiommu_uapi::vfio_group::vfio_groups;
 
-/// Major of misc devices.
-pub const MISC_MAJOR: u32 = 10;
-/// The minor `/dev/iommu` reports (the kernel gives iommufd a dynamic misc minor).
-pub const IOMMU_MINOR: u32 = 123;
-/// `VFIO_MINOR`: the legacy container's fixed misc minor.
-pub const VFIO_MINOR: u32 = 196;
-/// The major `/dev/vfio/<group>` nodes report (the kernel's `vfio` region is dynamic).
-pub const VFIO_GROUP_MAJOR: u32 = 243;
-/// The major `/dev/vfio/devices/vfioN` nodes report (the `vfio-dev` region is dynamic); the
-/// sysfs view's `vfio-dev/vfioN/dev` says the same.
-pub const VFIO_CDEV_MAJOR: u32 = 511;
-
-/// What `stat` reports for one node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NodeStat {
-    /// Permission bits (the type is always `S_IFCHR`).
-    pub perm: u32,
-    /// Device major.
-    pub major: u32,
-    /// Device minor.
-    pub minor: u32,
-    /// Inode number (fixed per node).
-    pub ino: u64,
-}
+pub use uiommu_uapi::file::{
+    NodeStat, IOMMU_MINOR, MISC_MAJOR, VFIO_CDEV_MAJOR, VFIO_GROUP_MAJOR, VFIO_MINOR,
+};
 
 /// The node `target` names, or None when it does not exist (ENOENT).
 pub(crate) fn node_stat(g: &Global, target: Target) -> Option<NodeStat> {
-    let node = |perm, major, minor, kind: u64| NodeStat {
-        perm,
-        major,
-        minor,
-        ino: 0x7569_0000_0000 | (kind << 24) | u64::from(minor),
-    };
-    match target {
-        Target::NoEnt => None,
-        Target::Iommu => Some(node(0o600, MISC_MAJOR, IOMMU_MINOR, 1)),
-        Target::VfioContainer => Some(node(0o666, MISC_MAJOR, VFIO_MINOR, 2)),
-        Target::VfioGroup(n) => {
-            let index = vfio_groups(&g.engine)
-                .iter()
-                .position(|&grp| grp == GroupId(n))?;
-            Some(node(0o600, VFIO_GROUP_MAJOR, index as u32, 3))
-        }
-        Target::VfioDevice(n) => ((n as usize) < crate::vfio_devices(&g.engine).len())
-            .then(|| node(0o600, VFIO_CDEV_MAJOR, n, 4)),
-    }
+    uiommu_uapi::file::node_stat(&g.engine, target)
 }
 
 /// The real `/dev`'s stat (zero when it cannot be read).

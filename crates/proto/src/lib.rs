@@ -183,8 +183,14 @@ pub const OP_STAT: u32 = 8;
 /// After a `close` of one of ours: replies once the engine has released every file no fd
 /// refers to any more (Linux releases the file before `close` returns).
 pub const OP_SYNC: u32 = 9;
-/// `uiommu status`: replies the JSON size; the JSON comes as a memfd ([`K_TAKE_FD`]).
+/// `uiommu status`: `args` = buffer, length. Replies the JSON's size, and writes the JSON
+/// into the buffer if it fits.
 pub const OP_STATUS: u32 = 10;
+/// The seccomp front-end: serve the calls a seccomp filter stops. The filter's listener is
+/// attached; `args` = the first and one past the last fd number whose reads and writes the
+/// filter stops (`uiommu_sys::seccomp::FdRange`). The engine serves the listener until no
+/// process uses the filter; the connection may close at once.
+pub const OP_SUPERVISE: u32 = 11;
 /// Answer to [`K_TAKE_FD`]: `args[0]` = the fd number, or the negated errno.
 pub const OP_TOOK_FD: u32 = 20;
 /// Answer to [`K_DROP_FD`].

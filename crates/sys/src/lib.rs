@@ -13,6 +13,9 @@
 //!   thread's stack (where an ioctl's argument struct usually is) without a system call.
 //! - [`MappedBuffer`]: an anonymous mapping, optionally backed by hugetlb or transparent huge
 //!   pages, for benchmarks and tests.
+//! - [`seccomp`]: the user-notification filter and listener of the seccomp front-end.
+
+pub mod seccomp;
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};

@@ -75,6 +75,123 @@ impl Target {
     }
 }
 
+/// A decimal number without sign or leading zeros, as the kernel names nodes.
+fn canonical_number(num: &[u8]) -> Option<u32> {
+    let canonical =
+        !num.is_empty() && num.iter().all(u8::is_ascii_digit) && (num.len() == 1 || num[0] != b'0');
+    canonical
+        .then(|| std::str::from_utf8(num).ok()?.parse::<u32>().ok())
+        .flatten()
+}
+
+/// When `path` names the directory `/dev/vfio` (0), `/dev/vfio/devices` (1) or `/dev`
+/// through `/dev/vfio/..` (-1), spelled with any trailing or doubled slashes, `.`
+/// components and `devices/..`: its depth below `/dev/vfio`. Other paths: `None`.
+pub fn vfio_dir_depth(path: &[u8]) -> Option<i32> {
+    let rest = path.strip_prefix(b"/dev/vfio")?;
+    if !rest.is_empty() && !rest.starts_with(b"/") {
+        return None;
+    }
+    let mut depth = 0;
+    for comp in rest.split(|&b| b == b'/') {
+        match comp {
+            b"" | b"." => {}
+            b".." if depth >= 0 => depth -= 1,
+            b"devices" if depth == 0 => depth = 1,
+            _ => return None,
+        }
+    }
+    Some(depth)
+}
+
+/// Which of our nodes the absolute path `path` (without its NUL) is, if any: the nodes by
+/// their exact names; another name under `/dev/vfio/` is [`Target::NoEnt`]; the directories
+/// ([`vfio_dir_depth`]) and every other path are not ours.
+pub fn target_of(path: &[u8]) -> Option<Target> {
+    if path == b"/dev/iommu" {
+        return Some(Target::Iommu);
+    }
+    let rest = path.strip_prefix(b"/dev/vfio/")?;
+    if vfio_dir_depth(path).is_some() {
+        return None;
+    }
+    if rest == b"vfio" {
+        return Some(Target::VfioContainer);
+    }
+    let Some(num) = rest.strip_prefix(b"devices/vfio") else {
+        return Some(canonical_number(rest).map_or(Target::NoEnt, Target::VfioGroup));
+    };
+    Some(canonical_number(num).map_or(Target::NoEnt, Target::VfioDevice))
+}
+
+/// What the VFS refuses in an `open(flags)` of `target`, an existing character device,
+/// before the device's open runs: `O_DIRECTORY` (ENOTDIR), `O_CREAT | O_EXCL` (EEXIST); and a
+/// name that is no node (ENOENT).
+pub fn open_check(target: Target, flags: i32) -> Result<(), Errno> {
+    const O_CREAT: i32 = 0o100;
+    const O_EXCL: i32 = 0o200;
+    const O_DIRECTORY: i32 = 0o200000;
+    if flags & O_DIRECTORY != 0 {
+        return Err(20); // ENOTDIR
+    }
+    if flags & (O_CREAT | O_EXCL) == O_CREAT | O_EXCL {
+        return Err(17); // EEXIST
+    }
+    if target == Target::NoEnt {
+        return Err(ENOENT);
+    }
+    Ok(())
+}
+
+/// Major of misc devices.
+pub const MISC_MAJOR: u32 = 10;
+/// The minor `/dev/iommu` reports (the kernel gives iommufd a dynamic misc minor).
+pub const IOMMU_MINOR: u32 = 123;
+/// `VFIO_MINOR`: the legacy container's fixed misc minor.
+pub const VFIO_MINOR: u32 = 196;
+/// The major `/dev/vfio/<group>` nodes report (the kernel's `vfio` region is dynamic).
+pub const VFIO_GROUP_MAJOR: u32 = 243;
+/// The major `/dev/vfio/devices/vfioN` nodes report (the `vfio-dev` region is dynamic); the
+/// sysfs view's `vfio-dev/vfioN/dev` says the same.
+pub const VFIO_CDEV_MAJOR: u32 = 511;
+
+/// What `stat` reports for one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeStat {
+    /// Permission bits (the type is always `S_IFCHR`).
+    pub perm: u32,
+    /// Device major.
+    pub major: u32,
+    /// Device minor.
+    pub minor: u32,
+    /// Inode number (fixed per node).
+    pub ino: u64,
+}
+
+/// The node `target` names, or None when it does not exist (ENOENT).
+pub fn node_stat(engine: &Engine, target: Target) -> Option<NodeStat> {
+    let node = |perm, major, minor, kind: u64| NodeStat {
+        perm,
+        major,
+        minor,
+        ino: 0x7569_0000_0000 | (kind << 24) | u64::from(minor),
+    };
+    match target {
+        Target::NoEnt => None,
+        Target::Iommu => Some(node(0o600, MISC_MAJOR, IOMMU_MINOR, 1)),
+        Target::VfioContainer => Some(node(0o666, MISC_MAJOR, VFIO_MINOR, 2)),
+        Target::VfioGroup(n) => {
+            let index = vfio_groups(engine)
+                .iter()
+                .position(|&grp| grp == GroupId(n))?;
+            Some(node(0o600, VFIO_GROUP_MAJOR, index as u32, 3))
+        }
+        Target::VfioDevice(n) => {
+            ((n as usize) < vfio_devices(engine).len()).then(|| node(0o600, VFIO_CDEV_MAJOR, n, 4))
+        }
+    }
+}
+
 /// The devices `/dev/vfio/devices/vfioN` names: every function bound to `vfio-pci`, in
 /// ascending platform order; `vfioN` is the N-th (from 0). The sysfs view numbers its
 /// `vfio-dev/vfioN` entries the same way.

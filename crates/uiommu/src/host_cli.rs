@@ -290,3 +290,95 @@ pub fn ensure_engine(name: &str, platform: Option<&Path>) -> Result<String, Stri
     }
     Ok(source)
 }
+
+/// Which front-end serves a program's calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FrontEnd {
+    /// The preload library (dynamic programs).
+    Preload,
+    /// A seccomp user-notification filter served by the host engine (static programs, raw
+    /// system calls; any program).
+    Seccomp,
+    /// `seccomp` for a static ELF executable, else `preload`.
+    Auto,
+}
+
+/// The front-end `flag` or `$UIOMMU_FRONT_END` names (default: auto).
+pub fn front_end(flag: Option<FrontEnd>) -> Result<FrontEnd, String> {
+    if let Some(f) = flag {
+        return Ok(f);
+    }
+    match std::env::var("UIOMMU_FRONT_END").ok().as_deref() {
+        None | Some("") | Some("auto") => Ok(FrontEnd::Auto),
+        Some("preload") => Ok(FrontEnd::Preload),
+        Some("seccomp") => Ok(FrontEnd::Seccomp),
+        Some(other) => Err(format!(
+            "UIOMMU_FRONT_END={other}: expected `preload`, `seccomp` or `auto`"
+        )),
+    }
+}
+
+/// Whether `program` (a path, or a name looked up in `$PATH` as exec does) is a static ELF
+/// executable: no program interpreter, so no preload library can reach it. `None` when it
+/// cannot be found or read, or is not ELF (a script runs under its interpreter).
+pub fn is_static(program: &std::ffi::OsStr) -> Option<bool> {
+    use object::read::elf::{ElfFile64, FileHeader, ProgramHeader};
+    let path = which::which(program).ok()?;
+    let file = std::fs::File::open(path).ok()?;
+    let data = object::ReadCache::new(file);
+    let elf = ElfFile64::<object::Endianness, _>::parse(&data).ok()?;
+    let endian = elf.endian();
+    let phdrs = elf.elf_header().program_headers(endian, &data).ok()?;
+    Some(
+        !phdrs
+            .iter()
+            .any(|p| p.p_type(endian) == object::elf::PT_INTERP),
+    )
+}
+
+/// The seccomp front-end for the program this process execs next: put the filter on this
+/// process and hand its listener to instance `name`'s engine, which then serves every call
+/// of ours that the program and its children make. With `as_root`, first ask the engine for
+/// root's privileges in the emulation (granted as to a preload client).
+pub fn supervise_self(name: &str, as_root: bool) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    use uiommu_sys::seccomp::{install_listener, FdRange};
+    let client = client_of(name)?;
+    let fail = |what: &str, e: i32| {
+        format!(
+            "instance {name}: {what}: {}",
+            std::io::Error::from_raw_os_error(e.max(1))
+        )
+    };
+    if as_root {
+        let hello = Request::new(
+            uiommu_proto::OP_HELLO,
+            [uiommu_proto::HELLO_CAPS_ALL, 0, 0, 0, 0, 0],
+        );
+        let m = client.call(hello, None).map_err(|e| fail("hello", e))?;
+        if m.err != 0 {
+            return Err(fail("hello", m.err));
+        }
+    }
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1 << 20);
+    let range = FdRange::below(limit);
+    // CAP_SYS_ADMIN may install a filter without no_new_privs (setuid programs keep working).
+    let caps = uiommu_sys::effective_caps_of(0).unwrap_or(0);
+    let listener = install_listener(range, caps & (1 << 21) != 0)
+        .map_err(|e| format!("cannot install the seccomp filter: {e}"))?;
+    // From here until the engine has the listener, no call of this process may stop: the
+    // exchange is sendmsg/recvmsg on a connection, which the filter lets through.
+    let req = Request::new(
+        uiommu_proto::OP_SUPERVISE,
+        [u64::from(range.start), u64::from(range.end), 0, 0, 0, 0],
+    );
+    let m = client
+        .call(req, Some(listener.as_raw_fd()))
+        .map_err(|e| fail("supervise", e))?;
+    if m.err != 0 {
+        return Err(fail("supervise", m.err));
+    }
+    Ok(())
+}

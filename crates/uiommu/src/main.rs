@@ -59,6 +59,12 @@ enum Command {
         /// else `default`.
         #[arg(long, value_name = "NAME")]
         instance: Option<String>,
+        /// How the program's calls reach the engine: `preload` (the preload library, for
+        /// dynamic programs), `seccomp` (a seccomp filter the host engine serves: static
+        /// programs, raw system calls; implies `--engine host`), or `auto` (seccomp for a
+        /// static executable, else preload). Default: $UIOMMU_FRONT_END, else auto.
+        #[arg(long, value_name = "FRONT_END")]
+        front_end: Option<host_cli::FrontEnd>,
         /// The program and its arguments (after `--`).
         #[arg(last = true, required = true, value_name = "PROGRAM")]
         command: Vec<OsString>,
@@ -291,8 +297,11 @@ fn main() -> ExitCode {
             as_root,
             engine,
             instance,
+            front_end,
             command,
-        } => match run(platform, preload, as_root, engine, instance, &command) {
+        } => match run(
+            platform, preload, as_root, engine, instance, front_end, &command,
+        ) {
             // `run` only returns when the program could not be started.
             Ok(never) => match never {},
             Err((code, msg)) => {
@@ -385,14 +394,16 @@ fn run(
     as_root: bool,
     engine: Option<EngineKind>,
     instance: Option<String>,
+    front_end: Option<host_cli::FrontEnd>,
     command: &[OsString],
 ) -> Result<std::convert::Infallible, (u8, String)> {
-    let lib = find_preload(preload).map_err(|m| (2, m))?;
+    use host_cli::FrontEnd;
     let engine = match engine {
-        Some(e) => e,
+        Some(e) => Some(e),
         None => match std::env::var("UIOMMU_ENGINE").ok().as_deref() {
-            None | Some("") | Some("in-process") => EngineKind::InProcess,
-            Some("host") => EngineKind::Host,
+            None | Some("") => None,
+            Some("in-process") => Some(EngineKind::InProcess),
+            Some("host") => Some(EngineKind::Host),
             Some(other) => {
                 return Err((
                     2,
@@ -404,6 +415,31 @@ fn run(
     let (program, args) = command
         .split_first()
         .ok_or((2, "no program given".to_string()))?;
+    // A static program cannot load the preload library: the seccomp front-end serves it,
+    // through the host engine (unless the in-process engine was asked for by name).
+    let seccomp = match host_cli::front_end(front_end).map_err(|m| (2, m))? {
+        FrontEnd::Seccomp => true,
+        FrontEnd::Preload => false,
+        FrontEnd::Auto => {
+            engine != Some(EngineKind::InProcess) && host_cli::is_static(program) == Some(true)
+        }
+    };
+    if seccomp && engine == Some(EngineKind::InProcess) {
+        return Err((
+            2,
+            "the seccomp front-end is served by the host engine only (--engine host)".into(),
+        ));
+    }
+    let engine = match engine {
+        _ if seccomp => EngineKind::Host,
+        Some(e) => e,
+        None => EngineKind::InProcess,
+    };
+    let lib = if seccomp {
+        None
+    } else {
+        Some(find_preload(preload).map_err(|m| (2, m))?)
+    };
     let mut cmd = std::process::Command::new(program);
     cmd.args(args);
     if let Some(path) = &platform {
@@ -429,12 +465,23 @@ fn run(
             cmd.env_remove("UIOMMU_PLATFORM");
         }
         cmd.env("UIOMMU_INSTANCE", &name);
+        // Also under the seccomp front-end (no library reads it there): the program and its
+        // children can tell which engine serves them.
         cmd.env("UIOMMU_SOCKET", uiommu_proto::socket_path(&name));
+        cmd.env(
+            "UIOMMU_FRONT_END",
+            if seccomp { "seccomp" } else { "preload" },
+        );
+        if seccomp {
+            host_cli::supervise_self(&name, as_root).map_err(|m| (1, m))?;
+        }
     } else {
         cmd.env_remove("UIOMMU_SOCKET");
     }
-    let existing = std::env::var_os("LD_PRELOAD");
-    cmd.env("LD_PRELOAD", append_preload(existing.as_deref(), &lib));
+    if let Some(lib) = &lib {
+        let existing = std::env::var_os("LD_PRELOAD");
+        cmd.env("LD_PRELOAD", append_preload(existing.as_deref(), lib));
+    }
     let err = cmd.exec();
     let code = if err.kind() == std::io::ErrorKind::NotFound {
         127

@@ -17,12 +17,13 @@
 //! they pass after printing that they were skipped. The `uiommu` executable is cargo's; the
 //! preload library is looked up next to it (or in `deps/`) and built with cargo if absent.
 
+mod support;
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
-use std::sync::OnceLock;
 use std::time::Duration;
+use support::library;
 
 /// How long one QMP answer may take (QEMU starts in well under a second).
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -69,50 +70,6 @@ fn parse_version(text: &str) -> Option<(u32, u32)> {
     let rest = text.split("version ").nth(1)?;
     let mut it = rest.split(|c: char| !c.is_ascii_digit());
     Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
-}
-
-/// `target/<profile>/`, where cargo put the `uiommu` executable.
-fn profile_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_uiommu"))
-        .parent()
-        .expect("uiommu in target/<profile>/")
-        .to_path_buf()
-}
-
-fn find_library(dir: &Path) -> Option<PathBuf> {
-    [dir.to_path_buf(), dir.join("deps")]
-        .into_iter()
-        .map(|d| d.join("libuiommu_preload.so"))
-        .find(|p| p.is_file())
-}
-
-/// `libuiommu_preload.so` of this profile, built with cargo first if absent.
-fn library() -> &'static PathBuf {
-    static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| {
-        let dir = profile_dir();
-        if let Some(lib) = find_library(&dir) {
-            return lib;
-        }
-        let profile = dir.file_name().and_then(|p| p.to_str()).unwrap_or("debug");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["build", "-p", "uiommu-preload", "--target-dir"])
-            .arg(dir.parent().expect("target/<profile>/ has a parent"));
-        match profile {
-            "debug" => {}
-            "release" => {
-                cmd.arg("--release");
-            }
-            other => {
-                cmd.args(["--profile", other]);
-            }
-        }
-        eprintln!("building the preload library: {cmd:?}");
-        assert!(cmd.status().expect("run cargo").success(), "{cmd:?} failed");
-        find_library(&dir).expect("libuiommu_preload.so after the build")
-    })
 }
 
 /// A scratch file path unique to this test.

@@ -1,0 +1,538 @@
+//! The seccomp front-end's supervisor: the engine serves the system calls a seccomp filter
+//! stops in programs the preload library cannot reach (static binaries, raw syscalls).
+//!
+//! `uiommu run --front-end seccomp` puts the filter of `uiommu_sys::seccomp` on itself
+//! before it execs the program and hands the filter's listener to the engine
+//! ([`uiommu_proto::OP_SUPERVISE`]). From then on every process under the filter (the program,
+//! its children, whatever they exec) is served here: the caller is the thread the kernel says
+//! stopped, its memory is read and written as a preload client's ([`crate::clients`]), and a
+//! file of ours is installed in its fd table with `SECCOMP_IOCTL_NOTIF_ADDFD`, at a number in
+//! the filter's range so that its reads and writes stop too. A stopped call that is not ours
+//! (another path, another file) continues in the kernel untouched.
+//!
+//! The file a call names is the one the caller holds at that number (`pidfd_getfd`), and is
+//! ours only if it is one of the engine's sockets: nothing a program can name or forge.
+
+use crate::clients::Process;
+use crate::conn::{Call, Handover};
+use crate::Host;
+use std::cell::RefCell;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use uiommu_platform::memory::UserMemory;
+use uiommu_platform::process_memory::ProcessMemory;
+use uiommu_platform::UserVa;
+use uiommu_proto::{Request, OP_IOCTL, OP_MMAP, OP_READ, OP_WRITE};
+use uiommu_sys::seccomp::{self, Answer, FdRange, NodeAttrs, Notice};
+use uiommu_uapi::file::{target_of, Target};
+use uiommu_uapi::Errno;
+
+use nix::libc::{EACCES, EFAULT, EINVAL, EMFILE, ENAMETOOLONG, ENOENT};
+
+/// `AT_FDCWD`.
+const AT_FDCWD: i32 = -100;
+/// `UIO_MAXIOV`: the most segments a vectored read or write takes.
+const IOV_MAX: u64 = 1024;
+
+/// Whether `fd` is a seccomp listener (an anonymous inode of that name).
+pub fn is_listener(fd: BorrowedFd<'_>) -> bool {
+    std::fs::read_link(format!("/proc/self/fd/{}", crate::raw_fd(&fd)))
+        .is_ok_and(|t| t.as_os_str() == "anon_inode:seccomp notify")
+}
+
+/// Serve `listener` on a thread of its own until no process uses its filter. The engine
+/// counts it as a program meanwhile (it does not exit idle under a supervised program).
+pub fn supervise(host: Arc<Host>, listener: OwnedFd, range: FdRange) -> std::io::Result<()> {
+    host.programs.fetch_add(1, Ordering::AcqRel);
+    let h = host.clone();
+    let spawned = std::thread::Builder::new()
+        .name("uiommu-seccomp".into())
+        .spawn(move || {
+            serve(&h, listener.as_fd(), range);
+            h.programs.fetch_sub(1, Ordering::AcqRel);
+        });
+    if spawned.is_err() {
+        host.programs.fetch_sub(1, Ordering::AcqRel);
+    }
+    spawned.map(|_| ())
+}
+
+fn serve(host: &Host, listener: BorrowedFd<'_>, range: FdRange) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    loop {
+        let mut fds = [PollFd::new(listener, PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
+            Ok(_) => {}
+        }
+        let ev = fds[0].revents().unwrap_or(PollFlags::empty());
+        if !ev.contains(PollFlags::POLLIN) {
+            // POLLHUP: the filter has no process left.
+            return;
+        }
+        let notice = match seccomp::receive(listener) {
+            Ok(n) => n,
+            // The caller was killed before we read its call.
+            Err(e) if e.raw_os_error() == Some(ENOENT) => continue,
+            Err(_) => return,
+        };
+        let stopped = Stopped {
+            host,
+            listener,
+            range,
+            notice,
+            given: RefCell::new(Vec::new()),
+        };
+        let answer = stopped.serve();
+        // ENOENT: the caller was killed meanwhile; nothing of it is waiting.
+        let _ = seccomp::respond(listener, notice.id, answer);
+    }
+}
+
+/// Which stat struct a call fills.
+#[derive(Clone, Copy)]
+enum Layout {
+    Stat,
+    Statx,
+}
+
+/// One stopped call being served.
+struct Stopped<'a> {
+    host: &'a Host,
+    listener: BorrowedFd<'a>,
+    range: FdRange,
+    notice: Notice,
+    /// Files given to the caller during the call: (its number, our fd of the file, cloexec),
+    /// installed when the call succeeds (as the kernel installs an fd only then).
+    given: RefCell<Vec<(i32, OwnedFd, bool)>>,
+}
+
+/// Who a stopped thread is: its process (thread group), real uid and gid.
+fn identity(tid: i32) -> Option<(i32, u32, u32)> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    let field = |name: &str| -> Option<u32> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        line[name.len()..].split_whitespace().next()?.parse().ok()
+    };
+    Some((field("Tgid:")? as i32, field("Uid:")?, field("Gid:")?))
+}
+
+impl Stopped<'_> {
+    fn args(&self) -> [u64; 6] {
+        self.notice.args
+    }
+
+    fn serve(&self) -> Answer {
+        let a = self.args();
+        let nr = self.notice.nr;
+        let r = match nr {
+            n if n == nix::libc::SYS_open => self.open(AT_FDCWD as u64, a[0], a[1]),
+            n if n == nix::libc::SYS_openat => self.open(a[0], a[1], a[2]),
+            n if n == nix::libc::SYS_openat2 => self.openat2(),
+            n if n == nix::libc::SYS_ioctl => {
+                self.on_file(a[0], Request::new(OP_IOCTL, [a[1], a[2], 0, 0, 0, 0]))
+            }
+            n if n == nix::libc::SYS_read => {
+                self.on_file(a[0], Request::new(OP_READ, [a[1], a[2], 0, 0, 0, 0]))
+            }
+            n if n == nix::libc::SYS_write => {
+                self.on_file(a[0], Request::new(OP_WRITE, [a[1], a[2], 0, 0, 0, 0]))
+            }
+            n if n == nix::libc::SYS_pread64 => {
+                self.on_file(a[0], Request::new(OP_READ, [a[1], a[2], a[3], 1, 0, 0]))
+            }
+            n if n == nix::libc::SYS_pwrite64 => {
+                self.on_file(a[0], Request::new(OP_WRITE, [a[1], a[2], a[3], 1, 0, 0]))
+            }
+            n if n == nix::libc::SYS_readv => self.vectored(OP_READ, None),
+            n if n == nix::libc::SYS_writev => self.vectored(OP_WRITE, None),
+            n if n == nix::libc::SYS_preadv || n == nix::libc::SYS_preadv2 => {
+                self.vectored(OP_READ, Some(a[3] as i64))
+            }
+            n if n == nix::libc::SYS_pwritev || n == nix::libc::SYS_pwritev2 => {
+                self.vectored(OP_WRITE, Some(a[3] as i64))
+            }
+            n if n == nix::libc::SYS_stat || n == nix::libc::SYS_lstat => {
+                self.stat_path(AT_FDCWD as u64, a[0], a[1], Layout::Stat)
+            }
+            n if n == nix::libc::SYS_newfstatat => {
+                self.stat_at(a[0], a[1], a[2], a[3], Layout::Stat)
+            }
+            n if n == nix::libc::SYS_statx => self.stat_at(a[0], a[1], a[4], a[2], Layout::Statx),
+            n if n == nix::libc::SYS_fstat => self.fstat(a[0], a[1], Layout::Stat),
+            n if n == nix::libc::SYS_access => self.access(AT_FDCWD as u64, a[0], a[1]),
+            n if n == nix::libc::SYS_faccessat || n == nix::libc::SYS_faccessat2 => {
+                self.access(a[0], a[1], a[2])
+            }
+            n if n == nix::libc::SYS_dup => self.dup(a[0], Some(0), false),
+            n if n == nix::libc::SYS_dup2 => self.dup2(a[0], a[1], 0),
+            n if n == nix::libc::SYS_dup3 => self.dup2(a[0], a[1], a[2]),
+            n if n == nix::libc::SYS_fcntl => {
+                self.dup(a[0], Some(a[2]), a[1] == nix::libc::F_DUPFD_CLOEXEC as u64)
+            }
+            n if n == nix::libc::SYS_mmap => {
+                self.on_file(a[4], Request::new(OP_MMAP, [a[1], a[2], a[3], a[5], 0, 0]))
+            }
+            _ => None,
+        };
+        match r {
+            None => Answer::Continue,
+            Some(Err(e)) => Answer::Error(e),
+            Some(Ok(v)) => match self.install_given() {
+                Ok(()) => Answer::Value(v),
+                Err(e) => Answer::Error(e),
+            },
+        }
+    }
+
+    /// The caller as a client of the engine, registered on its first call of ours.
+    fn process(&self) -> Result<(Arc<Process>, u32), Errno> {
+        let (pid, uid, gid) = identity(self.notice.tid).ok_or(nix::libc::ESRCH)?;
+        // The status read was of the thread that stopped only if it still waits: a pid
+        // reused since names someone else.
+        if !seccomp::still_waiting(self.listener, self.notice.id) {
+            return Err(nix::libc::ESRCH);
+        }
+        if !self.host.serves(uid) {
+            return Err(EACCES);
+        }
+        self.host.reap();
+        let host = self.host;
+        let p = host.clients.get(&host.engine, pid, uid, |p| {
+            let _ = host.files.watch_pid(p.pid, p.pidfd.as_fd());
+        })?;
+        Ok((p, gid))
+    }
+
+    fn call<'b>(&'b self, process: &'b Arc<Process>, gid: u32) -> Call<'b> {
+        Call {
+            host: self.host,
+            via: self,
+            process,
+            gid,
+        }
+    }
+
+    /// A NUL-terminated path of the caller's (at most PATH_MAX bytes, as the kernel reads
+    /// it), read page by page.
+    fn path(&self, va: u64) -> Result<Vec<u8>, Errno> {
+        let mem = ProcessMemory::of(self.notice.tid);
+        let mut out = Vec::new();
+        let mut at = va;
+        while out.len() < 4096 {
+            let page_left = 4096 - (at % 4096) as usize;
+            let n = page_left.min(4096 - out.len());
+            let mut buf = vec![0u8; n];
+            mem.read(UserVa(at), &mut buf).map_err(|_| EFAULT)?;
+            if let Some(end) = buf.iter().position(|&b| b == 0) {
+                out.extend_from_slice(&buf[..end]);
+                return Ok(out);
+            }
+            out.extend_from_slice(&buf);
+            at = at.checked_add(n as u64).ok_or(EFAULT)?;
+        }
+        Err(ENAMETOOLONG)
+    }
+
+    /// Which of our nodes `openat(dirfd, path)` names, if any. A relative path is taken
+    /// against the caller's working directory or `dirfd`.
+    fn target(&self, dirfd: u64, path: u64) -> Option<Target> {
+        let path = self.path(path).ok()?;
+        if path.first() == Some(&b'/') {
+            return target_of(&path);
+        }
+        if path.is_empty() {
+            return None;
+        }
+        let base = if dirfd as i32 == AT_FDCWD {
+            format!("/proc/{}/cwd", self.notice.tid)
+        } else {
+            format!("/proc/{}/fd/{}", self.notice.tid, dirfd as i32)
+        };
+        let dir = std::fs::read_link(base).ok()?;
+        let mut full = std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()).to_vec();
+        if full.last() != Some(&b'/') {
+            full.push(b'/');
+        }
+        full.extend_from_slice(&path);
+        target_of(&full)
+    }
+
+    fn open(&self, dirfd: u64, path: u64, flags: u64) -> Option<Result<i64, Errno>> {
+        let target = self.target(dirfd, path)?;
+        Some(self.open_target(target, flags as i32))
+    }
+
+    fn open_target(&self, target: Target, flags: i32) -> Result<i64, Errno> {
+        uiommu_uapi::file::open_check(target, flags)?;
+        let (p, gid) = self.process()?;
+        self.call(&p, gid).open(target, flags)
+    }
+
+    fn openat2(&self) -> Option<Result<i64, Errno>> {
+        let a = self.args();
+        let target = self.target(a[0], a[1])?;
+        // struct open_how: flags, mode, resolve (u64 each); later fields must be zero.
+        if a[3] < 24 {
+            return Some(Err(EINVAL));
+        }
+        let mut how = [0u8; 8];
+        if ProcessMemory::of(self.notice.tid)
+            .read(UserVa(a[2]), &mut how)
+            .is_err()
+        {
+            return Some(Err(EFAULT));
+        }
+        let flags = u64::from_ne_bytes(how);
+        Some(self.open_target(target, flags as i32))
+    }
+
+    /// The file of ours the caller holds at `fd`: `None` when the number is not open or is
+    /// not a file of ours (the kernel then runs the call).
+    fn file(&self, fd: u64) -> Option<(Arc<Process>, u32, Arc<crate::files::HostFile>, OwnedFd)> {
+        let (p, gid) = self.process().ok()?;
+        let got = p.take_fd(fd as i32).ok()?;
+        let file = self.host.files.of_fd(got.as_fd())?;
+        Some((p, gid, file, got))
+    }
+
+    fn on_file(&self, fd: u64, req: Request) -> Option<Result<i64, Errno>> {
+        let (p, gid, file, got) = self.file(fd)?;
+        let m = self.call(&p, gid).on_file(&file, req);
+        self.host.files.sync_ready(Some((&file, got.as_fd())));
+        Some(if m.err != 0 { Err(m.err) } else { Ok(m.val) })
+    }
+
+    /// `readv`/`writev` (`at`: `preadv`/`pwritev` at that offset; -1: at the file position,
+    /// as `preadv2`): segment by segment, stopping at the first short one; an error after
+    /// some bytes moved ends the call with the count so far.
+    fn vectored(&self, op: u32, at: Option<i64>) -> Option<Result<i64, Errno>> {
+        let a = self.args();
+        let (p, gid, file, got) = self.file(a[0])?;
+        let r = (|| {
+            if a[2] > IOV_MAX {
+                return Err(EINVAL);
+            }
+            let mut iov = vec![0u8; 16 * a[2] as usize];
+            p.mem.read(UserVa(a[1]), &mut iov).map_err(|_| EFAULT)?;
+            let call = self.call(&p, gid);
+            let mut done: i64 = 0;
+            for seg in iov.chunks_exact(16) {
+                let base = u64::from_ne_bytes(seg[..8].try_into().unwrap_or([0; 8]));
+                let len = u64::from_ne_bytes(seg[8..].try_into().unwrap_or([0; 8]));
+                if len == 0 {
+                    continue;
+                }
+                let req = match at {
+                    Some(off) if off != -1 => {
+                        Request::new(op, [base, len, (off + done) as u64, 1, 0, 0])
+                    }
+                    _ => Request::new(op, [base, len, 0, 0, 0, 0]),
+                };
+                let m = call.on_file(&file, req);
+                if m.err != 0 {
+                    return if done > 0 { Ok(done) } else { Err(m.err) };
+                }
+                done += m.val;
+                if (m.val as u64) < len {
+                    break;
+                }
+            }
+            Ok(done)
+        })();
+        self.host.files.sync_ready(Some((&file, got.as_fd())));
+        Some(r)
+    }
+
+    /// What the stat family says of node `target`: owned and moded as `uiommu serve` set the
+    /// nodes; `st_dev` and the times of the real `/dev`, where the nodes live.
+    fn attrs(&self, target: Target) -> Option<NodeAttrs> {
+        use std::os::unix::fs::MetadataExt;
+        let n = uiommu_uapi::file::node_stat(&self.host.engine, target)?;
+        let dev = std::fs::metadata("/dev").ok();
+        let t = |f: fn(&std::fs::Metadata) -> (i64, i64)| dev.as_ref().map_or((0, 0), f);
+        let cfg = &self.host.config;
+        Some(NodeAttrs {
+            dev: dev.as_ref().map_or(0, |d| d.dev()),
+            ino: n.ino,
+            mode: 0o020000 | (cfg.node_mode & 0o7777),
+            uid: cfg.node_uid,
+            gid: cfg.node_gid,
+            rdev: (n.major, n.minor),
+            times: [
+                t(|d| (d.atime(), d.atime_nsec())),
+                t(|d| (d.mtime(), d.mtime_nsec())),
+                t(|d| (d.ctime(), d.ctime_nsec())),
+            ],
+        })
+    }
+
+    /// Write node `target`'s stat in `layout` to the caller's `buf`.
+    fn write_stat(&self, target: Target, buf: u64, layout: Layout) -> Result<i64, Errno> {
+        let a = self.attrs(target).ok_or(ENOENT)?;
+        let bytes = match layout {
+            Layout::Stat => seccomp::stat_bytes(&a),
+            Layout::Statx => seccomp::statx_bytes(&a),
+        };
+        ProcessMemory::of(self.notice.tid)
+            .write(UserVa(buf), &bytes)
+            .map_err(|_| EFAULT)?;
+        Ok(0)
+    }
+
+    /// `stat`/`lstat` of a path (our nodes are no symlinks: both the same).
+    fn stat_path(
+        &self,
+        dirfd: u64,
+        path: u64,
+        buf: u64,
+        layout: Layout,
+    ) -> Option<Result<i64, Errno>> {
+        let target = self.target(dirfd, path)?;
+        Some(self.write_stat(target, buf, layout))
+    }
+
+    /// `newfstatat`/`statx(dirfd, path, flags)`: with an empty path and `AT_EMPTY_PATH`, of
+    /// `dirfd` itself.
+    fn stat_at(
+        &self,
+        dirfd: u64,
+        path: u64,
+        buf: u64,
+        flags: u64,
+        layout: Layout,
+    ) -> Option<Result<i64, Errno>> {
+        let empty = flags & nix::libc::AT_EMPTY_PATH as u64 != 0
+            && self.path(path).is_ok_and(|p| p.is_empty());
+        if empty {
+            return self.fstat(dirfd, buf, layout);
+        }
+        self.stat_path(dirfd, path, buf, layout)
+    }
+
+    /// `fstat` of a file of ours opened from a node (a file the engine made stays a socket
+    /// here, where Linux has an anonymous inode).
+    fn fstat(&self, fd: u64, buf: u64, layout: Layout) -> Option<Result<i64, Errno>> {
+        let (_p, _gid, file, _got) = self.file(fd)?;
+        let target = file.open.node?;
+        Some(self.write_stat(target, buf, layout))
+    }
+
+    /// `access`/`faccessat(dirfd, path, mode)` of a node: its mode against the caller's
+    /// real uid and gid.
+    fn access(&self, dirfd: u64, path: u64, mode: u64) -> Option<Result<i64, Errno>> {
+        let target = self.target(dirfd, path)?;
+        if mode & !7 != 0 {
+            return Some(Err(EINVAL));
+        }
+        Some((|| {
+            if !uiommu_uapi::file::target_exists(&self.host.engine, target) {
+                return Err(ENOENT);
+            }
+            let (p, gid) = self.process()?;
+            if self.call(&p, gid).node_allows(mode as u32) {
+                Ok(0)
+            } else {
+                Err(EACCES)
+            }
+        })())
+    }
+
+    /// `dup(fd)` / `fcntl(fd, F_DUPFD[_CLOEXEC], min)` of a file of ours: the duplicate goes
+    /// in the range too (at its lowest free number not below `min`), so that its reads and
+    /// writes stop as the original's.
+    fn dup(&self, fd: u64, min: Option<u64>, cloexec: bool) -> Option<Result<i64, Errno>> {
+        let min = min.unwrap_or(0);
+        if min >= u64::from(self.range.end) {
+            // Beyond the range: the kernel's duplicate (its reads and writes are a socket's).
+            return None;
+        }
+        let (_p, _gid, _file, got) = self.file(fd)?;
+        let r = self
+            .free_number_from(min as u32)
+            .and_then(|n| self.put(n as u32, got, cloexec));
+        Some(r.map(i64::from))
+    }
+
+    /// `dup2`/`dup3(fd, to, flags)` of a file of ours: at `to`, as asked (outside the range,
+    /// its reads and writes are then a socket's).
+    fn dup2(&self, fd: u64, to: u64, flags: u64) -> Option<Result<i64, Errno>> {
+        let (fd, to) = (fd as i32, to as i32);
+        if fd == to || to < 0 {
+            // The kernel's answers: `to` itself (dup2), EINVAL (dup3), EBADF.
+            return None;
+        }
+        let cloexec = flags & nix::libc::O_CLOEXEC as u64 != 0;
+        if flags & !(nix::libc::O_CLOEXEC as u64) != 0 {
+            return Some(Err(EINVAL));
+        }
+        let (_p, _gid, _file, got) = self.file(fd as u64)?;
+        Some(self.put(to as u32, got, cloexec).map(i64::from))
+    }
+
+    /// Install `file` at `n` in the caller now.
+    fn put(&self, n: u32, file: OwnedFd, cloexec: bool) -> Result<i32, Errno> {
+        seccomp::add_fd(
+            self.listener,
+            self.notice.id,
+            file.as_fd(),
+            n,
+            cloexec,
+            false,
+        )
+        .map_err(|e| e.raw_os_error().unwrap_or(EMFILE))
+    }
+
+    /// A free number in the filter's range of the caller's fd table, not given yet in this
+    /// call.
+    fn free_number(&self) -> Result<i32, Errno> {
+        self.free_number_from(0)
+    }
+
+    /// [`Stopped::free_number`], not below `min`.
+    fn free_number_from(&self, min: u32) -> Result<i32, Errno> {
+        let given = self.given.borrow();
+        // The range first; when the program fills it, above it (such a file's reads and
+        // writes are then a socket's, its ioctls still ours).
+        let above = self.range.end.max(min);
+        (self.range.start.max(min)..self.range.end)
+            .chain(above..above.saturating_add(1 << 16))
+            .map(|n| n as i32)
+            .find(|n| {
+                !given.iter().any(|(g, _, _)| g == n)
+                    && std::fs::symlink_metadata(format!("/proc/{}/fd/{n}", self.notice.tid))
+                        .is_err()
+            })
+            .ok_or(EMFILE)
+    }
+
+    /// Put every file given during the call into the caller's fd table.
+    fn install_given(&self) -> Result<(), Errno> {
+        for (n, fd, cloexec) in self.given.borrow_mut().drain(..) {
+            seccomp::add_fd(
+                self.listener,
+                self.notice.id,
+                fd.as_fd(),
+                n as u32,
+                cloexec,
+                false,
+            )
+            .map_err(|e| e.raw_os_error().unwrap_or(EMFILE))?;
+        }
+        Ok(())
+    }
+}
+
+impl Handover for Stopped<'_> {
+    fn give(&self, client: OwnedFd, cloexec: bool) -> Result<i32, Errno> {
+        let n = self.free_number()?;
+        self.given.borrow_mut().push((n, client, cloexec));
+        Ok(n)
+    }
+
+    fn take_back(&self, fd: i32) {
+        self.given.borrow_mut().retain(|(n, _, _)| *n != fd);
+    }
+}

@@ -1,0 +1,288 @@
+//! The seccomp front-end as a user meets it: a static binary, compiled here with
+//! `gcc -static`, run with plain `uiommu run` (auto: seccomp for a static executable, served
+//! by the host engine), does what the same program does under the preload library; static
+//! and dynamic programs share one engine and contend for its devices as processes do on
+//! Linux; a static program killed mid-call leaves nothing behind; and the refusals.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+fn uiommu() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_uiommu"));
+    for v in [
+        "LD_PRELOAD",
+        "UIOMMU_PRELOAD",
+        "UIOMMU_PLATFORM",
+        "UIOMMU_ENGINE",
+        "UIOMMU_INSTANCE",
+        "UIOMMU_FRONT_END",
+        "UIOMMU_SOCKET",
+        "UIOMMU_CAPS",
+    ] {
+        cmd.env_remove(v);
+    }
+    cmd
+}
+
+/// `crates/preload/tests/c/<name>.c` compiled (static with `-static`), once per test process.
+fn program(name: &str, static_: bool) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let key = format!("{name}{}", if static_ { "-static" } else { "" });
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = built.iter().find(|(k, _)| *k == key) {
+        return p.clone();
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../preload/tests/c");
+    let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("seccomp");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = out_dir.join(&key);
+    let mut cc = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
+    cc.args([
+        "-std=gnu11",
+        "-O2",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-pthread",
+    ]);
+    if static_ {
+        cc.arg("-static");
+    }
+    let status = cc
+        .arg("-I")
+        .arg(&src)
+        .arg("-o")
+        .arg(&out)
+        .arg(src.join(format!("{name}.c")))
+        .status()
+        .expect("run the C compiler `cc` (install gcc and libc6-dev, which has libc.a)");
+    assert!(status.success(), "compiling {name}.c failed");
+    built.push((key, out.clone()));
+    out
+}
+
+/// An engine of its own for one test (`uiommu serve`), killed at the end.
+struct Served {
+    name: String,
+    serve: Child,
+}
+
+impl Served {
+    fn new(test: &str) -> Served {
+        let name = format!("seccomp-{}-{test}", std::process::id());
+        let serve = uiommu()
+            .args(["serve", "--instance", &name])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let s = Served { name, serve };
+        wait_until("the engine answers", || s.status().is_some());
+        s
+    }
+
+    fn status(&self) -> Option<serde_json::Value> {
+        let out = uiommu()
+            .args(["status", "--json", "--instance", &self.name])
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    /// `uiommu run --instance NAME RUN_ARGS -- program args`.
+    fn command(&self, run_args: &[&str], program: &Path, args: &[&str]) -> Command {
+        let mut cmd = uiommu();
+        cmd.args(["run", "--instance", &self.name])
+            .args(run_args)
+            .arg("--")
+            .arg(program)
+            .args(args);
+        cmd
+    }
+
+    /// Run to completion; it must pass.
+    fn run(&self, run_args: &[&str], program: &Path, args: &[&str]) -> String {
+        let out = self.command(run_args, program, args).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        print!("{stdout}");
+        eprint!("{stderr}");
+        assert!(
+            out.status.success() && stdout.contains("PASS "),
+            "{} {args:?} failed ({}):\n{stdout}{stderr}",
+            program.display(),
+            out.status
+        );
+        stdout
+    }
+
+    /// Start with a pipe on stdin (closed to let it finish); returns once it says READY.
+    fn start(&self, program: &Path, args: &[&str]) -> (Child, String) {
+        let mut child = self
+            .command(&[], program, args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut reader = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert!(line.starts_with("READY"), "{args:?}: {line:?}");
+        std::thread::spawn(move || {
+            for l in reader.lines().map_while(Result::ok) {
+                println!("{l}");
+            }
+        });
+        (child, line)
+    }
+
+    /// The engine holds no file, no pin, and no group is owned by a context.
+    fn settle(&self) {
+        wait_until("the engine holds nothing", || {
+            let v = self.status().unwrap();
+            v["files"].as_array().unwrap().is_empty()
+                && v["pinned"]["total_pins"] == 0
+                && v["pinned"]["user_pages"] == 0
+                && v["groups"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|g| g["owner"].is_null())
+        });
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.serve.kill();
+        let _ = self.serve.wait();
+    }
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// C programs of the library's suite, static, under plain `uiommu run`.
+macro_rules! static_under_seccomp {
+    ($($test:ident: $prog:literal),* $(,)?) => {$(
+        #[test]
+        fn $test() {
+            let s = Served::new($prog);
+            let out = s.run(&[], &program($prog, true), &[]);
+            assert!(out.contains(concat!("PASS ", $prog)));
+            s.settle();
+        }
+    )*};
+}
+
+static_under_seccomp! {
+    static_iommufd_basic: "iommufd_basic",
+    static_iommufd_files: "iommufd_files",
+    static_iommufd_threads: "iommufd_threads",
+    static_vfio_dma: "vfio_dma",
+    static_fault_poll: "fault_poll",
+    static_fork_vfio: "fork_vfio",
+    static_fd_passing: "fd_passing",
+    static_signal_calls: "signal_calls",
+}
+
+#[test]
+fn a_dynamic_program_can_be_served_by_the_seccomp_front_end_too() {
+    let s = Served::new("dynamic");
+    s.run(
+        &["--front-end", "seccomp"],
+        &program("iommufd_basic", false),
+        &[],
+    );
+    s.settle();
+}
+
+#[test]
+fn static_and_dynamic_programs_share_one_engine_and_contend_for_its_groups() {
+    let s = Served::new("contend");
+    let lib = support::library();
+    let dynamic = ["--engine", "host", "--front-end", "preload", "--preload"];
+    let mut dynamic: Vec<&str> = dynamic.to_vec();
+    dynamic.push(lib.to_str().unwrap());
+    // vfio1 is 0000:02:00.0, vfio2 its group sibling 0000:02:00.1, vfio0 another group.
+    let (mut holder, _) = s.start(&program("host_peers", true), &["hold", "1"]);
+    let peers_dyn = program("host_peers", false);
+    s.run(&dynamic, &peers_dyn, &["contend", "1", "22"]);
+    s.run(&dynamic, &peers_dyn, &["contend", "2", "1"]);
+    let peers = program("host_peers", true);
+    s.run(&[], &peers, &["contend", "2", "1"]);
+    s.run(&[], &peers, &["contend", "0", "0"]);
+    let v = s.status().unwrap();
+    let owned: Vec<_> = v["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| !g["owner"].is_null())
+        .collect();
+    assert_eq!(owned.len(), 1, "{owned:?}");
+    // The owner is the static holder's context: its iommufd, held by it alone.
+    let files = v["files"].as_array().unwrap();
+    assert!(
+        files.iter().any(|f| f["context"] == owned[0]["owner"]
+            && f["holders"] == serde_json::json!([holder.id()])),
+        "{files:?}"
+    );
+    drop(holder.stdin.take());
+    assert!(holder.wait().unwrap().success());
+    s.settle();
+    // Released with its last holder: a dynamic program binds the sibling now.
+    s.run(&dynamic, &peers_dyn, &["contend", "2", "0"]);
+    s.settle();
+}
+
+#[test]
+fn a_static_program_killed_mid_call_leaves_nothing() {
+    let s = Served::new("kill");
+    for _ in 0..3 {
+        let (mut churn, _) = s.start(&program("host_peers", true), &["churn", "1"]);
+        std::thread::sleep(Duration::from_millis(200));
+        churn.kill().unwrap();
+        let _ = churn.wait();
+        s.settle();
+    }
+    s.run(&[], &program("host_peers", true), &["contend", "1", "0"]);
+    s.settle();
+}
+
+#[test]
+fn the_seccomp_front_end_refuses_the_in_process_engine_and_unknown_names() {
+    let prog = program("iommufd_basic", true);
+    let out = uiommu()
+        .args([
+            "run",
+            "--front-end",
+            "seccomp",
+            "--engine",
+            "in-process",
+            "--",
+        ])
+        .arg(&prog)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("host engine"));
+    let out = uiommu()
+        .env("UIOMMU_FRONT_END", "ptrace")
+        .args(["run", "--"])
+        .arg(&prog)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("UIOMMU_FRONT_END=ptrace"));
+}

@@ -1,0 +1,50 @@
+//! What the CLI's integration tests share: the preload library of this profile.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// `target/<profile>/`, where cargo put the `uiommu` executable.
+pub fn profile_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_uiommu"))
+        .parent()
+        .expect("uiommu in target/<profile>/")
+        .to_path_buf()
+}
+
+pub fn find_library(dir: &Path) -> Option<PathBuf> {
+    [dir.to_path_buf(), dir.join("deps")]
+        .into_iter()
+        .map(|d| d.join("libuiommu_preload.so"))
+        .find(|p| p.is_file())
+}
+
+/// `libuiommu_preload.so` of this profile, built with cargo first if absent.
+pub fn library() -> &'static PathBuf {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        let dir = profile_dir();
+        if let Some(lib) = find_library(&dir) {
+            return lib;
+        }
+        let profile = dir.file_name().and_then(|p| p.to_str()).unwrap_or("debug");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["build", "-p", "uiommu-preload", "--target-dir"])
+            .arg(dir.parent().expect("target/<profile>/ has a parent"));
+        match profile {
+            "debug" => {}
+            "release" => {
+                cmd.arg("--release");
+            }
+            other => {
+                cmd.args(["--profile", other]);
+            }
+        }
+        eprintln!("building the preload library: {cmd:?}");
+        assert!(cmd.status().expect("run cargo").success(), "{cmd:?} failed");
+        find_library(&dir).expect("libuiommu_preload.so after the build")
+    })
+}
