@@ -12,6 +12,8 @@
 #   UIOMMU_CONFORMANCE_TIMEOUT  seconds for the whole selftest run (default 1200)
 #   UIOMMU_ENGINE, UIOMMU_INSTANCE  passed on to `uiommu run`: `UIOMMU_ENGINE=host` runs the suite
 #                               under the instance's host engine (docs/HOST.md; floor-host.txt)
+#   UIOMMU_CONFORMANCE_STATIC=1 build the selftest with -static: `uiommu run` then serves it
+#                               through the seccomp front-end and the host engine (floor-host.txt)
 # Results: conformance-results.txt (what is printed) and conformance-results.json
 # ({pass, fail, skip, total, per_fixture, failed_tests, ...}) in the work directory, next to the
 # run's TAP output (iommufd.log). A crashed or timed-out run is still summarised from what it
@@ -106,9 +108,15 @@ for h in iommufd vfio; do
 done
 
 echo "== conformance: building the selftest (unmodified; post-$KVER uapi facts from conformance/facts.h)"
+link=()
+if [ "${UIOMMU_CONFORMANCE_STATIC:-}" = 1 ]; then
+    # A static binary: no preload library reaches it; the seccomp front-end does.
+    link=(LDFLAGS=-static)
+    echo "(static: served through the seccomp front-end)"
+fi
 rm -f "$WORK/bin/iommufd"
 make -C "$SRC/tools/testing/selftests/iommu" --no-print-directory V=1 OUTPUT="$WORK/bin" \
-    KHDR_INCLUDES="-isystem $WORK/usr/include" USERCFLAGS="-include $FACTS" \
+    KHDR_INCLUDES="-isystem $WORK/usr/include" USERCFLAGS="-include $FACTS" "${link[@]}" \
     "$WORK/bin/iommufd"
 SELFTEST=$WORK/bin/iommufd
 

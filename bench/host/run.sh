@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # IOAS_MAP+UNMAP of 4 KiB with a device attached: in-process engine, host engine (preload
-# front-end), and a bare two-process socket round trip, all in one run (docs/HOST.md).
+# front-end; seccomp front-end, the same program built static), and a bare two-process socket
+# round trip, all in one run (docs/HOST.md).
 # Usage: bash bench/host/run.sh [PAIRS]   (from anywhere)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -8,16 +9,22 @@ cargo build --release -p uiommu -p uiommu-preload
 out=target/bench-host
 mkdir -p "$out"
 cc -O2 -Wall -Wextra -Werror -I crates/preload/tests/c -o "$out/map_unmap" bench/host/map_unmap.c
+cc -O2 -Wall -Wextra -Werror -static -I crates/preload/tests/c -o "$out/map_unmap_static" \
+  bench/host/map_unmap.c
 bin=target/release/uiommu
 n=${1:-20000}
 inproc=$("$bin" run --engine in-process -- "$out/map_unmap" "$n")
 host=$("$bin" run --engine host --instance bench-$$ -- "$out/map_unmap" "$n")
+seccomp=$("$bin" run --instance bench-$$ -- "$out/map_unmap_static" "$n")
 echo "$inproc"
 echo "$host"
-python3 - "$inproc" "$host" <<'PY'
+echo "$seccomp"
+python3 - "$inproc" "$host" "$seccomp" <<'PY'
 import json, sys
-a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+a, b, c = (json.loads(x) for x in sys.argv[1:4])
 print(f"in-process {a['pair_us']:.2f} us/pair, host engine {b['pair_us']:.2f} us/pair "
       f"({b['pair_us'] / a['pair_us']:.1f}x), bare round trip {b['round_trip_us']:.2f} us "
       f"(a pair forwards 2 calls: {b['pair_us'] / (2 * b['round_trip_us']):.2f}x of 2 round trips)")
+print(f"seccomp front-end (static) {c['pair_us']:.2f} us/pair "
+      f"({c['pair_us'] / a['pair_us']:.1f}x in-process, {c['pair_us'] / b['pair_us']:.2f}x preload)")
 PY
