@@ -40,11 +40,6 @@ impl FdRange {
         let start = if top >= 512 { top - 256 } else { top / 2 };
         FdRange { start, end: top }
     }
-
-    /// Whether `fd` is in the range.
-    pub fn contains(&self, fd: i64) -> bool {
-        fd >= i64::from(self.start) && fd < i64::from(self.end)
-    }
 }
 
 /// One instruction of the filter, with its jumps still symbolic.
@@ -363,9 +358,6 @@ mod tests {
                 end: 300
             }
         );
-        assert!(FdRange::below(1024).contains(1000));
-        assert!(!FdRange::below(1024).contains(1024));
-        assert!(!FdRange::below(1024).contains(3));
     }
 
     #[test]

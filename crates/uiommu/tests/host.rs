@@ -5,19 +5,12 @@
 //! The programs here open nothing of ours (the library's own tests, crates/preload/tests/
 //! host_engine.rs, drive the engine through C programs), so a stand-in library is preloaded.
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod support;
 
-fn uiommu() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_uiommu"));
-    cmd.env_remove("LD_PRELOAD")
-        .env_remove("UIOMMU_PRELOAD")
-        .env_remove("UIOMMU_PLATFORM")
-        .env_remove("UIOMMU_ENGINE")
-        .env_remove("UIOMMU_INSTANCE");
-    cmd
-}
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use support::uiommu;
 
 fn stand_in_library() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("uiommu_host");

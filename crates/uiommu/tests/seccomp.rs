@@ -6,28 +6,13 @@
 
 mod support;
 
+use support::uiommu;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-fn uiommu() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_uiommu"));
-    for v in [
-        "LD_PRELOAD",
-        "UIOMMU_PRELOAD",
-        "UIOMMU_PLATFORM",
-        "UIOMMU_ENGINE",
-        "UIOMMU_INSTANCE",
-        "UIOMMU_FRONT_END",
-        "UIOMMU_SOCKET",
-        "UIOMMU_CAPS",
-    ] {
-        cmd.env_remove(v);
-    }
-    cmd
-}
 
 /// `crates/preload/tests/c/<name>.c` compiled (static with `-static`), once per test process.
 fn program(name: &str, static_: bool) -> PathBuf {

@@ -1,9 +1,28 @@
-//! What the CLI's integration tests share: the preload library of this profile.
+//! What the CLI's integration tests share: the `uiommu` command with a clean environment, and
+//! the preload library of this profile.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+
+/// The `uiommu` executable under test, with none of uiommu's environment variables inherited.
+pub fn uiommu() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_uiommu"));
+    for v in [
+        "LD_PRELOAD",
+        "UIOMMU_PRELOAD",
+        "UIOMMU_PLATFORM",
+        "UIOMMU_ENGINE",
+        "UIOMMU_INSTANCE",
+        "UIOMMU_FRONT_END",
+        "UIOMMU_SOCKET",
+        "UIOMMU_CAPS",
+    ] {
+        cmd.env_remove(v);
+    }
+    cmd
+}
 
 /// `target/<profile>/`, where cargo put the `uiommu` executable.
 pub fn profile_dir() -> PathBuf {
