@@ -106,7 +106,7 @@ impl Process {
     }
 
     /// Whether the process has exited (its pidfd is readable).
-    fn exited(&self) -> bool {
+    pub(crate) fn exited(&self) -> bool {
         let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
         matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
     }

@@ -190,6 +190,11 @@ fn call(host: &Arc<Host>, sock: BorrowedFd<'_>, msg: Received) -> Message {
             let Some(file) = host.files.of_fd(fd.as_fd()) else {
                 return Message::reply(Err(NOT_MINE));
             };
+            if req.op == OP_RING {
+                let r = crate::ring::open(host, &process, &file, c.gid)
+                    .and_then(|memfd| c.via.give(memfd, true));
+                return Message::reply(r.map(i64::from));
+            }
             let m = c.on_file(&file, req);
             host.files.sync_ready(Some((&file, fd.as_fd())));
             m

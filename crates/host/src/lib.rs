@@ -22,6 +22,7 @@
 pub mod clients;
 pub mod conn;
 pub mod files;
+pub mod ring;
 pub mod seccomp;
 pub mod status;
 
@@ -100,6 +101,8 @@ pub struct Host {
     /// Open connections of programs (those that said hello: a front-end does at load, and
     /// keeps that connection while the program lives); `uiommu status` does not count.
     pub programs: AtomicUsize,
+    /// Rings being served (`crate::ring`).
+    pub rings: AtomicUsize,
     /// When the engine started.
     pub started: Instant,
 }
@@ -116,6 +119,7 @@ impl Host {
             config,
             connections: AtomicUsize::new(0),
             programs: AtomicUsize::new(0),
+            rings: AtomicUsize::new(0),
             started: Instant::now(),
         }))
     }

@@ -45,6 +45,8 @@ extern "C" fn connect_at_load() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(uiommu_proto::DEFAULT_SPIN_US);
         uiommu_proto::client::set_spin(us.saturating_mul(1000));
+        // Hot calls go through rings (docs/HOST.md#the-fast-path) unless UIOMMU_RING=0.
+        CLIENT.set_rings(std::env::var_os("UIOMMU_RING").is_none_or(|v| v != "0"));
         // One connection stays open while the process lives (an engine started on demand
         // outlives no program that uses it), and tells us the engine's pid.
         let caps = std::env::var_os("UIOMMU_CAPS").is_some_and(|v| v == "all");

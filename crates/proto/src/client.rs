@@ -12,8 +12,12 @@
 //! parent and child never read each other's replies. (Each message carries the sender's
 //! kernel-stamped credentials, so a connection carries no identity of its own.)
 
-use crate::{Message, Request, K_DROP_FD, K_REPLY, K_TAKE_FD, MESSAGE_LEN, OP_DROPPED, OP_TOOK_FD};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use crate::ring::{self, Outcome, Table};
+use crate::{
+    Message, Request, K_DROP_FD, K_REPLY, K_TAKE_FD, MESSAGE_LEN, OP_DROPPED, OP_IOCTL, OP_RING,
+    OP_TOOK_FD,
+};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicUsize, Ordering};
 
 /// Connections kept per process.
 const POOL: usize = 16;
@@ -37,6 +41,10 @@ pub struct Client {
     /// The process the pool's connections belong to.
     owner: AtomicI32,
     pool: [Slot; POOL],
+    /// The table of rings ([`crate::ring::Table`]'s page), null until the first ring.
+    rings: AtomicPtr<u8>,
+    /// Whether hot calls go through rings (off when the engine refuses them).
+    rings_on: AtomicBool,
 }
 
 impl Default for Client {
@@ -254,7 +262,15 @@ impl Client {
                     busy: AtomicBool::new(false),
                 }
             }; POOL],
+            rings: AtomicPtr::new(std::ptr::null_mut()),
+            rings_on: AtomicBool::new(true),
         }
+    }
+
+    /// Whether hot calls go through rings (on by default; `UIOMMU_RING=0` turns them off in
+    /// the preload front-end).
+    pub fn set_rings(&self, on: bool) {
+        self.rings_on.store(on, Ordering::Release);
     }
 
     /// Use the engine whose socket is at `path` (at most 107 bytes). Call before any call.
@@ -386,9 +402,105 @@ impl Client {
         }
     }
 
-    /// One call: send `req` with `file` attached, serve the engine's requests during it, and
-    /// return its reply.
+    /// One call on `file` (if any): through the file's ring when it is a hot call, else sent
+    /// as a message with `file` attached, the engine's requests during it served; returns its
+    /// reply.
     pub fn call(&self, req: Request, file: Option<i32>) -> Result<Message, Errno> {
+        if let Some(fd) = file {
+            if req.op == OP_IOCTL && ring::ring_ioctl(req.args[0]) {
+                if let Some(m) = self.ring_call(&req, fd) {
+                    return Ok(m);
+                }
+            }
+        }
+        self.message_call(req, file)
+    }
+
+    /// This process's table of rings, made on first use.
+    fn table(&self) -> Option<Table> {
+        let p = self.rings.load(Ordering::Acquire);
+        if !p.is_null() {
+            // SAFETY: a page Table::new mapped in this address space (or before a fork, then
+            // inherited zeroed), never unmapped.
+            return Some(unsafe { Table::at(p) });
+        }
+        let t = Table::new()?;
+        match self.rings.compare_exchange(
+            std::ptr::null_mut(),
+            t.base(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => Some(t),
+            Err(other) => {
+                t.discard();
+                // SAFETY: as above: the table another thread (or a signal handler) published.
+                Some(unsafe { Table::at(other) })
+            }
+        }
+    }
+
+    /// `req` through the ring of the file at `fd`, made on first use; `None` when it must go
+    /// as a message (no ring, no slot, refused, the file's ring is no longer served).
+    fn ring_call(&self, req: &Request, fd: i32) -> Option<Message> {
+        if !self.rings_on.load(Ordering::Acquire) {
+            return None;
+        }
+        // The ring of the file this fd names now (a closed fd has none: the message says EBADF).
+        let (dev, ino) = socket_inode(fd)?;
+        let table = self.table()?;
+        let held = match table.get(dev, ino) {
+            Some(h) => h,
+            None => {
+                let ring = self.open_ring(fd)?;
+                if !table.insert(dev, ino, ring.base()) {
+                    // SAFETY: the ring just mapped, never published.
+                    unsafe { libc::munmap(ring.base().cast(), ring::RING_LEN) };
+                    return None;
+                }
+                table.get(dev, ino)?
+            }
+        };
+        let engine = self.engine_pid.load(Ordering::Acquire);
+        let alive = || {
+            // SAFETY: kill with signal 0 only checks that the process exists.
+            engine > 0
+                && (unsafe { libc::syscall(libc::SYS_kill, engine, 0) } == 0
+                    || errno() == libc::EPERM)
+        };
+        match ring::call(&held.ring, req, spin_ns(), alive) {
+            Outcome::Reply(m) => {
+                table.put(held, false);
+                Some(m)
+            }
+            Outcome::ByMessage { dead } => {
+                table.put(held, dead);
+                None
+            }
+        }
+    }
+
+    /// Ask the engine for a ring of the file at `fd` and map it.
+    fn open_ring(&self, fd: i32) -> Option<ring::Ring> {
+        let m = self
+            .message_call(Request::new(OP_RING, [0; 6]), Some(fd))
+            .ok()?;
+        if m.err != 0 {
+            if m.err != libc::EOPNOTSUPP {
+                // An engine without rings: stop asking.
+                self.rings_on.store(false, Ordering::Release);
+            }
+            return None;
+        }
+        let memfd = i32::try_from(m.val).ok()?;
+        let ring = ring::map(memfd);
+        close(memfd);
+        ring
+    }
+
+    /// One call as a message: send `req` with `file` attached, serve the engine's requests
+    /// during it, and return its reply.
+    fn message_call(&self, req: Request, file: Option<i32>) -> Result<Message, Errno> {
         self.adopt_pool();
         let slot = self.pool.iter().find(|s| {
             s.busy

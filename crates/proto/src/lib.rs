@@ -31,6 +31,7 @@
 //! of connections taken with atomics), so a call from a signal handler never deadlocks.
 
 pub mod client;
+pub mod ring;
 
 /// First word of every message.
 pub const MAGIC: u32 = 0x7569_6f33;
@@ -191,6 +192,10 @@ pub const OP_STATUS: u32 = 10;
 /// filter stops (`uiommu_sys::seccomp::FdRange`). The engine serves the listener until no
 /// process uses the filter; the connection may close at once.
 pub const OP_SUPERVISE: u32 = 11;
+/// Make a ring for the hot calls of the sender on the file attached ([`ring`]): the engine
+/// hands a sealed memfd of [`ring::RING_LEN`] bytes over with [`K_TAKE_FD`] and replies its
+/// number; EOPNOTSUPP for a file whose calls a ring does not take.
+pub const OP_RING: u32 = 12;
 /// Answer to [`K_TAKE_FD`]: `args[0]` = the fd number, or the negated errno.
 pub const OP_TOOK_FD: u32 = 20;
 /// Answer to [`K_DROP_FD`].
