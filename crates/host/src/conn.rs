@@ -150,6 +150,7 @@ fn call(host: &Arc<Host>, sock: BorrowedFd<'_>, msg: Received) -> Message {
         via: &Socket(sock),
         process: &process,
         gid: cred.gid.as_raw(),
+        mem: None,
     };
     match req.op {
         OP_HELLO => {
@@ -275,12 +276,15 @@ pub(crate) struct Call<'a> {
     pub(crate) via: &'a dyn Handover,
     pub(crate) process: &'a Arc<Process>,
     pub(crate) gid: u32,
+    /// What the call's user pointers read and write, when not the process's memory itself
+    /// (a ring's copy of the argument struct over it: [`crate::ring`]).
+    pub(crate) mem: Option<&'a dyn uiommu_platform::memory::UserMemory>,
 }
 
 impl Call<'_> {
     fn caller(&self) -> Caller<'_> {
         Caller {
-            mem: &*self.process.mem,
+            mem: self.mem.unwrap_or(&*self.process.mem),
             fds: self,
         }
     }

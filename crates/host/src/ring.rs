@@ -19,11 +19,13 @@ use nix::libc::{EINVAL, EOPNOTSUPP};
 use rustix::fs::{fcntl_add_seals, ftruncate, memfd_create, MemfdFlags, SealFlags};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering::SeqCst;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
+use uiommu_platform::memory::{MemFault, UserMemory};
+use uiommu_platform::UserVa;
 use uiommu_proto::ring::{
-    futex_wait, futex_wake, ring_ioctl, Mapping, Ring, DEAD, DONE, GONE, READY, REFUSED,
-    RING_LEN, SLOTS, TAKEN,
+    futex_wait, futex_wake, ring_ioctl, Mapping, Ring, DEAD, DONE, GONE, INLINE_MAX, READY,
+    REFUSED, RING_LEN, SLOTS, TAKEN,
 };
 use uiommu_proto::{Message, OP_IOCTL};
 use uiommu_uapi::file::Kind;
@@ -31,6 +33,70 @@ use uiommu_uapi::Errno;
 
 /// How long an idle ring's thread sleeps before it looks whether its file and process live.
 const IDLE_CHECK: Duration = Duration::from_millis(250);
+
+/// A call's memory with the caller's copy of its argument struct over `[va, va + len)`: reads
+/// there come from the copy, writes go to it (the caller copies the written bytes back);
+/// everything else is the process's memory.
+struct Inline<'a> {
+    under: &'a dyn UserMemory,
+    va: u64,
+    /// The copy, and the part of it written `[from, to)`.
+    bytes: Mutex<([u8; INLINE_MAX], Option<(usize, usize)>)>,
+    len: usize,
+}
+
+impl Inline<'_> {
+    /// The part of `[va, va + n)` in the copy: (offset in the copy, offset in the range, length).
+    fn overlap(&self, va: u64, n: usize) -> Option<(usize, usize, usize)> {
+        let (a, b) = (va, va.checked_add(n as u64)?);
+        let (c, d) = (self.va, self.va + self.len as u64);
+        let (lo, hi) = (a.max(c), b.min(d));
+        (lo < hi).then(|| ((lo - c) as usize, (lo - a) as usize, (hi - lo) as usize))
+    }
+}
+
+impl UserMemory for Inline<'_> {
+    fn read(&self, va: UserVa, buf: &mut [u8]) -> Result<(), MemFault> {
+        match self.overlap(va.raw(), buf.len()) {
+            None => self.under.read(va, buf),
+            Some((at, off, n)) => {
+                if n < buf.len() {
+                    // Partly outside the copy: the rest from the process.
+                    self.under.read(va, buf)?;
+                }
+                let g = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+                buf[off..off + n].copy_from_slice(&g.0[at..at + n]);
+                Ok(())
+            }
+        }
+    }
+
+    fn write(&self, va: UserVa, data: &[u8]) -> Result<(), MemFault> {
+        match self.overlap(va.raw(), data.len()) {
+            None => self.under.write(va, data),
+            Some((at, off, n)) => {
+                if n < data.len() {
+                    self.under.write(va, data)?;
+                }
+                let mut g = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+                g.0[at..at + n].copy_from_slice(&data[off..off + n]);
+                g.1 = Some(match g.1 {
+                    None => (at, at + n),
+                    Some((f, t)) => (f.min(at), t.max(at + n)),
+                });
+                Ok(())
+            }
+        }
+    }
+
+    fn probe(&self, va: UserVa, len: u64, write: bool) -> Result<(), MemFault> {
+        self.under.probe(va, len, write)
+    }
+
+    fn page_size_at(&self, va: UserVa) -> u64 {
+        self.under.page_size_at(va)
+    }
+}
 
 /// Calls on a ring never hand files over (they are refused before they run).
 struct NoHandover;
@@ -152,14 +218,30 @@ impl Serving {
                 match self.file.upgrade() {
                     None => Message::reply(Err(GONE)),
                     Some(file) => {
+                        // The argument struct's bytes the caller sent along, over its memory.
+                        let n = usize::try_from(req.args[2]).unwrap_or(0).min(INLINE_MAX);
+                        let mut copy = [0u8; INLINE_MAX];
+                        ring.data(i, &mut copy[..n]);
+                        let inline = Inline {
+                            under: &*self.process.mem,
+                            va: req.args[1],
+                            bytes: Mutex::new((copy, None)),
+                            len: n,
+                        };
                         let c = Call {
                             host: &self.host,
                             via: &NoHandover,
                             process: &self.process,
                             gid: self.gid,
+                            mem: (n > 0).then_some(&inline as &dyn UserMemory),
                         };
-                        let m = c.on_file(&file, req);
+                        let mut m = c.on_file(&file, req);
                         self.host.files.sync_ready(None);
+                        let (bytes, written) = *inline.bytes.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Some((from, to)) = written {
+                            ring.set_data(i, from, &bytes[from..to]);
+                            m.extra = [from as u64, to as u64];
+                        }
                         m
                     }
                 }

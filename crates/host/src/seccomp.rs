@@ -212,6 +212,7 @@ impl Stopped<'_> {
             via: self,
             process,
             gid,
+            mem: None,
         }
     }
 

@@ -452,10 +452,10 @@ impl Client {
         let held = match table.get(dev, ino) {
             Some(h) => h,
             None => {
-                let ring = self.open_ring(fd)?;
-                if !table.insert(dev, ino, ring.base()) {
-                    // SAFETY: the ring just mapped, never published.
-                    unsafe { libc::munmap(ring.base().cast(), ring::RING_LEN) };
+                let memfd = self.open_ring(fd)?;
+                let placed = table.insert(dev, ino, memfd);
+                close(memfd);
+                if !placed {
                     return None;
                 }
                 table.get(dev, ino)?
@@ -480,8 +480,8 @@ impl Client {
         }
     }
 
-    /// Ask the engine for a ring of the file at `fd` and map it.
-    fn open_ring(&self, fd: i32) -> Option<ring::Ring> {
+    /// Ask the engine for a ring of the file at `fd`: its memfd.
+    fn open_ring(&self, fd: i32) -> Option<i32> {
         let m = self
             .message_call(Request::new(OP_RING, [0; 6]), Some(fd))
             .ok()?;
@@ -492,10 +492,7 @@ impl Client {
             }
             return None;
         }
-        let memfd = i32::try_from(m.val).ok()?;
-        let ring = ring::map(memfd);
-        close(memfd);
-        ring
+        i32::try_from(m.val).ok()
     }
 
     /// One call as a message: send `req` with `file` attached, serve the engine's requests

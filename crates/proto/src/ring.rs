@@ -46,7 +46,9 @@ use crate::{Message, Request, MESSAGE_LEN, REQUEST_LEN};
 /// Bytes of a ring (one page).
 pub const RING_LEN: usize = 4096;
 /// Calls in flight at once on one ring.
-pub const SLOTS: usize = 16;
+pub const SLOTS: usize = 15;
+/// Most bytes of a call's argument struct a slot carries ([`call`]).
+pub const INLINE_MAX: usize = 128;
 /// `magic` of a ring's header.
 pub const RING_MAGIC: u32 = 0x7569_7231;
 
@@ -56,15 +58,17 @@ const H_STATE: usize = 4;
 const H_DOORBELL: usize = 8;
 const H_SLEEPING: usize = 12;
 const SLOT0: usize = 64;
-const SLOT_LEN: usize = 128;
-// Slot: state, waiter (u32 each), the request, the reply.
+const SLOT_LEN: usize = 256;
+// Slot: state, waiter (u32 each), the request, the reply, the argument struct's bytes.
 const S_STATE: usize = 0;
 const S_WAITER: usize = 4;
 const S_REQUEST: usize = 8;
 const S_REPLY: usize = 64;
+const S_DATA: usize = 128;
 
 const _: () = assert!(S_REQUEST + REQUEST_LEN <= S_REPLY);
-const _: () = assert!(S_REPLY + MESSAGE_LEN <= SLOT_LEN);
+const _: () = assert!(S_REPLY + MESSAGE_LEN <= S_DATA);
+const _: () = assert!(S_DATA + INLINE_MAX <= SLOT_LEN);
 const _: () = assert!(SLOT0 + SLOTS * SLOT_LEN <= RING_LEN);
 
 /// Ring state: served.
@@ -205,6 +209,19 @@ impl Ring {
         self.write(Ring::slot(i) + S_REPLY, &m.to_bytes());
     }
 
+    /// The first `out.len()` (at most [`INLINE_MAX`]) bytes of slot `i`'s argument copy.
+    pub fn data(&self, i: usize, out: &mut [u8]) {
+        let n = out.len().min(INLINE_MAX);
+        self.read(Ring::slot(i) + S_DATA, &mut out[..n]);
+    }
+
+    /// Put `data` (at most [`INLINE_MAX`] bytes) at `at` of slot `i`'s argument copy.
+    pub fn set_data(&self, i: usize, at: usize, data: &[u8]) {
+        let at = at.min(INLINE_MAX);
+        let n = data.len().min(INLINE_MAX - at);
+        self.write(Ring::slot(i) + S_DATA + at, &data[..n]);
+    }
+
     /// A fresh ring's header (the engine writes it before handing the ring out).
     pub fn init(&self) {
         self.state().store(LIVE, Ordering::SeqCst);
@@ -254,12 +271,32 @@ const E_LIVE: u32 = 2;
 const E_DEAD: u32 = 3;
 const E_RECLAIMING: u32 = 4;
 
-/// Entries of a table (one page).
-pub const TABLE_ENTRIES: usize = 4096 / size_of::<Entry>();
+/// Rings a process may have at once (a ring per iommufd it makes hot calls on).
+pub const TABLE_ENTRIES: usize = 32;
+const PAGE: usize = 4096;
+/// The table page, then one page per entry.
+const REGION: usize = PAGE * (1 + TABLE_ENTRIES);
+const T_RESERVED: usize = 0;
+const T_ENTRIES: usize = 64;
+const _: () = assert!(T_ENTRIES + TABLE_ENTRIES * size_of::<Entry>() <= PAGE);
 
-/// A front-end's rings, by the inode of the file's socket: a private page that a fork child
-/// sees zeroed (`MADV_WIPEONFORK`), so a child never uses its parent's rings (they are not
-/// mapped in it: `MADV_DONTFORK`).
+/// `reserved`: the pages after the table are not (yet) ours (a fork child's start).
+const R_NONE: u32 = 0;
+/// `reserved`: they are ours: a ring's page or an inaccessible placeholder each.
+const R_OURS: u32 = 1;
+/// `reserved`: being set up by another thread, or could not be: no rings now.
+const R_BUSY: u32 = 2;
+const R_NEVER: u32 = 3;
+
+/// A front-end's rings, by the inode of the file's socket.
+///
+/// One mapping the kernel places once per process: a table page, then a page per entry where
+/// that entry's ring is mapped (`MAP_FIXED` over an inaccessible placeholder, and the
+/// placeholder put back when the ring goes), so rings never land in a hole of the program's
+/// address space that the program expects to stay unmapped. The table page is
+/// `MADV_WIPEONFORK` and the ring pages `MADV_DONTFORK`: a fork child sees an empty table and
+/// none of its parent's rings, reserves the pages again where they were (`MAP_FIXED_NOREPLACE`:
+/// never over a mapping the child made meanwhile; then it has no rings) and makes its own.
 #[derive(Clone, Copy)]
 pub struct Table {
     base: *mut u8,
@@ -272,16 +309,50 @@ pub struct Held {
     pub ring: Ring,
 }
 
+/// An inaccessible anonymous placeholder over `[addr, addr + len)` (`fixed`: replacing what is
+/// there, which must be ours; else only where nothing is), not inherited by fork children.
+fn placeholder(addr: *mut u8, len: usize, fixed: bool) -> bool {
+    let how = if fixed {
+        libc::MAP_FIXED
+    } else {
+        libc::MAP_FIXED_NOREPLACE
+    };
+    // SAFETY: an anonymous PROT_NONE mapping at an address of our table's region (MAP_FIXED
+    // only over pages of ours; NOREPLACE never over anything).
+    let p = unsafe {
+        libc::mmap(
+            addr.cast(),
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | how,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return false;
+    }
+    if p != addr.cast() {
+        // A kernel without MAP_FIXED_NOREPLACE took it as a hint: not where asked.
+        // SAFETY: unmapping the mapping just made elsewhere, never handed out.
+        unsafe { libc::munmap(p, len) };
+        return false;
+    }
+    // SAFETY: madvise of the placeholder just made.
+    unsafe { libc::madvise(p, len, libc::MADV_DONTFORK) };
+    true
+}
+
 impl Table {
-    /// A new, empty table (a fresh page); `None` when the kernel cannot wipe it on fork.
+    /// A new, empty table; `None` when the kernel cannot wipe it on fork.
     pub fn new() -> Option<Table> {
-        // SAFETY: an anonymous private mapping; no memory of ours is passed.
+        // SAFETY: an anonymous private mapping the kernel places; no memory of ours is passed.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                REGION,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
                 0,
             )
@@ -289,40 +360,83 @@ impl Table {
         if p == libc::MAP_FAILED {
             return None;
         }
-        // SAFETY: madvise of the page just mapped.
-        if unsafe { libc::madvise(p, 4096, libc::MADV_WIPEONFORK) } != 0 {
-            // SAFETY: unmapping the page just mapped, never handed out.
-            unsafe { libc::munmap(p, 4096) };
+        // SAFETY: the first page of the mapping just made becomes the readable, writable table,
+        // wiped in fork children; the rest is not inherited.
+        let ok = unsafe {
+            libc::mprotect(p, PAGE, libc::PROT_READ | libc::PROT_WRITE) == 0
+                && libc::madvise(p, PAGE, libc::MADV_WIPEONFORK) == 0
+                && libc::madvise(p.cast::<u8>().add(PAGE).cast(), REGION - PAGE, libc::MADV_DONTFORK)
+                    == 0
+        };
+        if !ok {
+            // SAFETY: unmapping the mapping just made, never handed out.
+            unsafe { libc::munmap(p, REGION) };
             return None;
         }
-        Some(Table { base: p.cast() })
+        let t = Table { base: p.cast() };
+        t.reserved().store(R_OURS, Ordering::SeqCst);
+        Some(t)
     }
 
     /// The table at `base` (an address [`Table::base`] gave).
     ///
     /// # Safety
-    /// `base` came from [`Table::new`] in this process (or its address space before a fork:
-    /// the page is inherited, zeroed) and is never unmapped.
+    /// `base` came from [`Table::new`] in this process (or in its address space before a fork:
+    /// the table page is inherited, zeroed) and is never unmapped.
     pub unsafe fn at(base: *mut u8) -> Table {
         Table { base }
     }
 
-    /// The page's address.
+    /// The table page's address.
     pub fn base(&self) -> *mut u8 {
         self.base
     }
 
-    /// Give the table's page back (only a table never published).
+    /// Give the table's region back (only a table never published).
     pub fn discard(self) {
-        // SAFETY: the page Table::new mapped; the caller never published it.
-        unsafe { libc::munmap(self.base.cast(), 4096) };
+        // SAFETY: the region Table::new mapped; the caller never published it.
+        unsafe { libc::munmap(self.base.cast(), REGION) };
+    }
+
+    fn reserved(&self) -> &AtomicU32 {
+        // SAFETY: the first word of the table page, which stays mapped (`Table::at`), aligned;
+        // any bit pattern is a valid AtomicU32.
+        unsafe { &*self.base.add(T_RESERVED).cast::<AtomicU32>() }
+    }
+
+    /// Whether the ring pages are ours (reserving them again first in a fork child).
+    fn ready(&self) -> bool {
+        match self.reserved().compare_exchange(R_NONE, R_BUSY, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) => {
+                // SAFETY: the address just after the table page, in the region Table::new
+                // placed (in a fork child: a hole, or whatever the child mapped there since).
+                let rest = unsafe { self.base.add(PAGE) };
+                let ok = placeholder(rest, REGION - PAGE, false);
+                self.reserved()
+                    .store(if ok { R_OURS } else { R_NEVER }, Ordering::SeqCst);
+                ok
+            }
+            Err(r) => r == R_OURS,
+        }
     }
 
     fn entry(&self, i: usize) -> &Entry {
         assert!(i < TABLE_ENTRIES);
-        // SAFETY: in bounds of the table's page, which stays mapped (`Table::at`); Entry is
+        // SAFETY: in bounds of the table page, which stays mapped (`Table::at`); Entry is
         // atomics only (all-zero is E_EMPTY).
-        unsafe { &*self.base.add(i * size_of::<Entry>()).cast::<Entry>() }
+        unsafe {
+            &*self
+                .base
+                .add(T_ENTRIES + i * size_of::<Entry>())
+                .cast::<Entry>()
+        }
+    }
+
+    /// The page of entry `i`'s ring.
+    fn page(&self, i: usize) -> *mut u8 {
+        // SAFETY: within the region Table::new mapped (1 + TABLE_ENTRIES pages).
+        unsafe { self.base.add(PAGE * (1 + i)) }
     }
 
     /// The live ring of the file whose socket's inode is (`dev`, `ino`), held for one call.
@@ -342,8 +456,8 @@ impl Table {
                 && e.dev.load(Ordering::SeqCst) == dev
             {
                 let addr = e.addr.load(Ordering::SeqCst) as usize as *mut u8;
-                // SAFETY: a live entry's address is a mapping of RING_LEN bytes, unmapped only
-                // once it is dead and unused (we hold a use).
+                // SAFETY: a live entry's address is its ring's mapping of RING_LEN bytes,
+                // replaced only once it is dead and unused (we hold a use).
                 return Some(Held {
                     entry: i,
                     ring: unsafe { Ring::at(addr) },
@@ -354,21 +468,32 @@ impl Table {
         None
     }
 
-    /// Record the ring mapped at `addr` for (`dev`, `ino`); false when the table is full.
-    pub fn insert(&self, dev: u64, ino: u64, addr: *mut u8) -> bool {
+    /// Map the ring memfd `fd` for (`dev`, `ino`) into a free entry's page; false when the
+    /// table is full or `fd` is not a ring.
+    pub fn insert(&self, dev: u64, ino: u64, fd: i32) -> bool {
+        if !self.ready() {
+            return false;
+        }
         for i in 0..TABLE_ENTRIES {
             let e = self.entry(i);
             if e.state
                 .compare_exchange(E_EMPTY, E_FILLING, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
+                .is_err()
             {
-                e.dev.store(dev, Ordering::SeqCst);
-                e.ino.store(ino, Ordering::SeqCst);
-                e.addr.store(addr as usize as u64, Ordering::SeqCst);
-                e.users.store(0, Ordering::SeqCst);
-                e.state.store(E_LIVE, Ordering::SeqCst);
-                return true;
+                continue;
             }
+            let page = self.page(i);
+            if !map_at(fd, page) {
+                placeholder(page, RING_LEN, true);
+                e.state.store(E_EMPTY, Ordering::SeqCst);
+                return false;
+            }
+            e.dev.store(dev, Ordering::SeqCst);
+            e.ino.store(ino, Ordering::SeqCst);
+            e.addr.store(page as usize as u64, Ordering::SeqCst);
+            e.users.store(0, Ordering::SeqCst);
+            e.state.store(E_LIVE, Ordering::SeqCst);
+            return true;
         }
         false
     }
@@ -411,16 +536,39 @@ impl Table {
             }
             return;
         }
-        let addr = e.addr.swap(0, Ordering::SeqCst) as usize;
-        if addr != 0 {
-            // SAFETY: the ring's mapping, dead and used by nobody: no Ring of it is in use
-            // (every use is counted before the address is read).
-            unsafe { libc::munmap(addr as *mut libc::c_void, RING_LEN) };
+        if e.addr.swap(0, Ordering::SeqCst) != 0 {
+            // The ring's page, dead and used by nobody (every use is counted before the
+            // address is read), becomes a placeholder again.
+            placeholder(self.page(i), RING_LEN, true);
         }
         e.dev.store(0, Ordering::SeqCst);
         e.ino.store(0, Ordering::SeqCst);
         e.state.store(E_EMPTY, Ordering::SeqCst);
     }
+}
+
+/// Map the ring memfd `fd` the engine handed over at `page` (a placeholder page of a table:
+/// replaced), not inherited by fork children; false if it is not a ring.
+fn map_at(fd: i32, page: *mut u8) -> bool {
+    // SAFETY: a shared mapping of the memfd over a placeholder page of ours (MAP_FIXED).
+    let p = unsafe {
+        libc::mmap(
+            page.cast(),
+            RING_LEN,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_FIXED,
+            fd,
+            0,
+        )
+    };
+    if p != page.cast() {
+        return false;
+    }
+    // SAFETY: madvise of the mapping just made.
+    let kept = unsafe { libc::madvise(p, RING_LEN, libc::MADV_DONTFORK) } == 0;
+    // SAFETY: the mapping just made is RING_LEN bytes, readable and writable.
+    let ring = unsafe { Ring::at(page) };
+    kept && ring.magic().load(Ordering::SeqCst) == RING_MAGIC
 }
 
 /// The engine's own mapping of a ring's memfd, unmapped when dropped.
@@ -466,35 +614,6 @@ impl Drop for Mapping {
     }
 }
 
-/// Map the ring memfd `fd` the engine handed over (not inherited by fork children); `None`
-/// if it is not a ring.
-pub fn map(fd: i32) -> Option<Ring> {
-    // SAFETY: a shared mapping of the memfd; no memory of ours is passed.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            RING_LEN,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return None;
-    }
-    // SAFETY: madvise of the mapping just made.
-    let kept = unsafe { libc::madvise(p, RING_LEN, libc::MADV_DONTFORK) } == 0;
-    // SAFETY: the mapping just made is RING_LEN bytes, readable and writable.
-    let ring = unsafe { Ring::at(p.cast()) };
-    if !kept || ring.magic().load(Ordering::SeqCst) != RING_MAGIC {
-        // SAFETY: unmapping the mapping just made, never handed out.
-        unsafe { libc::munmap(p, RING_LEN) };
-        return None;
-    }
-    Some(ring)
-}
-
 /// The outcome of [`call`].
 pub enum Outcome {
     /// The engine's reply.
@@ -517,7 +636,21 @@ pub fn call(ring: &Ring, req: &Request, spin_ns: u64, alive: impl Fn() -> bool) 
     }) else {
         return Outcome::ByMessage { dead: false };
     };
-    ring.set_request(i, req);
+    // The argument struct goes along when it surely is readable memory (on this thread's
+    // stack, as it usually is): the engine then need not read it from this process, and its
+    // outputs come back the same way. Anything else the engine reads itself (EFAULT if bad).
+    let mut req = *req;
+    let arg = req.args[1];
+    let mut inline = [0u8; INLINE_MAX];
+    let n = inline_len(arg);
+    if n > 0 {
+        // SAFETY: inline_len checked that [arg, arg + n) lies in the live part of this
+        // thread's stack, so it is mapped and readable; plain bytes are copied.
+        unsafe { std::ptr::copy_nonoverlapping(arg as usize as *const u8, inline.as_mut_ptr(), n) };
+        ring.set_data(i, 0, &inline[..n]);
+    }
+    req.args[2] = n as u64;
+    ring.set_request(i, &req);
     ring.slot_waiter(i).store(0, Ordering::SeqCst);
     ring.slot_state(i).store(READY, Ordering::SeqCst);
     ring.doorbell().fetch_add(1, Ordering::SeqCst);
@@ -558,6 +691,22 @@ pub fn call(ring: &Ring, req: &Request, spin_ns: u64, alive: impl Fn() -> bool) 
         }
     }
     let reply = ring.reply(i);
+    if let Some(m) = reply.filter(|m| m.err != REFUSED && m.err != GONE && n > 0) {
+        // The bytes the engine wrote into the copy: [extra[0], extra[1]).
+        let (from, to) = (m.extra[0] as usize, m.extra[1] as usize);
+        if from < to && to <= n {
+            ring.data(i, &mut inline[..n]);
+            // SAFETY: [arg, arg + n) is on this thread's live stack (checked before the call,
+            // and this frame still runs on it), so it is mapped and writable.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    inline[from..].as_ptr(),
+                    (arg as usize + from) as *mut u8,
+                    to - from,
+                )
+            };
+        }
+    }
     state.store(FREE, Ordering::SeqCst);
     match reply {
         Some(m) if m.err == REFUSED => Outcome::ByMessage { dead: false },
@@ -565,6 +714,94 @@ pub fn call(ring: &Ring, req: &Request, spin_ns: u64, alive: impl Fn() -> bool) 
         Some(m) => Outcome::Reply(m),
         None => Outcome::Reply(Message::reply(Err(libc::EIO))),
     }
+}
+
+std::thread_local! {
+    /// The mapping this thread's stack pointer was last found in, `[low, high)`.
+    static STACK: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// How many bytes of the argument struct at `arg` go with a call: its leading `u32` size
+/// (iommufd's `size`, VFIO's `argsz`), when `[arg, arg + size)` lies between this frame and
+/// the end of the mapping the stack pointer is in (the frames of this call's callers: mapped,
+/// readable and writable for certain), and it fits a slot; else 0.
+fn inline_len(arg: u64) -> usize {
+    let here = 0u8;
+    let sp = std::hint::black_box(&here as *const u8 as usize);
+    let Ok(start) = usize::try_from(arg) else {
+        return 0;
+    };
+    let (lo, mut hi) = STACK.with(|c| c.get());
+    if !(lo <= sp && sp < hi) {
+        // Asked once per thread (and again on another stack: a signal stack, a coroutine's).
+        let Some((l, h)) = mapping_of(sp) else {
+            return 0;
+        };
+        STACK.with(|c| c.set((l, h)));
+        hi = h;
+    }
+    if start <= sp || start.checked_add(4).is_none_or(|e| e > hi) {
+        return 0;
+    }
+    // SAFETY: [start, start + 4) lies between this frame and the end of the stack mapping
+    // (checked above): mapped and readable.
+    let size = unsafe { std::ptr::read_unaligned(start as *const u32) } as usize;
+    if !(4..=INLINE_MAX).contains(&size) || start.checked_add(size).is_none_or(|e| e > hi) {
+        return 0;
+    }
+    size
+}
+
+/// The mapping of this process that holds `addr` (`PROCMAP_QUERY` on `/proc/self/maps`,
+/// Linux 6.11 and later); `None` when the kernel cannot say.
+fn mapping_of(addr: usize) -> Option<(usize, usize)> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct Query {
+        size: u64,
+        query_flags: u64,
+        query_addr: u64,
+        vma_start: u64,
+        vma_end: u64,
+        vma_flags: u64,
+        vma_page_size: u64,
+        vma_offset: u64,
+        inode: u64,
+        dev_major: u32,
+        dev_minor: u32,
+        vma_name_size: u32,
+        build_id_size: u32,
+        vma_name_addr: u64,
+        build_id_addr: u64,
+    }
+    // _IOWR('f', 17, struct procmap_query)
+    const PROCMAP_QUERY: u64 = (3 << 30) | ((size_of::<Query>() as u64) << 16) | (0x66 << 8) | 17;
+    let path = b"/proc/self/maps\0";
+    // SAFETY: open of a NUL-terminated path; no other memory is passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    let mut q = Query {
+        size: size_of::<Query>() as u64,
+        query_addr: addr as u64,
+        ..Query::default()
+    };
+    // SAFETY: PROCMAP_QUERY reads and writes `q.size` bytes at a live, exclusive struct of that
+    // size; no name or build-id buffer is asked for (sizes 0).
+    let r = unsafe { libc::syscall(libc::SYS_ioctl, fd, PROCMAP_QUERY, &mut q as *mut Query) };
+    // SAFETY: closes the fd just opened.
+    unsafe { libc::syscall(libc::SYS_close, fd) };
+    // Readable and writable (VM_READ | VM_WRITE in vma_flags' PROCMAP_QUERY_VMA_* bits).
+    (r == 0 && q.vma_flags & 3 == 3 && q.vma_start <= addr as u64 && (addr as u64) < q.vma_end)
+        .then(|| (q.vma_start as usize, q.vma_end as usize))
 }
 
 /// Nanoseconds of `CLOCK_MONOTONIC` (async-signal-safe; the vDSO, no system call).
@@ -661,14 +898,28 @@ mod tests {
         assert_eq!(ring.slot_state(0).load(Ordering::SeqCst), FREE);
     }
 
+    /// A memfd holding a fresh ring, as the engine makes one.
+    fn ring_memfd() -> i32 {
+        // SAFETY: memfd_create of a NUL-terminated name.
+        let fd = unsafe { libc::memfd_create(c"ring-test".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: ftruncate of the memfd just made.
+        assert_eq!(unsafe { libc::ftruncate(fd, RING_LEN as i64) }, 0);
+        // SAFETY: the memfd just made stays open for the test's life.
+        let m = Mapping::new(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }).unwrap();
+        m.ring().init();
+        fd
+    }
+
     #[test]
     fn table_entries_are_found_by_inode_and_reclaimed_when_dead() {
         let t = Table::new().unwrap();
-        let ring = anon_ring();
+        let fd = ring_memfd();
         assert!(t.get(1, 2).is_none());
-        assert!(t.insert(1, 2, ring.base()));
+        assert!(t.insert(1, 2, fd));
         let h = t.get(1, 2).unwrap();
-        assert_eq!(h.ring.base(), ring.base());
+        assert_eq!(h.ring.base(), t.page(0));
+        assert_eq!(h.ring.magic().load(Ordering::SeqCst), RING_MAGIC);
         assert!(t.get(1, 3).is_none());
         let h2 = t.get(1, 2).unwrap();
         t.put(h, true);
@@ -676,27 +927,39 @@ mod tests {
         assert!(t.get(1, 2).is_none());
         assert_eq!(h2.ring.magic().load(Ordering::SeqCst), RING_MAGIC);
         t.put(h2, false);
-        // Reclaimed: the entry is free again.
-        assert!(t.insert(5, 6, std::ptr::null_mut()));
+        // Reclaimed: the entry is free again, its page a placeholder.
+        assert_eq!(t.entry(0).state.load(Ordering::SeqCst), E_EMPTY);
+        assert!(t.insert(5, 6, fd));
         assert_eq!(t.entry(0).ino.load(Ordering::SeqCst), 6);
+        // Not a ring: refused, the entry left free.
+        // SAFETY: memfd_create of a NUL-terminated name.
+        let other = unsafe { libc::memfd_create(c"not-a-ring".as_ptr(), libc::MFD_CLOEXEC) };
+        // SAFETY: ftruncate of the memfd just made.
+        assert_eq!(unsafe { libc::ftruncate(other, RING_LEN as i64) }, 0);
+        assert!(!t.insert(7, 8, other));
+        assert_eq!(t.entry(1).state.load(Ordering::SeqCst), E_EMPTY);
         assert!(ring_ioctl(0x3b85) && ring_ioctl(0x3b71) && !ring_ioctl(0x3ba0));
     }
 
     #[test]
-    fn a_fork_child_sees_an_empty_table() {
+    fn a_fork_child_sees_an_empty_table_and_reserves_its_pages_again() {
         let t = Table::new().unwrap();
-        assert!(t.insert(7, 8, std::ptr::null_mut()));
-        // SAFETY: fork in a test; the child only reads memory and calls _exit.
+        let fd = ring_memfd();
+        assert!(t.insert(7, 8, fd));
+        // SAFETY: fork in a test; the child only touches memory, maps, and calls _exit.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
-            let empty = t.entry(0).state.load(Ordering::SeqCst) == E_EMPTY;
+            let empty = t.entry(0).state.load(Ordering::SeqCst) == E_EMPTY
+                && t.reserved().load(Ordering::SeqCst) == R_NONE;
+            let again = t.insert(9, 10, fd) && t.get(9, 10).is_some();
             // SAFETY: _exit in the fork child.
-            unsafe { libc::_exit(if empty { 0 } else { 1 }) };
+            unsafe { libc::_exit(if empty && again { 0 } else { 1 }) };
         }
         let mut status = 0;
         // SAFETY: waitpid of the child just forked.
         unsafe { libc::waitpid(pid, &mut status, 0) };
         assert_eq!(status, 0);
         assert_eq!(t.entry(0).state.load(Ordering::SeqCst), E_LIVE);
+        assert!(t.get(7, 8).is_some());
     }
 }
