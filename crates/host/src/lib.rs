@@ -101,6 +101,8 @@ pub struct Host {
     /// Open connections of programs (those that said hello: a front-end does at load, and
     /// keeps that connection while the program lives); `uiommu status` does not count.
     pub programs: AtomicUsize,
+    /// The engine's effective uid.
+    euid: u32,
     /// Rings being served (`crate::ring`).
     pub rings: AtomicUsize,
     /// When the engine started.
@@ -112,7 +114,10 @@ impl Host {
     pub fn new(platform: Platform, config: Config) -> Result<Arc<Host>, String> {
         let engine = Engine::new(platform, config.engine.clone())
             .map_err(|e| format!("cannot start the engine: {e}"))?;
+        // No program code runs beside the engine: the descriptors it keeps are its own.
+        uiommu_platform::process_memory::set_private_fds();
         Ok(Arc::new(Host {
+            euid: nix::unistd::geteuid().as_raw(),
             engine,
             files: files::Files::new().map_err(|e| format!("epoll: {e}"))?,
             clients: clients::Clients::default(),
@@ -126,7 +131,7 @@ impl Host {
 
     /// Whether the engine serves processes of real uid `uid`.
     pub fn serves(&self, uid: u32) -> bool {
-        let me = nix::unistd::geteuid().as_raw();
+        let me = self.euid;
         me == 0 || uid == me || uid == 0 || self.config.allow_uids.contains(&uid)
     }
 

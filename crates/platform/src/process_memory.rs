@@ -32,6 +32,17 @@ struct MapsFile {
 
 static MAPS: Mutex<Option<MapsFile>> = Mutex::new(None);
 
+/// Whether no program code runs in this process (a host engine): then nothing closes or
+/// replaces the kept `/proc/<pid>/maps` descriptor behind our back, and it is reused
+/// without checking it is still the file opened.
+static PRIVATE_FDS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Say that this process runs no program code (`uiommu serve`): descriptors the engine keeps
+/// are its own ([`PRIVATE_FDS`]).
+pub fn set_private_fds() {
+    PRIVATE_FDS.store(true, std::sync::atomic::Ordering::Release);
+}
+
 /// A process's memory, accessed through the kernel.
 #[derive(Debug, Clone, Copy)]
 pub struct ProcessMemory {
@@ -83,11 +94,13 @@ impl ProcessMemory {
         // Reuse the descriptor only while it is still the file opened: a program may close
         // descriptors it did not open (close_range), and the number may since name another
         // file, which must never receive this ioctl.
+        let private = PRIVATE_FDS.load(std::sync::atomic::Ordering::Acquire);
         let still_ours = cache.as_ref().is_some_and(|m| {
             m.pid == pid
-                && m.file
+                && (private
+                    || m.file
                     .metadata()
-                    .is_ok_and(|md| (md.dev(), md.ino()) == (m.dev, m.ino))
+                    .is_ok_and(|md| (md.dev(), md.ino()) == (m.dev, m.ino)))
         });
         if !still_ours {
             *cache = None;
