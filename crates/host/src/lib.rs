@@ -105,6 +105,8 @@ pub struct Host {
     euid: u32,
     /// Rings being served (`crate::ring`).
     pub rings: AtomicUsize,
+    /// Rings made since the engine started.
+    pub rings_made: AtomicUsize,
     /// When the engine started.
     pub started: Instant,
 }
@@ -125,6 +127,7 @@ impl Host {
             connections: AtomicUsize::new(0),
             programs: AtomicUsize::new(0),
             rings: AtomicUsize::new(0),
+            rings_made: AtomicUsize::new(0),
             started: Instant::now(),
         }))
     }

@@ -34,14 +34,16 @@ use uiommu_uapi::Errno;
 /// How long an idle ring's thread sleeps before it looks whether its file and process live.
 const IDLE_CHECK: Duration = Duration::from_millis(250);
 
+/// The caller's copy of an argument struct, and the part of it written `[from, to)`.
+type ArgCopy = ([u8; INLINE_MAX], Option<(usize, usize)>);
+
 /// A call's memory with the caller's copy of its argument struct over `[va, va + len)`: reads
 /// there come from the copy, writes go to it (the caller copies the written bytes back);
 /// everything else is the process's memory.
 struct Inline<'a> {
     under: &'a dyn UserMemory,
     va: u64,
-    /// The copy, and the part of it written `[from, to)`.
-    bytes: Mutex<([u8; INLINE_MAX], Option<(usize, usize)>)>,
+    bytes: Mutex<ArgCopy>,
     len: usize,
 }
 
@@ -136,7 +138,11 @@ pub(crate) fn open(
     )
     .map_err(os)?;
     ftruncate(&memfd, RING_LEN as u64).map_err(os)?;
-    fcntl_add_seals(&memfd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL).map_err(os)?;
+    fcntl_add_seals(
+        &memfd,
+        SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
+    )
+    .map_err(os)?;
     let map = Mapping::new(memfd.as_fd())?;
     map.ring().init();
     let s = Serving {
@@ -151,6 +157,7 @@ pub(crate) fn open(
         .spawn(move || s.run())
         .map_err(|e| e.raw_os_error().unwrap_or(nix::libc::EAGAIN))?;
     host.rings.fetch_add(1, SeqCst);
+    host.rings_made.fetch_add(1, SeqCst);
     Ok(memfd)
 }
 
@@ -237,7 +244,8 @@ impl Serving {
                         };
                         let mut m = c.on_file(&file, req);
                         self.host.files.sync_ready(None);
-                        let (bytes, written) = *inline.bytes.lock().unwrap_or_else(|e| e.into_inner());
+                        let (bytes, written) =
+                            *inline.bytes.lock().unwrap_or_else(|e| e.into_inner());
                         if let Some((from, to)) = written {
                             ring.set_data(i, from, &bytes[from..to]);
                             m.extra = [from as u64, to as u64];

@@ -3,6 +3,7 @@
 //!
 //! The JSON keys (documented in docs/HOST.md):
 //! - `instance`, `pid`, `uid`, `uptime_s`, `platform` (its source), `connections`;
+//! - `rings`: `{serving, made}`: rings (the fast path, `crate::ring`) served now, made in all;
 //! - `processes`: `[{pid, uid, bytes_moved, user_pages}]`, the processes the engine served
 //!   (`user_pages`: pinned pages charged to the process's user);
 //! - `files`: `[{id, node, kind, opener: {pid, uid}, holders: [pid], context, device}]`: every
@@ -123,6 +124,10 @@ pub fn json(host: &Host) -> Value {
         "uptime_s": host.started.elapsed().as_secs(),
         "platform": host.config.platform_source,
         "connections": host.connections.load(std::sync::atomic::Ordering::Relaxed),
+        "rings": {
+            "serving": host.rings.load(std::sync::atomic::Ordering::Relaxed),
+            "made": host.rings_made.load(std::sync::atomic::Ordering::Relaxed),
+        },
         "processes": procs.iter().map(|p| json!({
             "pid": p.pid,
             "uid": p.uid,

@@ -137,3 +137,152 @@ fn malformed_and_hostile_messages_get_errnos_and_the_engine_keeps_serving() {
     }
     assert!(host.engine.check_invariants().is_ok());
 }
+
+/// One call whose reply may be preceded by a file handed over (`K_TAKE_FD`, answered with the
+/// number): the reply and the file received.
+fn call_taking(
+    sock: &std::os::fd::OwnedFd,
+    op: u32,
+    args: [u64; 6],
+    fd: Option<i32>,
+) -> (Message, Option<i32>) {
+    send(sock.as_raw_fd(), &Request::new(op, args).to_bytes(), fd).unwrap();
+    let mut taken = None;
+    loop {
+        let mut buf = [0u8; MESSAGE_LEN];
+        let (n, got) = receive(sock.as_raw_fd(), &mut buf).unwrap();
+        let m = Message::from_bytes(&buf[..n]).unwrap();
+        if m.kind == K_TAKE_FD {
+            let f = got.unwrap();
+            taken = Some(f);
+            let answer = Request::new(OP_TOOK_FD, [f as u64, 0, 0, 0, 0, 0]);
+            send(sock.as_raw_fd(), &answer.to_bytes(), None).unwrap();
+            continue;
+        }
+        return (m, taken);
+    }
+}
+
+/// Wait until every slot of `ring` is done, waking the engine.
+fn wait_done(ring: &uiommu_proto::ring::Ring) {
+    use std::sync::atomic::Ordering::SeqCst;
+    ring.doorbell().fetch_add(1, SeqCst);
+    uiommu_proto::ring::futex_wake(ring.doorbell());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (0..uiommu_proto::ring::SLOTS)
+        .any(|i| ring.slot_state(i).load(SeqCst) == uiommu_proto::ring::READY)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the engine answers every posted slot"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_ring_written_by_a_hostile_client_gets_errnos_and_dies_with_its_file() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use uiommu_proto::ring::{self, Mapping, DEAD, DONE, READY, REFUSED, SLOTS};
+    let (host, path) = engine("ring");
+    let s = connect(&path);
+    let (m, iommufd) = call_taking(&s, OP_OPEN, [1, 0, 2, 0, 0, 0], None);
+    assert_eq!(m.err, 0);
+    let iommufd = iommufd.unwrap();
+    // A ring of a file that is not an iommufd: EOPNOTSUPP (a VFIO cdev, node kind 2).
+    let (m, dev) = call_taking(&s, OP_OPEN, [2, 0, 2, 0, 0, 0], None);
+    assert_eq!(m.err, 0);
+    let dev = dev.unwrap();
+    let (m, none) = call_taking(&s, OP_RING, [0; 6], Some(dev));
+    assert_eq!((m.err, none), (nix::libc::EOPNOTSUPP, None));
+    close(dev);
+    // The iommufd's ring: a sealed memfd (it cannot be shrunk under the engine).
+    let (m, memfd) = call_taking(&s, OP_RING, [0; 6], Some(iommufd));
+    assert_eq!(m.err, 0);
+    let memfd = memfd.unwrap();
+    // Opened again through /proc (no raw-fd conversion needed), the received fd closed.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/self/fd/{memfd}"))
+        .unwrap();
+    close(memfd);
+    let memfd = file;
+    assert!(memfd.set_len(0).is_err(), "the ring's memfd is sealed");
+    let map = Mapping::new(std::os::fd::AsFd::as_fd(&memfd)).unwrap();
+    let r = map.ring();
+    assert_eq!(r.magic().load(SeqCst), ring::RING_MAGIC);
+    assert_eq!(host.rings.load(SeqCst), 1);
+
+    // Garbage in every slot (not a request): EINVAL each, DONE.
+    use std::os::unix::fs::FileExt;
+    let junk: Vec<u8> = (0..4096 - 64).map(|i| (i * 7 + 3) as u8).collect();
+    memfd.write_all_at(&junk, 64).unwrap();
+    for i in 0..SLOTS {
+        r.slot_state(i).store(READY, SeqCst);
+    }
+    wait_done(&r);
+    for i in 0..SLOTS {
+        assert_eq!(r.slot_state(i).load(SeqCst), DONE);
+        assert_eq!(r.reply(i).unwrap().err, nix::libc::EINVAL);
+    }
+    // Requests a ring does not take: REFUSED (the front-end sends them as messages).
+    let refused = [
+        Request::new(OP_OPEN, [1, 0, 2, 0, 0, 0]),
+        Request::new(OP_RING, [0; 6]),
+        // IOMMU_TEST_CMD may make files: not through a ring.
+        Request::new(OP_IOCTL, [0x3ba0, 8, 0, 0, 0, 0]),
+    ];
+    for (i, req) in refused.iter().enumerate() {
+        r.set_request(i, req);
+        r.slot_state(i).store(READY, SeqCst);
+    }
+    wait_done(&r);
+    for i in 0..refused.len() {
+        assert_eq!(r.reply(i).unwrap().err, REFUSED);
+    }
+    // A hot call with a bad pointer and an absurd inline length: the copy is cut to a slot's
+    // size and is all junk (an IOAS_ALLOC of size 0x0f0b0703...): an errno, not a crash.
+    r.set_request(0, &Request::new(OP_IOCTL, [0x3b81, 8, u64::MAX, 0, 0, 0]));
+    r.slot_state(0).store(READY, SeqCst);
+    wait_done(&r);
+    assert!(r.reply(0).unwrap().err > 0);
+    // And without an inline copy, the engine reads the struct itself: EFAULT at address 8.
+    r.set_request(1, &Request::new(OP_IOCTL, [0x3b81, 8, 0, 0, 0, 0]));
+    r.slot_state(1).store(READY, SeqCst);
+    wait_done(&r);
+    assert_eq!(r.reply(1).unwrap().err, nix::libc::EFAULT);
+    for i in 0..SLOTS {
+        r.slot_state(i).store(ring::FREE, SeqCst);
+    }
+    // A well-formed call through the ring works (the struct on this thread's stack travels in
+    // the slot, and the output comes back).
+    let mut alloc = [12u32, 0, 0];
+    let req = Request::new(OP_IOCTL, [0x3b81, alloc.as_mut_ptr() as u64, 0, 0, 0, 0]);
+    match ring::call(&r, &req, u64::MAX, || true) {
+        ring::Outcome::Reply(m) => assert_eq!((m.err, m.val), (0, 0)),
+        ring::Outcome::ByMessage { .. } => panic!("the ring refused IOAS_ALLOC"),
+    }
+    assert_ne!(std::hint::black_box(&alloc)[2], 0, "out_ioas_id came back");
+
+    // The file's last fd goes: the ring answers GONE, and its thread marks it dead and ends.
+    close(iommufd);
+    assert_eq!(call(&s, OP_SYNC, [0; 6], None).err, 0);
+    assert!(host.files.is_empty());
+    assert!(matches!(
+        ring::call(&r, &req, u64::MAX, || true),
+        ring::Outcome::ByMessage { dead: true }
+    ));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while host.rings.load(SeqCst) != 0 {
+        assert!(Instant::now() < deadline, "the ring's thread ends");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(r.state().load(SeqCst), DEAD);
+    // Posted to a dead ring: nothing takes it (the front-end takes it back and sends a message).
+    r.set_request(2, &req);
+    r.slot_state(2).store(READY, SeqCst);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(r.slot_state(2).load(SeqCst), READY);
+    assert!(host.engine.check_invariants().is_ok());
+}

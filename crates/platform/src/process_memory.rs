@@ -99,8 +99,8 @@ impl ProcessMemory {
             m.pid == pid
                 && (private
                     || m.file
-                    .metadata()
-                    .is_ok_and(|md| (md.dev(), md.ino()) == (m.dev, m.ino)))
+                        .metadata()
+                        .is_ok_and(|md| (md.dev(), md.ino()) == (m.dev, m.ino)))
         });
         if !still_ours {
             *cache = None;

@@ -124,6 +124,18 @@ impl Engine {
             "pages left charged"
         );
         assert!(self.host.engine.check_invariants().is_ok());
+        // Every ring's thread ends once its file is released or its process exited.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.host.rings.load(std::sync::atomic::Ordering::Acquire) != 0
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            self.host.rings.load(std::sync::atomic::Ordering::Acquire),
+            0,
+            "rings left served"
+        );
     }
 }
 
@@ -289,6 +301,31 @@ fn pins_are_charged_to_each_user_separately() {
     e.finish(second);
     e.finish(first);
     e.settle();
+}
+
+#[test]
+fn hot_calls_through_rings_answer_as_messages_do() {
+    let e = engine("rings");
+    let prog = compile("ring_paths");
+    e.run(&prog, &[]);
+    e.settle();
+    // Its iommufds' hot calls went through rings: the parent's three files and the child's.
+    let made = || e.host.rings_made.load(std::sync::atomic::Ordering::Acquire);
+    assert!(made() >= 4, "rings made: {}", made());
+    let before = made();
+    // The same program with rings off (every call a message) passes too.
+    let out = e
+        .command(&prog, &[])
+        .env("UIOMMU_RING", "0")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    e.settle();
+    assert_eq!(made(), before, "UIOMMU_RING=0 makes no ring");
 }
 
 /// Every C program of the in-process suite, under the host engine.

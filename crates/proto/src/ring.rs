@@ -128,7 +128,7 @@ impl Ring {
     }
 
     fn word(&self, off: usize) -> &AtomicU32 {
-        assert!(off % 4 == 0 && off + 4 <= RING_LEN);
+        assert!(off.is_multiple_of(4) && off + 4 <= RING_LEN);
         // SAFETY: in bounds and aligned (checked above) of a live mapping (`Ring::at`'s
         // contract); AtomicU32 has the layout of u32 and any bit pattern is valid.
         unsafe { &*self.base.add(off).cast::<AtomicU32>() }
@@ -365,8 +365,11 @@ impl Table {
         let ok = unsafe {
             libc::mprotect(p, PAGE, libc::PROT_READ | libc::PROT_WRITE) == 0
                 && libc::madvise(p, PAGE, libc::MADV_WIPEONFORK) == 0
-                && libc::madvise(p.cast::<u8>().add(PAGE).cast(), REGION - PAGE, libc::MADV_DONTFORK)
-                    == 0
+                && libc::madvise(
+                    p.cast::<u8>().add(PAGE).cast(),
+                    REGION - PAGE,
+                    libc::MADV_DONTFORK,
+                ) == 0
         };
         if !ok {
             // SAFETY: unmapping the mapping just made, never handed out.
@@ -406,7 +409,9 @@ impl Table {
 
     /// Whether the ring pages are ours (reserving them again first in a fork child).
     fn ready(&self) -> bool {
-        match self.reserved().compare_exchange(R_NONE, R_BUSY, Ordering::SeqCst, Ordering::SeqCst)
+        match self
+            .reserved()
+            .compare_exchange(R_NONE, R_BUSY, Ordering::SeqCst, Ordering::SeqCst)
         {
             Ok(_) => {
                 // SAFETY: the address just after the table page, in the region Table::new
@@ -458,10 +463,8 @@ impl Table {
                 let addr = e.addr.load(Ordering::SeqCst) as usize as *mut u8;
                 // SAFETY: a live entry's address is its ring's mapping of RING_LEN bytes,
                 // replaced only once it is dead and unused (we hold a use).
-                return Some(Held {
-                    entry: i,
-                    ring: unsafe { Ring::at(addr) },
-                });
+                let ring = unsafe { Ring::at(addr) };
+                return Some(Held { entry: i, ring });
             }
             self.put_use(i);
         }
@@ -801,7 +804,7 @@ fn mapping_of(addr: usize) -> Option<(usize, usize)> {
     unsafe { libc::syscall(libc::SYS_close, fd) };
     // Readable and writable (VM_READ | VM_WRITE in vma_flags' PROCMAP_QUERY_VMA_* bits).
     (r == 0 && q.vma_flags & 3 == 3 && q.vma_start <= addr as u64 && (addr as u64) < q.vma_end)
-        .then(|| (q.vma_start as usize, q.vma_end as usize))
+        .then_some((q.vma_start as usize, q.vma_end as usize))
 }
 
 /// Nanoseconds of `CLOCK_MONOTONIC` (async-signal-safe; the vDSO, no system call).

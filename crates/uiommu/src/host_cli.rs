@@ -146,13 +146,16 @@ pub fn status_text(v: &serde_json::Value) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "instance {}: engine pid {}, uid {}, up {} s, platform {}, {} connection(s)",
+        "instance {}: engine pid {}, uid {}, up {} s, platform {}, {} connection(s), {} ring(s) \
+         ({} made)",
         v["instance"].as_str().unwrap_or("?"),
         v["pid"],
         v["uid"],
         v["uptime_s"],
         v["platform"].as_str().unwrap_or("?"),
-        v["connections"]
+        v["connections"],
+        v["rings"]["serving"],
+        v["rings"]["made"]
     );
     let empty = Vec::new();
     let files = v["files"].as_array().unwrap_or(&empty);
