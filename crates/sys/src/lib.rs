@@ -499,3 +499,29 @@ mod process_query_tests {
         );
     }
 }
+
+/// `ioctl(fd, request, arg)` with a plain-data argument struct (every byte pattern valid, as
+/// `FromBytes` says), made as a raw system call: under the seccomp front-end it is the call
+/// the filter stops (the bench's client of that front-end).
+pub fn ioctl_struct<T: zerocopy::FromBytes + zerocopy::IntoBytes>(
+    fd: BorrowedFd<'_>,
+    request: u32,
+    arg: &mut T,
+) -> io::Result<i32> {
+    // SAFETY: the kernel (or the engine behind the filter) reads and writes at most the
+    // struct's bytes through the pointer, an exclusive borrow of a T; any bytes written leave a
+    // valid T (FromBytes).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_ioctl,
+            fd.as_raw_fd(),
+            libc::c_ulong::from(request),
+            arg as *mut T,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as i32)
+    }
+}

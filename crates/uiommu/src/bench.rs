@@ -47,6 +47,14 @@ pub const KERNEL_ANCHORS: &[(&str, f64)] = &[
     // The same kernel call, beside the host engine's path (another process calling through
     // the engine).
     ("host.abi.map_unmap_4k_ops_per_s.one_domain", 55_709.0),
+    (
+        "host_messages.abi.map_unmap_4k_ops_per_s.one_domain",
+        55_709.0,
+    ),
+    (
+        "host_seccomp.abi.map_unmap_4k_ops_per_s.one_domain",
+        55_709.0,
+    ),
     ("map_1g_gib_per_s.small_pages", 4.73),
     ("map_1g_gib_per_s.huge_pages", 6.61),
     ("unmap_1g_gib_per_s.small_pages", 4.33),
@@ -835,19 +843,43 @@ impl Bench {
     }
 
     /// IOAS_MAP+UNMAP of 4 KiB with a mock domain, called by another process through the host
-    /// engine ([`crate::bench_host`]).
+    /// engine ([`crate::bench_host`]): through a ring (the preload front-end's default), a
+    /// message per call, and raw system calls under the seccomp front-end.
     fn host_map_unmap_4k(&self, r: &mut Report) -> Result<(), String> {
-        let rate = crate::bench_host::measure(self.sizes.target, self.sizes.runs)?;
-        r.note(
-            "host.abi.map_unmap_4k_ops_per_s.one_domain",
-            Some(rate),
-            Unit::OpsPerS,
-            format!(
-                "another process through the host engine (a message per call, both sides \
-                 polling {} us before sleeping)",
-                uiommu_proto::DEFAULT_SPIN_US
-            ),
-        );
+        use crate::bench_host::Path;
+        let paths = [Path::Ring, Path::Message, Path::Seccomp];
+        let rates = crate::bench_host::measure(self.sizes.target, self.sizes.runs, &paths)?;
+        let spin = uiommu_proto::DEFAULT_SPIN_US;
+        for (path, rate) in paths.iter().zip(rates) {
+            let (key, how) = match path {
+                Path::Ring => (
+                    "host.abi.map_unmap_4k_ops_per_s.one_domain",
+                    format!(
+                        "another process through the host engine, the preload front-end's \
+                         path: each call through a ring shared with the engine (both sides \
+                         polling {spin} us before sleeping)"
+                    ),
+                ),
+                Path::Message => (
+                    "host_messages.abi.map_unmap_4k_ops_per_s.one_domain",
+                    format!(
+                        "the same with rings off (UIOMMU_RING=0): a message per call, both \
+                         sides polling {spin} us"
+                    ),
+                ),
+                Path::Seccomp => (
+                    "host_seccomp.abi.map_unmap_4k_ops_per_s.one_domain",
+                    "the same calls as raw system calls under the seccomp front-end \
+                     (`uiommu run --front-end seccomp`): each stopped by the filter and \
+                     served through the kernel's notification"
+                        .to_string(),
+                ),
+            };
+            match rate {
+                Ok(v) => r.note(key, Some(v), Unit::OpsPerS, how),
+                Err(why) => r.note(key, None, Unit::OpsPerS, format!("not measured: {why}")),
+            }
+        }
         Ok(())
     }
 
@@ -1418,6 +1450,7 @@ mod tests {
         for key in [
             "abi.map_unmap_4k_ops_per_s.no_domain",
             "host.abi.map_unmap_4k_ops_per_s.one_domain",
+            "host_messages.abi.map_unmap_4k_ops_per_s.one_domain",
             "lib.map_unmap_4k_ops_per_s.two_domains",
             "radix.abi.map_unmap_4k_ops_per_s.two_domains",
             "map_1g_gib_per_s.small_pages",

@@ -1,12 +1,14 @@
-//! The host engine's figure of `uiommu bench`: IOMMU_IOAS_MAP + IOMMU_IOAS_UNMAP of 4 KiB with
-//! a mock domain attached, called by another process through the host engine (the protocol
-//! the preload front-end speaks), beside the in-process figure of the same run.
+//! The host engine's figures of `uiommu bench`: IOMMU_IOAS_MAP + IOMMU_IOAS_UNMAP of 4 KiB with
+//! a mock domain attached, called by another process through the host engine, beside the
+//! in-process figure of the same run, three ways ([`Path`]): the preload front-end's protocol
+//! with rings (its default), the same with a message per call, and raw system calls under the
+//! seccomp front-end.
 //!
 //! The bench starts a host engine of a private instance in a thread, then runs itself as the
-//! client (`uiommu __bench-host-client SOCKET MS RUNS`, hidden): a separate process that
-//! opens `/dev/iommu` through the engine, allocates an IOAS, attaches a mock domain
-//! (IOMMU_TEST_CMD) and times map+unmap pairs, printing the median rate of RUNS timed runs of
-//! about MS milliseconds each.
+//! client (`uiommu __bench-host-client SOCKET MS RUNS PATH`, hidden; for `seccomp` under
+//! `uiommu run --front-end seccomp`): a separate process that opens `/dev/iommu` through the
+//! engine, allocates an IOAS, attaches a mock domain (IOMMU_TEST_CMD) and times map+unmap
+//! pairs, printing the median rate of RUNS timed runs of about MS milliseconds each.
 
 use std::hint::black_box;
 use std::process::Command;
@@ -24,8 +26,24 @@ use uiommu_uapi::file::Target;
 const IOVA: u64 = 1 << 24;
 const PAGE: usize = 4096;
 
-/// Measure through a private host engine: the median pairs/s.
-pub fn measure(target: Duration, runs: usize) -> Result<f64, String> {
+/// How the bench's client reaches the host engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Path {
+    /// The preload front-end's client: hot calls through a ring.
+    Ring,
+    /// The same client with rings off: a message per call.
+    Message,
+    /// Raw system calls under the seccomp front-end.
+    Seccomp,
+}
+
+/// Measure each of `paths` through one private host engine: the median pairs/s of each, or
+/// why it could not be measured.
+pub fn measure(
+    target: Duration,
+    runs: usize,
+    paths: &[Path],
+) -> Result<Vec<Result<f64, String>>, String> {
     let instance = format!("bench-{}", std::process::id());
     let host = uiommu_host::Host::new(
         uiommu_platform::Platform::builtin(),
@@ -43,28 +61,60 @@ pub fn measure(target: Duration, runs: usize) -> Result<f64, String> {
     rx.recv_timeout(Duration::from_secs(10))
         .map_err(|_| "the host engine did not start".to_string())?;
     let socket = uiommu_proto::socket_path(&instance);
+    let r = paths
+        .iter()
+        .map(|&path| measure_one(&instance, &socket, target, runs, path))
+        .collect();
+    let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(uiommu_host::lock_path(&instance));
+    Ok(r)
+}
+
+fn measure_one(
+    instance: &str,
+    socket: &std::path::Path,
+    target: Duration,
+    runs: usize,
+    path: Path,
+) -> Result<f64, String> {
+    let ms = target.as_millis() as u64;
     if cfg!(test) {
         // A unit test's executable is not `uiommu`: the client runs in a thread instead.
-        let path = socket.to_string_lossy().into_owned();
-        let ms = target.as_millis() as u64;
-        return std::thread::spawn(move || client_main(&path, ms, runs))
+        if path == Path::Seccomp {
+            return Err("not measured in a unit test".into());
+        }
+        let socket = socket.to_string_lossy().into_owned();
+        return std::thread::spawn(move || client_main(&socket, ms, runs, path))
             .join()
             .map_err(|_| "bench client panicked".to_string())?;
     }
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-    let out = Command::new(exe)
+    let mut cmd = Command::new(&exe);
+    if path == Path::Seccomp {
+        cmd.args([
+            "run",
+            "--front-end",
+            "seccomp",
+            "--instance",
+            instance,
+            "--",
+        ])
+        .arg(&exe);
+    }
+    let name = format!("{path:?}").to_lowercase();
+    let out = cmd
         .arg("__bench-host-client")
-        .arg(&socket)
-        .arg(target.as_millis().to_string())
+        .arg(socket)
+        .arg(ms.to_string())
         .arg(runs.to_string())
+        .arg(&name)
         .env_remove("LD_PRELOAD")
+        .env_remove("UIOMMU_FRONT_END")
         .output()
         .map_err(|e| format!("bench client: {e}"))?;
-    let _ = std::fs::remove_file(&socket);
-    let _ = std::fs::remove_file(uiommu_host::lock_path(&instance));
     if !out.status.success() {
         return Err(format!(
-            "bench client ({}): {}",
+            "bench client ({name}, {}): {}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         ));
@@ -75,42 +125,83 @@ pub fn measure(target: Duration, runs: usize) -> Result<f64, String> {
         .map_err(|e| format!("bench client output: {e}"))
 }
 
+/// How the client makes its calls.
+enum Calls {
+    /// Through the protocol's client, on the engine's fd.
+    Client(&'static Client, i32),
+    /// Raw system calls on an fd of `/dev/iommu` (the seccomp front-end serves them).
+    Raw(std::fs::File),
+}
+
+impl Calls {
+    fn ioctl<T: zerocopy::FromBytes + zerocopy::IntoBytes>(
+        &self,
+        request: u32,
+        arg: &mut T,
+    ) -> Result<(), String> {
+        match self {
+            Calls::Client(client, fd) => {
+                let m = client
+                    .call(
+                        Request::new(
+                            OP_IOCTL,
+                            [u64::from(request), arg as *mut T as u64, 0, 0, 0, 0],
+                        ),
+                        Some(*fd),
+                    )
+                    .map_err(|e| format!("ioctl {request:#x}: errno {e}"))?;
+                if m.err != 0 {
+                    return Err(format!("ioctl {request:#x}: errno {}", m.err));
+                }
+                Ok(())
+            }
+            Calls::Raw(f) => {
+                use std::os::fd::AsFd;
+                uiommu_sys::ioctl_struct(f.as_fd(), request, arg)
+                    .map(|_| ())
+                    .map_err(|e| format!("ioctl {request:#x}: {e}"))
+            }
+        }
+    }
+}
+
 /// The client process: returns the median pairs/s.
-pub fn client_main(socket: &str, ms: u64, runs: usize) -> Result<f64, String> {
+pub fn client_main(socket: &str, ms: u64, runs: usize, path: Path) -> Result<f64, String> {
     static CLIENT: Client = Client::new();
-    if !CLIENT.set_path(socket.as_bytes()) {
-        return Err("socket path too long".into());
-    }
-    uiommu_proto::client::set_spin(uiommu_proto::DEFAULT_SPIN_US * 1000);
-    let (kind, n) = Target::Iommu.encode();
-    let m = CLIENT
-        .call(
-            Request::new(OP_OPEN, [u64::from(kind), u64::from(n), 2, 0, 0, 0]),
-            None,
-        )
-        .map_err(|e| format!("open: errno {e}"))?;
-    if m.err != 0 {
-        return Err(format!("open: errno {}", m.err));
-    }
-    let fd = i32::try_from(m.val).map_err(|_| "open: bad fd".to_string())?;
-    let ioctl = |request: u32, arg: u64| -> Result<(), String> {
+    let calls = if path == Path::Seccomp {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/iommu")
+            .map_err(|e| format!("open /dev/iommu: {e}"))?;
+        Calls::Raw(f)
+    } else {
+        if !CLIENT.set_path(socket.as_bytes()) {
+            return Err("socket path too long".into());
+        }
+        uiommu_proto::client::set_spin(uiommu_proto::DEFAULT_SPIN_US * 1000);
+        CLIENT.set_rings(path == Path::Ring);
+        let (kind, n) = Target::Iommu.encode();
         let m = CLIENT
             .call(
-                Request::new(OP_IOCTL, [u64::from(request), arg, 0, 0, 0, 0]),
-                Some(fd),
+                Request::new(OP_OPEN, [u64::from(kind), u64::from(n), 2, 0, 0, 0]),
+                None,
             )
-            .map_err(|e| format!("ioctl {request:#x}: errno {e}"))?;
+            .map_err(|e| format!("open: errno {e}"))?;
         if m.err != 0 {
-            return Err(format!("ioctl {request:#x}: errno {}", m.err));
+            return Err(format!("open: errno {}", m.err));
         }
-        Ok(())
+        Calls::Client(
+            &CLIENT,
+            i32::try_from(m.val).map_err(|_| "open: bad fd".to_string())?,
+        )
     };
     // The engine reads and writes these structs in this process's memory.
     let mut alloc = IommuIoasAlloc {
         size: 12,
         ..Default::default()
     };
-    ioctl(IOMMU_IOAS_ALLOC, black_box(&mut alloc as *mut _) as u64)?;
+    calls.ioctl(IOMMU_IOAS_ALLOC, black_box(&mut alloc))?;
     let ioas = black_box(&alloc).out_ioas_id;
     let mut mock = IommuTestCmd {
         size: 72,
@@ -118,7 +209,7 @@ pub fn client_main(socket: &str, ms: u64, runs: usize) -> Result<f64, String> {
         id: ioas,
         ..Default::default()
     };
-    ioctl(IOMMU_TEST_CMD, black_box(&mut mock as *mut _) as u64)?;
+    calls.ioctl(IOMMU_TEST_CMD, black_box(&mut mock))?;
     let buf = vec![1u8; 2 * PAGE];
     let va = (buf.as_ptr() as usize).next_multiple_of(PAGE) as u64;
     let mut map = IommuIoasMap {
@@ -136,11 +227,9 @@ pub fn client_main(socket: &str, ms: u64, runs: usize) -> Result<f64, String> {
         iova: IOVA,
         length: PAGE as u64,
     };
-    let map_arg = &mut map as *mut IommuIoasMap as u64;
-    let unmap_arg = &mut unmap as *mut IommuIoasUnmap as u64;
-    let pair = || -> Result<(), String> {
-        ioctl(IOMMU_IOAS_MAP, black_box(map_arg))?;
-        ioctl(IOMMU_IOAS_UNMAP, black_box(unmap_arg))
+    let mut pair = || -> Result<(), String> {
+        calls.ioctl(IOMMU_IOAS_MAP, black_box(&mut map))?;
+        calls.ioctl(IOMMU_IOAS_UNMAP, black_box(&mut unmap))
     };
     for _ in 0..100 {
         pair()?;

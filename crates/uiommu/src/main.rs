@@ -114,6 +114,7 @@ enum Command {
         socket: String,
         ms: u64,
         runs: usize,
+        path: bench_host::Path,
     },
     /// Measure the engine (map/unmap rates through the ioctl ABI and the library API, 1 GiB
     /// maps, copies, translation, DMA, metadata) and print a table with the real kernel's
@@ -216,18 +217,21 @@ fn main() -> ExitCode {
             });
             fail(code, msg)
         }
-        Command::BenchHostClient { socket, ms, runs } => {
-            match bench_host::client_main(&socket, ms, runs) {
-                Ok(rate) => {
-                    println!("{rate}");
-                    ExitCode::SUCCESS
-                }
-                Err(m) => {
-                    eprintln!("uiommu bench host client: {m}");
-                    ExitCode::FAILURE
-                }
+        Command::BenchHostClient {
+            socket,
+            ms,
+            runs,
+            path,
+        } => match bench_host::client_main(&socket, ms, runs, path) {
+            Ok(rate) => {
+                println!("{rate}");
+                ExitCode::SUCCESS
             }
-        }
+            Err(m) => {
+                eprintln!("uiommu bench host client: {m}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Status { instance, json } => {
             let instance = match host_cli::instance_name(instance) {
                 Ok(n) => n,
