@@ -51,7 +51,7 @@ impl Inline<'_> {
     /// The part of `[va, va + n)` in the copy: (offset in the copy, offset in the range, length).
     fn overlap(&self, va: u64, n: usize) -> Option<(usize, usize, usize)> {
         let (a, b) = (va, va.checked_add(n as u64)?);
-        let (c, d) = (self.va, self.va + self.len as u64);
+        let (c, d) = (self.va, self.va.checked_add(self.len as u64)?);
         let (lo, hi) = (a.max(c), b.min(d));
         (lo < hi).then(|| ((lo - c) as usize, (lo - a) as usize, (hi - lo) as usize))
     }
@@ -118,6 +118,29 @@ struct Serving {
     file: Weak<HostFile>,
     gid: u32,
     map: Mapping,
+}
+
+impl Drop for Serving {
+    /// However the thread ends (its file or process gone, or a panic): the ring is marked dead,
+    /// nothing is taken after that, and what was posted before is answered.
+    fn drop(&mut self) {
+        let ring = self.map.ring();
+        ring.state().store(DEAD, SeqCst);
+        for i in 0..SLOTS {
+            if ring
+                .slot_state(i)
+                .compare_exchange(READY, TAKEN, SeqCst, SeqCst)
+                .is_ok()
+            {
+                self.answer(&ring, i, &Message::reply(Err(GONE)));
+            } else if ring.slot_state(i).load(SeqCst) == TAKEN {
+                // Only when serving it panicked: the call failed.
+                self.answer(&ring, i, &Message::reply(Err(nix::libc::EIO)));
+            }
+            futex_wake(ring.slot_state(i));
+        }
+        self.host.rings.fetch_sub(1, SeqCst);
+    }
 }
 
 /// A new ring for `process`'s calls on `file`: the memfd to hand to the process (its thread
@@ -197,19 +220,6 @@ impl Serving {
             }
             last = Instant::now();
         }
-        // Nothing is taken after this; what was posted before is answered.
-        ring.state().store(DEAD, SeqCst);
-        for i in 0..SLOTS {
-            if ring
-                .slot_state(i)
-                .compare_exchange(READY, TAKEN, SeqCst, SeqCst)
-                .is_ok()
-            {
-                self.answer(&ring, i, &Message::reply(Err(GONE)));
-            }
-            futex_wake(ring.slot_state(i));
-        }
-        self.host.rings.fetch_sub(1, SeqCst);
     }
 
     /// Serve the request taken from slot `i`.

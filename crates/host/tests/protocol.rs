@@ -247,6 +247,14 @@ fn a_ring_written_by_a_hostile_client_gets_errnos_and_dies_with_its_file() {
     r.slot_state(0).store(READY, SeqCst);
     wait_done(&r);
     assert!(r.reply(0).unwrap().err > 0);
+    // A copy claimed at the very top of the address space: an errno, not an overflow.
+    r.set_request(
+        0,
+        &Request::new(OP_IOCTL, [0x3b81, u64::MAX - 3, 12, 0, 0, 0]),
+    );
+    r.slot_state(0).store(READY, SeqCst);
+    wait_done(&r);
+    assert!(r.reply(0).unwrap().err > 0);
     // And without an inline copy, the engine reads the struct itself: EFAULT at address 8.
     r.set_request(1, &Request::new(OP_IOCTL, [0x3b81, 8, 0, 0, 0, 0]));
     r.slot_state(1).store(READY, SeqCst);
