@@ -573,7 +573,7 @@ impl Context {
         self.with(|st, c| {
             let ctx = st.ctx(c)?;
             let space = CALLER_SPACE.with(|s| s.get()).unwrap_or(ctx.space);
-            let mode = if caller_creds().map_or(st.config.cap_ipc_lock, |c| c.cap_ipc_lock) {
+            let mode = if caller_caps().map_or(st.config.cap_ipc_lock, |c| c.cap_ipc_lock) {
                 AccountMode::None
             } else {
                 ctx.account_mode
@@ -648,7 +648,7 @@ impl Context {
     /// objects.
     pub fn set_rlimit_mode_process(&self, process: bool) -> Result<()> {
         self.with(|st, c| {
-            if !caller_creds().map_or(st.config.cap_sys_resource, |c| c.cap_sys_resource) {
+            if !caller_caps().map_or(st.config.cap_sys_resource, |c| c.cap_sys_resource) {
                 return Err(Error::Permission(
                     "setting RLIMIT_MODE needs CAP_SYS_RESOURCE",
                 ));
@@ -723,47 +723,68 @@ std::thread_local! {
     static CALLER_SPACE: std::cell::Cell<Option<SpaceId>> = const { std::cell::Cell::new(None) };
 }
 
-/// Where the current call's caller credentials come from, and what they were once read.
-type CredsSlot = (Box<dyn Fn() -> CallerCreds>, Option<CallerCreds>);
+/// Where the current call's caller credentials come from, and what was read of them.
+struct CredsSlot {
+    caps: Box<dyn Fn() -> CallerCaps>,
+    got_caps: Option<CallerCaps>,
+    memlock: Box<dyn Fn() -> Option<u64>>,
+    got_memlock: Option<Option<u64>>,
+}
 
 std::thread_local! {
     /// The privileges and limits of the program making the current call on this thread, when
-    /// they are not the engine's (see [`with_caller`]): read on first use during the call.
+    /// they are not the engine's (see [`with_caller`]): each read on first use during the call.
     static CALLER_CREDS: std::cell::RefCell<Option<CredsSlot>> = const { std::cell::RefCell::new(None) };
 }
 
-/// The privileges and limits of one caller, as the kernel reads them from the calling task at
-/// the time of the call.
+/// The capabilities of one caller that the engine's checks ask for, as the kernel reads them
+/// from the calling task at the time of the call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CallerCreds {
-    /// Its RLIMIT_MEMLOCK in pages (`None`: unlimited).
-    pub memlock_limit_pages: Option<u64>,
+pub struct CallerCaps {
     /// CAP_IPC_LOCK: its pins are not accounted.
     pub cap_ipc_lock: bool,
     /// CAP_SYS_RESOURCE: it may set IOMMU_OPTION_RLIMIT_MODE.
     pub cap_sys_resource: bool,
 }
 
-/// The current call's caller credentials, if [`with_caller`] gave a source (read once per
+/// The current call's caller capabilities, if [`with_caller`] gave a source (read once per
 /// call, when first needed).
-pub(crate) fn caller_creds() -> Option<CallerCreds> {
+pub(crate) fn caller_caps() -> Option<CallerCaps> {
     CALLER_CREDS.with(|c| {
         let mut slot = c.borrow_mut();
-        let (read, got) = slot.as_mut()?;
-        Some(*got.get_or_insert_with(read))
+        let s = slot.as_mut()?;
+        Some(*s.got_caps.get_or_insert_with(&s.caps))
     })
 }
 
-/// Run `f` on behalf of a program whose memory is `space` and whose privileges and limits
-/// `creds` reads (an engine serving many processes: the host engine), rather than the
-/// context's own space and the engine's configuration. `creds` runs at most once, and only
-/// if the call needs them (a pin, a privileged option).
+/// The current call's caller RLIMIT_MEMLOCK in pages (`Some(None)`: unlimited), if
+/// [`with_caller`] gave a source (read once per call, only when a pin is accounted).
+pub(crate) fn caller_memlock_pages() -> Option<Option<u64>> {
+    CALLER_CREDS.with(|c| {
+        let mut slot = c.borrow_mut();
+        let s = slot.as_mut()?;
+        Some(*s.got_memlock.get_or_insert_with(&s.memlock))
+    })
+}
+
+/// Run `f` on behalf of a program whose memory is `space` and whose privileges `caps` and
+/// RLIMIT_MEMLOCK `memlock` (in pages, `None` unlimited) read (an engine serving many
+/// processes: the host engine), rather than the context's own space and the engine's
+/// configuration. Each runs at most once, and only if the call needs it (`caps` for a map or a
+/// privileged option, `memlock` for a pin that is accounted).
 pub fn with_caller<R>(
     space: SpaceId,
-    creds: impl Fn() -> CallerCreds + 'static,
+    caps: impl Fn() -> CallerCaps + 'static,
+    memlock: impl Fn() -> Option<u64> + 'static,
     f: impl FnOnce() -> R,
 ) -> R {
-    let prev = CALLER_CREDS.with(|c| c.replace(Some((Box::new(creds), None))));
+    let slot = CredsSlot {
+        caps: Box::new(caps),
+        got_caps: None,
+        memlock: Box::new(memlock),
+        got_memlock: None,
+    };
+    let prev = CALLER_CREDS.with(|c| c.replace(Some(slot)));
     let r = with_caller_space(space, f);
     CALLER_CREDS.with(|c| *c.borrow_mut() = prev);
     r

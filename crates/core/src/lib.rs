@@ -37,7 +37,7 @@ pub use access::AccessOps;
 pub use coherency::CoherencyRight;
 pub use device::HwptFlags;
 pub use engine::{
-    with_caller, with_caller_space, CallerCreds, Context, Engine, EngineConfig, GroupStatus,
+    with_caller, with_caller_space, CallerCaps, Context, Engine, EngineConfig, GroupStatus,
     IovaRanges,
 };
 pub use error::{Error, Result};

@@ -113,13 +113,11 @@ impl Accounting {
             AccountMode::Process => self.process_pages(space),
         };
         // The caller's own limit when the engine serves many processes.
-        let limit = crate::engine::caller_creds().map_or(self.limit, |c| {
-            if c.cap_ipc_lock {
-                None
-            } else {
-                c.memlock_limit_pages
-            }
-        });
+        let limit = match crate::engine::caller_caps() {
+            None => self.limit,
+            Some(c) if c.cap_ipc_lock => None,
+            Some(_) => crate::engine::caller_memlock_pages().flatten(),
+        };
         let Some(limit) = limit else {
             return Ok(());
         };

@@ -86,23 +86,27 @@ pub struct Process {
 }
 
 impl Process {
-    /// The privileges and limits the kernel would read from the process now: its
-    /// RLIMIT_MEMLOCK and capabilities, root's with [`Process::as_root`] or when the engine
-    /// grants them to everyone (`all_root`: `uiommu serve --as-root`).
-    pub fn creds(&self, all_root: bool) -> uiommu_core::CallerCreds {
-        // Linux's default (8 MiB) if it cannot be read.
-        let memlock = uiommu_sys::memlock_limit_of(self.pid).unwrap_or(Some(8 << 20));
+    /// The capabilities the kernel would read from the process now: root's with
+    /// [`Process::as_root`] or when the engine grants them to everyone (`all_root`:
+    /// `uiommu serve --as-root`), else its effective set (`capget`).
+    pub fn caps(&self, all_root: bool) -> uiommu_core::CallerCaps {
         let caps = if all_root || self.as_root.load(Ordering::Acquire) {
             u64::MAX
         } else {
             // Read at every call too: a program may drop a capability while it runs.
             uiommu_sys::effective_caps_of(self.pid).unwrap_or(0)
         };
-        uiommu_core::CallerCreds {
-            memlock_limit_pages: memlock.map(|b| b / uiommu_platform::PAGE_SIZE),
+        uiommu_core::CallerCaps {
             cap_ipc_lock: caps & (1 << 14) != 0,
             cap_sys_resource: caps & (1 << 24) != 0,
         }
+    }
+
+    /// The process's RLIMIT_MEMLOCK now, in pages (`None`: unlimited; `prlimit`).
+    pub fn memlock_pages(&self) -> Option<u64> {
+        // Linux's default (8 MiB) if it cannot be read.
+        let memlock = uiommu_sys::memlock_limit_of(self.pid).unwrap_or(Some(8 << 20));
+        memlock.map(|b| b / uiommu_platform::PAGE_SIZE)
     }
 
     /// Whether the process has exited (its pidfd is readable).

@@ -373,12 +373,13 @@ impl Call<'_> {
         let space = self.process.space;
         match req.op {
             OP_IOCTL => {
-                let p = self.process.clone();
+                let (p, q) = (self.process.clone(), self.process.clone());
                 let all_root = self.host.config.as_root;
-                // The caller's limits, read when a pin needs them.
+                // The caller's capabilities and limit, each read when a call needs it.
                 Message::reply(uiommu_core::with_caller(
                     space,
-                    move || p.creds(all_root),
+                    move || p.caps(all_root),
+                    move || q.memlock_pages(),
                     || file.open.ioctl(&caller, req.args[0], req.args[1]),
                 ))
             }
