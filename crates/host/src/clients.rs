@@ -83,6 +83,8 @@ pub struct Process {
     pub pidfd: OwnedFd,
     /// Whether it asked for root's privileges in the emulation and was granted them.
     pub as_root: AtomicBool,
+    /// Rings served for it now (`crate::ring`, at most `ring::PER_PROCESS`).
+    pub rings: std::sync::atomic::AtomicUsize,
 }
 
 impl Process {
@@ -189,6 +191,7 @@ impl Clients {
             mem,
             pidfd,
             as_root: AtomicBool::new(false),
+            rings: std::sync::atomic::AtomicUsize::new(0),
         });
         // A fork child has the privileges in the emulation of its nearest known ancestor
         // (it says hello only when it execs; a harness may fork twice before calling).

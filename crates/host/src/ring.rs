@@ -31,6 +31,10 @@ use uiommu_proto::{Message, OP_IOCTL};
 use uiommu_uapi::file::Kind;
 use uiommu_uapi::Errno;
 
+/// Rings one process may have served at once (each is a thread and a page of the engine's):
+/// beyond, `OP_RING` is EAGAIN and the front-end sends that file's calls as messages.
+pub const PER_PROCESS: usize = 64;
+
 /// How long an idle ring's thread sleeps before it looks whether its file and process live.
 const IDLE_CHECK: Duration = Duration::from_millis(250);
 
@@ -140,6 +144,7 @@ impl Drop for Serving {
             futex_wake(ring.slot_state(i));
         }
         self.host.rings.fetch_sub(1, SeqCst);
+        self.process.rings.fetch_sub(1, SeqCst);
     }
 }
 
@@ -154,6 +159,23 @@ pub(crate) fn open(
     if !matches!(file.open.kind, Kind::Iommufd(_)) {
         return Err(EOPNOTSUPP);
     }
+    if process.rings.fetch_add(1, SeqCst) >= PER_PROCESS {
+        process.rings.fetch_sub(1, SeqCst);
+        return Err(nix::libc::EAGAIN);
+    }
+    let r = make(host, process, file, gid);
+    if r.is_err() {
+        process.rings.fetch_sub(1, SeqCst);
+    }
+    r
+}
+
+fn make(
+    host: &Arc<Host>,
+    process: &Arc<Process>,
+    file: &Arc<HostFile>,
+    gid: u32,
+) -> Result<OwnedFd, Errno> {
     let os = |e: rustix::io::Errno| e.raw_os_error();
     let memfd = memfd_create(
         "uiommu-ring",

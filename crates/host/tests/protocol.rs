@@ -273,6 +273,21 @@ fn a_ring_written_by_a_hostile_client_gets_errnos_and_dies_with_its_file() {
     }
     assert_ne!(std::hint::black_box(&alloc)[2], 0, "out_ioas_id came back");
 
+    // A process gets at most its share of rings (each is a thread of the engine's): EAGAIN.
+    let mut extra = Vec::new();
+    loop {
+        let (m, fd) = call_taking(&s, OP_RING, [0; 6], Some(iommufd));
+        match fd {
+            Some(fd) => extra.push(fd),
+            None => {
+                assert_eq!(m.err, nix::libc::EAGAIN);
+                break;
+            }
+        }
+        assert!(extra.len() < 1000, "rings are bounded per process");
+    }
+    assert_eq!(extra.len() + 1, uiommu_host::ring::PER_PROCESS);
+    extra.into_iter().for_each(close);
     // The file's last fd goes: the ring answers GONE, and its thread marks it dead and ends.
     close(iommufd);
     assert_eq!(call(&s, OP_SYNC, [0; 6], None).err, 0);

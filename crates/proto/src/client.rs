@@ -486,10 +486,12 @@ impl Client {
             .message_call(Request::new(OP_RING, [0; 6]), Some(fd))
             .ok()?;
         if m.err != 0 {
-            if m.err != libc::EOPNOTSUPP {
-                // An engine without rings: stop asking.
+            if m.err == libc::EINVAL {
+                // An engine without rings (an unknown operation): stop asking.
                 self.rings_on.store(false, Ordering::Release);
             }
+            // EOPNOTSUPP (not an iommufd), EAGAIN (the process has its engine's share of
+            // rings), anything else: this call goes as a message.
             return None;
         }
         i32::try_from(m.val).ok()
