@@ -70,7 +70,7 @@ fn ret(r: libc::c_long) -> i64 {
 }
 
 /// Close `fd` (ours), ignoring the result.
-fn close(fd: i32) {
+pub(crate) fn close(fd: i32) {
     // SAFETY: closes an fd this module owns; no memory is passed.
     unsafe { libc::syscall(libc::SYS_close, fd) };
 }
@@ -129,8 +129,8 @@ pub fn send(sock: i32, bytes: &[u8], fd: Option<i32>) -> Result<(), Errno> {
     }
 }
 
-/// Nanoseconds of `CLOCK_MONOTONIC` (async-signal-safe).
-fn now_ns() -> u64 {
+/// Nanoseconds of `CLOCK_MONOTONIC` (async-signal-safe: the vDSO).
+pub(crate) fn now_ns() -> u64 {
     let mut t = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

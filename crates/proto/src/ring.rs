@@ -661,7 +661,7 @@ pub fn call(ring: &Ring, req: &Request, spin_ns: u64, alive: impl Fn() -> bool) 
         futex_wake(ring.doorbell());
     }
     let state = ring.slot_state(i);
-    let start = now_ns();
+    let start = crate::client::now_ns();
     let mut sleeping = false;
     loop {
         let s = state.load(Ordering::SeqCst);
@@ -679,7 +679,7 @@ pub fn call(ring: &Ring, req: &Request, spin_ns: u64, alive: impl Fn() -> bool) 
             continue;
         }
         if !sleeping {
-            if now_ns().saturating_sub(start) < spin_ns {
+            if crate::client::now_ns().saturating_sub(start) < spin_ns {
                 std::hint::spin_loop();
                 continue;
             }
@@ -755,30 +755,9 @@ fn inline_len(arg: u64) -> usize {
     size
 }
 
-/// The mapping of this process that holds `addr` (`PROCMAP_QUERY` on `/proc/self/maps`,
-/// Linux 6.11 and later); `None` when the kernel cannot say.
+/// The readable and writable mapping of this process that holds `addr` (PROCMAP_QUERY on
+/// `/proc/self/maps`, Linux 6.11 and later); `None` when there is none or the kernel cannot say.
 fn mapping_of(addr: usize) -> Option<(usize, usize)> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct Query {
-        size: u64,
-        query_flags: u64,
-        query_addr: u64,
-        vma_start: u64,
-        vma_end: u64,
-        vma_flags: u64,
-        vma_page_size: u64,
-        vma_offset: u64,
-        inode: u64,
-        dev_major: u32,
-        dev_minor: u32,
-        vma_name_size: u32,
-        build_id_size: u32,
-        vma_name_addr: u64,
-        build_id_addr: u64,
-    }
-    // _IOWR('f', 17, struct procmap_query)
-    const PROCMAP_QUERY: u64 = (3 << 30) | ((size_of::<Query>() as u64) << 16) | (0x66 << 8) | 17;
     let path = b"/proc/self/maps\0";
     // SAFETY: open of a NUL-terminated path; no other memory is passed.
     let fd = unsafe {
@@ -788,34 +767,20 @@ fn mapping_of(addr: usize) -> Option<(usize, usize)> {
             path.as_ptr(),
             libc::O_RDONLY | libc::O_CLOEXEC,
         )
-    };
+    } as i32;
     if fd < 0 {
         return None;
     }
-    let mut q = Query {
-        size: size_of::<Query>() as u64,
-        query_addr: addr as u64,
-        ..Query::default()
-    };
-    // SAFETY: PROCMAP_QUERY reads and writes `q.size` bytes at a live, exclusive struct of that
-    // size; no name or build-id buffer is asked for (sizes 0).
-    let r = unsafe { libc::syscall(libc::SYS_ioctl, fd, PROCMAP_QUERY, &mut q as *mut Query) };
-    // SAFETY: closes the fd just opened.
-    unsafe { libc::syscall(libc::SYS_close, fd) };
-    // Readable and writable (VM_READ | VM_WRITE in vma_flags' PROCMAP_QUERY_VMA_* bits).
-    (r == 0 && q.vma_flags & 3 == 3 && q.vma_start <= addr as u64 && (addr as u64) < q.vma_end)
-        .then_some((q.vma_start as usize, q.vma_end as usize))
-}
-
-/// Nanoseconds of `CLOCK_MONOTONIC` (async-signal-safe; the vDSO, no system call).
-fn now_ns() -> u64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
-    (t.tv_sec as u64).saturating_mul(1_000_000_000) + t.tv_nsec as u64
+    // SAFETY: the fd just opened, open until the close below.
+    let maps = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let vma = uiommu_sys::procmap_query(maps, addr as u64);
+    crate::client::close(fd);
+    match vma {
+        Ok(Some(v)) if v.readable && v.writable && v.start <= addr as u64 => {
+            Some((v.start as usize, v.end as usize))
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]

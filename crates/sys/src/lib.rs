@@ -75,11 +75,14 @@ pub fn procmap_query(maps: BorrowedFd<'_>, addr: u64) -> io::Result<Option<Vma>>
     };
     // SAFETY: PROCMAP_QUERY reads and writes exactly `q.size` bytes at the pointer, which is a
     // live, exclusively borrowed struct of that size; the name and build-id buffers are not
-    // requested (sizes 0, addresses 0), so the kernel writes nowhere else.
+    // requested (sizes 0, addresses 0), so the kernel writes nowhere else. A raw system call,
+    // not libc's `ioctl`: under the preload library that name is the library's own, and the
+    // front-end calls this from its async-signal-safe path.
     let rc = unsafe {
-        libc::ioctl(
+        libc::syscall(
+            libc::SYS_ioctl,
             maps.as_raw_fd(),
-            PROCMAP_QUERY as libc::Ioctl,
+            libc::c_ulong::from(PROCMAP_QUERY),
             &mut q as *mut ProcmapQuery,
         )
     };
