@@ -18,6 +18,10 @@
 # Usage: bench/vm/run.sh [--quick] [--bin PATH] [--out DIR] [--mem MiB] [--timeout SECONDS]
 #                        [--hugepages N] [--thp always|madvise|never|keep] [--smp N]
 #                        [--cpu MODEL] [--kernel VMLINUZ] [--no-install]
+#                        [--only TEXT]... [--env NAME=VALUE]...
+#   --only TEXT        passed on to `uiommu bench --only` (repeatable): run only those steps
+#   --env NAME=VALUE   set in the bench's environment in the guest (repeatable), e.g.
+#                      UIOMMU_RING=0 to time the host engine's messages instead of its rings
 # Output: DIR/guest.json (the bench's JSON), DIR/guest.log (the whole console),
 #         DIR/guest.meta (key=value: guest kernel, vCPU model, calibration, wall times).
 # Exit: 0 ok; 1 setup error; 2 markers missing (timeout, crash, OOM...); 3 bench failed.
@@ -39,6 +43,8 @@ SMP=2
 CPU=
 KERNEL=
 INSTALL=1
+ONLY=()
+ENVS=()
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 die() { echo "run.sh: $*" >&2; exit 1; }
@@ -57,6 +63,14 @@ while [ $# -gt 0 ]; do
     --cpu) CPU=${2:?--cpu needs a model}; shift ;;
     --kernel) KERNEL=${2:?--kernel needs a path}; shift ;;
     --no-install) INSTALL=0 ;;
+    --only) ONLY+=("${2:?--only needs a step name}"); shift ;;
+    --env)
+      case "${2:?--env needs NAME=VALUE}" in
+        [A-Za-z_]*=*) ;;
+        *) die "--env takes NAME=VALUE" ;;
+      esac
+      case "${2%%=*}" in *[!A-Za-z0-9_]*) die "--env: bad name: ${2%%=*}" ;; esac
+      ENVS+=("$2"); shift ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
   esac
@@ -215,11 +229,16 @@ cp "$VMDIR/calibrate.sh" "$ROOT/bin/calibrate.sh"
 [ "$(id -u)" = 0 ] && mknod -m 600 "$ROOT/dev/console" c 5 1
 BENCH_ARGS=
 [ "$QUICK" = 1 ] && BENCH_ARGS=--quick
-cat >"$ROOT/etc/bench.conf" <<EOF
-BENCH_ARGS='$BENCH_ARGS'
-HUGEPAGES=$HUGEPAGES
-THP=$THP
-EOF
+{
+  echo "BENCH_ARGS='$BENCH_ARGS'"
+  echo "HUGEPAGES=$HUGEPAGES"
+  echo "THP=$THP"
+  # Each as one shell word: --only "map+unmap 4 KiB" stays one argument.
+  printf 'set --'
+  for o in "${ONLY[@]}"; do printf ' --only %q' "$o"; done
+  echo
+  for e in "${ENVS[@]}"; do printf 'export %s=%q\n' "${e%%=*}" "${e#*=}"; done
+} >"$ROOT/etc/bench.conf"
 cat >"$ROOT/init" <<'EOF'
 #!/bin/sh
 # uiommu bench guest: calibration, bench, JSON between markers, power off.
@@ -250,10 +269,10 @@ echo "guest.hugepages=$(cat /proc/sys/vm/nr_hugepages) (asked $HUGEPAGES)"
 echo "guest.boot_uptime_s=$(up)"
 sh /bin/calibrate.sh /bin/busybox | sed 's/^/guest./'
 
-echo "@@@ $M bench: uiommu bench $BENCH_ARGS --json /tmp/b.json"
+echo "@@@ $M bench: uiommu bench $BENCH_ARGS $* --json /tmp/b.json"
 cd /tmp
 t0=$(up)
-/bin/uiommu bench $BENCH_ARGS --json /tmp/b.json
+/bin/uiommu bench $BENCH_ARGS "$@" --json /tmp/b.json
 rc=$?
 t1=$(up)
 # Only emergencies on the console from here, so that nothing interleaves with the JSON.
@@ -304,7 +323,7 @@ tr -d '\r' <"$LOG" | sed 's/\x1b\[[0-9;?]*[A-Za-z]//g; s/\x1bc//g' >"$CLEAN"
 clean() { cat "$CLEAN"; }
 clean | sed -n '/^@@@ UIOMMU-VM JSON BEGIN$/,/^@@@ UIOMMU-VM JSON END$/p' | sed '1d;$d' >"$JSON.tmp" || true
 {
-  echo "run.command=$0 $([ "$QUICK" = 1 ] && echo --quick) --mem $MEM --smp $SMP --hugepages $HUGEPAGES --thp $THP${CPU:+ --cpu $CPU}"
+  echo "run.command=$0 $([ "$QUICK" = 1 ] && echo --quick) --mem $MEM --smp $SMP --hugepages $HUGEPAGES --thp $THP${CPU:+ --cpu $CPU}$(for o in "${ONLY[@]}"; do printf ' --only %q' "$o"; done)$(for e in "${ENVS[@]}"; do printf ' --env %q' "$e"; done)"
   echo "run.qemu=$(qemu-system-x86_64 --version | head -1)"
   echo "run.kernel_image=$KERNEL${KPKG:+ ($KPKG)}"
   echo "run.binary=$BIN${BUILT:+ (built from $BUILT)}"
