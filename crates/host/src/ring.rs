@@ -214,10 +214,12 @@ impl Serving {
         loop {
             let mut served = false;
             for i in 0..SLOTS {
-                if ring
-                    .slot_state(i)
-                    .compare_exchange(READY, TAKEN, SeqCst, SeqCst)
-                    .is_ok()
+                // Looked at before it is taken: polling writes nothing the caller writes.
+                if ring.slot_state(i).load(SeqCst) == READY
+                    && ring
+                        .slot_state(i)
+                        .compare_exchange(READY, TAKEN, SeqCst, SeqCst)
+                        .is_ok()
                 {
                     self.serve(&ring, i);
                     served = true;

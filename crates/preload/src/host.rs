@@ -228,6 +228,12 @@ pub(crate) fn node(fd: c_int) -> Option<Option<Target>> {
     }
 }
 
+/// After a call that may have closed fds `[low, high]` or put other files at their numbers:
+/// the client looks their files up again on their next call.
+pub(crate) fn forget(low: libc::c_uint, high: libc::c_uint) {
+    CLIENT.forget_fds(low, high);
+}
+
 /// After a `close` that may have closed a file of ours: returns once the engine released
 /// every file nobody holds any more, as `close` of a device file's last fd releases it.
 pub(crate) fn sync() {

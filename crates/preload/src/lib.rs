@@ -314,9 +314,15 @@ fn closing(g: &'static Global, may_close_ours: bool, close_op: impl FnOnce() -> 
     r
 }
 
-/// Under the host engine: run `close_op`, then let the engine release what it closed.
-fn host_closing(may_close_ours: bool, close_op: impl FnOnce() -> c_int) -> c_int {
+/// Under the host engine: run `close_op` (which may close or replace fds `fds`), then forget
+/// what those fds named and let the engine release what it closed.
+fn host_closing(
+    may_close_ours: bool,
+    fds: (c_uint, c_uint),
+    close_op: impl FnOnce() -> c_int,
+) -> c_int {
     let r = close_op();
+    host::forget(fds.0, fds.1);
     if may_close_ours {
         host::sync();
     }
@@ -337,6 +343,9 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
             // The engine releases a file nobody holds before this close returns.
             let ours = host::ours(fd);
             let r = real_close();
+            if let Ok(n) = c_uint::try_from(fd) {
+                host::forget(n, n);
+            }
             if ours && r == 0 {
                 host::sync();
             }
@@ -374,7 +383,8 @@ pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
         // SAFETY: dup2 has no memory preconditions.
         let op = || unsafe { real::dup2(old, new) };
         if host::on() {
-            return host_closing(old != new && host::ours(new), op);
+            let at = c_uint::try_from(new).unwrap_or(c_uint::MAX);
+            return host_closing(old != new && host::ours(new), (at, at), op);
         }
         let Some(g) = active() else {
             return op();
@@ -395,7 +405,8 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
         // SAFETY: dup3 has no memory preconditions.
         let op = || unsafe { real::dup3(old, new, flags) };
         if host::on() {
-            return host_closing(old != new && host::ours(new), op);
+            let at = c_uint::try_from(new).unwrap_or(c_uint::MAX);
+            return host_closing(old != new && host::ours(new), (at, at), op);
         }
         let Some(g) = active() else {
             return op();
@@ -416,7 +427,11 @@ pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) 
         // SAFETY: close_range has no memory preconditions.
         let op = || unsafe { real::close_range(first, last, flags) };
         if host::on() {
-            return host_closing(flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0, op);
+            return host_closing(
+                flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0,
+                (first, last),
+                op,
+            );
         }
         let Some(g) = active() else {
             return op();
@@ -437,7 +452,8 @@ pub unsafe extern "C" fn closefrom(low: c_int) {
         // SAFETY: closefrom has no memory preconditions.
         let op = || unsafe { real::closefrom(low) };
         if host::on() {
-            host_closing(true, || {
+            let from = c_uint::try_from(low.max(0)).unwrap_or(0);
+            host_closing(true, (from, c_uint::MAX), || {
                 op();
                 0
             });

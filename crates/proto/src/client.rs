@@ -440,25 +440,45 @@ impl Client {
         }
     }
 
+    /// Forget what fds `[low, high]` named: call after every operation that may have closed
+    /// them or put another file at their numbers (`close`, `dup2`, `dup3`, `close_range`,
+    /// `closefrom`), so that a call on one of them looks its file up again.
+    pub fn forget_fds(&self, low: u32, high: u32) {
+        let p = self.rings.load(Ordering::Acquire);
+        if !p.is_null() {
+            // SAFETY: a page Table::new mapped in this address space, never unmapped.
+            unsafe { Table::at(p) }.forget(low, high);
+        }
+    }
+
     /// `req` through the ring of the file at `fd`, made on first use; `None` when it must go
     /// as a message (no ring, no slot, refused, the file's ring is no longer served).
     fn ring_call(&self, req: &Request, fd: i32) -> Option<Message> {
         if !self.rings_on.load(Ordering::Acquire) {
             return None;
         }
-        // The ring of the file this fd names now (a closed fd has none: the message says EBADF).
-        let (dev, ino) = socket_inode(fd)?;
         let table = self.table()?;
-        let held = match table.get(dev, ino) {
+        // The ring of the file this fd names now: remembered for the fd, else found by the
+        // inode of its socket (a closed fd has none: the message says EBADF).
+        let held = match table.by_fd(fd) {
             Some(h) => h,
             None => {
-                let memfd = self.open_ring(fd)?;
-                let placed = table.insert(dev, ino, memfd);
-                close(memfd);
-                if !placed {
-                    return None;
-                }
-                table.get(dev, ino)?
+                let mark = table.fd_mark(fd);
+                let (dev, ino) = socket_inode(fd)?;
+                let held = match table.get(dev, ino) {
+                    Some(h) => h,
+                    None => {
+                        let memfd = self.open_ring(fd)?;
+                        let placed = table.insert(dev, ino, memfd);
+                        close(memfd);
+                        if !placed {
+                            return None;
+                        }
+                        table.get(dev, ino)?
+                    }
+                };
+                table.remember(fd, mark, &held);
+                held
             }
         };
         let engine = self.engine_pid.load(Ordering::Acquire);

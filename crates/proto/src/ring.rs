@@ -263,6 +263,10 @@ struct Entry {
     dev: AtomicU64,
     ino: AtomicU64,
     addr: AtomicU64,
+    /// Bumped each time the entry becomes live: an fd remembered for an earlier ring of this
+    /// entry no longer matches ([`Table::by_fd`]).
+    seq: AtomicU32,
+    _pad: AtomicU32,
 }
 
 const E_EMPTY: u32 = 0;
@@ -278,7 +282,11 @@ const PAGE: usize = 4096;
 const REGION: usize = PAGE * (1 + TABLE_ENTRIES);
 const T_RESERVED: usize = 0;
 const T_ENTRIES: usize = 64;
-const _: () = assert!(T_ENTRIES + TABLE_ENTRIES * size_of::<Entry>() <= PAGE);
+/// The fds remembered (`fd` below [`FD_CACHE`]): one word each, see [`Table::by_fd`].
+const T_FDS: usize = PAGE / 2;
+/// Fds below this are remembered with their ring, so that a call on one needs no `fstat`.
+pub const FD_CACHE: usize = (PAGE - T_FDS) / 8;
+const _: () = assert!(T_ENTRIES + TABLE_ENTRIES * size_of::<Entry>() <= T_FDS);
 
 /// `reserved`: the pages after the table are not (yet) ours (a fork child's start).
 const R_NONE: u32 = 0;
@@ -444,6 +452,78 @@ impl Table {
         unsafe { self.base.add(PAGE * (1 + i)) }
     }
 
+    /// The word remembering fd `fd`'s ring: `generation << 32 | (entry + 1) << 24 | seq`
+    /// (entry 0: none), `None` for an fd not remembered at all.
+    fn fd_word(&self, fd: i32) -> Option<&AtomicU64> {
+        let i = usize::try_from(fd).ok().filter(|&i| i < FD_CACHE)?;
+        // SAFETY: in bounds of the table page (T_FDS + FD_CACHE * 8 == PAGE), which stays
+        // mapped (`Table::at`), 8-aligned; any bit pattern is a valid AtomicU64.
+        Some(unsafe { &*self.base.add(T_FDS + 8 * i).cast::<AtomicU64>() })
+    }
+
+    /// The ring remembered for fd `fd`, held for one call, if its entry is still the live
+    /// ring it was remembered with. The front-end forgets an fd ([`Table::forget`]) after every
+    /// `close`, `dup2`, `dup3`, `close_range` and `closefrom` that may have closed it, so a
+    /// remembered fd names the file it named when it was remembered.
+    pub fn by_fd(&self, fd: i32) -> Option<Held> {
+        let word = self.fd_word(fd)?;
+        let w = word.load(Ordering::SeqCst);
+        let entry = ((w >> 24) & 0xff) as usize;
+        if entry == 0 || entry > TABLE_ENTRIES {
+            return None;
+        }
+        let i = entry - 1;
+        let e = self.entry(i);
+        e.users.fetch_add(1, Ordering::SeqCst);
+        if e.state.load(Ordering::SeqCst) == E_LIVE
+            && u64::from(e.seq.load(Ordering::SeqCst) & 0xff_ffff) == w & 0xff_ffff
+            && word.load(Ordering::SeqCst) == w
+        {
+            let addr = e.addr.load(Ordering::SeqCst) as usize as *mut u8;
+            // SAFETY: as in `get`: a live entry's address is its ring's mapping, kept while
+            // we hold a use.
+            let ring = unsafe { Ring::at(addr) };
+            return Some(Held { entry: i, ring });
+        }
+        self.put_use(i);
+        None
+    }
+
+    /// What fd `fd`'s word is before its file is looked up ([`Table::remember`] stores only
+    /// if it is unchanged then: no `forget` in between).
+    pub fn fd_mark(&self, fd: i32) -> Option<u64> {
+        self.fd_word(fd).map(|w| w.load(Ordering::SeqCst))
+    }
+
+    /// Remember that fd `fd` names the file of `held`, unless it was forgotten since `mark`.
+    pub fn remember(&self, fd: i32, mark: Option<u64>, held: &Held) {
+        let (Some(word), Some(mark)) = (self.fd_word(fd), mark) else {
+            return;
+        };
+        let seq = u64::from(self.entry(held.entry).seq.load(Ordering::SeqCst) & 0xff_ffff);
+        let w = (mark & !0xffff_ffff) | ((held.entry as u64 + 1) << 24) | seq;
+        let _ = word.compare_exchange(mark, w, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// Forget fds `[low, high]` (after they may have been closed).
+    pub fn forget(&self, low: u32, high: u32) {
+        let high = (high as usize).min(FD_CACHE - 1);
+        for fd in low as usize..=high {
+            let Some(word) = self.fd_word(fd as i32) else {
+                return;
+            };
+            let mut w = word.load(Ordering::SeqCst);
+            loop {
+                // A new generation, remembering nothing.
+                let next = ((w >> 32).wrapping_add(1)) << 32;
+                match word.compare_exchange(w, next, Ordering::SeqCst, Ordering::SeqCst) {
+                    Ok(_) => break,
+                    Err(now) => w = now,
+                }
+            }
+        }
+    }
+
     /// The live ring of the file whose socket's inode is (`dev`, `ino`), held for one call.
     pub fn get(&self, dev: u64, ino: u64) -> Option<Held> {
         for i in 0..TABLE_ENTRIES {
@@ -495,6 +575,7 @@ impl Table {
             e.ino.store(ino, Ordering::SeqCst);
             e.addr.store(page as usize as u64, Ordering::SeqCst);
             e.users.store(0, Ordering::SeqCst);
+            e.seq.fetch_add(1, Ordering::SeqCst);
             e.state.store(E_LIVE, Ordering::SeqCst);
             return true;
         }
@@ -907,6 +988,44 @@ mod tests {
         assert!(!t.insert(7, 8, other));
         assert_eq!(t.entry(1).state.load(Ordering::SeqCst), E_EMPTY);
         assert!(ring_ioctl(0x3b85) && ring_ioctl(0x3b71) && !ring_ioctl(0x3ba0));
+    }
+
+    #[test]
+    fn an_fd_is_remembered_with_its_ring_until_forgotten_or_the_ring_goes() {
+        let t = Table::new().unwrap();
+        let fd = ring_memfd();
+        assert!(t.by_fd(7).is_none());
+        assert!(t.insert(1, 2, fd));
+        let mark = t.fd_mark(7);
+        let h = t.get(1, 2).unwrap();
+        t.remember(7, mark, &h);
+        t.put(h, false);
+        let h = t.by_fd(7).unwrap();
+        assert_eq!(h.ring.base(), t.page(0));
+        t.put(h, false);
+        // Forgotten (the fd may have been closed): looked up again.
+        t.forget(7, 7);
+        assert!(t.by_fd(7).is_none());
+        // Forgotten between the mark and the look-up: not remembered.
+        let mark = t.fd_mark(7);
+        let h = t.get(1, 2).unwrap();
+        t.forget(0, u32::MAX);
+        t.remember(7, mark, &h);
+        assert!(t.by_fd(7).is_none());
+        // The ring gone and its entry reused for another file: the fd no longer matches.
+        let mark = t.fd_mark(7);
+        t.remember(7, mark, &h);
+        assert!(t.by_fd(7).is_some_and(|h2| {
+            t.put(h2, false);
+            true
+        }));
+        t.put(h, true);
+        assert!(t.by_fd(7).is_none());
+        assert!(t.insert(3, 4, fd));
+        assert_eq!(t.entry(0).ino.load(Ordering::SeqCst), 4);
+        assert!(t.by_fd(7).is_none());
+        // Past the remembered fds, and negative ones: never remembered.
+        assert!(t.fd_mark(FD_CACHE as i32).is_none() && t.fd_mark(-1).is_none());
     }
 
     #[test]

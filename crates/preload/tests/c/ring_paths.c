@@ -6,11 +6,13 @@
  *    or on the heap (the engine reads and writes it), and a struct larger than a ring slot
  *    still gets the kernel's checks of its tail (zeros accepted, anything else E2BIG);
  *  - a closed fd is EBADF, a number now naming another file is that file's (ENOTTY for
- *    /dev/null, a new context for another iommufd): never the ring of the file it named;
+ *    /dev/null, a new context for another iommufd): never the ring of the file it named,
+ *    whether it was closed by close, close_range or closefrom while its file stays open;
  *  - a fork child's calls are its own (its memory is pinned, not its parent's), on the
  *    context it shares with its parent.
  * Run under the host engine only.
  */
+#define _GNU_SOURCE
 #include "uiommu_test.h"
 
 #include <fcntl.h>
@@ -135,6 +137,28 @@ static void numbers(void)
 	CHECK_ERR(destroy(a, a3 == b1 ? a2 : a3), ENOENT);
 	CHECK(destroy(b, b1) == 0);
 	CHECK(close(a) == 0 && close(b) == 0 && close(null) == 0);
+
+	/* A second fd of a file that stays open: once closed, by any call that closes, the
+	 * number is EBADF (the front-end remembers which ring an fd's calls go to, and forgets
+	 * it then), and an fd past the remembered ones works as any other. */
+	int c = open("/dev/iommu", O_RDWR);
+	CHECK(c >= 0);
+	__u32 c1 = ioas_alloc(c);
+	int d = dup(c);
+	CHECK(d >= 0 && ioas_alloc(d) != c1);
+	CHECK(close(d) == 0);
+	CHECK_ERR(ioctl(d, IOMMU_IOAS_ALLOC, &al), EBADF);
+	CHECK(fcntl(c, F_DUPFD, 201) == 201 && ioas_alloc(201) != c1);
+	CHECK(close_range(201, 201, 0) == 0);
+	CHECK_ERR(ioctl(201, IOMMU_IOAS_ALLOC, &al), EBADF);
+	CHECK(fcntl(c, F_DUPFD, 202) == 202 && ioas_alloc(202) != c1);
+	closefrom(202);
+	CHECK_ERR(ioctl(202, IOMMU_IOAS_ALLOC, &al), EBADF);
+	CHECK(fcntl(c, F_DUPFD, 300) == 300 && ioas_alloc(300) != c1);
+	CHECK(destroy(300, c1) == 0);
+	CHECK(close(300) == 0);
+	CHECK_ERR(ioctl(300, IOMMU_IOAS_ALLOC, &al), EBADF);
+	CHECK(close(c) == 0);
 }
 
 static void fork_child(void)
