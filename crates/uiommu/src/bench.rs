@@ -847,7 +847,7 @@ impl Bench {
     /// message per call, and raw system calls under the seccomp front-end.
     fn host_map_unmap_4k(&self, r: &mut Report) -> Result<(), String> {
         use crate::bench_host::Path;
-        let paths = [Path::Ring, Path::Message, Path::Seccomp];
+        let paths = [Path::Ring, Path::Message, Path::Seccomp, Path::Null];
         let rates = crate::bench_host::measure(self.sizes.target, self.sizes.runs, &paths)?;
         let spin = uiommu_proto::DEFAULT_SPIN_US;
         for (path, rate) in paths.iter().zip(rates) {
@@ -874,12 +874,31 @@ impl Bench {
                      served through the kernel's notification"
                         .to_string(),
                 ),
+                Path::Null => (
+                    "host.abi.option_get_pairs_per_s",
+                    "what bounds the ring path: pairs of IOMMU_OPTION gets (calls that do \
+                     almost nothing) through the same ring, so the pair's transport, look-ups \
+                     and dispatch without a map's and an unmap's work"
+                        .to_string(),
+                ),
             };
             match rate {
                 Ok(v) => r.note(key, Some(v), Unit::OpsPerS, how),
                 Err(why) => r.note(key, None, Unit::OpsPerS, format!("not measured: {why}")),
             }
         }
+        r.note(
+            "threads.handover_round_trips_per_s",
+            Some(crate::bench_host::handover_round_trips_per_s(
+                self.sizes.target,
+                self.sizes.runs,
+            )),
+            Unit::OpsPerS,
+            "the floor under both: two threads of one process handing a word back and forth, \
+             each spinning until it is its turn (a ring call is one such round trip plus the \
+             work on each side)"
+                .to_string(),
+        );
         Ok(())
     }
 
@@ -1451,6 +1470,8 @@ mod tests {
             "abi.map_unmap_4k_ops_per_s.no_domain",
             "host.abi.map_unmap_4k_ops_per_s.one_domain",
             "host_messages.abi.map_unmap_4k_ops_per_s.one_domain",
+            "host.abi.option_get_pairs_per_s",
+            "threads.handover_round_trips_per_s",
             "lib.map_unmap_4k_ops_per_s.two_domains",
             "radix.abi.map_unmap_4k_ops_per_s.two_domains",
             "map_1g_gib_per_s.small_pages",

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 use uiommu_proto::client::Client;
 use uiommu_proto::{Request, OP_IOCTL, OP_OPEN};
 use uiommu_uapi::abi::{
-    IommuIoasAlloc, IommuIoasMap, IommuIoasUnmap, IommuTestCmd, IOMMU_IOAS_ALLOC, IOMMU_IOAS_MAP,
-    IOMMU_IOAS_MAP_FIXED_IOVA, IOMMU_IOAS_MAP_READABLE, IOMMU_IOAS_MAP_WRITEABLE, IOMMU_IOAS_UNMAP,
-    IOMMU_TEST_CMD, IOMMU_TEST_OP_MOCK_DOMAIN,
+    IommuIoasAlloc, IommuIoasMap, IommuIoasUnmap, IommuOption, IommuTestCmd, IOMMU_IOAS_ALLOC,
+    IOMMU_IOAS_MAP, IOMMU_IOAS_MAP_FIXED_IOVA, IOMMU_IOAS_MAP_READABLE, IOMMU_IOAS_MAP_WRITEABLE,
+    IOMMU_IOAS_UNMAP, IOMMU_OPTION, IOMMU_OPTION_OP_GET, IOMMU_OPTION_RLIMIT_MODE, IOMMU_TEST_CMD,
+    IOMMU_TEST_OP_MOCK_DOMAIN,
 };
 use uiommu_uapi::file::Target;
 
@@ -35,6 +36,9 @@ pub enum Path {
     Message,
     /// Raw system calls under the seccomp front-end.
     Seccomp,
+    /// Through a ring as [`Path::Ring`], but each pair is two IOMMU_OPTION gets, calls that do
+    /// almost nothing: what the path costs without the work of a map and an unmap.
+    Null,
 }
 
 /// Measure each of `paths` through one private host engine: the median pairs/s of each, or
@@ -165,6 +169,48 @@ impl Calls {
     }
 }
 
+/// Round trips per second of a hand-over between two threads spinning on one atomic word
+/// (median of `runs` of about `target`): the least any call that another CPU serves costs.
+pub fn handover_round_trips_per_s(target: Duration, runs: usize) -> f64 {
+    use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    use std::sync::Arc;
+    let word = Arc::new(AtomicU64::new(0));
+    let w = word.clone();
+    // Odd: the server's turn (0: stop); even: the caller's.
+    let server = std::thread::spawn(move || loop {
+        let v = w.load(SeqCst);
+        if v == u64::MAX {
+            return;
+        }
+        if v % 2 == 1 {
+            w.store(v + 1, SeqCst);
+        } else {
+            std::hint::spin_loop();
+        }
+    });
+    let mut rates = Vec::new();
+    let mut v = 0u64;
+    for _ in 0..runs.max(1) {
+        let t = Instant::now();
+        let mut n = 0u64;
+        while t.elapsed() < target {
+            for _ in 0..256 {
+                word.store(v + 1, SeqCst);
+                while word.load(SeqCst) != v + 2 {
+                    std::hint::spin_loop();
+                }
+                v += 2;
+            }
+            n += 256;
+        }
+        rates.push(n as f64 / t.elapsed().as_secs_f64());
+    }
+    word.store(u64::MAX, SeqCst);
+    let _ = server.join();
+    rates.sort_by(f64::total_cmp);
+    rates[rates.len() / 2]
+}
+
 /// The client process: returns the median pairs/s.
 pub fn client_main(socket: &str, ms: u64, runs: usize, path: Path) -> Result<f64, String> {
     static CLIENT: Client = Client::new();
@@ -180,7 +226,7 @@ pub fn client_main(socket: &str, ms: u64, runs: usize, path: Path) -> Result<f64
             return Err("socket path too long".into());
         }
         uiommu_proto::client::set_spin(uiommu_proto::DEFAULT_SPIN_US * 1000);
-        CLIENT.set_rings(path == Path::Ring);
+        CLIENT.set_rings(matches!(path, Path::Ring | Path::Null));
         let (kind, n) = Target::Iommu.encode();
         let m = CLIENT
             .call(
@@ -227,7 +273,17 @@ pub fn client_main(socket: &str, ms: u64, runs: usize, path: Path) -> Result<f64
         iova: IOVA,
         length: PAGE as u64,
     };
+    let mut option = IommuOption {
+        size: 24,
+        option_id: IOMMU_OPTION_RLIMIT_MODE,
+        op: IOMMU_OPTION_OP_GET,
+        ..Default::default()
+    };
     let mut pair = || -> Result<(), String> {
+        if path == Path::Null {
+            calls.ioctl(IOMMU_OPTION, black_box(&mut option))?;
+            return calls.ioctl(IOMMU_OPTION, black_box(&mut option));
+        }
         calls.ioctl(IOMMU_IOAS_MAP, black_box(&mut map))?;
         calls.ioctl(IOMMU_IOAS_UNMAP, black_box(&mut unmap))
     };
