@@ -190,6 +190,69 @@ pub fn running_pid(name: &str) -> Option<i32> {
     }
 }
 
+/// Take instance `name`'s lock: the lock file, locked, and still the file at its path (an
+/// engine that ends removes the file while it holds the lock, so one locked after it was
+/// removed is tried again).
+fn lock_instance(name: &str) -> Result<Flock<std::fs::File>, ServeError> {
+    let path = lock_path(name);
+    let err = |e: std::io::Error| ServeError::Other(format!("{}: {e}", path.display()));
+    loop {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(err)?;
+        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+            .map_err(|_| ServeError::Running(running_pid(name)))?;
+        use std::os::unix::fs::MetadataExt;
+        let held = lock.metadata().map_err(err)?;
+        match std::fs::metadata(&path) {
+            Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => return Ok(lock),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(err(e)),
+        }
+    }
+}
+
+/// Remove instance `name`'s socket and lock file: for the engine that serves it (holding its
+/// lock) as it ends, so that an instance leaves nothing behind in the socket directory.
+pub fn remove_instance_files(name: &str) {
+    if !uiommu_proto::valid_instance(name) {
+        return;
+    }
+    let _ = std::fs::remove_file(uiommu_proto::socket_path(name));
+    let _ = std::fs::remove_file(lock_path(name));
+}
+
+/// Make SIGTERM, SIGINT and SIGHUP end this process in order as instance `name`'s engine:
+/// its socket and lock file removed (if it holds the lock), then exit with 128 + the signal.
+/// Call before any thread starts: the signals are blocked in the caller and so in every thread
+/// started after, and taken by one thread that waits for them.
+pub fn end_on_signals(name: &str) {
+    use nix::sys::signal::{SigSet, Signal};
+    let ending = SigSet::from_iter([Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP]);
+    if ending.thread_block().is_err() {
+        return;
+    }
+    let name = name.to_string();
+    let spawned = std::thread::Builder::new()
+        .name("uiommu-signals".into())
+        .spawn(move || {
+            if let Ok(sig) = ending.wait() {
+                if running_pid(&name) == Some(std::process::id() as i32) {
+                    remove_instance_files(&name);
+                }
+                std::process::exit(128 + sig as i32);
+            }
+        });
+    if spawned.is_err() {
+        let _ = ending.thread_unblock();
+    }
+}
+
 /// Serve `host`'s instance until killed (or idle, with [`Config::idle_exit`]). `ready` runs
 /// once the socket accepts connections.
 pub fn serve(host: Arc<Host>, ready: impl FnOnce()) -> Result<(), ServeError> {
@@ -209,15 +272,7 @@ pub fn serve(host: Arc<Host>, ready: impl FnOnce()) -> Result<(), ServeError> {
         &dir,
         std::fs::Permissions::from_mode(if root { 0o755 } else { 0o700 }),
     );
-    let lock_file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(lock_path(name))
-        .map_err(|e| ServeError::Other(format!("{}: {e}", lock_path(name).display())))?;
-    let mut lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock)
-        .map_err(|_| ServeError::Running(running_pid(name)))?;
+    let mut lock = lock_instance(name)?;
     let _ = lock.set_len(0);
     let _ = write!(lock, "{}", std::process::id());
     let _ = lock.flush();
@@ -292,7 +347,11 @@ fn watch(host: &Host) {
         if host.idle() {
             let since = *idle_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= grace {
-                let _ = std::fs::remove_file(uiommu_proto::socket_path(&host.config.instance));
+                remove_instance_files(&host.config.instance);
+                // An engine `uiommu run` started logs there; it ended well.
+                let _ = std::fs::remove_file(
+                    uiommu_proto::socket_dir().join(format!("{}.log", host.config.instance)),
+                );
                 std::process::exit(0);
             }
         } else {

@@ -10,7 +10,16 @@ use uiommu_host::{Config, Host};
 use uiommu_proto::client::{receive, send, Client};
 use uiommu_proto::*;
 
-fn engine(name: &str) -> (Arc<Host>, std::path::PathBuf) {
+/// Removes the test instance's socket and lock file when the test ends.
+struct Files(String);
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        uiommu_host::remove_instance_files(&self.0);
+    }
+}
+
+fn engine(name: &str) -> (Arc<Host>, std::path::PathBuf, Files) {
     let instance = format!("proto-{}-{name}", std::process::id());
     let host = Host::new(uiommu_platform::Platform::builtin(), Config::new(&instance)).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -19,7 +28,7 @@ fn engine(name: &str) -> (Arc<Host>, std::path::PathBuf) {
         let _ = uiommu_host::serve(h, || tx.send(()).unwrap());
     });
     rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    (host, socket_path(&instance))
+    (host, socket_path(&instance), Files(instance))
 }
 
 /// A raw SEQPACKET connection to the engine.
@@ -60,7 +69,7 @@ fn call(sock: &std::os::fd::OwnedFd, op: u32, args: [u64; 6], fd: Option<i32>) -
 
 #[test]
 fn malformed_and_hostile_messages_get_errnos_and_the_engine_keeps_serving() {
-    let (host, path) = engine("hostile");
+    let (host, path, _files) = engine("hostile");
     let s = connect(&path);
     // Short, long and wrong-magic messages: EINVAL.
     for bytes in [
@@ -184,7 +193,7 @@ fn wait_done(ring: &uiommu_proto::ring::Ring) {
 fn a_ring_written_by_a_hostile_client_gets_errnos_and_dies_with_its_file() {
     use std::sync::atomic::Ordering::SeqCst;
     use uiommu_proto::ring::{self, Mapping, DEAD, DONE, READY, REFUSED, SLOTS};
-    let (host, path) = engine("ring");
+    let (host, path, _files) = engine("ring");
     let s = connect(&path);
     let (m, iommufd) = call_taking(&s, OP_OPEN, [1, 0, 2, 0, 0, 0], None);
     assert_eq!(m.err, 0);

@@ -20,6 +20,14 @@ use uiommu_host::{Config, Host};
 struct Engine {
     host: Arc<Host>,
     socket: PathBuf,
+    instance: String,
+}
+
+impl Drop for Engine {
+    /// The test's instance leaves nothing in the socket directory.
+    fn drop(&mut self) {
+        uiommu_host::remove_instance_files(&self.instance);
+    }
 }
 
 fn engine(name: &str) -> Engine {
@@ -42,6 +50,7 @@ fn engine_with(name: &str, configure: impl FnOnce(&mut Config)) -> Engine {
     Engine {
         host,
         socket: uiommu_proto::socket_path(&instance),
+        instance,
     }
 }
 

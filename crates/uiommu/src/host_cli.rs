@@ -76,6 +76,8 @@ pub fn serve(args: ServeArgs) -> (u8, String) {
     config.node_mode = args.mode;
     config.allow_uids = args.allow_uids;
     config.spin = Duration::from_micros(args.spin_us);
+    // SIGTERM, SIGINT and SIGHUP end the engine in order (before any thread starts).
+    uiommu_host::end_on_signals(&args.instance);
     let host = match uiommu_host::Host::new(platform, config) {
         Ok(h) => h,
         Err(m) => return (1, m),

@@ -95,8 +95,18 @@ fn a_served_instance_outlives_its_clients_and_refuses_a_second_engine() {
     assert_eq!(refused.status.code(), Some(1));
     assert!(!String::from_utf8_lossy(&refused.stdout).contains("ran"));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("is served with platform built-in"));
-    serve.kill().unwrap();
-    let _ = serve.wait();
+    // SIGTERM ends it in order: its socket and lock file go with it.
+    let dir = uiommu_proto::socket_dir();
+    assert!(dir.join(format!("{name}.sock")).exists() && dir.join(format!("{name}.lock")).exists());
+    let pid = rustix::process::Pid::from_raw(serve.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let st = serve.wait().unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), None);
+    assert_eq!(st.code(), Some(128 + 15));
+    for ext in ["sock", "lock"] {
+        let f = dir.join(format!("{name}.{ext}"));
+        assert!(!f.exists(), "{} is left behind", f.display());
+    }
     let gone = uiommu()
         .args(["status", "--instance", &name])
         .output()
@@ -130,6 +140,17 @@ fn run_starts_an_engine_on_demand_which_goes_once_idle() {
     let v = status(&name).expect("the engine started on demand answers");
     assert_eq!(v["platform"], canon.display().to_string().as_str());
     wait_until("the idle engine exits", || status(&name).is_none(), 30);
+    // Gone once idle, it left nothing behind: no socket, lock file or log.
+    let dir = uiommu_proto::socket_dir();
+    wait_until(
+        "the idle engine's files are removed",
+        || {
+            ["sock", "lock", "log"]
+                .iter()
+                .all(|ext| !dir.join(format!("{name}.{ext}")).exists())
+        },
+        10,
+    );
 }
 
 #[test]

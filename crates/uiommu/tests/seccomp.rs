@@ -144,8 +144,11 @@ impl Served {
 }
 
 impl Drop for Served {
+    /// SIGTERM: the engine ends in order, its socket and lock file removed.
     fn drop(&mut self) {
-        let _ = self.serve.kill();
+        if let Some(pid) = rustix::process::Pid::from_raw(self.serve.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
         let _ = self.serve.wait();
     }
 }
