@@ -88,33 +88,23 @@ pub struct Tree {
     entries: Vec<(u64, Entry)>,
 }
 
-/// Make `root/dev/vfio` for `devices` vfio-pci functions and the vfio groups `groups`.
+/// Make `root/dev/vfio` for `devices` vfio-pci functions and the vfio groups `groups`
+/// ([`uiommu_uapi::sysfs_tree::fill_dev_vfio`]), and note its inodes.
 pub fn fill(root: &Path, devices: usize, groups: &[u32]) -> std::io::Result<Tree> {
-    let vfio = root.join("dev/vfio");
-    let cdevs = vfio.join("devices");
-    std::fs::create_dir_all(&cdevs)?;
-    let mut placed = vec![(vfio.join("vfio"), Entry::Node(Target::VfioContainer))];
-    for &g in groups {
-        placed.push((vfio.join(g.to_string()), Entry::Node(Target::VfioGroup(g))));
-    }
-    for n in 0..devices {
-        placed.push((
-            cdevs.join(format!("vfio{n}")),
-            Entry::Node(Target::VfioDevice(n as u32)),
-        ));
-    }
-    for (path, _) in &placed {
-        std::fs::File::create(path)?;
-    }
-    placed.push((vfio.clone(), Entry::Dir(DevDir::Vfio, groups.len() + 2)));
-    placed.push((cdevs.clone(), Entry::Dir(DevDir::Devices, devices)));
-    placed.push((root.join("dev"), Entry::Parent));
+    use uiommu_uapi::sysfs_tree::DevEntry;
+    let placed = uiommu_uapi::sysfs_tree::fill_dev_vfio(root, devices, groups)?;
     let mut entries = Vec::with_capacity(placed.len());
     let mut dev = 0;
     for (path, what) in placed {
         let m = std::fs::symlink_metadata(&path)?;
         dev = m.dev();
-        entries.push((m.ino(), what));
+        let e = match what {
+            DevEntry::Node(t) => Entry::Node(t),
+            DevEntry::Vfio(n) => Entry::Dir(DevDir::Vfio, n),
+            DevEntry::Devices(n) => Entry::Dir(DevDir::Devices, n),
+            DevEntry::Parent => Entry::Parent,
+        };
+        entries.push((m.ino(), e));
     }
     Ok(Tree { dev, entries })
 }

@@ -35,35 +35,20 @@ use crate::hook::{ffi, in_hook, Hook};
 use crate::node::Layout;
 use crate::real;
 use libc::{c_char, c_int, c_uint, c_void, size_t, ssize_t};
-use std::collections::BTreeSet;
 use std::ffi::{CStr, CString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use uiommu_platform::drivers::Driver;
 
-/// The sysfs directories the view serves, and whether the directory itself is ours (listing
-/// it lists the emulated machine) or only the entries the view has.
-pub const PREFIXES: [(&[u8], bool); 4] = [
-    (b"/sys/bus/pci/devices", true),
-    (b"/sys/bus/pci/drivers", true),
-    (b"/sys/kernel/iommu_groups", true),
-    (b"/sys/devices", false),
-];
-
-/// The PCI root every function of the view hangs from.
-const PCI_ROOT: &str = "pci0000:00";
-
-/// Device number the view gives `vfio-dev/vfioN/dev`: the major `stat` reports for
-/// `/dev/vfio/devices/vfioN` ([`crate::node`]).
-use crate::node::VFIO_CDEV_MAJOR;
+pub use uiommu_uapi::sysfs_tree::{describe, Description, FunctionView, PREFIXES};
+use uiommu_uapi::sysfs_tree::{prefix_of, Names};
 
 /// The built view.
 pub struct View {
     /// The tree's root directory (without a trailing slash).
     root: Vec<u8>,
-    /// Per prefix of [`PREFIXES`], the first path components the view has below it.
-    names: [BTreeSet<Vec<u8>>; 4],
+    /// The first path components the view has below each of [`PREFIXES`].
+    names: Names,
     /// The process that made the tree (only it removes the tree at exit).
     pid: u32,
     /// The `dev/vfio` subtree ([`crate::devdir`]).
@@ -107,73 +92,6 @@ impl View {
     }
 }
 
-/// One PCI function as the view shows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FunctionView {
-    /// `0000:01:00.0`.
-    pub bdf: String,
-    /// PCI vendor id.
-    pub vendor: u16,
-    /// PCI device id.
-    pub device: u16,
-    /// 24-bit class code.
-    pub class: u32,
-    /// The bound driver's name.
-    pub driver: Option<String>,
-    /// IOMMU group number.
-    pub group: u32,
-    /// `N` of `/dev/vfio/devices/vfioN` for a function bound to vfio-pci.
-    pub vfio: Option<usize>,
-}
-
-/// What the view shows of the engine's platform.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Description {
-    /// Every function.
-    pub funcs: Vec<FunctionView>,
-    /// Every IOMMU group number.
-    pub groups: Vec<u32>,
-    /// The groups with a `/dev/vfio/<n>` node (those with a vfio-pci function).
-    pub vfio_groups: Vec<u32>,
-    /// How many `/dev/vfio/devices/vfioN` nodes there are.
-    pub vfio_devices: usize,
-}
-
-/// What the view shows of the engine's platform: every function, every group number, and the
-/// `/dev/vfio` nodes.
-pub fn describe(engine: &uiommu_core::Engine) -> Description {
-    let vfio = crate::state::vfio_devices(engine);
-    let vfio_groups = uiommu_uapi::vfio_group::vfio_groups(engine)
-        .into_iter()
-        .map(|g| g.0)
-        .collect();
-    let (funcs, groups) = engine.with_platform(|p| {
-        let funcs = p
-            .topology
-            .devices()
-            .map(|d| FunctionView {
-                bdf: d.bdf.to_string(),
-                vendor: d.vendor,
-                device: d.device,
-                class: d.class,
-                driver: p.drivers.driver(d.id).name().map(str::to_string),
-                group: d.group.0,
-                vfio: (*p.drivers.driver(d.id) == Driver::VfioPci)
-                    .then(|| vfio.iter().position(|&v| v == d.id))
-                    .flatten(),
-            })
-            .collect();
-        let groups = p.topology.groups().map(|g| g.id.0).collect();
-        (funcs, groups)
-    });
-    Description {
-        funcs,
-        groups,
-        vfio_groups,
-        vfio_devices: vfio.len(),
-    }
-}
-
 /// Make the tree for `desc` in a new temporary directory.
 pub fn build(desc: &Description) -> std::io::Result<View> {
     let tmp = std::env::var_os("TMPDIR")
@@ -188,7 +106,7 @@ pub fn build(desc: &Description) -> std::io::Result<View> {
     }
     template.pop();
     let root = PathBuf::from(std::ffi::OsString::from_vec(template.clone()));
-    let made = fill(&root, desc)
+    let made = uiommu_uapi::sysfs_tree::fill_sys(&root, desc)
         .and_then(|()| crate::devdir::fill(&root, desc.vfio_devices, &desc.vfio_groups));
     let devdir = match made {
         Ok(t) => t,
@@ -197,18 +115,7 @@ pub fn build(desc: &Description) -> std::io::Result<View> {
             return Err(e);
         }
     };
-    let Description { funcs, groups, .. } = desc;
-    let mut names: [BTreeSet<Vec<u8>>; 4] = Default::default();
-    for f in funcs {
-        names[0].insert(f.bdf.clone().into_bytes());
-        if let Some(d) = &f.driver {
-            names[1].insert(d.clone().into_bytes());
-        }
-    }
-    for g in groups {
-        names[2].insert(g.to_string().into_bytes());
-    }
-    names[3].insert(PCI_ROOT.as_bytes().to_vec());
+    let names = Names::of(desc);
     Ok(View {
         root: template,
         names,
@@ -219,77 +126,6 @@ pub fn build(desc: &Description) -> std::io::Result<View> {
 
 use std::os::unix::ffi::OsStringExt;
 
-fn fill(root: &Path, desc: &Description) -> std::io::Result<()> {
-    let Description { funcs, groups, .. } = desc;
-    use std::fs::{create_dir_all, write};
-    use std::os::unix::fs::symlink;
-    let sys = root.join("sys");
-    let devices = sys.join("devices").join(PCI_ROOT);
-    let bus_devices = sys.join("bus/pci/devices");
-    let drivers = sys.join("bus/pci/drivers");
-    let groups_dir = sys.join("kernel/iommu_groups");
-    create_dir_all(&devices)?;
-    create_dir_all(&bus_devices)?;
-    create_dir_all(&drivers)?;
-    for g in groups {
-        create_dir_all(groups_dir.join(g.to_string()).join("devices"))?;
-    }
-    for f in funcs {
-        let dir = devices.join(&f.bdf);
-        create_dir_all(&dir)?;
-        write(dir.join("vendor"), format!("0x{:04x}\n", f.vendor))?;
-        write(dir.join("device"), format!("0x{:04x}\n", f.device))?;
-        write(
-            dir.join("class"),
-            format!("0x{:06x}\n", f.class & 0xff_ffff),
-        )?;
-        write(dir.join("subsystem_vendor"), "0x0000\n")?;
-        write(dir.join("subsystem_device"), "0x0000\n")?;
-        let to_dev = format!("../../../../devices/{PCI_ROOT}/{}", f.bdf);
-        symlink(
-            format!("../../../devices/{PCI_ROOT}/{}", f.bdf),
-            bus_devices.join(&f.bdf),
-        )?;
-        symlink(
-            format!("../../../kernel/iommu_groups/{}", f.group),
-            dir.join("iommu_group"),
-        )?;
-        let gdir = groups_dir.join(f.group.to_string()).join("devices");
-        create_dir_all(&gdir)?;
-        symlink(&to_dev, gdir.join(&f.bdf))?;
-        if let Some(d) = &f.driver {
-            create_dir_all(drivers.join(d))?;
-            symlink(&to_dev, drivers.join(d).join(&f.bdf))?;
-            symlink(format!("../../../bus/pci/drivers/{d}"), dir.join("driver"))?;
-        }
-        if let Some(n) = f.vfio {
-            let vdir = dir.join("vfio-dev").join(format!("vfio{n}"));
-            create_dir_all(&vdir)?;
-            write(vdir.join("dev"), format!("{VFIO_CDEV_MAJOR}:{n}\n"))?;
-        }
-    }
-    Ok(())
-}
-
-/// Whether `path` is served by the view (`Some`: which prefix, and whether the view must be
-/// consulted for its first component), without building it.
-fn prefix_of(path: &[u8]) -> Option<(usize, Option<&[u8]>)> {
-    for (i, (p, whole)) in PREFIXES.iter().enumerate() {
-        let Some(rest) = path.strip_prefix(*p) else {
-            continue;
-        };
-        if rest.is_empty() || rest == b"/" {
-            return whole.then_some((i, None));
-        }
-        let Some(rest) = rest.strip_prefix(b"/") else {
-            continue;
-        };
-        let comp = rest.split(|&b| b == b'/').next().unwrap_or(rest);
-        return Some((i, Some(comp)));
-    }
-    None
-}
-
 /// The view's copy of `path`, if the view serves it.
 pub fn rewrite(path: &[u8]) -> Option<CString> {
     match crate::devdir::dir_of(path) {
@@ -297,12 +133,10 @@ pub fn rewrite(path: &[u8]) -> Option<CString> {
         Some(crate::devdir::DirPath::RealDev) => return Some(c"/dev".to_owned()),
         None => {}
     }
-    let (i, comp) = prefix_of(path)?;
+    prefix_of(path)?;
     let v = view()?;
-    if let Some(c) = comp {
-        if !v.names[i].contains(c) {
-            return None;
-        }
+    if !v.names.serves(path) {
+        return None;
     }
     rewrite_in(&v.root, path)
 }
@@ -829,7 +663,7 @@ fn rewrite_glob(pattern: &[u8]) -> Option<CString> {
     let (i, comp) = prefix_of(pattern)?;
     let v = view()?;
     if let Some(c) = comp {
-        if !PREFIXES[i].1 && !v.names[i].contains(c) {
+        if !PREFIXES[i].1 && !v.names.has(i, c) {
             return None;
         }
     }
@@ -1261,7 +1095,7 @@ mod tests {
             std::fs::read_to_string(dev.join("vfio-dev/vfio0/dev")).unwrap(),
             "511:0\n"
         );
-        let members: BTreeSet<_> =
+        let members: std::collections::BTreeSet<_> =
             std::fs::read_dir(root.join("sys/kernel/iommu_groups/6/devices"))
                 .unwrap()
                 .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -1274,7 +1108,7 @@ mod tests {
             root.join("sys/kernel/iommu_groups/6/devices/0000:02:00.1/class")
         )
         .is_ok());
-        assert!(v.names[1].contains(&b"nvme"[..]));
+        assert!(v.names.has(1, b"nvme"));
         assert_eq!(
             rewrite_in(b"/r", b"/sys/x").unwrap().as_bytes(),
             b"/r/sys/x"

@@ -22,6 +22,7 @@ pub mod fault;
 pub mod file;
 pub mod iommufd;
 pub mod selftest;
+pub mod sysfs_tree;
 pub mod ucmd;
 pub mod vfio_abi;
 pub mod vfio_device;
