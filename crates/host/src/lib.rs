@@ -25,6 +25,7 @@ pub mod files;
 pub mod ring;
 pub mod seccomp;
 pub mod status;
+pub mod view;
 
 use nix::fcntl::{Flock, FlockArg};
 use rustix::net::{
@@ -107,11 +108,21 @@ pub struct Host {
     pub rings: AtomicUsize,
     /// Rings made since the engine started.
     pub rings_made: AtomicUsize,
+    /// The sysfs view for programs under the seccomp front-end, made on first use.
+    view: std::sync::OnceLock<Option<view::View>>,
     /// When the engine started.
     pub started: Instant,
 }
 
 impl Host {
+    /// The sysfs view of programs under the seccomp front-end (made on first use; `None`
+    /// when it cannot be made: their paths then go to the real sysfs).
+    pub fn view(&self) -> Option<&view::View> {
+        self.view
+            .get_or_init(|| view::View::build(&self.engine, &self.config.instance).ok())
+            .as_ref()
+    }
+
     /// An engine over `platform` (not yet serving: see [`serve`]).
     pub fn new(platform: Platform, config: Config) -> Result<Arc<Host>, String> {
         let engine = Engine::new(platform, config.engine.clone())
@@ -128,6 +139,7 @@ impl Host {
             programs: AtomicUsize::new(0),
             rings: AtomicUsize::new(0),
             rings_made: AtomicUsize::new(0),
+            view: std::sync::OnceLock::new(),
             started: Instant::now(),
         }))
     }
@@ -224,6 +236,7 @@ pub fn remove_instance_files(name: &str) {
         return;
     }
     let _ = std::fs::remove_file(uiommu_proto::socket_path(name));
+    let _ = std::fs::remove_dir_all(view::dir_of(name));
     let _ = std::fs::remove_file(lock_path(name));
 }
 

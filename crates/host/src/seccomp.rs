@@ -15,6 +15,7 @@
 
 use crate::clients::Process;
 use crate::conn::{Call, Handover};
+use crate::view::View;
 use crate::Host;
 use std::cell::RefCell;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -95,7 +96,16 @@ fn serve(host: &Host, listener: BorrowedFd<'_>, range: FdRange) {
 #[derive(Clone, Copy)]
 enum Layout {
     Stat,
-    Statx,
+    /// With the caller's mask.
+    Statx(u32),
+}
+
+/// What a path of a stopped call names.
+enum Named<'v> {
+    /// One of our nodes.
+    Node(Target),
+    /// A path of the sysfs view: in the tree, relative to its root.
+    View(&'v View, Vec<u8>),
 }
 
 /// One stopped call being served.
@@ -154,13 +164,24 @@ impl Stopped<'_> {
             n if n == nix::libc::SYS_pwritev || n == nix::libc::SYS_pwritev2 => {
                 self.vectored(OP_WRITE, Some(a[3] as i64))
             }
-            n if n == nix::libc::SYS_stat || n == nix::libc::SYS_lstat => {
-                self.stat_path(AT_FDCWD as u64, a[0], a[1], Layout::Stat)
+            n if n == nix::libc::SYS_stat => {
+                self.stat_path(AT_FDCWD as u64, a[0], a[1], 0, Layout::Stat)
             }
+            n if n == nix::libc::SYS_lstat => self.stat_path(
+                AT_FDCWD as u64,
+                a[0],
+                a[1],
+                nix::libc::AT_SYMLINK_NOFOLLOW as u64,
+                Layout::Stat,
+            ),
             n if n == nix::libc::SYS_newfstatat => {
                 self.stat_at(a[0], a[1], a[2], a[3], Layout::Stat)
             }
-            n if n == nix::libc::SYS_statx => self.stat_at(a[0], a[1], a[4], a[2], Layout::Statx),
+            n if n == nix::libc::SYS_statx => {
+                self.stat_at(a[0], a[1], a[4], a[2], Layout::Statx(a[3] as u32))
+            }
+            n if n == nix::libc::SYS_readlink => self.readlink(AT_FDCWD as u64, a[0], a[1], a[2]),
+            n if n == nix::libc::SYS_readlinkat => self.readlink(a[0], a[1], a[2], a[3]),
             n if n == nix::libc::SYS_fstat => self.fstat(a[0], a[1], Layout::Stat),
             n if n == nix::libc::SYS_access => self.access(AT_FDCWD as u64, a[0], a[1]),
             n if n == nix::libc::SYS_faccessat || n == nix::libc::SYS_faccessat2 => {
@@ -237,12 +258,23 @@ impl Stopped<'_> {
         Err(ENAMETOOLONG)
     }
 
-    /// Which of our nodes `openat(dirfd, path)` names, if any. A relative path is taken
-    /// against the caller's working directory or `dirfd`.
-    fn target(&self, dirfd: u64, path: u64) -> Option<Target> {
+    /// What `openat(dirfd, path)` names, ours or not: a node of ours, or a path of the sysfs
+    /// view (in the view's tree); `None` for anything else (the kernel then runs the call).
+    fn named(&self, dirfd: u64, path: u64) -> Option<Named<'_>> {
+        let abs = self.absolute(dirfd, path)?;
+        if let Some(t) = target_of(&abs) {
+            return Some(Named::Node(t));
+        }
+        let view = self.host.view()?;
+        view.serves(&abs).map(|rel| Named::View(view, rel))
+    }
+
+    /// `path` as an absolute path: a relative one is taken against the caller's working
+    /// directory or `dirfd`.
+    fn absolute(&self, dirfd: u64, path: u64) -> Option<Vec<u8>> {
         let path = self.path(path).ok()?;
         if path.first() == Some(&b'/') {
-            return target_of(&path);
+            return Some(path);
         }
         if path.is_empty() {
             return None;
@@ -258,12 +290,29 @@ impl Stopped<'_> {
             full.push(b'/');
         }
         full.extend_from_slice(&path);
-        target_of(&full)
+        Some(full)
     }
 
     fn open(&self, dirfd: u64, path: u64, flags: u64) -> Option<Result<i64, Errno>> {
-        let target = self.target(dirfd, path)?;
-        Some(self.open_target(target, flags as i32))
+        match self.named(dirfd, path)? {
+            Named::Node(target) => Some(self.open_target(target, flags as i32)),
+            Named::View(view, rel) => Some(self.open_view(view, &rel, flags as i32)),
+        }
+    }
+
+    /// Open a file of the sysfs view for the caller: installed at its lowest free number, as
+    /// the kernel's `open` would.
+    fn open_view(&self, view: &View, rel: &[u8], flags: i32) -> Result<i64, Errno> {
+        let f = view.open(rel, flags)?;
+        self.process()?;
+        seccomp::add_fd_lowest(
+            self.listener,
+            self.notice.id,
+            f.as_fd(),
+            flags & nix::libc::O_CLOEXEC != 0,
+        )
+        .map(i64::from)
+        .map_err(|e| e.raw_os_error().unwrap_or(EMFILE))
     }
 
     fn open_target(&self, target: Target, flags: i32) -> Result<i64, Errno> {
@@ -274,7 +323,7 @@ impl Stopped<'_> {
 
     fn openat2(&self) -> Option<Result<i64, Errno>> {
         let a = self.args();
-        let target = self.target(a[0], a[1])?;
+        let named = self.named(a[0], a[1])?;
         // struct open_how: flags, mode, resolve (u64 each); later fields must be zero.
         if a[3] < 24 {
             return Some(Err(EINVAL));
@@ -286,8 +335,11 @@ impl Stopped<'_> {
         {
             return Some(Err(EFAULT));
         }
-        let flags = u64::from_ne_bytes(how);
-        Some(self.open_target(target, flags as i32))
+        let flags = u64::from_ne_bytes(how) as i32;
+        Some(match named {
+            Named::Node(target) => self.open_target(target, flags),
+            Named::View(view, rel) => self.open_view(view, &rel, flags),
+        })
     }
 
     /// The file of ours the caller holds at `fd`: `None` when the number is not open or is
@@ -375,7 +427,7 @@ impl Stopped<'_> {
         let a = self.attrs(target).ok_or(ENOENT)?;
         let bytes = match layout {
             Layout::Stat => seccomp::stat_bytes(&a),
-            Layout::Statx => seccomp::statx_bytes(&a),
+            Layout::Statx(_) => seccomp::statx_bytes(&a),
         };
         ProcessMemory::of(self.notice.tid)
             .write(UserVa(buf), &bytes)
@@ -383,16 +435,55 @@ impl Stopped<'_> {
         Ok(0)
     }
 
-    /// `stat`/`lstat` of a path (our nodes are no symlinks: both the same).
+    /// `stat`/`lstat`/`fstatat` of a path (`flags`: `AT_SYMLINK_NOFOLLOW`; our nodes are no
+    /// symlinks), a node of ours or a path of the sysfs view.
     fn stat_path(
         &self,
         dirfd: u64,
         path: u64,
         buf: u64,
+        flags: u64,
         layout: Layout,
     ) -> Option<Result<i64, Errno>> {
-        let target = self.target(dirfd, path)?;
-        Some(self.write_stat(target, buf, layout))
+        match self.named(dirfd, path)? {
+            Named::Node(target) => Some(self.write_stat(target, buf, layout)),
+            Named::View(view, rel) => Some((|| {
+                let nofollow = flags & nix::libc::AT_SYMLINK_NOFOLLOW as u64 != 0;
+                let f = view.path_fd(&rel, nofollow)?;
+                let os = |e: std::io::Error| e.raw_os_error().unwrap_or(EFAULT);
+                let bytes = match layout {
+                    Layout::Stat => seccomp::stat_bytes_of(f.as_fd()).map_err(os)?,
+                    Layout::Statx(mask) => seccomp::statx_bytes_of(f.as_fd(), mask).map_err(os)?,
+                };
+                ProcessMemory::of(self.notice.tid)
+                    .write(UserVa(buf), &bytes)
+                    .map_err(|_| EFAULT)?;
+                Ok(0)
+            })()),
+        }
+    }
+
+    /// `readlink`/`readlinkat(dirfd, path, buf, size)` of a path of the sysfs view (our nodes
+    /// are no symlinks: the kernel answers for them as for any path).
+    fn readlink(&self, dirfd: u64, path: u64, buf: u64, size: u64) -> Option<Result<i64, Errno>> {
+        let Named::View(view, rel) = self.named(dirfd, path)? else {
+            return None;
+        };
+        Some((|| {
+            if size as i64 <= 0 {
+                return Err(EINVAL);
+            }
+            let f = view.path_fd(&rel, true)?;
+            let target =
+                seccomp::readlink_of(f.as_fd()).map_err(|e| e.raw_os_error().unwrap_or(EINVAL))?;
+            let n = target
+                .len()
+                .min(usize::try_from(size).unwrap_or(usize::MAX));
+            ProcessMemory::of(self.notice.tid)
+                .write(UserVa(buf), &target[..n])
+                .map_err(|_| EFAULT)?;
+            Ok(n as i64)
+        })())
     }
 
     /// `newfstatat`/`statx(dirfd, path, flags)`: with an empty path and `AT_EMPTY_PATH`, of
@@ -410,7 +501,7 @@ impl Stopped<'_> {
         if empty {
             return self.fstat(dirfd, buf, layout);
         }
-        self.stat_path(dirfd, path, buf, layout)
+        self.stat_path(dirfd, path, buf, flags, layout)
     }
 
     /// `fstat` of a file of ours opened from a node (a file the engine made stays a socket
@@ -424,7 +515,10 @@ impl Stopped<'_> {
     /// `access`/`faccessat(dirfd, path, mode)` of a node: its mode against the caller's
     /// real uid and gid.
     fn access(&self, dirfd: u64, path: u64, mode: u64) -> Option<Result<i64, Errno>> {
-        let target = self.target(dirfd, path)?;
+        let target = match self.named(dirfd, path)? {
+            Named::Node(t) => t,
+            Named::View(view, rel) => return Some(self.access_view(view, &rel, mode)),
+        };
         if mode & !7 != 0 {
             return Some(Err(EINVAL));
         }
@@ -439,6 +533,29 @@ impl Stopped<'_> {
                 Err(EACCES)
             }
         })())
+    }
+
+    /// `access` of a path of the sysfs view: it exists; reading (and searching its
+    /// directories) is for everyone, writing for root only, as sysfs's modes say for these
+    /// read-only attributes (a root caller passes every check, as the kernel's `access`).
+    fn access_view(&self, view: &View, rel: &[u8], mode: u64) -> Result<i64, Errno> {
+        if mode & !7 != 0 {
+            return Err(EINVAL);
+        }
+        let f = view.path_fd(rel, false)?;
+        let (_, uid, _) = identity(self.notice.tid).ok_or(nix::libc::ESRCH)?;
+        if uid == 0 || mode & nix::libc::W_OK as u64 == 0 {
+            // Files are 0644 and directories 0755 in the tree: X_OK only for directories.
+            if mode & nix::libc::X_OK as u64 != 0 && uid != 0 {
+                let st = rustix::fs::fstat(&f).map_err(|e| e.raw_os_error())?;
+                if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFDIR {
+                    return Err(EACCES);
+                }
+            }
+            Ok(0)
+        } else {
+            Err(EACCES)
+        }
     }
 
     /// `dup(fd)` / `fcntl(fd, F_DUPFD[_CLOEXEC], min)` of a file of ours: the duplicate goes

@@ -90,6 +90,8 @@ fn program(range: FdRange) -> Vec<libc::sock_filter> {
         libc::SYS_access,
         libc::SYS_faccessat,
         libc::SYS_faccessat2,
+        libc::SYS_readlink,
+        libc::SYS_readlinkat,
     ] {
         p.push((None, JumpEq(nr(n), Notify)));
     }
@@ -329,6 +331,102 @@ pub fn add_fd(
         return Err(io::Error::last_os_error());
     }
     Ok(r)
+}
+
+/// Install `file` in the process stopped in call `id` at its lowest free number, as an `open`
+/// would, close-on-exec if `cloexec`. Returns the number.
+pub fn add_fd_lowest(
+    listener: BorrowedFd<'_>,
+    id: u64,
+    file: BorrowedFd<'_>,
+    cloexec: bool,
+) -> io::Result<i32> {
+    let mut add = libc::seccomp_notif_addfd {
+        id,
+        flags: 0,
+        srcfd: file.as_raw_fd() as u32,
+        newfd: 0,
+        newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
+    };
+    // SAFETY: the ioctl reads one seccomp_notif_addfd from `add`, which is live.
+    let r = unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_ADDFD,
+            &mut add as *mut libc::seccomp_notif_addfd,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r)
+}
+
+/// The `struct stat` of `fd` (an `O_PATH` fd: of the inode it names, a symlink included), as
+/// the bytes a `stat` call writes.
+pub fn stat_bytes_of(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    // SAFETY: an all-zero `struct stat` is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatat with AT_EMPTY_PATH on a live fd writes one struct stat into `st`.
+    let r = unsafe {
+        libc::fstatat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            &mut st,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(bytes_of(&st))
+}
+
+/// The `struct statx` of `fd` (as [`stat_bytes_of`]) for the caller's `mask`, as the bytes a
+/// `statx` call writes.
+pub fn statx_bytes_of(fd: BorrowedFd<'_>, mask: u32) -> io::Result<Vec<u8>> {
+    // SAFETY: an all-zero `struct statx` is a valid value.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: statx with AT_EMPTY_PATH on a live fd writes one struct statx into `st`.
+    let r = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            mask,
+            &mut st,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(bytes_of(&st))
+}
+
+/// The target of the symlink `fd` names (an `O_PATH | O_NOFOLLOW` fd); EINVAL when it is not
+/// a symlink.
+pub fn readlink_of(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: readlinkat with an empty path on a live fd writes at most `buf.len()` bytes.
+    let n = unsafe {
+        libc::readlinkat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        // An empty path on an fd of something else than a symlink is ENOENT; `readlink` of
+        // its path would have been EINVAL.
+        if e.raw_os_error() == Some(libc::ENOENT) {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        return Err(e);
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
 }
 
 #[cfg(test)]
