@@ -24,6 +24,15 @@ use uiommu_uapi::{Caller, EngineFile, Errno, FdTable};
 
 use nix::libc::{EACCES, EBADF, EBADFD, EFAULT, EINVAL, EIO, ENXIO};
 
+/// The permission bits of node `target`: the engine's `--mode`, but the legacy container's
+/// `0666` as on Linux (anyone may open it; a group is what needs permission).
+pub(crate) fn node_mode(cfg: &crate::Config, target: Target) -> u32 {
+    match target {
+        Target::VfioContainer => 0o666,
+        _ => cfg.node_mode & 0o7777,
+    }
+}
+
 /// One message received: the request, its sender, the fd attached.
 struct Received {
     req: Option<Request>,
@@ -290,28 +299,30 @@ impl Call<'_> {
     }
 
     /// Whether the caller may open a node with `accmode`, as the VFS checks the node's mode.
-    fn may_open(&self, accmode: i32) -> bool {
+    fn may_open(&self, target: Target, accmode: i32) -> bool {
         let need = match accmode {
             uiommu_uapi::file::O_RDONLY => 4,
             uiommu_uapi::file::O_WRONLY => 2,
             _ => 6,
         };
-        self.node_allows(need)
+        self.node_allows(target, need)
     }
 
-    /// Whether the node's mode grants the caller the access bits `need` (4 read, 2 write,
-    /// 1 execute), as the VFS checks them; root passes (but execute needs some x bit).
-    pub(crate) fn node_allows(&self, need: u32) -> bool {
+    /// Whether node `target`'s mode ([`node_mode`]) grants the caller the access bits
+    /// `need` (4 read, 2 write, 1 execute), as the VFS checks them; root passes (but execute
+    /// needs some x bit).
+    pub(crate) fn node_allows(&self, target: Target, need: u32) -> bool {
         let cfg = &self.host.config;
+        let mode = node_mode(cfg, target);
         if self.process.uid == 0 {
-            return need & 1 == 0 || cfg.node_mode & 0o111 != 0;
+            return need & 1 == 0 || mode & 0o111 != 0;
         }
         let bits = if self.process.uid == cfg.node_uid {
-            cfg.node_mode >> 6
+            mode >> 6
         } else if self.gid == cfg.node_gid {
-            cfg.node_mode >> 3
+            mode >> 3
         } else {
-            cfg.node_mode
+            mode
         } & 7;
         bits & need == need
     }
@@ -319,7 +330,7 @@ impl Call<'_> {
     /// `open` of `target` with `flags`: the file handed to the caller, its number replied.
     pub(crate) fn open(&self, target: Target, flags: i32) -> Result<i64, Errno> {
         let accmode = flags & 3;
-        if target != Target::NoEnt && !self.may_open(accmode) {
+        if target != Target::NoEnt && !self.may_open(target, accmode) {
             return Err(EACCES);
         }
         let kind = make_file(&self.host.engine, self.process.space, target)?;

@@ -27,6 +27,7 @@ use uiommu_platform::UserVa;
 use uiommu_proto::{Request, OP_IOCTL, OP_MMAP, OP_READ, OP_WRITE};
 use uiommu_sys::seccomp::{self, Answer, FdRange, NodeAttrs, Notice};
 use uiommu_uapi::file::{target_of, Target};
+use uiommu_uapi::sysfs_tree::DevEntry;
 use uiommu_uapi::Errno;
 
 use nix::libc::{EACCES, EFAULT, EINVAL, EMFILE, ENAMETOOLONG, ENOENT};
@@ -181,6 +182,13 @@ impl Stopped<'_> {
                 self.stat_at(a[0], a[1], a[4], a[2], Layout::Statx(a[3] as u32))
             }
             n if n == nix::libc::SYS_readlink => self.readlink(AT_FDCWD as u64, a[0], a[1], a[2]),
+            n if n == nix::libc::SYS_getdents64 => self.getdents(a[0], a[1], a[2]),
+            n if n == nix::libc::SYS_getxattr || n == nix::libc::SYS_lgetxattr => {
+                self.xattr(a[0], false)
+            }
+            n if n == nix::libc::SYS_listxattr || n == nix::libc::SYS_llistxattr => {
+                self.xattr(a[0], true)
+            }
             n if n == nix::libc::SYS_readlinkat => self.readlink(a[0], a[1], a[2], a[3]),
             n if n == nix::libc::SYS_fstat => self.fstat(a[0], a[1], Layout::Stat),
             n if n == nix::libc::SYS_access => self.access(AT_FDCWD as u64, a[0], a[1]),
@@ -286,6 +294,13 @@ impl Stopped<'_> {
         };
         let dir = std::fs::read_link(base).ok()?;
         let mut full = std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()).to_vec();
+        // A directory of the view: the path the program knows it by.
+        let tree = crate::view::dir_of(&self.host.config.instance);
+        if full.starts_with(std::os::unix::ffi::OsStrExt::as_bytes(tree.as_os_str())) {
+            if let Some(p) = self.host.view().and_then(|v| v.program_path(&full)) {
+                full = p;
+            }
+        }
         if full.last() != Some(&b'/') {
             full.push(b'/');
         }
@@ -305,14 +320,18 @@ impl Stopped<'_> {
     fn open_view(&self, view: &View, rel: &[u8], flags: i32) -> Result<i64, Errno> {
         let f = view.open(rel, flags)?;
         self.process()?;
-        seccomp::add_fd_lowest(
-            self.listener,
-            self.notice.id,
-            f.as_fd(),
-            flags & nix::libc::O_CLOEXEC != 0,
-        )
-        .map(i64::from)
-        .map_err(|e| e.raw_os_error().unwrap_or(EMFILE))
+        let cloexec = flags & nix::libc::O_CLOEXEC != 0;
+        let in_dev = rustix::fs::fstat(&f)
+            .ok()
+            .and_then(|st| view.dev_entry(st.st_dev, st.st_ino));
+        if matches!(in_dev, Some(DevEntry::Vfio(_) | DevEntry::Devices(_))) {
+            // In the range, so that its fstat and getdents stop and are answered as above.
+            let n = self.free_number()?;
+            return self.put(n as u32, f, cloexec).map(i64::from);
+        }
+        seccomp::add_fd_lowest(self.listener, self.notice.id, f.as_fd(), cloexec)
+            .map(i64::from)
+            .map_err(|e| e.raw_os_error().unwrap_or(EMFILE))
     }
 
     fn open_target(&self, target: Target, flags: i32) -> Result<i64, Errno> {
@@ -410,7 +429,7 @@ impl Stopped<'_> {
         Some(NodeAttrs {
             dev: dev.as_ref().map_or(0, |d| d.dev()),
             ino: n.ino,
-            mode: 0o020000 | (cfg.node_mode & 0o7777),
+            mode: 0o020000 | crate::conn::node_mode(cfg, target),
             uid: cfg.node_uid,
             gid: cfg.node_gid,
             rdev: (n.major, n.minor),
@@ -419,15 +438,68 @@ impl Stopped<'_> {
                 t(|d| (d.mtime(), d.mtime_nsec())),
                 t(|d| (d.ctime(), d.ctime_nsec())),
             ],
+            nlink: 1,
+            size: 0,
         })
     }
 
     /// Write node `target`'s stat in `layout` to the caller's `buf`.
     fn write_stat(&self, target: Target, buf: u64, layout: Layout) -> Result<i64, Errno> {
         let a = self.attrs(target).ok_or(ENOENT)?;
+        self.write_attrs(&a, buf, layout)
+    }
+
+    /// What the stat family says of an inode of the view's `dev/vfio` subtree: the node it
+    /// stands for, `/dev/vfio` and `/dev/vfio/devices` as directories owned as the real
+    /// `/dev` (on its device, with its times), and its parent as the real `/dev`.
+    fn dev_attrs(&self, e: DevEntry) -> Option<NodeAttrs> {
+        use std::os::unix::fs::MetadataExt;
+        let (n, devices) = match e {
+            DevEntry::Node(t) => return self.attrs(t),
+            DevEntry::Vfio(n) => (n, false),
+            DevEntry::Devices(n) => (n, true),
+            DevEntry::Parent => {
+                let d = std::fs::metadata("/dev").ok()?;
+                return Some(NodeAttrs {
+                    dev: d.dev(),
+                    ino: d.ino(),
+                    mode: d.mode(),
+                    uid: d.uid(),
+                    gid: d.gid(),
+                    rdev: (0, 0),
+                    times: [
+                        (d.atime(), d.atime_nsec()),
+                        (d.mtime(), d.mtime_nsec()),
+                        (d.ctime(), d.ctime_nsec()),
+                    ],
+                    nlink: d.nlink(),
+                    size: d.size() as i64,
+                });
+            }
+        };
+        let d = std::fs::metadata("/dev").ok()?;
+        Some(NodeAttrs {
+            dev: d.dev(),
+            ino: uiommu_uapi::sysfs_tree::vfio_dir_ino(devices),
+            mode: nix::libc::S_IFDIR | 0o755,
+            uid: d.uid(),
+            gid: d.gid(),
+            rdev: (0, 0),
+            times: [
+                (d.atime(), d.atime_nsec()),
+                (d.mtime(), d.mtime_nsec()),
+                (d.ctime(), d.ctime_nsec()),
+            ],
+            // Links as a directory has: 2, and one per subdirectory; devtmpfs's size.
+            nlink: if devices { 2 } else { 3 },
+            size: 20 * (n as i64 + 2),
+        })
+    }
+
+    fn write_attrs(&self, a: &NodeAttrs, buf: u64, layout: Layout) -> Result<i64, Errno> {
         let bytes = match layout {
-            Layout::Stat => seccomp::stat_bytes(&a),
-            Layout::Statx(_) => seccomp::statx_bytes(&a),
+            Layout::Stat => seccomp::stat_bytes(a),
+            Layout::Statx(_) => seccomp::statx_bytes(a),
         };
         ProcessMemory::of(self.notice.tid)
             .write(UserVa(buf), &bytes)
@@ -450,6 +522,9 @@ impl Stopped<'_> {
             Named::View(view, rel) => Some((|| {
                 let nofollow = flags & nix::libc::AT_SYMLINK_NOFOLLOW as u64 != 0;
                 let f = view.path_fd(&rel, nofollow)?;
+                if let Some(r) = self.stat_dev_entry(view, f.as_fd(), buf, layout) {
+                    return r;
+                }
                 let os = |e: std::io::Error| e.raw_os_error().unwrap_or(EFAULT);
                 let bytes = match layout {
                     Layout::Stat => seccomp::stat_bytes_of(f.as_fd()).map_err(os)?,
@@ -461,6 +536,81 @@ impl Stopped<'_> {
                 Ok(0)
             })()),
         }
+    }
+
+    /// When `f` is of the view's `dev/vfio` subtree: write what the program is told of it.
+    fn stat_dev_entry(
+        &self,
+        view: &View,
+        f: BorrowedFd<'_>,
+        buf: u64,
+        layout: Layout,
+    ) -> Option<Result<i64, Errno>> {
+        let st = rustix::fs::fstat(f).ok()?;
+        let e = view.dev_entry(st.st_dev, st.st_ino)?;
+        Some(
+            self.dev_attrs(e)
+                .ok_or(ENOENT)
+                .and_then(|a| self.write_attrs(&a, buf, layout)),
+        )
+    }
+
+    /// `getdents64(fd, buf, count)` on a directory of the view's `dev/vfio` subtree (opened in
+    /// the range): the kernel's entries of the tree, with the nodes' entries `DT_CHR` and every
+    /// inode number the one `stat` reports.
+    fn getdents(&self, fd: u64, buf: u64, count: u64) -> Option<Result<i64, Errno>> {
+        let view = self.host.view()?;
+        let (p, _gid) = self.process().ok()?;
+        let got = p.take_fd(fd as i32).ok()?;
+        let st = rustix::fs::fstat(&got).ok()?;
+        if !matches!(
+            view.dev_entry(st.st_dev, st.st_ino)?,
+            DevEntry::Vfio(_) | DevEntry::Devices(_)
+        ) {
+            return None;
+        }
+        Some((|| {
+            let mut bytes = vec![0u8; usize::try_from(count).unwrap_or(0).min(1 << 20)];
+            let n = seccomp::getdents64(got.as_fd(), &mut bytes)
+                .map_err(|e| e.raw_os_error().unwrap_or(EINVAL))?;
+            bytes.truncate(n);
+            // struct linux_dirent64: d_ino u64, d_off i64, d_reclen u16, d_type u8, name.
+            let mut at = 0;
+            while at + 19 <= bytes.len() {
+                let ino = u64::from_ne_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
+                let reclen = u16::from_ne_bytes([bytes[at + 16], bytes[at + 17]]) as usize;
+                if reclen == 0 {
+                    break;
+                }
+                if let Some(e) = view.entry_by_ino(ino) {
+                    if let Some(a) = self.dev_attrs(e) {
+                        bytes[at..at + 8].copy_from_slice(&a.ino.to_ne_bytes());
+                    }
+                    if let DevEntry::Node(_) = e {
+                        bytes[at + 18] = nix::libc::DT_CHR;
+                    }
+                }
+                at += reclen;
+            }
+            ProcessMemory::of(self.notice.tid)
+                .write(UserVa(buf), &bytes)
+                .map_err(|_| EFAULT)?;
+            Ok(n as i64)
+        })())
+    }
+
+    /// `getxattr`/`listxattr` of one of our nodes or a path of the view: they have no extended
+    /// attributes (ENODATA; an empty list), as devtmpfs nodes and sysfs attributes here.
+    fn xattr(&self, path: u64, list: bool) -> Option<Result<i64, Errno>> {
+        let named = self.named(AT_FDCWD as u64, path)?;
+        Some(match named {
+            Named::Node(t) if !uiommu_uapi::file::target_exists(&self.host.engine, t) => {
+                Err(ENOENT)
+            }
+            Named::View(view, rel) if view.path_fd(&rel, false).is_err() => Err(ENOENT),
+            _ if list => Ok(0),
+            _ => Err(nix::libc::ENODATA),
+        })
     }
 
     /// `readlink`/`readlinkat(dirfd, path, buf, size)` of a path of the sysfs view (our nodes
@@ -507,7 +657,12 @@ impl Stopped<'_> {
     /// `fstat` of a file of ours opened from a node (a file the engine made stays a socket
     /// here, where Linux has an anonymous inode).
     fn fstat(&self, fd: u64, buf: u64, layout: Layout) -> Option<Result<i64, Errno>> {
-        let (_p, _gid, file, _got) = self.file(fd)?;
+        let (p, _gid) = self.process().ok()?;
+        let got = p.take_fd(fd as i32).ok()?;
+        let Some(file) = self.host.files.of_fd(got.as_fd()) else {
+            // A directory of the view's `dev/vfio` (opened in the range).
+            return self.stat_dev_entry(self.host.view()?, got.as_fd(), buf, layout);
+        };
         let target = file.open.node?;
         Some(self.write_stat(target, buf, layout))
     }
@@ -527,7 +682,7 @@ impl Stopped<'_> {
                 return Err(ENOENT);
             }
             let (p, gid) = self.process()?;
-            if self.call(&p, gid).node_allows(mode as u32) {
+            if self.call(&p, gid).node_allows(target, mode as u32) {
                 Ok(0)
             } else {
                 Err(EACCES)

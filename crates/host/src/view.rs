@@ -11,7 +11,7 @@
 use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
-use uiommu_uapi::sysfs_tree::{describe, fill, Names};
+use uiommu_uapi::sysfs_tree::{describe, fill, DevEntry, Names};
 use uiommu_uapi::Errno;
 
 /// The engine's tree.
@@ -20,6 +20,11 @@ pub struct View {
     root: OwnedFd,
     /// The first components served below each sysfs prefix.
     names: Names,
+    /// The root's path.
+    path: Vec<u8>,
+    /// The tree's `st_dev`, and the inodes of its `dev/vfio` subtree with what each stands for.
+    dev: u64,
+    entries: Vec<(u64, DevEntry)>,
 }
 
 /// The view's directory for instance `name`.
@@ -36,9 +41,20 @@ impl View {
         }
         std::fs::create_dir(&dir)?;
         let desc = describe(engine);
-        if let Err(e) = fill(&dir, &desc) {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e);
+        let placed = match fill(&dir, &desc) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        use std::os::unix::fs::MetadataExt;
+        let mut entries = Vec::with_capacity(placed.len());
+        let mut dev = 0;
+        for (p, what) in placed {
+            let m = std::fs::symlink_metadata(&p)?;
+            dev = m.dev();
+            entries.push((m.ino(), what));
         }
         let root = rustix::fs::open(
             &dir,
@@ -48,6 +64,9 @@ impl View {
         Ok(View {
             root,
             names: Names::of(&desc),
+            path: std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()).to_vec(),
+            dev,
+            entries,
         })
     }
 
@@ -55,10 +74,42 @@ impl View {
     /// serves it: below one of the sysfs prefixes and one of ours, or `/dev/vfio` and
     /// `/dev/vfio/devices` themselves (their node paths are the engine's nodes, not the tree's).
     pub fn serves(&self, path: &[u8]) -> Option<Vec<u8>> {
-        let ours = self.names.serves(path)
-            || matches!(uiommu_uapi::file::vfio_dir_depth(path), Some(0 | 1));
+        match uiommu_uapi::file::vfio_dir_depth(path) {
+            Some(0 | 1) => {}
+            // `/dev/vfio/..`: the tree's `dev`, which stands for the real `/dev`.
+            Some(_) => return Some(b"dev".to_vec()),
+            None if self.names.serves(path) => {}
+            None => return None,
+        }
         let slashes = path.iter().take_while(|&&b| b == b'/').count();
-        ours.then(|| path[slashes..].to_vec())
+        Some(path[slashes..].to_vec())
+    }
+
+    /// What the inode (`dev`, `ino`) of the tree stands for, if it is one of `dev/vfio`'s.
+    pub fn dev_entry(&self, dev: u64, ino: u64) -> Option<DevEntry> {
+        if dev != self.dev {
+            return None;
+        }
+        self.entry_by_ino(ino)
+    }
+
+    /// What inode `ino` of the tree's `dev/vfio` subtree stands for.
+    pub fn entry_by_ino(&self, ino: u64) -> Option<DevEntry> {
+        self.entries
+            .iter()
+            .find(|&&(i, _)| i == ino)
+            .map(|&(_, e)| e)
+    }
+
+    /// The program's path of `path` in the tree (`<root>/sys/...` → `/sys/...`), as the
+    /// program named it; `None` for a path outside the tree.
+    pub fn program_path(&self, path: &[u8]) -> Option<Vec<u8>> {
+        let rest = path.strip_prefix(self.path.as_slice())?;
+        match rest {
+            [] => Some(b"/".to_vec()),
+            [b'/', ..] => Some(rest.to_vec()),
+            _ => None,
+        }
     }
 
     /// Open `rel` in the tree with `flags` (read-only: anything that would write or create
@@ -69,7 +120,17 @@ impl View {
             || flags & (nix::libc::O_CREAT | nix::libc::O_TRUNC) != 0
             || flags & nix::libc::O_TMPFILE == nix::libc::O_TMPFILE;
         if writes {
-            return Err(nix::libc::EACCES);
+            // A directory cannot be opened for writing at all.
+            let dir = self
+                .path_fd(rel, false)
+                .ok()
+                .and_then(|f| rustix::fs::fstat(&f).ok())
+                .is_some_and(|st| st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR);
+            return Err(if dir && flags & nix::libc::O_CREAT == 0 {
+                nix::libc::EISDIR
+            } else {
+                nix::libc::EACCES
+            });
         }
         let keep = nix::libc::O_DIRECTORY
             | nix::libc::O_NOFOLLOW

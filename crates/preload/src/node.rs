@@ -105,7 +105,7 @@ pub fn statx_of(st: &libc::stat) -> libc::statx {
 
 /// Inode number of the directory `dir` (fixed, beside the nodes' numbers).
 pub fn dir_ino(dir: DevDir) -> u64 {
-    0x7569_0000_0000 | (5 << 24) | dir as u64
+    uiommu_uapi::sysfs_tree::vfio_dir_ino(dir == DevDir::Devices)
 }
 
 /// The `struct stat` of `/dev/vfio` or `/dev/vfio/devices` holding `entries` entries: a

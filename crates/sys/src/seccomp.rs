@@ -92,6 +92,10 @@ fn program(range: FdRange) -> Vec<libc::sock_filter> {
         libc::SYS_faccessat2,
         libc::SYS_readlink,
         libc::SYS_readlinkat,
+        libc::SYS_getxattr,
+        libc::SYS_lgetxattr,
+        libc::SYS_listxattr,
+        libc::SYS_llistxattr,
     ] {
         p.push((None, JumpEq(nr(n), Notify)));
     }
@@ -107,6 +111,7 @@ fn program(range: FdRange) -> Vec<libc::sock_filter> {
         libc::SYS_pwritev,
         libc::SYS_preadv2,
         libc::SYS_pwritev2,
+        libc::SYS_getdents64,
         libc::SYS_dup,
         libc::SYS_dup2,
         libc::SYS_dup3,
@@ -403,6 +408,23 @@ pub fn statx_bytes_of(fd: BorrowedFd<'_>, mask: u32) -> io::Result<Vec<u8>> {
     Ok(bytes_of(&st))
 }
 
+/// `getdents64` on `fd` into `buf`: the bytes filled (0 at the end of the directory).
+pub fn getdents64(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: getdents64 writes at most `buf.len()` bytes into `buf`, which is live.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_getdents64,
+            fd.as_raw_fd(),
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
 /// The target of the symlink `fd` names (an `O_PATH | O_NOFOLLOW` fd); EINVAL when it is not
 /// a symlink.
 pub fn readlink_of(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
@@ -489,6 +511,10 @@ pub struct NodeAttrs {
     pub rdev: (u32, u32),
     /// Access, modification and change times (seconds, nanoseconds).
     pub times: [(i64, i64); 3],
+    /// Links (0: 1, a node's).
+    pub nlink: u64,
+    /// Size in bytes.
+    pub size: i64,
 }
 
 /// Bytes of a value of a plain C struct.
@@ -506,7 +532,8 @@ pub fn stat_bytes(a: &NodeAttrs) -> Vec<u8> {
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     st.st_dev = a.dev;
     st.st_ino = a.ino;
-    st.st_nlink = 1;
+    st.st_nlink = a.nlink.max(1);
+    st.st_size = a.size;
     st.st_mode = a.mode;
     st.st_uid = a.uid;
     st.st_gid = a.gid;
@@ -531,7 +558,8 @@ pub fn statx_bytes(a: &NodeAttrs) -> Vec<u8> {
     let mut sx: libc::statx = unsafe { std::mem::zeroed() };
     sx.stx_mask = libc::STATX_BASIC_STATS;
     sx.stx_blksize = 4096;
-    sx.stx_nlink = 1;
+    sx.stx_nlink = a.nlink.max(1) as u32;
+    sx.stx_size = a.size as u64;
     sx.stx_uid = a.uid;
     sx.stx_gid = a.gid;
     sx.stx_mode = a.mode as u16;

@@ -211,6 +211,12 @@ pub fn fill_sys(root: &Path, desc: &Description) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The inode number `/dev/vfio` (`devices`: `/dev/vfio/devices`) reports: fixed, beside the
+/// nodes' numbers.
+pub fn vfio_dir_ino(devices: bool) -> u64 {
+    0x7569_0000_0000 | (5 << 24) | if devices { 2 } else { 1 }
+}
+
 /// What a path of the `dev/vfio` subtree stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DevEntry {

@@ -185,6 +185,8 @@ static_under_seccomp! {
     static_signal_calls: "signal_calls",
     static_vfio_legacy: "vfio_legacy",
     static_bad_inputs: "bad_inputs",
+    static_dev_dirs: "dev_dirs",
+    static_dev_nodes: "dev_nodes",
 }
 
 #[test]
