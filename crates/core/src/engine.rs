@@ -384,6 +384,12 @@ impl Engine {
         self.with(|st| st.platform.memory.frames.total_pins())
     }
 
+    /// Pinned frames whose memory the engine holds itself (pins of `MAP_SHARED` memory in a
+    /// host engine: `Memory::hold`).
+    pub fn held_frames(&self) -> u64 {
+        self.with(|st| st.platform.memory.held.frames())
+    }
+
     /// Pages charged to users (RLIMIT_MODE user) over all contexts, all users together.
     pub fn user_charged_pages(&self) -> u64 {
         self.with(|st| st.acct.user_pages())

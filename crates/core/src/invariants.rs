@@ -270,6 +270,11 @@ fn check_pins(st: &State, v: &mut Vec<String>) {
     if st.ctxs.is_empty() && (frames.total_pins() != 0 || st.acct.user_pages() != 0) {
         v.push("I4: no context is open but pins or charges remain".to_string());
     }
+    // Held memory is memory of pinned frames only.
+    let unpinned_held = st.platform.memory.unpinned_held();
+    if unpinned_held != 0 {
+        v.push(format!("I4: {unpinned_held} held frames are not pinned"));
+    }
 }
 
 /// A comparable digest of everything a refused call must leave unchanged (for I5 tests).

@@ -561,14 +561,19 @@ impl Pages {
                     .memory
                     .frames
                     .pin(self.space, self.page_va(s), l - s + 1)
-                    .is_err()
+                    .is_ok()
                 {
+                    // Newly pinned by this object: the engine holds what it can of them.
+                    env.memory
+                        .hold(self.space, self.page_va(s), l - s + 1, self.writable);
+                } else {
                     // The unused runs before this one were pinned: unpin them.
                     if s > first {
                         for (s2, l2, c2) in self.users.runs(self.npages, first, s - 1) {
                             if c2 == 0 {
                                 if let Some(f) = self.frame(s2) {
                                     env.memory.frames.unpin(f, l2 - s2 + 1);
+                                    env.memory.unhold(f, l2 - s2 + 1);
                                 }
                             }
                         }
@@ -592,13 +597,14 @@ impl Pages {
         }
         let mut freed = 0u64;
         let (space, uva) = (self.space, self.uva);
-        let frames = &mut env.memory.frames;
+        let memory = &mut *env.memory;
         self.users.adjust(self.npages, first, last, false, |s, l| {
             let n = l - s + 1;
             if let Some(f) =
                 FrameTable::frame_of(space, UserVa(uva.0.wrapping_add(s.wrapping_mul(PAGE_SIZE))))
             {
-                frames.unpin(f, n);
+                memory.frames.unpin(f, n);
+                memory.unhold(f, n);
             }
             freed += n;
         });
@@ -609,8 +615,7 @@ impl Pages {
     /// address space (pinned or not), like the kernel's `iopt_pages_rw_access` fast path.
     pub(crate) fn read(&self, memory: &Memory, start_byte: u64, buf: &mut [u8]) -> Result<()> {
         let va = UserVa(self.uva.0.checked_add(start_byte).ok_or(Error::Overflow)?);
-        let mem = memory.space(self.space).ok_or(Error::Fault(va.0))?;
-        mem.read(va, buf).map_err(fault_error)
+        memory.read_pinned(self.space, va, buf).map_err(fault_error)
     }
 
     /// Write `data` at byte offset `start_byte` of the pages. EPERM when not writable.
@@ -619,8 +624,9 @@ impl Pages {
             return Err(Error::Permission("the pages are not writable"));
         }
         let va = UserVa(self.uva.0.checked_add(start_byte).ok_or(Error::Overflow)?);
-        let mem = memory.space(self.space).ok_or(Error::Fault(va.0))?;
-        mem.write(va, data).map_err(fault_error)
+        memory
+            .write_pinned(self.space, va, data)
+            .map_err(fault_error)
     }
 }
 

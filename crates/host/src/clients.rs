@@ -54,6 +54,13 @@ impl UserMemory for ClientMemory {
         self.live(va)?.probe(va, len, write)
     }
 
+    fn hold(&self, va: UserVa, len: u64, write: bool) -> Vec<uiommu_platform::memory::Held> {
+        match self.live(va) {
+            Ok(m) => m.shared_files(va, len, write),
+            Err(_) => Vec::new(),
+        }
+    }
+
     fn page_size_at(&self, va: UserVa) -> u64 {
         match self.live(va) {
             Ok(m) => m.page_size_at(va),

@@ -134,6 +134,13 @@ pub trait UserMemory: Send + Sync {
     fn copy_within(&self, _dst: UserVa, _src: UserVa, _len: u64) -> Option<Result<(), MemFault>> {
         None
     }
+    /// The parts of `[va, va + len)` (page-aligned, just probed for pinning) whose memory the
+    /// engine can hold itself while they are pinned ([`Held`]: the file of a `MAP_SHARED`
+    /// mapping), so that DMA keeps reaching the pinned pages whatever the program does to its
+    /// address space. Empty when it cannot (the pages are then reached at their address).
+    fn hold(&self, _va: UserVa, _len: u64, _write: bool) -> Vec<Held> {
+        Vec::new()
+    }
 }
 
 /// A simulated address space: sparse 4 KiB pages with their own protection, for tests, the demo
@@ -653,6 +660,108 @@ impl FrameTable {
     }
 }
 
+/// A range of a space's pages whose memory the engine holds itself (a pin of `MAP_SHARED`
+/// memory: the file behind it, as a pin holds pages on Linux), from [`UserMemory::hold`].
+#[derive(Clone, Debug)]
+pub struct Held {
+    /// First address (page-aligned).
+    pub va: UserVa,
+    /// Length in bytes (whole pages).
+    pub len: u64,
+    /// The file.
+    pub file: Arc<std::fs::File>,
+    /// The file offset of `va`.
+    pub offset: u64,
+}
+
+/// One run of held frames: the file and its offset at the run's first frame.
+#[derive(Clone, Debug)]
+struct HeldRun {
+    npages: u64,
+    file: Arc<std::fs::File>,
+    offset: u64,
+}
+
+/// The frames whose memory the engine holds ([`Held`]): reached through the file, not the
+/// space, for as long as they stay pinned, whatever the process does to its address space
+/// (munmap, MAP_FIXED over it, exit).
+#[derive(Default, Debug)]
+pub struct HeldFrames {
+    /// First frame of each run → run (runs never overlap).
+    runs: BTreeMap<u64, HeldRun>,
+}
+
+impl HeldFrames {
+    /// The run holding frame `pfn`: its file, the file offset of that frame, the frames left.
+    fn at(&self, pfn: u64) -> Option<(&Arc<std::fs::File>, u64, u64)> {
+        let (&start, run) = self.runs.range(..=pfn).next_back()?;
+        let k = pfn - start;
+        (k < run.npages).then(|| (&run.file, run.offset + k * PAGE_SIZE, run.npages - k))
+    }
+
+    /// Hold `[first, first + npages)` through `file` from `offset`, where nothing is held yet.
+    fn insert(&mut self, first: u64, npages: u64, file: &Arc<std::fs::File>, offset: u64) {
+        let mut p = first;
+        let end = first + npages;
+        while p < end {
+            if let Some((_, _, left)) = self.at(p) {
+                p += left;
+                continue;
+            }
+            let next = self.runs.range(p..end).next().map_or(end, |(&s, _)| s);
+            self.runs.insert(
+                p,
+                HeldRun {
+                    npages: next - p,
+                    file: file.clone(),
+                    offset: offset + (p - first) * PAGE_SIZE,
+                },
+            );
+            p = next;
+        }
+    }
+
+    /// Stop holding `[first, first + npages)` (runs partly inside are cut).
+    fn remove(&mut self, first: u64, npages: u64) {
+        let end = first.saturating_add(npages);
+        if let Some((&s, run)) = self.runs.range(..first).next_back() {
+            if s + run.npages > first {
+                let run = run.clone();
+                self.runs.get_mut(&s).expect("run").npages = first - s;
+                if s + run.npages > end {
+                    self.runs.insert(
+                        end,
+                        HeldRun {
+                            npages: s + run.npages - end,
+                            file: run.file.clone(),
+                            offset: run.offset + (end - s) * PAGE_SIZE,
+                        },
+                    );
+                }
+            }
+        }
+        let inside: Vec<u64> = self.runs.range(first..end).map(|(&s, _)| s).collect();
+        for s in inside {
+            let run = self.runs.remove(&s).expect("run");
+            if s + run.npages > end {
+                self.runs.insert(
+                    end,
+                    HeldRun {
+                        npages: s + run.npages - end,
+                        offset: run.offset + (end - s) * PAGE_SIZE,
+                        file: run.file,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Frames held.
+    pub fn frames(&self) -> u64 {
+        self.runs.values().map(|r| r.npages).sum()
+    }
+}
+
 /// The machine's memory: registered address spaces plus the frame table.
 #[derive(Default)]
 pub struct Memory {
@@ -661,6 +770,8 @@ pub struct Memory {
     next_space: u32,
     /// Pinned frames.
     pub frames: FrameTable,
+    /// The pinned frames whose memory the engine holds.
+    pub held: HeldFrames,
 }
 
 impl std::fmt::Debug for Memory {
@@ -690,6 +801,135 @@ impl Memory {
     /// The address space registered as `id`.
     pub fn space(&self, id: SpaceId) -> Option<&Arc<dyn UserMemory>> {
         self.spaces.get(id.0 as usize)
+    }
+
+    /// After `npages` pages of `space` from `va` were pinned by a user that had none: hold
+    /// what the space can hold of them ([`UserMemory::hold`]; pages held already stay so).
+    pub fn hold(&mut self, space: SpaceId, va: UserVa, npages: u64, write: bool) {
+        let Some(mem) = self.spaces.get(space.0 as usize).cloned() else {
+            return;
+        };
+        for h in mem.hold(va, npages.saturating_mul(PAGE_SIZE), write) {
+            if let Some(first) = FrameTable::frame_of(space, h.va) {
+                self.held
+                    .insert(first.0, h.len / PAGE_SIZE, &h.file, h.offset);
+            }
+        }
+    }
+
+    /// After `npages` frames from `first` were unpinned once: those no longer pinned at all
+    /// are no longer held.
+    pub fn unhold(&mut self, first: Pfn, npages: u64) {
+        if self.held.runs.is_empty() {
+            return;
+        }
+        let end = first.0.saturating_add(npages);
+        let mut p = first.0;
+        while p < end {
+            match self.frames.pinned_run_end(p) {
+                // Still pinned (by another user): still held.
+                Some(e) => p = e.max(p + 1),
+                None => {
+                    let mut q = p + 1;
+                    while q < end && self.frames.pinned_run_end(q).is_none() {
+                        q += 1;
+                    }
+                    self.held.remove(p, q - p);
+                    p = q;
+                }
+            }
+        }
+    }
+
+    /// How many held frames are not pinned (0 unless a pin's release missed its hold).
+    pub fn unpinned_held(&self) -> u64 {
+        let mut n = 0;
+        for (&s, r) in &self.held.runs {
+            for p in s..s + r.npages {
+                if self.frames.pinned_run_end(p).is_none() {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Read `buf.len()` bytes of `space` at `va` as DMA through the pinned pages sees them:
+    /// held pages from their file, the rest from the space.
+    pub fn read_pinned(&self, space: SpaceId, va: UserVa, buf: &mut [u8]) -> Result<(), MemFault> {
+        self.pinned_rw(space, va, PhysOp::Read(buf))
+    }
+
+    /// Write `data` to `space` at `va` as [`Memory::read_pinned`] reads.
+    pub fn write_pinned(&self, space: SpaceId, va: UserVa, data: &[u8]) -> Result<(), MemFault> {
+        self.pinned_rw(space, va, PhysOp::Write(data))
+    }
+
+    fn pinned_rw(&self, space: SpaceId, va: UserVa, mut op: PhysOp<'_>) -> Result<(), MemFault> {
+        let mem = self
+            .spaces
+            .get(space.0 as usize)
+            .ok_or(MemFault::Unmapped(va))?;
+        let len = match &op {
+            PhysOp::Read(b) => b.len(),
+            PhysOp::Write(d) => d.len(),
+        } as u64;
+        if self.held.runs.is_empty() {
+            return match op {
+                PhysOp::Read(b) => mem.read(va, b),
+                PhysOp::Write(d) => mem.write(va, d),
+            };
+        }
+        use std::os::unix::fs::FileExt;
+        let mut done = 0u64;
+        while done < len {
+            let cur = UserVa(va.0.checked_add(done).ok_or(MemFault::Unmapped(va))?);
+            let in_page = cur.0 & (PAGE_SIZE - 1);
+            let held = FrameTable::frame_of(space, cur).and_then(|f| self.held.at(f.0));
+            let (n, r) = match held {
+                Some((file, off, left)) => {
+                    let n = (left * PAGE_SIZE - in_page).min(len - done);
+                    let (lo, hi) = (done as usize, (done + n) as usize);
+                    let ok = match &mut op {
+                        PhysOp::Read(b) => {
+                            file.read_exact_at(&mut b[lo..hi], off + in_page).is_ok()
+                        }
+                        PhysOp::Write(d) => file.write_all_at(&d[lo..hi], off + in_page).is_ok(),
+                    };
+                    (
+                        n,
+                        if ok {
+                            Ok(())
+                        } else {
+                            Err(MemFault::Unmapped(cur))
+                        },
+                    )
+                }
+                None => {
+                    // Up to the next held page (or the end), from the space.
+                    let mut n = (PAGE_SIZE - in_page).min(len - done);
+                    while done + n < len {
+                        let next = UserVa(cur.0 + n);
+                        if FrameTable::frame_of(space, next)
+                            .and_then(|f| self.held.at(f.0))
+                            .is_some()
+                        {
+                            break;
+                        }
+                        n = (n + PAGE_SIZE).min(len - done);
+                    }
+                    let (lo, hi) = (done as usize, (done + n) as usize);
+                    let r = match &mut op {
+                        PhysOp::Read(b) => mem.read(cur, &mut b[lo..hi]),
+                        PhysOp::Write(d) => mem.write(cur, &d[lo..hi]),
+                    };
+                    (n, r)
+                }
+            };
+            r?;
+            done += n;
+        }
+        Ok(())
     }
 
     /// Read `buf.len()` bytes at physical address `pa` (within pinned frames) into `buf`.
@@ -741,8 +981,12 @@ impl Memory {
             let (d_space, d_va, d_avail) = self.resolve(d).ok_or((PhysAddr(d), false))?;
             let n = s_avail.min(d_avail).min(len - done);
             let disjoint = s_va.0.saturating_add(n) <= d_va.0 || d_va.0.saturating_add(n) <= s_va.0;
+            let held =
+                self.held.at(s >> PAGE_SHIFT).is_some() || self.held.at(d >> PAGE_SHIFT).is_some();
             let direct = match self.spaces.get(s_space.0 as usize) {
-                Some(mem) if s_space == d_space && disjoint => mem.copy_within(d_va, s_va, n),
+                Some(mem) if s_space == d_space && disjoint && !held => {
+                    mem.copy_within(d_va, s_va, n)
+                }
                 _ => None,
             };
             match direct {
@@ -789,9 +1033,29 @@ impl Memory {
             let avail = frames
                 .saturating_mul(PAGE_SIZE)
                 .saturating_sub(cur & (PAGE_SIZE - 1));
-            let n = avail.min(len - done);
-            let mem = self.spaces.get(space.0 as usize).ok_or(PhysAddr(cur))?;
+            let mut n = avail.min(len - done);
             let va = UserVa(page_va.0 | (cur & (PAGE_SIZE - 1)));
+            if let Some((file, off, left)) = self.held.at(pfn) {
+                // Held: the pinned pages themselves, through their file.
+                use std::os::unix::fs::FileExt;
+                n = n.min(left * PAGE_SIZE - (cur & (PAGE_SIZE - 1)));
+                let (lo, hi) = (done as usize, (done + n) as usize);
+                let at = off + (cur & (PAGE_SIZE - 1));
+                let ok = match &mut op {
+                    PhysOp::Read(b) => b
+                        .get_mut(lo..hi)
+                        .is_some_and(|dst| file.read_exact_at(dst, at).is_ok()),
+                    PhysOp::Write(d) => d
+                        .get(lo..hi)
+                        .is_some_and(|src| file.write_all_at(src, at).is_ok()),
+                };
+                if !ok {
+                    return Err(PhysAddr(cur));
+                }
+                done += n;
+                continue;
+            }
+            let mem = self.spaces.get(space.0 as usize).ok_or(PhysAddr(cur))?;
             let (lo, hi) = (done as usize, (done + n) as usize);
             let result = match &mut op {
                 PhysOp::Read(b) => match b.get_mut(lo..hi) {
@@ -823,6 +1087,36 @@ impl Memory {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn held_frames_are_found_cut_and_never_overlap() {
+        let f = Arc::new(std::fs::File::open("/dev/null").unwrap());
+        let mut h = HeldFrames::default();
+        h.insert(10, 4, &f, 0);
+        assert_eq!(h.frames(), 4);
+        assert_eq!(
+            h.at(12).map(|(_, off, left)| (off, left)),
+            Some((2 * PAGE_SIZE, 2))
+        );
+        assert!(h.at(14).is_none() && h.at(9).is_none());
+        // Held already: kept as it was; only the new frames are added.
+        h.insert(12, 4, &f, 100 * PAGE_SIZE);
+        assert_eq!(h.frames(), 6);
+        assert_eq!(h.at(13).map(|(_, off, _)| off), Some(3 * PAGE_SIZE));
+        assert_eq!(h.at(15).map(|(_, off, _)| off), Some(103 * PAGE_SIZE));
+        // A hole cut in the middle of a run, then the rest.
+        h.remove(11, 2);
+        assert_eq!(h.frames(), 4);
+        assert!(h.at(11).is_none() && h.at(12).is_none());
+        assert_eq!(
+            h.at(13).map(|(_, off, left)| (off, left)),
+            Some((3 * PAGE_SIZE, 1))
+        );
+        assert_eq!(h.at(10).map(|(_, _, left)| left), Some(1));
+        h.remove(0, 100);
+        assert_eq!(h.frames(), 0);
+    }
+
     use super::*;
 
     const S0: SpaceId = SpaceId(0);

@@ -14,7 +14,7 @@
 //! ABI front-end serves an unmodified program in its own process.
 
 use crate::addr::{UserVa, PAGE_SIZE};
-use crate::memory::{MemFault, UserMemory};
+use crate::memory::{Held, MemFault, UserMemory};
 use nix::sys::uio::{process_vm_readv, process_vm_writev, RemoteIoVec};
 use nix::unistd::Pid;
 use std::io::{IoSlice, IoSliceMut};
@@ -31,6 +31,12 @@ struct MapsFile {
 }
 
 static MAPS: Mutex<Option<MapsFile>> = Mutex::new(None);
+
+std::thread_local! {
+    /// The last range this thread probed by query: (pid, start, end, any mapping shared).
+    static LAST_PROBE: std::cell::Cell<(i32, u64, u64, bool)> =
+        const { std::cell::Cell::new((0, 0, 0, true)) };
+}
 
 /// Whether no program code runs in this process (a host engine): then nothing closes or
 /// replaces the kept `/proc/<pid>/maps` descriptor behind our back, and it is reused
@@ -89,6 +95,73 @@ impl ProcessMemory {
     /// `/proc/<pid>/maps` descriptor kept open between calls. `None` when the kernel cannot
     /// answer (before Linux 6.11), so that the caller reads the file instead.
     fn covered_by_query(&self, va: u64, end: u64, write: bool) -> Option<Result<(), MemFault>> {
+        let mut shared = false;
+        let r = self.with_maps(|maps| {
+            let mut at = va;
+            while at < end {
+                match uiommu_sys::procmap_query(maps, at) {
+                    Err(_) => return None,
+                    Ok(None) => return Some(Err(MemFault::Unmapped(UserVa(at)))),
+                    Ok(Some(v)) if !v.readable => return Some(Err(MemFault::Unmapped(UserVa(at)))),
+                    Ok(Some(v)) if write && !v.writable => {
+                        return Some(Err(MemFault::ReadOnly(UserVa(at))))
+                    }
+                    Ok(Some(v)) => {
+                        shared |= v.shared;
+                        at = v.end;
+                    }
+                }
+            }
+            Some(Ok(()))
+        })??;
+        // What [`ProcessMemory::shared_files`] right after needs to know.
+        LAST_PROBE.with(|c| c.set((self.pid.as_raw(), va, end, shared)));
+        Some(r)
+    }
+
+    /// The files behind the `MAP_SHARED` mappings of `[va, va + len)`, as [`Held`] ranges
+    /// (`/proc/<pid>/map_files`, which the kernel opens only for a caller with
+    /// CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN: a root engine), opened for writing if `write`.
+    /// Nothing when the range was just probed and has no shared mapping (no system call then).
+    pub fn shared_files(&self, va: UserVa, len: u64, write: bool) -> Vec<Held> {
+        let (start, end) = (va.raw(), va.raw().saturating_add(len));
+        let pid = self.pid.as_raw();
+        if LAST_PROBE.with(|c| c.get()) == (pid, start, end, false) {
+            return Vec::new();
+        }
+        self.with_maps(|maps| {
+            let mut out = Vec::new();
+            let mut at = start;
+            while at < end {
+                let Ok(Some(v)) = uiommu_sys::procmap_query(maps, at) else {
+                    break;
+                };
+                if v.shared {
+                    let path = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
+                    let file = std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(write && v.writable)
+                        .open(path);
+                    if let Ok(file) = file {
+                        let from = at.max(v.start);
+                        let to = end.min(v.end);
+                        out.push(Held {
+                            va: UserVa(from),
+                            len: to - from,
+                            file: std::sync::Arc::new(file),
+                            offset: v.offset + (from - v.start),
+                        });
+                    }
+                }
+                at = v.end;
+            }
+            out
+        })
+        .unwrap_or_default()
+    }
+
+    /// Run `f` with this process's `/proc/<pid>/maps` descriptor (kept open between calls).
+    fn with_maps<R>(&self, f: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> R) -> Option<R> {
         let mut cache = MAPS.lock().unwrap_or_else(|p| p.into_inner());
         let pid = self.pid.as_raw();
         // Reuse the descriptor only while it is still the file opened: a program may close
@@ -114,19 +187,7 @@ impl ProcessMemory {
             });
         }
         let maps = cache.as_ref()?.file.as_fd();
-        let mut at = va;
-        while at < end {
-            match uiommu_sys::procmap_query(maps, at) {
-                Err(_) => return None,
-                Ok(None) => return Some(Err(MemFault::Unmapped(UserVa(at)))),
-                Ok(Some(v)) if !v.readable => return Some(Err(MemFault::Unmapped(UserVa(at)))),
-                Ok(Some(v)) if write && !v.writable => {
-                    return Some(Err(MemFault::ReadOnly(UserVa(at))))
-                }
-                Ok(Some(v)) => at = v.end,
-            }
-        }
-        Some(Ok(()))
+        Some(f(maps))
     }
 
     /// [`covered`](Self::covered) by reading and parsing all of `/proc/<pid>/maps`.

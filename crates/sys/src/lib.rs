@@ -62,6 +62,10 @@ pub struct Vma {
     pub writable: bool,
     /// The size of the pages backing it (4096, or a hugetlb size).
     pub page_size: u64,
+    /// `MAP_SHARED`.
+    pub shared: bool,
+    /// The offset in its file of its first address (of a file or shared-memory mapping).
+    pub offset: u64,
 }
 
 /// The mapping that covers `addr` in the process whose `/proc/<pid>/maps` is open as `maps`:
@@ -93,6 +97,8 @@ pub fn procmap_query(maps: BorrowedFd<'_>, addr: u64) -> io::Result<Option<Vma>>
             readable: q.vma_flags & 1 != 0,
             writable: q.vma_flags & 2 != 0,
             page_size: q.vma_page_size,
+            shared: q.vma_flags & 8 != 0,
+            offset: q.vma_offset,
         }));
     }
     let e = io::Error::last_os_error();

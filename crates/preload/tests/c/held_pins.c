@@ -1,0 +1,159 @@
+/*
+ * A pin of MAP_SHARED memory holds its pages (docs/HOST.md, issue 12), as on Linux: once a
+ * range of a memfd is mapped into an IOAS with a domain attached, DMA (here the selftest
+ * access's reads and writes through the IOAS) reaches those pages whatever the program then
+ * does to its address space:
+ *  - after munmap of the range, reads still return the pinned pages' bytes and writes land in
+ *    them (seen again by mapping the memfd anew);
+ *  - after a MAP_FIXED private mapping over the range, reads return the pinned pages, not the
+ *    new mapping's bytes, and writes never touch the new mapping;
+ *  - after IOAS_UNMAP nothing is held any more: the access reads nothing there (ENOENT).
+ * Run under a root host engine (the engine opens the file behind the mapping through
+ * /proc/PID/map_files); under anything else it says so and passes without checking.
+ */
+#define _GNU_SOURCE
+#include "uiommu_test.h"
+#include <fcntl.h>
+#include <stdint.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define IOMMU_TEST_CMD _IO(IOMMUFD_TYPE, 0xa0)
+#define OP_MOCK_DOMAIN 2
+#define OP_CREATE_ACCESS 5
+#define OP_ACCESS_RW 8
+#define RW_WRITE 1
+#define MOCK_IOVA 0x1000000ULL
+#define PAGE 4096
+#define LEN (2 * PAGE)
+
+struct test_cmd {
+	__u32 size;
+	__u32 op;
+	__u32 id;
+	__u32 reserved;
+	union {
+		__u32 out[14];
+		struct {
+			__u32 out_access_fd;
+			__u32 flags;
+		} create_access;
+		struct {
+			__u64 iova;
+			__u64 length;
+			__u64 uptr;
+			__u32 flags;
+		} access_rw;
+	};
+};
+
+static int iommufd;
+
+static int access_rw(int access, __u64 iova, void *buf, __u64 len, __u32 flags)
+{
+	struct test_cmd c = { .size = sizeof(c), .op = OP_ACCESS_RW, .id = (__u32)access };
+	c.access_rw.iova = iova;
+	c.access_rw.length = len;
+	c.access_rw.uptr = (uintptr_t)buf;
+	c.access_rw.flags = flags;
+	return ioctl(iommufd, IOMMU_TEST_CMD, &c);
+}
+
+static void map(__u32 ioas, void *va)
+{
+	struct iommu_ioas_map m = {
+		.size = sizeof(m),
+		.flags = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE |
+			 IOMMU_IOAS_MAP_WRITEABLE,
+		.ioas_id = ioas,
+		.user_va = (uintptr_t)va,
+		.length = LEN,
+		.iova = MOCK_IOVA,
+	};
+	CHECK(ioctl(iommufd, IOMMU_IOAS_MAP, &m) == 0);
+}
+
+static void unmap(__u32 ioas)
+{
+	struct iommu_ioas_unmap u = { .size = sizeof(u), .ioas_id = ioas, .iova = MOCK_IOVA,
+				      .length = LEN };
+	CHECK(ioctl(iommufd, IOMMU_IOAS_UNMAP, &u) == 0 && u.length == LEN);
+}
+
+static int filled(const char *p, char c, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (p[i] != c)
+			return 0;
+	return 1;
+}
+
+/* A memfd of LEN bytes of `c`, mapped shared. */
+static char *shared(int *mfd, char c)
+{
+	*mfd = memfd_create("held", MFD_CLOEXEC);
+	CHECK(*mfd >= 0 && ftruncate(*mfd, LEN) == 0);
+	char *v = mmap(NULL, LEN, PROT_READ | PROT_WRITE, MAP_SHARED, *mfd, 0);
+	CHECK(v != MAP_FAILED);
+	memset(v, c, LEN);
+	return v;
+}
+
+int main(void)
+{
+	if (!host_engine() || geteuid() != 0) {
+		printf("PASS held_pins: not under a root host engine, nothing to check\n");
+		return 0;
+	}
+	iommufd = open("/dev/iommu", O_RDWR);
+	CHECK(iommufd >= 0);
+	struct iommu_ioas_alloc a = { .size = sizeof(a) };
+	CHECK(ioctl(iommufd, IOMMU_IOAS_ALLOC, &a) == 0);
+	__u32 ioas = a.out_ioas_id;
+	struct test_cmd mock = { .size = sizeof(mock), .op = OP_MOCK_DOMAIN, .id = ioas };
+	CHECK(ioctl(iommufd, IOMMU_TEST_CMD, &mock) == 0);
+	struct test_cmd acc = { .size = sizeof(acc), .op = OP_CREATE_ACCESS, .id = ioas };
+	CHECK(ioctl(iommufd, IOMMU_TEST_CMD, &acc) == 0);
+	int access = (int)acc.create_access.out_access_fd;
+	static char buf[LEN];
+
+	/* munmap after the map: the pinned pages stay reachable. */
+	int mfd;
+	char *v = shared(&mfd, 'A');
+	map(ioas, v);
+	CHECK(munmap(v, LEN) == 0);
+	memset(buf, 0, LEN);
+	CHECK(access_rw(access, MOCK_IOVA, buf, LEN, 0) == 0 && filled(buf, 'A', LEN));
+	memset(buf, 'B', LEN);
+	CHECK(access_rw(access, MOCK_IOVA + 100, buf, PAGE, RW_WRITE) == 0);
+	char *again = mmap(NULL, LEN, PROT_READ, MAP_SHARED, mfd, 0);
+	CHECK(again != MAP_FAILED);
+	CHECK(filled(again, 'A', 100) && filled(again + 100, 'B', PAGE) &&
+	      filled(again + 100 + PAGE, 'A', LEN - 100 - PAGE));
+	CHECK(munmap(again, LEN) == 0);
+	unmap(ioas);
+	/* Unpinned: the access finds no mapping there. */
+	CHECK_ERR(access_rw(access, MOCK_IOVA, buf, LEN, 0), ENOENT);
+	close(mfd);
+
+	/* MAP_FIXED over the range: the new mapping is never reached. */
+	v = shared(&mfd, 'C');
+	map(ioas, v);
+	char *over = mmap(v, LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+			  -1, 0);
+	CHECK(over == v);
+	memset(over, 'D', LEN);
+	CHECK(access_rw(access, MOCK_IOVA, buf, LEN, 0) == 0 && filled(buf, 'C', LEN));
+	memset(buf, 'E', LEN);
+	CHECK(access_rw(access, MOCK_IOVA, buf, LEN, RW_WRITE) == 0);
+	CHECK(filled(over, 'D', LEN));
+	CHECK(pread(mfd, buf, LEN, 0) == LEN && filled(buf, 'E', LEN));
+	unmap(ioas);
+	CHECK(munmap(over, LEN) == 0);
+	close(mfd);
+
+	close(access);
+	CHECK(close(iommufd) == 0);
+	PASS("held_pins");
+}
