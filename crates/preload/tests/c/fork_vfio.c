@@ -87,11 +87,15 @@ static void *thread_calls(void *arg)
 	(void)arg;
 	for (int i = 0; i < ROUNDS; i++) {
 		struct iommu_ioas_alloc a = { .size = sizeof(a) };
-		if (ioctl(thread_fd, IOMMU_IOAS_ALLOC, &a) != 0)
+		if (ioctl(thread_fd, IOMMU_IOAS_ALLOC, &a) != 0) {
+			fprintf(stderr, "thread: IOMMU_IOAS_ALLOC failed, errno %d (round %d)\n", errno, i);
 			return (void *)1;
+		}
 		struct iommu_destroy d = { .size = sizeof(d), .id = a.out_ioas_id };
-		if (ioctl(thread_fd, IOMMU_DESTROY, &d) != 0)
+		if (ioctl(thread_fd, IOMMU_DESTROY, &d) != 0) {
+			fprintf(stderr, "thread: IOMMU_DESTROY of %u failed, errno %d (round %d)\n", d.id, errno, i);
 			return (void *)2;
+		}
 	}
 	return NULL;
 }
