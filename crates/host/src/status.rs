@@ -11,7 +11,8 @@
 //!   security context of an iommufd, `device` the BDF of a VFIO device file;
 //! - `contexts`: `[{id, objects, groups: [n]}]`;
 //! - `groups`: `[{group, devices: [bdf], owner: context or null, domain}]`;
-//! - `pinned`: `{user_pages, total_pins}`.
+//! - `pinned`: `{user_pages, total_pins, held_frames}` (`held_frames`: pinned frames of
+//!   shared memory the engine holds itself, docs/HOST.md#pins-of-shared-memory-hold-their-pages).
 
 use crate::Host;
 use serde_json::{json, Value};
@@ -140,6 +141,7 @@ pub fn json(host: &Host) -> Value {
         "pinned": {
             "user_pages": host.engine.user_charged_pages(),
             "total_pins": host.engine.total_pins(),
+            "held_frames": host.engine.held_frames(),
         },
     })
 }

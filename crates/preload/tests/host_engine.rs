@@ -324,6 +324,17 @@ fn pins_of_shared_memory_hold_their_pages_after_munmap_and_map_fixed() {
     e.settle();
     // Nothing held once everything was unmapped and closed.
     assert_eq!(e.host.engine.held_frames(), 0);
+    if root {
+        // While a range is held, `uiommu status` says so (2 frames), and the checker is happy.
+        let (child, _) = e.start(&compile("held_pins"), &["hold"]);
+        let v = uiommu_host::status::json(&e.host);
+        assert_eq!(v["pinned"]["held_frames"], 2, "{v}");
+        assert_eq!(e.host.engine.held_frames(), 2);
+        e.host.engine.check_invariants().unwrap();
+        e.finish(child);
+        e.settle();
+        assert_eq!(e.host.engine.held_frames(), 0);
+    }
 }
 
 #[test]

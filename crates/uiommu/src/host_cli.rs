@@ -207,8 +207,8 @@ pub fn status_text(v: &serde_json::Value) -> String {
     }
     let _ = writeln!(
         out,
-        "pinned: {} page(s) charged to the user, {} pin(s)",
-        v["pinned"]["user_pages"], v["pinned"]["total_pins"]
+        "pinned: {} page(s) charged to the user, {} pin(s), {} frame(s) of shared memory held",
+        v["pinned"]["user_pages"], v["pinned"]["total_pins"], v["pinned"]["held_frames"]
     );
     out
 }

@@ -8,6 +8,8 @@
  *  - after a MAP_FIXED private mapping over the range, reads return the pinned pages, not the
  *    new mapping's bytes, and writes never touch the new mapping;
  *  - after IOAS_UNMAP nothing is held any more: the access reads nothing there (ENOENT).
+ * With argument `hold`: map a memfd range, munmap it, say READY and wait for stdin to close
+ * (the test reads the engine's status meanwhile), then check the data and exit.
  * Run under a root host engine (the engine opens the file behind the mapping through
  * /proc/PID/map_files); under anything else it says so and passes without checking.
  */
@@ -100,9 +102,10 @@ static char *shared(int *mfd, char c)
 	return v;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
-	if (!host_engine() || geteuid() != 0) {
+	int hold = argc > 1 && strcmp(argv[1], "hold") == 0;
+	if (!hold && (!host_engine() || geteuid() != 0)) {
 		printf("PASS held_pins: not under a root host engine, nothing to check\n");
 		return 0;
 	}
@@ -117,6 +120,22 @@ int main(void)
 	CHECK(ioctl(iommufd, IOMMU_TEST_CMD, &acc) == 0);
 	int access = (int)acc.create_access.out_access_fd;
 	static char buf[LEN];
+
+	if (hold) {
+		int mfd;
+		char *v = shared(&mfd, 'H');
+		map(ioas, v);
+		CHECK(munmap(v, LEN) == 0);
+		printf("READY\n");
+		fflush(stdout);
+		char c;
+		while (read(0, &c, 1) > 0)
+			;
+		CHECK(access_rw(access, MOCK_IOVA, buf, LEN, 0) == 0 && filled(buf, 'H', LEN));
+		unmap(ioas);
+		PASS("held_pins hold");
+		return 0;
+	}
 
 	/* munmap after the map: the pinned pages stay reachable. */
 	int mfd;
