@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run `uiommu bench` inside a QEMU TCG guest (software-emulated CPU, 2 vCPUs), the same kind
 # of guest the real Linux 6.12 kernel's reference figures were measured in
-# (/work/shared/anchors/kernel-6.12.md), so that both sides pay the same emulation.
+# (bench/kernel-6.12.md), so that both sides pay the same emulation.
 #
 # On a fresh Debian bookworm machine, as root:
 #   1. installs what it needs with apt: qemu-system-x86 (bookworm-backports), cpio, gzip; a

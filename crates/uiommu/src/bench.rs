@@ -1,7 +1,7 @@
 //! `uiommu bench`: throughput and cost figures of the engine, through the ioctl ABI (the same
 //! decode and dispatch code the preload library runs, called in-process on this process's own
 //! memory) and through the library API, beside the real kernel's figures for the same machine
-//! class (`/work/shared/anchors/kernel-6.12.md`, hard-coded in [`KERNEL_ANCHORS`]).
+//! class (`bench/kernel-6.12.md` in the repository, hard-coded in [`KERNEL_ANCHORS`]).
 //!
 //! Every figure "with a domain" uses a paging domain of the selftest mock format (a hot-added
 //! mock device, bound and attached), as the kernel's figures do; the same figures with uiommu's
@@ -38,7 +38,7 @@ const GIB: u64 = 1 << 30;
 const PAGE: u64 = 4 * KIB;
 
 /// The real Linux 6.12 iommufd's figures on this machine class, from
-/// `/work/shared/anchors/kernel-6.12.md` ("Benchmark figures", median of 4 boots, mock paging
+/// `bench/kernel-6.12.md` in the repository ("Benchmark figures", median of 4 boots, mock paging
 /// domain). Measured in a QEMU TCG guest (software-emulated CPU: syscalls 3.2x native, random
 /// loads 1.9x), so they are slower than a native kernel would be.
 pub const KERNEL_ANCHORS: &[(&str, f64)] = &[
@@ -293,7 +293,7 @@ impl Report {
         let _ = writeln!(
             out,
             "\nkernel 6.12: the real kernel in a QEMU TCG guest of this machine class (emulated \
-             CPU; syscalls 3.2x native), /work/shared/anchors/kernel-6.12.md. Ratios compare \
+             CPU; syscalls 3.2x native), bench/kernel-6.12.md. Ratios compare \
              like with like only when this run was in such a guest too (bench/vm/run.sh); run \
              natively, they overstate uiommu. ratio = uiommu / kernel (higher is better except ns \
              and bytes)."

@@ -357,24 +357,122 @@ fn main() -> ExitCode {
     }
 }
 
-/// The preload library to use: `--preload`, `$UIOMMU_PRELOAD`, or next to this executable.
+/// The preload library to use: `--preload`, `$UIOMMU_PRELOAD`, or next to this executable
+/// (built there first when this executable is a cargo build of the workspace and the library
+/// is not built yet: the README's commands build only the executable).
 fn find_preload(flag: Option<PathBuf>) -> Result<PathBuf, String> {
-    let candidate = match flag.or_else(|| std::env::var_os("UIOMMU_PRELOAD").map(PathBuf::from)) {
-        Some(p) => p,
-        None => {
-            let exe = std::env::current_exe()
-                .map_err(|e| format!("cannot locate the uiommu executable: {e}"))?;
-            exe.parent()
-                .map(|d| d.join(PRELOAD_NAME))
-                .ok_or_else(|| format!("{}: no parent directory", exe.display()))?
-        }
-    };
     // LD_PRELOAD is resolved by the program's loader, possibly after a chdir: make it absolute.
-    std::fs::canonicalize(&candidate).map_err(|e| {
-        format!(
-            "{}: {e} (build it with `cargo build --workspace`, or pass --preload)",
-            candidate.display()
-        )
+    if let Some(p) = flag {
+        return std::fs::canonicalize(&p).map_err(|e| format!("--preload {}: {e}", p.display()));
+    }
+    if let Some(p) = std::env::var_os("UIOMMU_PRELOAD").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        return std::fs::canonicalize(&p)
+            .map_err(|e| format!("UIOMMU_PRELOAD={}: {e}", p.display()));
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("cannot locate the uiommu executable: {e}"))?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| format!("{}: no parent directory", exe.display()))?;
+    let beside = dir.join(PRELOAD_NAME);
+    if let Ok(p) = std::fs::canonicalize(&beside) {
+        return Ok(p);
+    }
+    let build = cargo_build_of(dir);
+    let how = build.as_ref().map_or_else(
+        || "cargo build --release -p uiommu-preload".to_string(),
+        |b| b.command_line(),
+    );
+    if let Some(b) = &build {
+        eprintln!(
+            "uiommu run: {} is not built yet; building it: {how}",
+            beside.display()
+        );
+        match b.run() {
+            Ok(()) => {
+                if let Ok(p) = std::fs::canonicalize(&beside) {
+                    return Ok(p);
+                }
+            }
+            Err(e) => {
+                return Err(format!(
+                    "{}: not built, and `{how}` failed ({e}); build it, or pass --preload FILE",
+                    beside.display()
+                ))
+            }
+        }
+    }
+    Err(format!(
+        "{}: not found: uiommu run needs the preload library next to the executable (build it \
+         with `{how}` in the uiommu source tree), or --preload FILE, or UIOMMU_PRELOAD",
+        beside.display()
+    ))
+}
+
+/// A `cargo build` of the preload library into the same target directory and profile as the
+/// executable in `dir`, when `dir` is `<workspace>/target[/<triple>]/<profile>` of this
+/// source tree.
+struct CargoBuild {
+    root: PathBuf,
+    args: Vec<String>,
+}
+
+impl CargoBuild {
+    fn command_line(&self) -> String {
+        format!("cargo {}", self.args.join(" "))
+    }
+
+    fn run(&self) -> Result<(), String> {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let st = std::process::Command::new(cargo)
+            .args(&self.args)
+            .current_dir(&self.root)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if st.success() {
+            Ok(())
+        } else {
+            Err(st.to_string())
+        }
+    }
+}
+
+/// See [`CargoBuild`].
+fn cargo_build_of(dir: &Path) -> Option<CargoBuild> {
+    let profile = dir.file_name()?.to_str()?.to_string();
+    let up = dir.parent()?;
+    let (target, triple) = if up.file_name()? == "target" {
+        (up, None)
+    } else {
+        let t = up.parent()?;
+        (t.file_name()? == "target").then_some(())?;
+        (t, Some(up.file_name()?.to_str()?.to_string()))
+    };
+    let root = target.parent()?;
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).ok()?;
+    // This source tree's workspace (it has the preload crate).
+    if !manifest.contains("[workspace]") || !root.join("crates/preload/Cargo.toml").is_file() {
+        return None;
+    }
+    let mut args = vec!["build".to_string()];
+    match profile.as_str() {
+        "debug" => {}
+        "release" => args.push("--release".into()),
+        other => {
+            args.push("--profile".into());
+            args.push(other.into());
+        }
+    }
+    if let Some(t) = triple {
+        args.push("--target".into());
+        args.push(t);
+    }
+    args.extend(["-p".to_string(), "uiommu-preload".to_string()]);
+    Some(CargoBuild {
+        root: root.to_path_buf(),
+        args,
     })
 }
 
@@ -439,6 +537,22 @@ fn run(
         Some(e) => e,
         None => EngineKind::InProcess,
     };
+    // Refuse a bad platform file here, with its error (given by --platform or by the
+    // environment), rather than in the program's first open.
+    let (platform, named) = match platform {
+        Some(p) => (Some(p), "--platform "),
+        None => (
+            std::env::var_os("UIOMMU_PLATFORM")
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
+            "UIOMMU_PLATFORM=",
+        ),
+    };
+    if let Some(path) = &platform {
+        let bad = |e: &dyn std::fmt::Display| (2, format!("{named}{}: {e}", path.display()));
+        let text = std::fs::read_to_string(path).map_err(|e| bad(&e))?;
+        uiommu::platform::topology::Topology::from_toml(&text).map_err(|e| bad(&e))?;
+    }
     let lib = if seccomp {
         None
     } else {
@@ -447,11 +561,6 @@ fn run(
     let mut cmd = std::process::Command::new(program);
     cmd.args(args);
     if let Some(path) = &platform {
-        // Refuse a bad file here, with its error, rather than in the program's first open.
-        let text =
-            std::fs::read_to_string(path).map_err(|e| (2, format!("{}: {e}", path.display())))?;
-        uiommu::platform::topology::Topology::from_toml(&text)
-            .map_err(|e| (2, format!("{}: {e}", path.display())))?;
         let abs =
             std::fs::canonicalize(path).map_err(|e| (2, format!("{}: {e}", path.display())))?;
         cmd.env("UIOMMU_PLATFORM", abs);
@@ -497,6 +606,37 @@ fn run(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_preload_is_built_where_the_executable_was_built() {
+        let root = std::env::temp_dir().join(format!("uiommu-ws-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("crates/preload")).unwrap();
+        std::fs::write(root.join("Cargo.toml"), "[workspace]\n").unwrap();
+        std::fs::write(root.join("crates/preload/Cargo.toml"), "").unwrap();
+        let args = |dir: &str| cargo_build_of(&root.join(dir)).map(|b| b.command_line());
+        assert_eq!(
+            args("target/debug").as_deref(),
+            Some("cargo build -p uiommu-preload")
+        );
+        assert_eq!(
+            args("target/release").as_deref(),
+            Some("cargo build --release -p uiommu-preload")
+        );
+        assert_eq!(
+            args("target/x86_64-unknown-linux-gnu/release").as_deref(),
+            Some("cargo build --release --target x86_64-unknown-linux-gnu -p uiommu-preload")
+        );
+        assert_eq!(
+            args("target/bench").as_deref(),
+            Some("cargo build --profile bench -p uiommu-preload")
+        );
+        // Not a target directory, or another workspace: nothing to build.
+        assert!(args("bin").is_none());
+        std::fs::remove_file(root.join("crates/preload/Cargo.toml")).unwrap();
+        assert!(args("target/release").is_none());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
     use super::*;
 
     #[test]

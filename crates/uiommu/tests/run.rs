@@ -89,7 +89,44 @@ fn run_refuses_a_missing_library_a_bad_platform_and_a_missing_program() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/libuiommu_preload.so"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    // The file the user named, and no hint to build what was given explicitly.
+    assert!(err.contains("--preload /nonexistent/libuiommu_preload.so"), "{err}");
+    assert!(!err.contains("cargo build"), "{err}");
+
+    // A platform file from the environment is refused before the program runs.
+    let out = uiommu()
+        .args(["run", "--preload"])
+        .arg(stand_in_library())
+        .args(["--", "sh", "-c", "echo ran"])
+        .env("UIOMMU_PLATFORM", "/nonexistent/platform.toml")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("ran"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("UIOMMU_PLATFORM=/nonexistent/platform.toml"), "{err}");
+
+    // An executable outside a source tree with no library beside it: says what is missing
+    // and how to build it, and runs nothing.
+    let lone = scratch("lone");
+    std::fs::create_dir_all(&lone).unwrap();
+    let exe = lone.join("uiommu");
+    std::fs::copy(env!("CARGO_BIN_EXE_uiommu"), &exe).unwrap();
+    let out = Command::new(&exe)
+        .args(["run", "--", "sh", "-c", "echo ran"])
+        .env_remove("UIOMMU_PRELOAD")
+        .env_remove("UIOMMU_PLATFORM")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("ran"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("libuiommu_preload.so: not found")
+            && err.contains("cargo build --release -p uiommu-preload"),
+        "{err}"
+    );
 
     let bad = scratch("bad.toml");
     std::fs::write(&bad, "[[device]\nthis is not toml").unwrap();
