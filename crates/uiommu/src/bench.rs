@@ -1453,6 +1453,27 @@ mod tests {
     }
 
     #[test]
+    fn every_kernel_figure_is_in_the_file_the_table_cites() {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/kernel-6.12.md"),
+        )
+        .expect("bench/kernel-6.12.md in the repository");
+        for &(key, v) in KERNEL_ANCHORS {
+            // As the file writes it: 55,709 or 4.73 (and 283k for thousands of ops/s).
+            let shown = if v >= 1000.0 && v.fract() == 0.0 {
+                fmt_num(v)
+            } else {
+                format!("{v}")
+            };
+            let k = format!("{}k", (v / 1000.0).round());
+            assert!(
+                text.contains(&shown) || text.contains(&k),
+                "{key}: {v} is not in bench/kernel-6.12.md"
+            );
+        }
+    }
+
+    #[test]
     fn numbers_read_well() {
         assert_eq!(fmt_num(199_860.4), "199,860");
         assert_eq!(fmt_num(1_234_567.0), "1,234,567");

@@ -370,8 +370,8 @@ fn find_preload(flag: Option<PathBuf>) -> Result<PathBuf, String> {
         return std::fs::canonicalize(&p)
             .map_err(|e| format!("UIOMMU_PRELOAD={}: {e}", p.display()));
     }
-    let exe = std::env::current_exe()
-        .map_err(|e| format!("cannot locate the uiommu executable: {e}"))?;
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot locate the uiommu executable: {e}"))?;
     let dir = exe
         .parent()
         .ok_or_else(|| format!("{}: no parent directory", exe.display()))?;

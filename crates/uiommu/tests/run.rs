@@ -91,7 +91,10 @@ fn run_refuses_a_missing_library_a_bad_platform_and_a_missing_program() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     // The file the user named, and no hint to build what was given explicitly.
-    assert!(err.contains("--preload /nonexistent/libuiommu_preload.so"), "{err}");
+    assert!(
+        err.contains("--preload /nonexistent/libuiommu_preload.so"),
+        "{err}"
+    );
     assert!(!err.contains("cargo build"), "{err}");
 
     // A platform file from the environment is refused before the program runs.
@@ -105,7 +108,10 @@ fn run_refuses_a_missing_library_a_bad_platform_and_a_missing_program() {
     assert_eq!(out.status.code(), Some(2));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("ran"));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("UIOMMU_PLATFORM=/nonexistent/platform.toml"), "{err}");
+    assert!(
+        err.contains("UIOMMU_PLATFORM=/nonexistent/platform.toml"),
+        "{err}"
+    );
 
     // An executable outside a source tree with no library beside it: says what is missing
     // and how to build it, and runs nothing.
@@ -151,4 +157,20 @@ fn run_refuses_a_missing_library_a_bad_platform_and_a_missing_program() {
 
     let out = uiommu().args(["run"]).output().unwrap();
     assert!(!out.status.success(), "a program is required");
+}
+
+#[test]
+fn the_readme_states_the_workspace_minimum_rust_version() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let version = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .expect("workspace rust-version")
+        .trim_matches('"');
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(
+        readme.contains(&format!("Rust {version} or newer")),
+        "README.md must say Rust {version} or newer"
+    );
 }
