@@ -174,3 +174,65 @@ fn the_readme_states_the_workspace_minimum_rust_version() {
         "README.md must say Rust {version} or newer"
     );
 }
+
+#[test]
+fn run_builds_the_missing_preload_library_of_a_cargo_built_executable() {
+    use std::os::unix::fs::PermissionsExt;
+    // A source tree's layout with a release build of uiommu and no library beside it; a
+    // stand-in `cargo` (CARGO) that records its arguments and "builds" the library.
+    let ws = scratch("ws");
+    let _ = std::fs::remove_dir_all(&ws);
+    std::fs::create_dir_all(ws.join("crates/preload")).unwrap();
+    std::fs::create_dir_all(ws.join("target/release")).unwrap();
+    std::fs::write(ws.join("Cargo.toml"), "[workspace]\n").unwrap();
+    std::fs::write(ws.join("crates/preload/Cargo.toml"), "").unwrap();
+    let exe = ws.join("target/release/uiommu");
+    std::fs::copy(env!("CARGO_BIN_EXE_uiommu"), &exe).unwrap();
+    let cargo = ws.join("fake-cargo");
+    std::fs::write(
+        &cargo,
+        format!(
+            "#!/bin/sh\necho \"$PWD $*\" > {}\ncp {} target/release/libuiommu_preload.so\n",
+            ws.join("cargo-args").display(),
+            stand_in_library().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cargo, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(&exe)
+        .args(["run", "--", "sh", "-c", "echo \"P=$LD_PRELOAD\""])
+        .env_remove("UIOMMU_PRELOAD")
+        .env_remove("UIOMMU_PLATFORM")
+        .env_remove("LD_PRELOAD")
+        .env("CARGO", &cargo)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("cargo build --release -p uiommu-preload"),
+        "{err}"
+    );
+    let args = std::fs::read_to_string(ws.join("cargo-args")).unwrap();
+    let root = std::fs::canonicalize(&ws).unwrap();
+    assert_eq!(
+        args.trim(),
+        format!("{} build --release -p uiommu-preload", root.display())
+    );
+    let lib = std::fs::canonicalize(ws.join("target/release/libuiommu_preload.so")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("P={}", lib.display())),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Built once: the next run uses it without building.
+    std::fs::remove_file(ws.join("cargo-args")).unwrap();
+    let out = Command::new(&exe)
+        .args(["run", "--", "true"])
+        .env_remove("UIOMMU_PRELOAD")
+        .env("CARGO", &cargo)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!ws.join("cargo-args").exists());
+}
