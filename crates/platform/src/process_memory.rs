@@ -49,6 +49,17 @@ pub fn set_private_fds() {
     PRIVATE_FDS.store(true, std::sync::atomic::Ordering::Release);
 }
 
+/// A `/proc/<pid>/fd/<n>` path of a descriptor process `pid` holds on the file (`dev`, `inode`).
+fn fd_of_file(pid: i32, dev: (u32, u32), inode: u64) -> Option<String> {
+    let want = nix::sys::stat::makedev(u64::from(dev.0), u64::from(dev.1));
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() == inode && m.dev() == want))
+        .map(|p| p.display().to_string())
+}
+
 /// A process's memory, accessed through the kernel.
 #[derive(Debug, Clone, Copy)]
 pub struct ProcessMemory {
@@ -138,10 +149,22 @@ impl ProcessMemory {
                 };
                 if v.shared {
                     let path = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
-                    let file = std::fs::OpenOptions::new()
-                        .read(true)
-                        .write(write && v.writable)
-                        .open(path);
+                    let open = |path: &str| {
+                        std::fs::OpenOptions::new()
+                            .read(true)
+                            .write(write && v.writable)
+                            .open(path)
+                    };
+                    // Without the capability map_files needs: a descriptor of the same file
+                    // the process holds (a memfd or file it mapped and kept open, as VMMs
+                    // keep their guest memory's).
+                    let file = open(&path).or_else(|e| {
+                        let held = (v.inode != 0)
+                            .then(|| fd_of_file(pid, v.dev, v.inode))
+                            .flatten()
+                            .ok_or(e)?;
+                        open(&held)
+                    });
                     if let Ok(file) = file {
                         let from = at.max(v.start);
                         let to = end.min(v.end);

@@ -66,6 +66,10 @@ pub struct Vma {
     pub shared: bool,
     /// The offset in its file of its first address (of a file or shared-memory mapping).
     pub offset: u64,
+    /// The file's device (major, minor) and inode (0: anonymous).
+    pub dev: (u32, u32),
+    /// See `dev`.
+    pub inode: u64,
 }
 
 /// The mapping that covers `addr` in the process whose `/proc/<pid>/maps` is open as `maps`:
@@ -99,6 +103,8 @@ pub fn procmap_query(maps: BorrowedFd<'_>, addr: u64) -> io::Result<Option<Vma>>
             page_size: q.vma_page_size,
             shared: q.vma_flags & 8 != 0,
             offset: q.vma_offset,
+            dev: (q.dev_major, q.dev_minor),
+            inode: q.inode,
         }));
     }
     let e = io::Error::last_os_error();

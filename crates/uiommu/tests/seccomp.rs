@@ -230,6 +230,50 @@ fn the_sysfs_view_of_a_root_engine_reaches_nothing_outside_it_for_another_uid() 
     s.settle();
 }
 
+#[test]
+fn an_engine_of_another_uid_holds_pinned_memfd_pages_through_the_programs_descriptor() {
+    if !nix_is_root() {
+        eprintln!("not root: cannot start an engine of another uid here");
+        return;
+    }
+    // uid 65534's runtime directory, its engine, and the program (under the preload
+    // front-end) of that uid.
+    let dir = std::env::temp_dir().join(format!("uiommu-uid65534-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let name = format!("nobody-{}", std::process::id());
+    let as_nobody = |cmd: &mut Command| {
+        std::os::unix::process::CommandExt::uid(cmd, 65534);
+        std::os::unix::process::CommandExt::gid(cmd, 65534);
+        cmd.env("XDG_RUNTIME_DIR", &dir);
+    };
+    let mut serve = uiommu();
+    serve
+        .args(["serve", "--instance", &name])
+        .stderr(Stdio::null());
+    as_nobody(&mut serve);
+    let mut serve = serve.spawn().unwrap();
+    let sock = dir.join("uiommu").join(format!("{name}.sock"));
+    wait_until("the engine of uid 65534 answers", || sock.exists());
+    let mut run = uiommu();
+    run.args(["run", "--engine", "host", "--instance", &name, "--"])
+        .arg(program("held_pins", false));
+    as_nobody(&mut run);
+    let out = run.output().unwrap();
+    if let Some(pid) = rustix::process::Pid::from_raw(serve.id() as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    let _ = serve.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("PASS held_pins") && !stdout.contains("nothing"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn nix_is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
