@@ -192,6 +192,13 @@ fn call(host: &Arc<Host>, sock: BorrowedFd<'_>, msg: Received) -> Message {
             Message::reply(Ok(0))
         }
         OP_STATUS => Message::reply(c.status(req.args[0], req.args[1])),
+        OP_NODES => Message {
+            extra: [
+                u64::from(host.config.node_uid),
+                u64::from(host.config.node_gid),
+            ],
+            ..Message::reply(Ok(i64::from(host.config.node_mode & 0o7777)))
+        },
         OP_SUPERVISE => Message::reply(supervise(host, msg.fd, req)),
         _ => {
             let Some(fd) = msg.fd else {

@@ -155,6 +155,37 @@ pub(crate) fn reopen(path: *const libc::c_char, flags: c_int) -> Option<Result<c
     }
 }
 
+/// The engine's device nodes' (mode, uid, gid), asked once (`OP_NODES`); `None` when the
+/// engine does not say (an older engine: the nodes then look as the in-process engine's).
+pub(crate) fn nodes() -> Option<(u32, u32, u32)> {
+    use std::sync::atomic::AtomicU64;
+    /// mode | 1 << 15 (known) in the low 16 bits, uid in 16..48; gid in the second word.
+    static KNOWN: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+    let w = KNOWN[0].load(Ordering::Acquire);
+    if w & (1 << 15) != 0 {
+        return Some((
+            (w & 0o7777) as u32,
+            (w >> 16) as u32,
+            KNOWN[1].load(Ordering::Acquire) as u32,
+        ));
+    }
+    let m = CLIENT
+        .call(Request::new(uiommu_proto::OP_NODES, [0; 6]), None)
+        .ok()
+        .filter(|m| m.err == 0)?;
+    let (mode, uid, gid) = (
+        (m.val as u32) & 0o7777,
+        m.extra[0] as u32,
+        m.extra[1] as u32,
+    );
+    KNOWN[1].store(u64::from(gid), Ordering::Release);
+    KNOWN[0].store(
+        u64::from(mode) | (1 << 15) | (u64::from(uid) << 16),
+        Ordering::Release,
+    );
+    Some((mode, uid, gid))
+}
+
 /// Whether `fd` is one of the engine's files (a socket the engine made).
 pub(crate) fn ours(fd: c_int) -> bool {
     CLIENT.is_ours(fd)

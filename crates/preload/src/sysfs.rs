@@ -431,7 +431,7 @@ unsafe fn dev_access(path: *const c_char, mode: c_int, effective: bool) -> Optio
     }
     let _h = Hook::enter();
     let r = match target {
-        Some(t) if crate::target_exists(t) => Ok(()),
+        Some(t) if crate::target_exists(t) => crate::node::access(t, mode, effective),
         Some(_) => Err(libc::ENOENT),
         None => {
             // SAFETY: `path` is NUL-terminated (non-null: it starts with /dev/vfio).

@@ -196,6 +196,10 @@ pub const OP_SUPERVISE: u32 = 11;
 /// hands a sealed memfd of [`ring::RING_LEN`] bytes over with [`K_TAKE_FD`] and replies its
 /// number; EOPNOTSUPP for a file whose calls a ring does not take.
 pub const OP_RING: u32 = 12;
+/// The device nodes' owner and mode (`uiommu serve --mode`, its uid and gid): replies the
+/// mode's permission bits in `val`, `extra` = [uid, gid]. (The legacy container is `0666`
+/// whatever the mode, as on Linux.)
+pub const OP_NODES: u32 = 13;
 /// Answer to [`K_TAKE_FD`]: `args[0]` = the fd number, or the negated errno.
 pub const OP_TOOK_FD: u32 = 20;
 /// Answer to [`K_DROP_FD`].

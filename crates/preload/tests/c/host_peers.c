@@ -219,14 +219,26 @@ static int open_nodes(int err)
 {
 	const char *paths[] = { "/dev/iommu", "/dev/vfio/devices/vfio0" };
 	for (int i = 0; i < 2; i++) {
+		/* stat and access say what open does: the engine's owner (root here) and mode. */
+		struct stat st;
+		CHECK(stat(paths[i], &st) == 0 && S_ISCHR(st.st_mode) && st.st_uid == 0);
+		CHECK((st.st_mode & 0777) == (err ? 0600 : 0666));
+		CHECK(access(paths[i], F_OK) == 0);
 		if (err) {
+			CHECK_ERR(access(paths[i], R_OK | W_OK), EACCES);
 			CHECK_ERR(open(paths[i], O_RDWR), err);
 		} else {
+			CHECK(access(paths[i], R_OK | W_OK) == 0);
 			int fd = open(paths[i], O_RDWR);
 			CHECK(fd >= 0);
 			close(fd);
 		}
+		CHECK_ERR(access(paths[i], X_OK), EACCES);
 	}
+	/* The legacy container is anyone's, as on Linux. */
+	struct stat st;
+	CHECK(stat("/dev/vfio/vfio", &st) == 0 && (st.st_mode & 0777) == 0666);
+	CHECK(access("/dev/vfio/vfio", R_OK | W_OK) == 0);
 	PASS("host_peers open");
 	return 0;
 }
