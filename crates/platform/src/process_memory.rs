@@ -147,7 +147,9 @@ impl ProcessMemory {
                 let Ok(Some(v)) = uiommu_sys::procmap_query(maps, at) else {
                     break;
                 };
-                if v.shared {
+                // Regular files and shared memory only: `pread`/`pwrite` of them are their
+                // pages (hugetlbfs has no `write`; a device's mapping is not its `read`).
+                if v.shared && v.page_size == PAGE_SIZE {
                     let path = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
                     let open = |path: &str| {
                         std::fs::OpenOptions::new()
@@ -165,7 +167,13 @@ impl ProcessMemory {
                             .ok_or(e)?;
                         open(&held)
                     });
-                    if let Ok(file) = file {
+                    if let Ok(file) = file.and_then(|f| {
+                        if f.metadata()?.is_file() {
+                            Ok(f)
+                        } else {
+                            Err(std::io::ErrorKind::Unsupported.into())
+                        }
+                    }) {
                         let from = at.max(v.start);
                         let to = end.min(v.end);
                         out.push(Held {
