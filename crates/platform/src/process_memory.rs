@@ -49,6 +49,16 @@ pub fn set_private_fds() {
     PRIVATE_FDS.store(true, std::sync::atomic::Ordering::Release);
 }
 
+/// The files held for pins, by (device, inode, opened for writing): one descriptor per file.
+type HeldFiles = std::collections::HashMap<((u32, u32), u64, bool), std::sync::Weak<std::fs::File>>;
+
+static HELD_FILES: std::sync::LazyLock<Mutex<HeldFiles>> =
+    std::sync::LazyLock::new(|| Mutex::new(HeldFiles::new()));
+
+fn lock_held_files() -> std::sync::MutexGuard<'static, HeldFiles> {
+    HELD_FILES.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A `/proc/<pid>/fd/<n>` path of a descriptor process `pid` holds on the file (`dev`, `inode`).
 fn fd_of_file(pid: i32, dev: (u32, u32), inode: u64) -> Option<String> {
     let want = nix::sys::stat::makedev(u64::from(dev.0), u64::from(dev.1));
@@ -160,26 +170,48 @@ impl ProcessMemory {
                     // Without the capability map_files needs: a descriptor of the same file
                     // the process holds (a memfd or file it mapped and kept open, as VMMs
                     // keep their guest memory's).
-                    let file = open(&path).or_else(|e| {
-                        let held = (v.inode != 0)
-                            .then(|| fd_of_file(pid, v.dev, v.inode))
-                            .flatten()
-                            .ok_or(e)?;
-                        open(&held)
-                    });
-                    if let Ok(file) = file.and_then(|f| {
-                        if f.metadata()?.is_file() {
-                            Ok(f)
-                        } else {
-                            Err(std::io::ErrorKind::Unsupported.into())
-                        }
-                    }) {
+                    // One descriptor per file held, whatever the number of pins of it (a VMM's
+                    // many small maps of its guest memory): reused while any pin holds it.
+                    let key = (v.dev, v.inode, write && v.writable);
+                    let cached = (v.inode != 0)
+                        .then(|| {
+                            lock_held_files()
+                                .get(&key)
+                                .and_then(std::sync::Weak::upgrade)
+                        })
+                        .flatten();
+                    let file = match cached {
+                        Some(f) => Ok(f),
+                        None => open(&path)
+                            .or_else(|e| {
+                                let held = (v.inode != 0)
+                                    .then(|| fd_of_file(pid, v.dev, v.inode))
+                                    .flatten()
+                                    .ok_or(e)?;
+                                open(&held)
+                            })
+                            .and_then(|f| {
+                                if f.metadata()?.is_file() {
+                                    Ok(std::sync::Arc::new(f))
+                                } else {
+                                    Err(std::io::ErrorKind::Unsupported.into())
+                                }
+                            })
+                            .inspect(|f| {
+                                if v.inode != 0 {
+                                    let mut files = lock_held_files();
+                                    files.retain(|_, w| w.strong_count() > 0);
+                                    files.insert(key, std::sync::Arc::downgrade(f));
+                                }
+                            }),
+                    };
+                    if let Ok(file) = file {
                         let from = at.max(v.start);
                         let to = end.min(v.end);
                         out.push(Held {
                             va: UserVa(from),
                             len: to - from,
-                            file: std::sync::Arc::new(file),
+                            file,
                             offset: v.offset + (from - v.start),
                         });
                     }

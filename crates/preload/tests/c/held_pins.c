@@ -9,7 +9,8 @@
  *    new mapping's bytes, and writes never touch the new mapping;
  *  - after IOAS_UNMAP nothing is held any more: the access reads nothing there (ENOENT).
  * With argument `hold`: map a memfd range, munmap it, say READY and wait for stdin to close
- * (the test reads the engine's status meanwhile), then check the data and exit.
+ * (the test reads the engine's status meanwhile), then check the data and exit. With `many`:
+ * the same for 200 maps of 200 ranges of one memfd (the engine holds one descriptor of it).
  * Run under the host engine (a root one opens the file behind the mapping through
  * /proc/PID/map_files, another the memfd through the descriptor this program keeps); under
  * the in-process engine it says so and passes without checking.
@@ -63,7 +64,7 @@ static int access_rw(int access, __u64 iova, void *buf, __u64 len, __u32 flags)
 	return ioctl(iommufd, IOMMU_TEST_CMD, &c);
 }
 
-static void map(__u32 ioas, void *va)
+static void map_at_iova(__u32 ioas, void *va, __u64 iova)
 {
 	struct iommu_ioas_map m = {
 		.size = sizeof(m),
@@ -72,9 +73,14 @@ static void map(__u32 ioas, void *va)
 		.ioas_id = ioas,
 		.user_va = (uintptr_t)va,
 		.length = LEN,
-		.iova = MOCK_IOVA,
+		.iova = iova,
 	};
 	CHECK(ioctl(iommufd, IOMMU_IOAS_MAP, &m) == 0);
+}
+
+static void map(__u32 ioas, void *va)
+{
+	map_at_iova(ioas, va, MOCK_IOVA);
 }
 
 static void unmap(__u32 ioas)
@@ -92,20 +98,26 @@ static int filled(const char *p, char c, size_t n)
 	return 1;
 }
 
-/* A memfd of LEN bytes of `c`, mapped shared. */
-static char *shared(int *mfd, char c)
+/* A memfd of `n` * LEN bytes of `c`, mapped shared. */
+static char *shared_n(int *mfd, char c, int n)
 {
 	*mfd = memfd_create("held", MFD_CLOEXEC);
-	CHECK(*mfd >= 0 && ftruncate(*mfd, LEN) == 0);
-	char *v = mmap(NULL, LEN, PROT_READ | PROT_WRITE, MAP_SHARED, *mfd, 0);
+	CHECK(*mfd >= 0 && ftruncate(*mfd, (off_t)n * LEN) == 0);
+	char *v = mmap(NULL, (size_t)n * LEN, PROT_READ | PROT_WRITE, MAP_SHARED, *mfd, 0);
 	CHECK(v != MAP_FAILED);
-	memset(v, c, LEN);
+	memset(v, c, (size_t)n * LEN);
 	return v;
+}
+
+static char *shared(int *mfd, char c)
+{
+	return shared_n(mfd, c, 1);
 }
 
 int main(int argc, char **argv)
 {
-	int hold = argc > 1 && strcmp(argv[1], "hold") == 0;
+	int many = argc > 1 && strcmp(argv[1], "many") == 0;
+	int hold = many || (argc > 1 && strcmp(argv[1], "hold") == 0);
 	if (!hold && !host_engine()) {
 		printf("PASS held_pins: not under the host engine, nothing to check\n");
 		return 0;
@@ -124,16 +136,26 @@ int main(int argc, char **argv)
 
 	if (hold) {
 		int mfd;
-		char *v = shared(&mfd, 'H');
-		map(ioas, v);
-		CHECK(munmap(v, LEN) == 0);
+		int n = many ? 200 : 1;
+		char *v = shared_n(&mfd, 'H', n);
+		for (int i = 0; i < n; i++)
+			map_at_iova(ioas, v + (size_t)i * LEN, MOCK_IOVA + (__u64)i * LEN);
+		CHECK(munmap(v, (size_t)n * LEN) == 0);
 		printf("READY\n");
 		fflush(stdout);
 		char c;
 		while (read(0, &c, 1) > 0)
 			;
-		CHECK(access_rw(access, MOCK_IOVA, buf, LEN, 0) == 0 && filled(buf, 'H', LEN));
-		unmap(ioas);
+		for (int i = 0; i < n; i++) {
+			memset(buf, 0, LEN);
+			CHECK(access_rw(access, MOCK_IOVA + (__u64)i * LEN, buf, LEN, 0) == 0 &&
+			      filled(buf, 'H', LEN));
+		}
+		for (int i = 0; i < n; i++) {
+			struct iommu_ioas_unmap u = { .size = sizeof(u), .ioas_id = ioas,
+						      .iova = MOCK_IOVA + (__u64)i * LEN, .length = LEN };
+			CHECK(ioctl(iommufd, IOMMU_IOAS_UNMAP, &u) == 0);
+		}
 		PASS("held_pins hold");
 		return 0;
 	}
