@@ -285,6 +285,18 @@ pub fn serve(host: Arc<Host>, ready: impl FnOnce()) -> Result<(), ServeError> {
         &dir,
         std::fs::Permissions::from_mode(if root { 0o755 } else { 0o700 }),
     );
+    // Every served file is a socket of the engine and every process a pidfd: the soft limit
+    // of descriptors up to the hard one, as a server that holds many does.
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if limit.current < limit.maximum {
+        let _ = rustix::process::setrlimit(
+            rustix::process::Resource::Nofile,
+            rustix::process::Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            },
+        );
+    }
     let mut lock = lock_instance(name)?;
     let _ = lock.set_len(0);
     let _ = write!(lock, "{}", std::process::id());
