@@ -7,17 +7,19 @@
 //! (`socket`, `connect`, `sendmsg`, `recvmsg`, `close`, `fcntl`, `fstat`, `getsockopt`,
 //! `getpid`) is async-signal-safe.
 //!
-//! After `fork` the child's copy of the pool names connections it shares with the parent;
-//! the first call in a process whose pid is not the pool's closes them and starts anew, so
-//! parent and child never read each other's replies. (Each message carries the sender's
-//! kernel-stamped credentials, so a connection carries no identity of its own.)
+//! After `fork` the child's copy of the pool names connections it shares with the parent:
+//! each slot records the process that made its connection, and a slot of another process is
+//! taken over whole (its inherited descriptor closed, a connection made anew) by the one call
+//! that claims it, so parent and child never read each other's replies, and no call of the
+//! child can use a slot another thread of the child is still cleaning. (Each message carries
+//! the sender's kernel-stamped credentials, so a connection carries no identity of its own.)
 
 use crate::ring::{self, Outcome, Table};
 use crate::{
     Message, Request, K_DROP_FD, K_REPLY, K_TAKE_FD, MESSAGE_LEN, OP_DROPPED, OP_IOCTL, OP_RING,
     OP_TOOK_FD,
 };
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 /// Connections kept per process.
 const POOL: usize = 16;
@@ -29,7 +31,47 @@ pub type Errno = i32;
 
 struct Slot {
     fd: AtomicI32,
-    busy: AtomicBool,
+    /// `pid << 1 | busy`: the process whose connection `fd` is (0: none yet), and whether a
+    /// call of it uses the slot.
+    state: AtomicU64,
+}
+
+impl Slot {
+    /// Claim the slot for a call of process `me`: one free of `me`'s, or one of another
+    /// process (inherited across `fork`, busy or not: no thread of that process runs here),
+    /// whose descriptor is then this process's copy, closed.
+    fn claim(&self, me: i32) -> bool {
+        let mine = u64::from(me as u32) << 1;
+        let s = self.state.load(Ordering::Acquire);
+        if s == mine {
+            return self
+                .state
+                .compare_exchange(mine, mine | 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+        }
+        if s >> 1 == u64::from(me as u32) {
+            // Busy with another call of this process.
+            return false;
+        }
+        if self
+            .state
+            .compare_exchange(s, mine | 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        let fd = self.fd.swap(-1, Ordering::AcqRel);
+        if fd >= 0 && s >> 1 != 0 {
+            close(fd);
+        }
+        true
+    }
+
+    /// Give the slot back after a call of process `me`.
+    fn release(&self, me: i32) {
+        self.state
+            .store(u64::from(me as u32) << 1, Ordering::Release);
+    }
 }
 
 /// The connection of a process to one host engine.
@@ -38,8 +80,6 @@ pub struct Client {
     path_len: AtomicUsize,
     /// The engine's pid (from `SO_PEERCRED` of a connection), 0 until known.
     engine_pid: AtomicI32,
-    /// The process the pool's connections belong to.
-    owner: AtomicI32,
     pool: [Slot; POOL],
     /// The table of rings ([`crate::ring::Table`]'s page), null until the first ring.
     rings: AtomicPtr<u8>,
@@ -255,11 +295,10 @@ impl Client {
             path: [const { AtomicUsize::new(0) }; PATH_MAX / 8 + 1],
             path_len: AtomicUsize::new(0),
             engine_pid: AtomicI32::new(0),
-            owner: AtomicI32::new(0),
             pool: [const {
                 Slot {
                     fd: AtomicI32::new(-1),
-                    busy: AtomicBool::new(false),
+                    state: AtomicU64::new(0),
                 }
             }; POOL],
             rings: AtomicPtr::new(std::ptr::null_mut()),
@@ -377,29 +416,6 @@ impl Client {
             return false;
         };
         pid != 0 && pid == self.engine_pid()
-    }
-
-    /// Drop connections inherited from the parent (the first call after `fork`).
-    fn adopt_pool(&self) {
-        // SAFETY: getpid has no preconditions.
-        let me = unsafe { libc::syscall(libc::SYS_getpid) } as i32;
-        let owner = self.owner.load(Ordering::Acquire);
-        if owner == me {
-            return;
-        }
-        if self
-            .owner
-            .compare_exchange(owner, me, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            for s in &self.pool {
-                let fd = s.fd.swap(-1, Ordering::AcqRel);
-                if fd >= 0 && owner != 0 {
-                    close(fd);
-                }
-                s.busy.store(false, Ordering::Release);
-            }
-        }
     }
 
     /// One call on `file` (if any): through the file's ring when it is a hot call, else sent
@@ -520,12 +536,9 @@ impl Client {
     /// One call as a message: send `req` with `file` attached, serve the engine's requests
     /// during it, and return its reply.
     fn message_call(&self, req: Request, file: Option<i32>) -> Result<Message, Errno> {
-        self.adopt_pool();
-        let slot = self.pool.iter().find(|s| {
-            s.busy
-                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        });
+        // SAFETY: getpid has no preconditions.
+        let me = unsafe { libc::syscall(libc::SYS_getpid) } as i32;
+        let slot = self.pool.iter().find(|s| s.claim(me));
         let (sock, temporary) = match slot {
             Some(s) => match s.fd.load(Ordering::Acquire) {
                 fd if fd >= 0 => (fd, false),
@@ -535,7 +548,7 @@ impl Client {
                         (fd, false)
                     }
                     Err(e) => {
-                        s.busy.store(false, Ordering::Release);
+                        s.release(me);
                         return Err(e);
                     }
                 },
@@ -551,7 +564,7 @@ impl Client {
                 s.fd.store(-1, Ordering::Release);
                 close(sock);
             }
-            s.busy.store(false, Ordering::Release);
+            s.release(me);
         }
         r
     }
