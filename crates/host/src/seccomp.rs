@@ -454,34 +454,15 @@ impl Stopped<'_> {
     /// `/dev` (on its device, with its times), and its parent as the real `/dev`.
     fn dev_attrs(&self, e: DevEntry) -> Option<NodeAttrs> {
         use std::os::unix::fs::MetadataExt;
-        let (n, devices) = match e {
-            DevEntry::Node(t) => return self.attrs(t),
-            DevEntry::Vfio(n) => (n, false),
-            DevEntry::Devices(n) => (n, true),
-            DevEntry::Parent => {
-                let d = std::fs::metadata("/dev").ok()?;
-                return Some(NodeAttrs {
-                    dev: d.dev(),
-                    ino: d.ino(),
-                    mode: d.mode(),
-                    uid: d.uid(),
-                    gid: d.gid(),
-                    rdev: (0, 0),
-                    times: [
-                        (d.atime(), d.atime_nsec()),
-                        (d.mtime(), d.mtime_nsec()),
-                        (d.ctime(), d.ctime_nsec()),
-                    ],
-                    nlink: d.nlink(),
-                    size: d.size() as i64,
-                });
-            }
-        };
+        if let DevEntry::Node(t) = e {
+            return self.attrs(t);
+        }
+        // The real /dev's attributes, and what the directories change of them.
         let d = std::fs::metadata("/dev").ok()?;
-        Some(NodeAttrs {
+        let real = NodeAttrs {
             dev: d.dev(),
-            ino: uiommu_uapi::sysfs_tree::vfio_dir_ino(devices),
-            mode: nix::libc::S_IFDIR | 0o755,
+            ino: d.ino(),
+            mode: d.mode(),
             uid: d.uid(),
             gid: d.gid(),
             rdev: (0, 0),
@@ -490,9 +471,21 @@ impl Stopped<'_> {
                 (d.mtime(), d.mtime_nsec()),
                 (d.ctime(), d.ctime_nsec()),
             ],
+            nlink: d.nlink(),
+            size: d.size() as i64,
+        };
+        let (n, devices) = match e {
+            DevEntry::Vfio(n) => (n, false),
+            DevEntry::Devices(n) => (n, true),
+            _ => return Some(real),
+        };
+        Some(NodeAttrs {
+            ino: uiommu_uapi::sysfs_tree::vfio_dir_ino(devices),
+            mode: nix::libc::S_IFDIR | 0o755,
             // Links as a directory has: 2, and one per subdirectory; devtmpfs's size.
             nlink: if devices { 2 } else { 3 },
             size: 20 * (n as i64 + 2),
+            ..real
         })
     }
 
@@ -501,8 +494,13 @@ impl Stopped<'_> {
             Layout::Stat => seccomp::stat_bytes(a),
             Layout::Statx(_) => seccomp::statx_bytes(a),
         };
+        self.write_out(buf, &bytes)
+    }
+
+    /// Write a stat-family result to the caller's buffer: 0, or EFAULT.
+    fn write_out(&self, buf: u64, bytes: &[u8]) -> Result<i64, Errno> {
         ProcessMemory::of(self.notice.tid)
-            .write(UserVa(buf), &bytes)
+            .write(UserVa(buf), bytes)
             .map_err(|_| EFAULT)?;
         Ok(0)
     }
@@ -530,10 +528,7 @@ impl Stopped<'_> {
                     Layout::Stat => seccomp::stat_bytes_of(f.as_fd()).map_err(os)?,
                     Layout::Statx(mask) => seccomp::statx_bytes_of(f.as_fd(), mask).map_err(os)?,
                 };
-                ProcessMemory::of(self.notice.tid)
-                    .write(UserVa(buf), &bytes)
-                    .map_err(|_| EFAULT)?;
-                Ok(0)
+                self.write_out(buf, &bytes)
             })()),
         }
     }

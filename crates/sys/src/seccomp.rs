@@ -317,25 +317,7 @@ pub fn add_fd(
     if answer {
         flags |= libc::SECCOMP_ADDFD_FLAG_SEND as u32;
     }
-    let mut add = libc::seccomp_notif_addfd {
-        id,
-        flags,
-        srcfd: file.as_raw_fd() as u32,
-        newfd: at,
-        newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
-    };
-    // SAFETY: the ioctl reads one seccomp_notif_addfd from `add`, which is live.
-    let r = unsafe {
-        libc::ioctl(
-            listener.as_raw_fd(),
-            libc::SECCOMP_IOCTL_NOTIF_ADDFD,
-            &mut add as *mut libc::seccomp_notif_addfd,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(r)
+    install(listener, id, file, flags, at, cloexec)
 }
 
 /// Install `file` in the process stopped in call `id` at its lowest free number, as an `open`
@@ -346,11 +328,23 @@ pub fn add_fd_lowest(
     file: BorrowedFd<'_>,
     cloexec: bool,
 ) -> io::Result<i32> {
+    install(listener, id, file, 0, 0, cloexec)
+}
+
+/// `SECCOMP_IOCTL_NOTIF_ADDFD` with `flags` and number `at`.
+fn install(
+    listener: BorrowedFd<'_>,
+    id: u64,
+    file: BorrowedFd<'_>,
+    flags: u32,
+    at: u32,
+    cloexec: bool,
+) -> io::Result<i32> {
     let mut add = libc::seccomp_notif_addfd {
         id,
-        flags: 0,
+        flags,
         srcfd: file.as_raw_fd() as u32,
-        newfd: 0,
+        newfd: at,
         newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
     };
     // SAFETY: the ioctl reads one seccomp_notif_addfd from `add`, which is live.
