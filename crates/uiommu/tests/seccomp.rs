@@ -256,8 +256,13 @@ fn an_engine_of_another_uid_holds_pinned_memfd_pages_through_the_programs_descri
     let mut serve = serve.spawn().unwrap();
     let sock = dir.join("uiommu").join(format!("{name}.sock"));
     wait_until("the engine of uid 65534 answers", || sock.exists());
+    // The library is built here (as root) first: uid 65534 can run neither this machine's
+    // cargo nor write to the target directory, so `uiommu run` could not build it for them.
+    let lib = support::library();
     let mut run = uiommu();
-    run.args(["run", "--engine", "host", "--instance", &name, "--"])
+    run.args(["run", "--engine", "host", "--instance", &name, "--preload"])
+        .arg(lib)
+        .arg("--")
         .arg(program("held_pins", false));
     as_nobody(&mut run);
     let out = run.output().unwrap();
