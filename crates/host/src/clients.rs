@@ -56,7 +56,7 @@ impl UserMemory for ClientMemory {
 
     fn hold(&self, va: UserVa, len: u64, write: bool) -> Vec<uiommu_platform::memory::Held> {
         match self.live(va) {
-            Ok(m) => m.shared_files(va, len, write),
+            Ok(m) => m.hold(va, len, write),
             Err(_) => Vec::new(),
         }
     }
@@ -185,7 +185,7 @@ impl Clients {
         let raw = Pid::from_raw(pid).ok_or(nix::libc::ESRCH)?;
         let pidfd = pidfd_open(raw, PidfdFlags::empty()).map_err(|e| e.raw_os_error())?;
         let mem = Arc::new(ClientMemory {
-            mem: ProcessMemory::of(pid),
+            mem: ProcessMemory::of(pid).holding(),
             alive: AtomicBool::new(true),
             moved: AtomicU64::new(0),
         });

@@ -14,6 +14,7 @@ pub mod addr;
 pub mod devices;
 pub mod dma;
 pub mod drivers;
+pub mod held;
 pub mod hw;
 pub mod memory;
 pub mod pagetable;

@@ -30,6 +30,7 @@
 //! Ranges are `(va, len)` pairs; the inclusive-last convention of [`crate::addr`] applies inside.
 
 use crate::addr::{PhysAddr, UserVa, PAGE_SHIFT, PAGE_SIZE};
+pub use crate::held::{Held, HeldFile, HeldFrames};
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -660,108 +661,6 @@ impl FrameTable {
     }
 }
 
-/// A range of a space's pages whose memory the engine holds itself (a pin of `MAP_SHARED`
-/// memory: the file behind it, as a pin holds pages on Linux), from [`UserMemory::hold`].
-#[derive(Clone, Debug)]
-pub struct Held {
-    /// First address (page-aligned).
-    pub va: UserVa,
-    /// Length in bytes (whole pages).
-    pub len: u64,
-    /// The file.
-    pub file: Arc<std::fs::File>,
-    /// The file offset of `va`.
-    pub offset: u64,
-}
-
-/// One run of held frames: the file and its offset at the run's first frame.
-#[derive(Clone, Debug)]
-struct HeldRun {
-    npages: u64,
-    file: Arc<std::fs::File>,
-    offset: u64,
-}
-
-/// The frames whose memory the engine holds ([`Held`]): reached through the file, not the
-/// space, for as long as they stay pinned, whatever the process does to its address space
-/// (munmap, MAP_FIXED over it, exit).
-#[derive(Default, Debug)]
-pub struct HeldFrames {
-    /// First frame of each run → run (runs never overlap).
-    runs: BTreeMap<u64, HeldRun>,
-}
-
-impl HeldFrames {
-    /// The run holding frame `pfn`: its file, the file offset of that frame, the frames left.
-    fn at(&self, pfn: u64) -> Option<(&Arc<std::fs::File>, u64, u64)> {
-        let (&start, run) = self.runs.range(..=pfn).next_back()?;
-        let k = pfn - start;
-        (k < run.npages).then(|| (&run.file, run.offset + k * PAGE_SIZE, run.npages - k))
-    }
-
-    /// Hold `[first, first + npages)` through `file` from `offset`, where nothing is held yet.
-    fn insert(&mut self, first: u64, npages: u64, file: &Arc<std::fs::File>, offset: u64) {
-        let mut p = first;
-        let end = first + npages;
-        while p < end {
-            if let Some((_, _, left)) = self.at(p) {
-                p += left;
-                continue;
-            }
-            let next = self.runs.range(p..end).next().map_or(end, |(&s, _)| s);
-            self.runs.insert(
-                p,
-                HeldRun {
-                    npages: next - p,
-                    file: file.clone(),
-                    offset: offset + (p - first) * PAGE_SIZE,
-                },
-            );
-            p = next;
-        }
-    }
-
-    /// Stop holding `[first, first + npages)` (runs partly inside are cut).
-    fn remove(&mut self, first: u64, npages: u64) {
-        let end = first.saturating_add(npages);
-        if let Some((&s, run)) = self.runs.range(..first).next_back() {
-            if s + run.npages > first {
-                let run = run.clone();
-                self.runs.get_mut(&s).expect("run").npages = first - s;
-                if s + run.npages > end {
-                    self.runs.insert(
-                        end,
-                        HeldRun {
-                            npages: s + run.npages - end,
-                            file: run.file.clone(),
-                            offset: run.offset + (end - s) * PAGE_SIZE,
-                        },
-                    );
-                }
-            }
-        }
-        let inside: Vec<u64> = self.runs.range(first..end).map(|(&s, _)| s).collect();
-        for s in inside {
-            let run = self.runs.remove(&s).expect("run");
-            if s + run.npages > end {
-                self.runs.insert(
-                    end,
-                    HeldRun {
-                        npages: s + run.npages - end,
-                        offset: run.offset + (end - s) * PAGE_SIZE,
-                        file: run.file,
-                    },
-                );
-            }
-        }
-    }
-
-    /// Frames held.
-    pub fn frames(&self) -> u64 {
-        self.runs.values().map(|r| r.npages).sum()
-    }
-}
-
 /// The machine's memory: registered address spaces plus the frame table.
 #[derive(Default)]
 pub struct Memory {
@@ -880,7 +779,6 @@ impl Memory {
                 PhysOp::Write(d) => mem.write(va, d),
             };
         }
-        use std::os::unix::fs::FileExt;
         let mut done = 0u64;
         while done < len {
             let cur = UserVa(va.0.checked_add(done).ok_or(MemFault::Unmapped(va))?);
@@ -891,10 +789,8 @@ impl Memory {
                     let n = (left * PAGE_SIZE - in_page).min(len - done);
                     let (lo, hi) = (done as usize, (done + n) as usize);
                     let ok = match &mut op {
-                        PhysOp::Read(b) => {
-                            file.read_exact_at(&mut b[lo..hi], off + in_page).is_ok()
-                        }
-                        PhysOp::Write(d) => file.write_all_at(&d[lo..hi], off + in_page).is_ok(),
+                        PhysOp::Read(b) => file.read_at(off + in_page, &mut b[lo..hi]),
+                        PhysOp::Write(d) => file.write_at(off + in_page, &d[lo..hi]),
                     };
                     (
                         n,
@@ -979,10 +875,21 @@ impl Memory {
             let d = dst.0.checked_add(done).ok_or((PhysAddr(u64::MAX), false))?;
             let (s_space, s_va, s_avail) = self.resolve(s).ok_or((PhysAddr(s), true))?;
             let (d_space, d_va, d_avail) = self.resolve(d).ok_or((PhysAddr(d), false))?;
-            let n = s_avail.min(d_avail).min(len - done);
+            let mut n = s_avail.min(d_avail).min(len - done);
+            let (s_held, d_held) = (self.held.at(s >> PAGE_SHIFT), self.held.at(d >> PAGE_SHIFT));
+            if let (Some((sf, s_off, s_left)), Some((df, d_off, d_left))) = (s_held, d_held) {
+                // Both sides held: one move between the engine's mappings of their files.
+                let (s_in, d_in) = (s & (PAGE_SIZE - 1), d & (PAGE_SIZE - 1));
+                n = n
+                    .min(s_left * PAGE_SIZE - s_in)
+                    .min(d_left * PAGE_SIZE - d_in);
+                if HeldFile::copy(df, d_off + d_in, sf, s_off + s_in, n).is_some() {
+                    done += n;
+                    continue;
+                }
+            }
             let disjoint = s_va.0.saturating_add(n) <= d_va.0 || d_va.0.saturating_add(n) <= s_va.0;
-            let held =
-                self.held.at(s >> PAGE_SHIFT).is_some() || self.held.at(d >> PAGE_SHIFT).is_some();
+            let held = s_held.is_some() || d_held.is_some();
             let direct = match self.spaces.get(s_space.0 as usize) {
                 Some(mem) if s_space == d_space && disjoint && !held => {
                     mem.copy_within(d_va, s_va, n)
@@ -1037,17 +944,12 @@ impl Memory {
             let va = UserVa(page_va.0 | (cur & (PAGE_SIZE - 1)));
             if let Some((file, off, left)) = self.held.at(pfn) {
                 // Held: the pinned pages themselves, through their file.
-                use std::os::unix::fs::FileExt;
                 n = n.min(left * PAGE_SIZE - (cur & (PAGE_SIZE - 1)));
                 let (lo, hi) = (done as usize, (done + n) as usize);
                 let at = off + (cur & (PAGE_SIZE - 1));
                 let ok = match &mut op {
-                    PhysOp::Read(b) => b
-                        .get_mut(lo..hi)
-                        .is_some_and(|dst| file.read_exact_at(dst, at).is_ok()),
-                    PhysOp::Write(d) => d
-                        .get(lo..hi)
-                        .is_some_and(|src| file.write_all_at(src, at).is_ok()),
+                    PhysOp::Read(b) => b.get_mut(lo..hi).is_some_and(|dst| file.read_at(at, dst)),
+                    PhysOp::Write(d) => d.get(lo..hi).is_some_and(|src| file.write_at(at, src)),
                 };
                 if !ok {
                     return Err(PhysAddr(cur));
@@ -1087,35 +989,6 @@ impl Memory {
 
 #[cfg(test)]
 mod tests {
-
-    #[test]
-    fn held_frames_are_found_cut_and_never_overlap() {
-        let f = Arc::new(std::fs::File::open("/dev/null").unwrap());
-        let mut h = HeldFrames::default();
-        h.insert(10, 4, &f, 0);
-        assert_eq!(h.frames(), 4);
-        assert_eq!(
-            h.at(12).map(|(_, off, left)| (off, left)),
-            Some((2 * PAGE_SIZE, 2))
-        );
-        assert!(h.at(14).is_none() && h.at(9).is_none());
-        // Held already: kept as it was; only the new frames are added.
-        h.insert(12, 4, &f, 100 * PAGE_SIZE);
-        assert_eq!(h.frames(), 6);
-        assert_eq!(h.at(13).map(|(_, off, _)| off), Some(3 * PAGE_SIZE));
-        assert_eq!(h.at(15).map(|(_, off, _)| off), Some(103 * PAGE_SIZE));
-        // A hole cut in the middle of a run, then the rest.
-        h.remove(11, 2);
-        assert_eq!(h.frames(), 4);
-        assert!(h.at(11).is_none() && h.at(12).is_none());
-        assert_eq!(
-            h.at(13).map(|(_, off, left)| (off, left)),
-            Some((3 * PAGE_SIZE, 1))
-        );
-        assert_eq!(h.at(10).map(|(_, _, left)| left), Some(1));
-        h.remove(0, 100);
-        assert_eq!(h.frames(), 0);
-    }
 
     use super::*;
 

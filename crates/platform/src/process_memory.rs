@@ -14,7 +14,7 @@
 //! ABI front-end serves an unmodified program in its own process.
 
 use crate::addr::{UserVa, PAGE_SIZE};
-use crate::memory::{Held, MemFault, UserMemory};
+use crate::memory::{Held, HeldFile, MemFault, UserMemory};
 use nix::sys::uio::{process_vm_readv, process_vm_writev, RemoteIoVec};
 use nix::unistd::Pid;
 use std::io::{IoSlice, IoSliceMut};
@@ -50,7 +50,7 @@ pub fn set_private_fds() {
 }
 
 /// The files held for pins, by (device, inode, opened for writing): one descriptor per file.
-type HeldFiles = std::collections::HashMap<((u32, u32), u64, bool), std::sync::Weak<std::fs::File>>;
+type HeldFiles = std::collections::HashMap<((u32, u32), u64, bool), std::sync::Weak<HeldFile>>;
 
 static HELD_FILES: std::sync::LazyLock<Mutex<HeldFiles>> =
     std::sync::LazyLock::new(|| Mutex::new(HeldFiles::new()));
@@ -77,6 +77,8 @@ pub struct ProcessMemory {
     /// The calling process itself: accesses to the calling thread's live stack need no
     /// system call.
     own: bool,
+    /// Whether pins hold the files behind `MAP_SHARED` ranges ([`UserMemory::hold`]).
+    holds: bool,
 }
 
 impl ProcessMemory {
@@ -85,6 +87,7 @@ impl ProcessMemory {
         ProcessMemory {
             pid: Pid::this(),
             own: true,
+            holds: false,
         }
     }
 
@@ -93,6 +96,16 @@ impl ProcessMemory {
         ProcessMemory {
             pid: Pid::from_raw(pid),
             own: u32::try_from(pid).is_ok_and(|p| p == std::process::id()),
+            holds: false,
+        }
+    }
+
+    /// The same memory, with pins of its `MAP_SHARED` ranges holding their files
+    /// ([`shared_files`](Self::shared_files)), as the host engine's clients' memory does.
+    pub fn holding(self) -> ProcessMemory {
+        ProcessMemory {
+            holds: true,
+            ..self
         }
     }
 
@@ -157,9 +170,10 @@ impl ProcessMemory {
                 let Ok(Some(v)) = uiommu_sys::procmap_query(maps, at) else {
                     break;
                 };
-                // Regular files and shared memory only: `pread`/`pwrite` of them are their
-                // pages (hugetlbfs has no `write`; a device's mapping is not its `read`).
-                if v.shared && v.page_size == PAGE_SIZE {
+                // Regular files and shared memory only (a device's mapping is not its
+                // `read`): the engine maps them itself ([`HeldFile`]). Those of huge pages
+                // only when that mapping covers them (hugetlbfs has no `write`).
+                if v.shared {
                     let path = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
                     let open = |path: &str| {
                         std::fs::OpenOptions::new()
@@ -192,7 +206,7 @@ impl ProcessMemory {
                             })
                             .and_then(|f| {
                                 if f.metadata()?.is_file() {
-                                    Ok(std::sync::Arc::new(f))
+                                    Ok(std::sync::Arc::new(HeldFile::new(f, write && v.writable)))
                                 } else {
                                     Err(std::io::ErrorKind::Unsupported.into())
                                 }
@@ -205,15 +219,18 @@ impl ProcessMemory {
                                 }
                             }),
                     };
-                    if let Ok(file) = file {
-                        let from = at.max(v.start);
-                        let to = end.min(v.end);
-                        out.push(Held {
-                            va: UserVa(from),
-                            len: to - from,
-                            file,
-                            offset: v.offset + (from - v.start),
-                        });
+                    let from = at.max(v.start);
+                    let to = end.min(v.end);
+                    let offset = v.offset + (from - v.start);
+                    match file {
+                        Ok(f) if v.page_size == PAGE_SIZE || f.mapped(offset, to - from) => out
+                            .push(Held {
+                                va: UserVa(from),
+                                len: to - from,
+                                file: f,
+                                offset,
+                            }),
+                        _ => {}
                     }
                 }
                 at = v.end;
@@ -336,6 +353,14 @@ impl UserMemory for ProcessMemory {
             return Ok(());
         }
         self.covered(va.align_down(PAGE_SIZE).raw(), len, write)
+    }
+
+    fn hold(&self, va: UserVa, len: u64, write: bool) -> Vec<Held> {
+        if self.holds {
+            self.shared_files(va, len, write)
+        } else {
+            Vec::new()
+        }
     }
 
     /// The calling process's own memory copies in one `process_vm_readv` from `src` into

@@ -14,8 +14,13 @@
 //! - [`MappedBuffer`]: an anonymous mapping, optionally backed by hugetlb or transparent huge
 //!   pages, for benchmarks and tests.
 //! - [`seccomp`]: the user-notification filter and listener of the seccomp front-end.
+//! - [`FileMap`]: the engine's own shared mapping of a file it holds for pins, with copies in
+//!   and out that a shrunk file turns into a short count instead of a SIGBUS.
 
+pub mod filemap;
 pub mod seccomp;
+
+pub use filemap::FileMap;
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -271,14 +276,19 @@ pub enum Backing {
     /// Transparent huge pages asked for with `madvise(MADV_HUGEPAGE)`; whether the kernel
     /// provides them shows in `AnonHugePages` of /proc/self/smaps.
     Thp,
+    /// A memfd of the length, mapped shared (what VMMs back guest memory with), its
+    /// descriptor kept open for the buffer's life.
+    Memfd,
 }
 
-/// An anonymous private read-write mapping, unmapped on drop.
+/// An anonymous private read-write mapping (or a shared one of a memfd), unmapped on drop.
 #[derive(Debug)]
 pub struct MappedBuffer {
     addr: usize,
     len: usize,
     backing: Backing,
+    /// The memfd of [`Backing::Memfd`].
+    fd: Option<std::os::fd::OwnedFd>,
 }
 
 impl MappedBuffer {
@@ -289,8 +299,25 @@ impl MappedBuffer {
         const HUGE: usize = 2 << 20;
         let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
         let mut map_len = len.max(1);
+        let mut fd = None;
         match backing {
             Backing::Small => {}
+            Backing::Memfd => {
+                // SAFETY: memfd_create with a NUL-terminated name; on success the descriptor
+                // is new and owned by the OwnedFd made of it.
+                let raw =
+                    unsafe { libc::memfd_create(c"uiommu-buffer".as_ptr(), libc::MFD_CLOEXEC) };
+                if raw < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // SAFETY: `raw` is a descriptor this call just opened and nothing else owns.
+                let owned =
+                    unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+                map_len = map_len.next_multiple_of(4096);
+                std::fs::File::from(owned.try_clone()?).set_len(map_len as u64)?;
+                flags = libc::MAP_SHARED;
+                fd = Some(owned);
+            }
             Backing::Hugetlb2M => {
                 flags |= libc::MAP_HUGETLB | (21 << libc::MAP_HUGE_SHIFT);
                 map_len = map_len.div_ceil(HUGE) * HUGE;
@@ -306,7 +333,7 @@ impl MappedBuffer {
                 map_len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 flags,
-                -1,
+                fd.as_ref().map_or(-1, |f| f.as_raw_fd()),
                 0,
             )
         };
@@ -343,6 +370,7 @@ impl MappedBuffer {
             addr,
             len: map_len,
             backing,
+            fd,
         })
     }
 
@@ -366,11 +394,18 @@ impl MappedBuffer {
         self.backing
     }
 
+    /// The memfd of a [`Backing::Memfd`] buffer.
+    pub fn memfd(&self) -> Option<BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.fd.as_ref().map(|f| f.as_fd())
+    }
+
     /// The contents.
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: `addr..addr+len` is a live private mapping owned by `self` for its lifetime,
+        // SAFETY: `addr..addr+len` is a live mapping owned by `self` for its lifetime,
         // readable and writable; the shared borrow of `self` keeps it mapped and unaliased by
-        // any `&mut` from this type.
+        // any `&mut` from this type (a memfd's other mappings are the engine's, which touches
+        // them only while the program is not borrowing these bytes, as DMA does).
         unsafe { std::slice::from_raw_parts(self.addr as *const u8, self.len) }
     }
 

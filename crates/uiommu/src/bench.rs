@@ -622,8 +622,12 @@ fn fail<E: std::fmt::Debug>(what: &str) -> impl FnOnce(E) -> String + '_ {
 
 impl Env {
     fn new(domains: Domains) -> Result<Env, String> {
+        Env::with_memory(domains, ProcessMemory::this())
+    }
+
+    /// An engine whose one client space is `pm` (this process's memory, holding or not).
+    fn with_memory(domains: Domains, pm: ProcessMemory) -> Result<Env, String> {
         let engine = Engine::new(Platform::builtin(), config()).map_err(fail("engine"))?;
-        let pm = ProcessMemory::this();
         let space = engine.add_space(Arc::new(pm));
         let file = IommufdFile::open(&engine, space).map_err(fail("open"))?;
         let mut env = Env {
@@ -1221,6 +1225,38 @@ impl Bench {
         if check[..] != src.backing[src.skip + max as usize - 64..src.skip + max as usize] {
             return Err("dma copy moved the wrong bytes".into());
         }
+        // The same copy between pinned pages the engine holds (two memfds, mapped shared, as
+        // the host engine holds its clients' shared memory): a move between its own
+        // mappings of the two files.
+        use uiommu_sys::{Backing, MappedBuffer};
+        let held_env = Env::with_memory(Domains::Radix(1), ProcessMemory::this().holding())?;
+        let held_dev = held_env.devices.first().map(|d| d.0).ok_or("no device")?;
+        let mut hsrc = MappedBuffer::new(max as usize, Backing::Memfd).map_err(fail("memfd"))?;
+        let mut hdst = MappedBuffer::new(max as usize, Backing::Memfd).map_err(fail("memfd"))?;
+        for (i, b) in hsrc.as_mut_slice().iter_mut().enumerate() {
+            *b = (i * 5 + 1) as u8;
+        }
+        hdst.as_mut_slice().fill(0);
+        held_env.map(held_env.ioas, hsrc.addr(), max, src_iova)?;
+        held_env.map(held_env.ioas, hdst.addr(), max, dst_iova)?;
+        if held_env.engine.held_frames() != 2 * max / PAGE {
+            return Err(format!(
+                "the memfd buffers' pins hold {} frames, not {}",
+                held_env.engine.held_frames(),
+                2 * max / PAGE
+            ));
+        }
+        let held_driver = uiommu::dma_engine::DmaEngineDriver::new(&held_env.engine, held_dev);
+        let copy = |d: &uiommu::dma_engine::DmaEngineDriver, size: u64| -> Result<(), String> {
+            let out = d
+                .copy(Iova(src_iova), Iova(dst_iova), size)
+                .map_err(fail("dma copy"))?;
+            if out.done() {
+                Ok(())
+            } else {
+                Err(format!("dma copy did not complete: {out:?}"))
+            }
+        };
         let mut a = vec![1u8; max as usize];
         let mut b = vec![0u8; max as usize];
         let runs = self.sizes.runs.min(3);
@@ -1228,21 +1264,31 @@ impl Bench {
             ("dma-engine through the IOMMU", Vec::new()),
             ("memcpy", Vec::new()),
             ("process_vm_readv alone", Vec::new()),
+            ("dma-engine through the IOMMU, held pages", Vec::new()),
+            ("memcpy between the held pages", Vec::new()),
         ];
         for size in [4 * KIB, 16 * KIB, 64 * KIB, 256 * KIB, MIB] {
             let iters = (self.sizes.dma_bytes / size).max(16);
-            let (mut dma, mut mem, mut sys) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut dma, mut mem, mut sys, mut held, mut held_mem) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for _ in 0..runs {
                 let t = Instant::now();
                 for _ in 0..iters {
-                    let out = driver
-                        .copy(Iova(src_iova), Iova(dst_iova), size)
-                        .map_err(fail("dma copy"))?;
-                    if !out.done() {
-                        return Err(format!("dma copy did not complete: {out:?}"));
-                    }
+                    copy(&driver, size)?;
                 }
                 dma.push(gib_per_s(size * iters, t.elapsed()));
+                let t = Instant::now();
+                for _ in 0..iters {
+                    copy(&held_driver, size)?;
+                }
+                held.push(gib_per_s(size * iters, t.elapsed()));
+                let s = size as usize;
+                let t = Instant::now();
+                for _ in 0..iters {
+                    hdst.as_mut_slice()[..s].copy_from_slice(black_box(&hsrc.as_slice()[..s]));
+                    black_box(&mut hdst);
+                }
+                held_mem.push(gib_per_s(size * iters, t.elapsed()));
                 let s = size as usize;
                 let t = Instant::now();
                 for i in 0..iters {
@@ -1267,7 +1313,8 @@ impl Bench {
                 sys.push(gib_per_s(size * iters, t.elapsed()));
             }
             let (dma, mem, sys) = (median(dma), median(mem), median(sys));
-            for (curve, v) in curves.iter_mut().zip([dma, mem, sys]) {
+            let (held, held_mem) = (median(held), median(held_mem));
+            for (curve, v) in curves.iter_mut().zip([dma, mem, sys, held, held_mem]) {
                 curve.1.push((size as f64, v));
             }
             r.note(
@@ -1298,6 +1345,34 @@ impl Bench {
                 Some(dma / mem),
                 Unit::Ratio,
             );
+            r.note(
+                format!("dma_copy.{size}.held_gib_per_s"),
+                Some(held),
+                Unit::GibPerS,
+                "the same dma-engine copy between two memfds mapped shared, whose pins the \
+                 engine holds (as the host engine holds its clients' shared memory): after \
+                 the IOMMU translation, one move between the engine's own mappings of the \
+                 two files (a fault-guarded copy loop), no system call"
+                    .into(),
+            );
+            r.note(
+                format!("dma_copy.{size}.held_memcpy_gib_per_s"),
+                Some(held_mem),
+                Unit::GibPerS,
+                "memcpy between the same two memfd mappings (the program's own), no IOMMU, \
+                 no device: the baseline of held_ratio"
+                    .into(),
+            );
+            r.add(
+                format!("dma_copy.{size}.held_ratio"),
+                Some(held / held_mem),
+                Unit::Ratio,
+            );
+        }
+        // The bytes arrived through the held pages.
+        copy(&held_driver, max)?;
+        if hdst.as_slice() != hsrc.as_slice() {
+            return Err("the held dma copy moved the wrong bytes".into());
         }
         for (name, points) in curves {
             r.series.push(Series {

@@ -7,7 +7,10 @@
  *    them (seen again by mapping the memfd anew);
  *  - after a MAP_FIXED private mapping over the range, reads return the pinned pages, not the
  *    new mapping's bytes, and writes never touch the new mapping;
- *  - after IOAS_UNMAP nothing is held any more: the access reads nothing there (ENOENT).
+ *  - after IOAS_UNMAP nothing is held any more: the access reads nothing there (ENOENT);
+ *  - the same for a hugetlb memfd (when a 2 MiB page is free);
+ *  - a memfd shrunk under its pin: EFAULT for the part gone (Linux keeps those pages), the
+ *    rest still read, the engine unharmed.
  * With argument `hold`: map a memfd range, munmap it, say READY and wait for stdin to close
  * (the test reads the engine's status meanwhile), then check the data and exit. With `many`:
  * the same for 200 maps of 200 ranges of one memfd (the engine holds one descriptor of it).
@@ -193,6 +196,45 @@ int main(int argc, char **argv)
 	CHECK(pread(mfd, buf, LEN, 0) == LEN && filled(buf, 'E', LEN));
 	unmap(ioas);
 	CHECK(munmap(over, LEN) == 0);
+	close(mfd);
+
+	/* Huge pages (a hugetlb memfd): held too, through the engine's own mapping of the file. */
+	int hfd = memfd_create("held-huge", MFD_CLOEXEC | MFD_HUGETLB);
+	char *huge = MAP_FAILED;
+	if (hfd >= 0 && ftruncate(hfd, 2 << 20) == 0)
+		huge = mmap(NULL, 2 << 20, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, hfd, 0);
+	if (huge == MAP_FAILED) {
+		printf("held_pins: hugetlb not run (no free 2 MiB page: /proc/sys/vm/nr_hugepages)\n");
+	} else {
+		memset(huge, 'F', LEN);
+		map(ioas, huge);
+		CHECK(munmap(huge, 2 << 20) == 0);
+		memset(buf, 0, LEN);
+		CHECK(access_rw(access, MOCK_IOVA, buf, LEN, 0) == 0 && filled(buf, 'F', LEN));
+		memset(buf, 'G', PAGE);
+		CHECK(access_rw(access, MOCK_IOVA, buf, PAGE, RW_WRITE) == 0);
+		char *back = mmap(NULL, 2 << 20, PROT_READ, MAP_SHARED, hfd, 0);
+		CHECK(back != MAP_FAILED && filled(back, 'G', PAGE) && filled(back + PAGE, 'F', PAGE));
+		CHECK(munmap(back, 2 << 20) == 0);
+		unmap(ioas);
+		printf("held_pins: hugetlb held\n");
+	}
+	if (hfd >= 0)
+		close(hfd);
+
+	/*
+	 * The memfd shrunk under the pin (a difference from Linux, docs/engine.md: there the
+	 * truncated pages stay pinned and DMA still reaches them): the access to the part gone
+	 * is EFAULT, the part left still reads, and the engine goes on serving.
+	 */
+	v = shared(&mfd, 'K');
+	map(ioas, v);
+	CHECK(munmap(v, LEN) == 0);
+	CHECK(ftruncate(mfd, PAGE) == 0);
+	CHECK_ERR(access_rw(access, MOCK_IOVA + PAGE, buf, PAGE, 0), EFAULT);
+	memset(buf, 0, LEN);
+	CHECK(access_rw(access, MOCK_IOVA, buf, PAGE, 0) == 0 && filled(buf, 'K', PAGE));
+	unmap(ioas);
 	close(mfd);
 
 	close(access);
