@@ -55,21 +55,6 @@ std::arch::global_asm!(
     "uiommu_guarded_copy_fixup:",
     "ret",
     ".size uiommu_guarded_copy, . - uiommu_guarded_copy",
-    // The same with one `rep movsb`, for processors with fast string moves (ERMS), where it
-    // is what memcpy does for such sizes; a fault leaves rcx = the bytes not moved.
-    ".p2align 4",
-    ".globl uiommu_guarded_movsb",
-    ".hidden uiommu_guarded_movsb",
-    ".type uiommu_guarded_movsb,@function",
-    "uiommu_guarded_movsb:",
-    "mov rcx, rdx",
-    "rep movsb",
-    ".globl uiommu_guarded_movsb_fixup",
-    ".hidden uiommu_guarded_movsb_fixup",
-    "uiommu_guarded_movsb_fixup:",
-    "mov rax, rcx",
-    "ret",
-    ".size uiommu_guarded_movsb, . - uiommu_guarded_movsb",
     ".popsection",
 );
 
@@ -77,20 +62,6 @@ std::arch::global_asm!(
 extern "C" {
     fn uiommu_guarded_copy(dst: *mut u8, src: *const u8, len: usize) -> usize;
     static uiommu_guarded_copy_fixup: u8;
-    fn uiommu_guarded_movsb(dst: *mut u8, src: *const u8, len: usize) -> usize;
-    static uiommu_guarded_movsb_fixup: u8;
-}
-
-/// Whether the processor moves strings fast (CPUID leaf 7, EBX bit 9: ERMS), asked once.
-#[cfg(target_arch = "x86_64")]
-fn fast_strings() -> bool {
-    static FAST: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FAST.get_or_init(|| {
-        // CPUID is available on every x86-64 processor and has no side effects.
-        let max = std::arch::x86_64::__cpuid(0).eax;
-        // Leaf 7 exists when the maximum leaf is at least 7.
-        max >= 7 && std::arch::x86_64::__cpuid_count(7, 0).ebx & (1 << 9) != 0
-    })
 }
 
 /// The handlers of SIGSEGV and SIGBUS in place before ours, to pass other faults on to.
@@ -104,26 +75,17 @@ static INSTALLED: std::sync::OnceLock<Result<(), i32>> = std::sync::OnceLock::ne
 #[cfg(target_arch = "x86_64")]
 extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // Only the symbols' addresses are taken; no byte of them is read.
-    let loops = [
-        (
-            uiommu_guarded_copy as *const () as usize,
-            &raw const uiommu_guarded_copy_fixup as usize,
-        ),
-        (
-            uiommu_guarded_movsb as *const () as usize,
-            &raw const uiommu_guarded_movsb_fixup as usize,
-        ),
-    ];
+    let (start, fixup) = (
+        uiommu_guarded_copy as *const () as usize,
+        &raw const uiommu_guarded_copy_fixup as usize,
+    );
     let uc = ctx.cast::<libc::ucontext_t>();
     // SAFETY: the kernel passes a valid ucontext_t to an SA_SIGINFO handler; its saved
     // registers are this thread's own, and rewriting the saved instruction pointer is how a
     // handler chooses where the thread resumes.
     unsafe {
         let rip = &mut (*uc).uc_mcontext.gregs[libc::REG_RIP as usize];
-        if let Some(&(_, fixup)) = loops
-            .iter()
-            .find(|(s, f)| (*s..*f).contains(&(*rip as usize)))
-        {
+        if (start..fixup).contains(&(*rip as usize)) {
             *rip = fixup as i64;
             return;
         }
@@ -302,13 +264,7 @@ fn guarded_copy(dst: usize, src: usize, len: usize) -> bool {
         // installed when the mapping was made, which resumes at the loop's exit; the copy is
         // opaque assembly, so bytes others write concurrently through their own mappings are
         // no data race the compiler can see.
-        unsafe {
-            if fast_strings() {
-                uiommu_guarded_movsb(dst as *mut u8, src as *const u8, len) == 0
-            } else {
-                uiommu_guarded_copy(dst as *mut u8, src as *const u8, len) == 0
-            }
-        }
+        unsafe { uiommu_guarded_copy(dst as *mut u8, src as *const u8, len) == 0 }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
