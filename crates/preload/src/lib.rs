@@ -56,6 +56,7 @@ mod host;
 pub mod inherit;
 pub mod node;
 mod passing;
+mod pinnable;
 mod poll;
 pub mod real;
 mod remote;
@@ -490,6 +491,8 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_i
         if (request >> 8) & 0xff != UAPI_IOCTL_TYPE {
             return real_ioctl();
         }
+        // A map of private memory: made holdable first (the engine holds what it pins).
+        pinnable::before_map(u64::from(request), u64::from(arg));
         if host::on() {
             return match host::ioctl(fd, request, arg) {
                 None => real_ioctl(),

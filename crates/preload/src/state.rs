@@ -136,7 +136,7 @@ fn build() -> Result<Global, String> {
     };
     let engine = Engine::new(platform, engine_config())
         .map_err(|e| format!("cannot start the engine: {e}"))?;
-    let mem = Arc::new(ProcessMemory::this());
+    let mem = Arc::new(ProcessMemory::this().holding());
     let space = engine.add_space(mem.clone() as Arc<dyn UserMemory>);
     Ok(Global {
         engine,
@@ -383,7 +383,7 @@ mod tests {
 
     fn test_global() -> Global {
         let engine = Engine::builtin();
-        let mem = Arc::new(ProcessMemory::this());
+        let mem = Arc::new(ProcessMemory::this().holding());
         let space = engine.add_space(mem.clone() as Arc<dyn UserMemory>);
         Global {
             engine,

@@ -65,6 +65,8 @@ pub struct Vma {
     pub readable: bool,
     /// `PROT_WRITE` in effect.
     pub writable: bool,
+    /// `PROT_EXEC` in effect.
+    pub executable: bool,
     /// The size of the pages backing it (4096, or a hugetlb size).
     pub page_size: u64,
     /// `MAP_SHARED`.
@@ -81,16 +83,33 @@ pub struct Vma {
 /// `Ok(None)` when no mapping covers it, `Err` when the kernel cannot answer (ENOTTY before
 /// Linux 6.11, or `maps` is not such a file).
 pub fn procmap_query(maps: BorrowedFd<'_>, addr: u64) -> io::Result<Option<Vma>> {
+    procmap_query_named(maps, addr, &mut []).map(|o| o.map(|(v, _)| v))
+}
+
+/// [`procmap_query`], with the mapping's name (`[stack]`, `[heap]`, a file's path) written
+/// into `name` (NUL-terminated, cut to fit) and its length without the NUL returned beside it.
+pub fn procmap_query_named(
+    maps: BorrowedFd<'_>,
+    addr: u64,
+    name: &mut [u8],
+) -> io::Result<Option<(Vma, usize)>> {
     let mut q = ProcmapQuery {
         size: PROCMAP_QUERY_SIZE as u64,
         query_addr: addr,
+        vma_name_size: u32::try_from(name.len()).unwrap_or(u32::MAX),
+        vma_name_addr: if name.is_empty() {
+            0
+        } else {
+            name.as_mut_ptr() as u64
+        },
         ..ProcmapQuery::default()
     };
     // SAFETY: PROCMAP_QUERY reads and writes exactly `q.size` bytes at the pointer, which is a
-    // live, exclusively borrowed struct of that size; the name and build-id buffers are not
-    // requested (sizes 0, addresses 0), so the kernel writes nowhere else. A raw system call,
-    // not libc's `ioctl`: under the preload library that name is the library's own, and the
-    // front-end calls this from its async-signal-safe path.
+    // live, exclusively borrowed struct of that size, and writes at most `vma_name_size` bytes
+    // of the name at `vma_name_addr`, the exclusively borrowed `name` (or nothing: size 0,
+    // address 0); the build-id buffer is not requested. A raw system call, not libc's
+    // `ioctl`: under the preload library that name is the library's own, and the front-end
+    // calls this from its async-signal-safe path.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_ioctl,
@@ -100,17 +119,23 @@ pub fn procmap_query(maps: BorrowedFd<'_>, addr: u64) -> io::Result<Option<Vma>>
         )
     };
     if rc == 0 {
-        return Ok(Some(Vma {
+        let named = if name.is_empty() {
+            0
+        } else {
+            (q.vma_name_size as usize).saturating_sub(1).min(name.len())
+        };
+        return Ok(Some((Vma {
             start: q.vma_start,
             end: q.vma_end,
             readable: q.vma_flags & 1 != 0,
             writable: q.vma_flags & 2 != 0,
+            executable: q.vma_flags & 4 != 0,
             page_size: q.vma_page_size,
             shared: q.vma_flags & 8 != 0,
             offset: q.vma_offset,
             dev: (q.dev_major, q.dev_minor),
             inode: q.inode,
-        }));
+        }, named)));
     }
     let e = io::Error::last_os_error();
     match e.raw_os_error() {

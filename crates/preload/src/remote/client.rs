@@ -321,8 +321,11 @@ pub(crate) fn mmap_refusal(
 /// As `fork(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn fork() -> libc::pid_t {
+    // Private ranges moved onto shared memory for pins become the child's own again.
+    crate::pinnable::before_fork();
     // SAFETY: fork has no arguments; the atfork handlers run inside it.
     let pid = unsafe { real::fork() };
+    crate::pinnable::after_fork(pid == 0);
     if pid > 0 && has_upstream() && !crate::hook::in_hook() {
         quietly(|| tell_forked(pid));
     }

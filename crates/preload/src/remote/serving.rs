@@ -385,7 +385,7 @@ impl Descendant {
     pub(super) fn new(pid: i32, own: Arc<ProcessMemory>) -> Descendant {
         Descendant {
             pid,
-            mem: RwLock::new(Some(ProcessMemory::of(pid))),
+            mem: RwLock::new(Some(ProcessMemory::of(pid).holding())),
             own,
             shared: Mutex::new(Vec::new()),
         }
@@ -449,5 +449,9 @@ impl UserMemory for Descendant {
     fn page_size_at(&self, va: UserVa) -> u64 {
         let _ = va;
         PAGE_SIZE
+    }
+    fn hold(&self, va: UserVa, len: u64, write: bool) -> Vec<uiommu_platform::memory::Held> {
+        self.with_mem(va, |m| Ok(m.hold(va, len, write)))
+            .unwrap_or_default()
     }
 }
