@@ -5,8 +5,9 @@
 //! A held frame is reached through its file, not through the address space it was pinned
 //! from, for as long as it stays pinned, as a pin holds pages on Linux. Where the engine could
 //! map the file, an access is a copy to or from that mapping (the fault-guarded copies of
-//! [`uiommu_sys::FileMap`]: a file shrunk under it is a fault, not a crash); elsewhere (not
-//! x86-64, a file that cannot be mapped, a part past the size mapped) it is `pread`/`pwrite`.
+//! [`uiommu_sys::FileMap`]: a file shrunk under it is a fault, not a crash), and the
+//! descriptor is not kept; where the engine could not map it (not x86-64, a file that cannot
+//! be mapped) it is `pread`/`pwrite` on the descriptor.
 
 use crate::addr::{UserVa, PAGE_SIZE};
 use std::collections::BTreeMap;
@@ -17,7 +18,10 @@ use std::sync::Arc;
 /// A file held for pins, and the engine's own shared mapping of it when it could make one.
 #[derive(Debug)]
 pub struct HeldFile {
-    file: std::fs::File,
+    /// The descriptor, kept only where there is no mapping: in the in-process engine it is
+    /// one of the program's descriptors, which the program may close (`close_range`) and the
+    /// number then name another file.
+    file: Option<std::fs::File>,
     map: Option<uiommu_sys::FileMap>,
     /// (device, inode): two held files with the same are the same memory.
     id: (u64, u64),
@@ -33,12 +37,13 @@ impl HeldFile {
             .filter(|&l| l > 0)
             .and_then(|l| uiommu_sys::FileMap::new(file.as_fd(), l, writable).ok());
         let id = md.map_or((0, 0), |m| (m.dev(), m.ino()));
+        let file = map.is_none().then_some(file);
         HeldFile { file, map, id }
     }
 
-    /// The file.
-    pub fn file(&self) -> &std::fs::File {
-        &self.file
+    /// Whether `[offset, offset + len)` can be reached: mapped, or through the descriptor.
+    pub fn reaches(&self, offset: u64, len: u64) -> bool {
+        self.file.is_some() || self.mapped(offset, len)
     }
 
     /// Whether the engine's mapping covers `[offset, offset + len)`: accesses there are
@@ -53,7 +58,10 @@ impl HeldFile {
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> bool {
         match &self.map {
             Some(m) if self.mapped(offset, buf.len() as u64) => m.read(offset, buf),
-            _ => self.file.read_exact_at(buf, offset).is_ok(),
+            _ => self
+                .file
+                .as_ref()
+                .is_some_and(|f| f.read_exact_at(buf, offset).is_ok()),
         }
     }
 
@@ -61,7 +69,10 @@ impl HeldFile {
     pub fn write_at(&self, offset: u64, data: &[u8]) -> bool {
         match &self.map {
             Some(m) if self.mapped(offset, data.len() as u64) => m.write(offset, data),
-            _ => self.file.write_all_at(data, offset).is_ok(),
+            _ => self
+                .file
+                .as_ref()
+                .is_some_and(|f| f.write_all_at(data, offset).is_ok()),
         }
     }
 
@@ -258,18 +269,24 @@ mod tests {
         let mut b = [0u8; 6];
         f.read_exact_at(&mut b, 100).unwrap();
         assert_eq!(&b, b"pinned");
-        // The file grew after it was held: the new part is read with pread.
+        // The file grew after it was held: the new part is not this hold's (a pin of it
+        // holds the file anew, `ProcessMemory::shared_files`); where the file could not be
+        // mapped, pread reaches all of it.
         f.set_len(3 * PAGE_SIZE).unwrap();
         f.write_all_at(b"grown", 2 * PAGE_SIZE).unwrap();
-        assert!(!h.mapped(2 * PAGE_SIZE, 5));
         let mut g = [0u8; 5];
-        assert!(h.read_at(2 * PAGE_SIZE, &mut g));
+        if h.mapped(0, PAGE_SIZE) {
+            assert!(!h.reaches(2 * PAGE_SIZE, 5) && !h.read_at(2 * PAGE_SIZE, &mut g));
+            let again = HeldFile::new(f.try_clone().unwrap(), true);
+            assert!(again.read_at(2 * PAGE_SIZE, &mut g));
+        } else {
+            assert!(h.read_at(2 * PAGE_SIZE, &mut g));
+        }
         assert_eq!(&g, b"grown");
         // It shrank: a fault, not a crash, on either path.
         f.set_len(PAGE_SIZE).unwrap();
         let mut c = [0u8; 8];
         assert!(!h.read_at(PAGE_SIZE, &mut c));
-        assert!(!h.read_at(2 * PAGE_SIZE, &mut c));
         assert!(h.read_at(0, &mut c));
     }
 

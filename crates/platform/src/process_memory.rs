@@ -187,13 +187,17 @@ impl ProcessMemory {
                     // One descriptor per file held, whatever the number of pins of it (a VMM's
                     // many small maps of its guest memory): reused while any pin holds it.
                     let key = (v.dev, v.inode, write && v.writable);
+                    let (from, to) = (at.max(v.start), end.min(v.end));
+                    let offset = v.offset + (from - v.start);
+                    // Reused only where it reaches (a file grown since is held anew).
                     let cached = (v.inode != 0)
                         .then(|| {
                             lock_held_files()
                                 .get(&key)
                                 .and_then(std::sync::Weak::upgrade)
                         })
-                        .flatten();
+                        .flatten()
+                        .filter(|f| f.reaches(offset, to - from));
                     let file = match cached {
                         Some(f) => Ok(f),
                         None => open(&path)
@@ -219,9 +223,6 @@ impl ProcessMemory {
                                 }
                             }),
                     };
-                    let from = at.max(v.start);
-                    let to = end.min(v.end);
-                    let offset = v.offset + (from - v.start);
                     match file {
                         Ok(f) if v.page_size == PAGE_SIZE || f.mapped(offset, to - from) => out
                             .push(Held {

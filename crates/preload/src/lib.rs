@@ -492,7 +492,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_i
             return real_ioctl();
         }
         // A map of private memory: made holdable first (the engine holds what it pins).
-        pinnable::before_map(u64::from(request), u64::from(arg));
+        pinnable::before_map(request, arg);
         if host::on() {
             return match host::ioctl(fd, request, arg) {
                 None => real_ioctl(),
@@ -1002,7 +1002,36 @@ pub unsafe extern "C" fn mmap(
 ) -> *mut c_void {
     // SAFETY: the caller's arguments are passed on unchanged.
     let real_op = || unsafe { real::mmap(addr, len, prot, flags, fd, off) };
+    pinnable::address_space_changed();
     mmap_impl(len, prot, flags, fd, off, real_op)
+}
+
+/// `munmap(2)`, passed on; the moved ranges' fast path learns the address space changed.
+///
+/// # Safety
+/// As `munmap(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn munmap(addr: *mut c_void, len: size_t) -> c_int {
+    pinnable::address_space_changed();
+    // SAFETY: the caller's arguments are passed on unchanged.
+    unsafe { real::munmap(addr, len) }
+}
+
+/// `mremap(2)`, passed on as [`munmap`] is.
+///
+/// # Safety
+/// As `mremap(2)`: `new_addr` is read only when `flags` has MREMAP_FIXED.
+#[no_mangle]
+pub unsafe extern "C" fn mremap(
+    old: *mut c_void,
+    old_len: size_t,
+    new_len: size_t,
+    flags: c_int,
+    new_addr: *mut c_void,
+) -> *mut c_void {
+    pinnable::address_space_changed();
+    // SAFETY: the caller's arguments are passed on unchanged.
+    unsafe { real::mremap(old, old_len, new_len, flags, new_addr) }
 }
 
 /// `mmap64(2)`.
@@ -1020,6 +1049,7 @@ pub unsafe extern "C" fn mmap64(
 ) -> *mut c_void {
     // SAFETY: the caller's arguments are passed on unchanged.
     let real_op = || unsafe { real::mmap64(addr, len, prot, flags, fd, off) };
+    pinnable::address_space_changed();
     mmap_impl(len, prot, flags, fd, off, real_op)
 }
 

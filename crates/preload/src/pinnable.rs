@@ -34,6 +34,8 @@ struct Slot {
     start: AtomicU64,
     ino: AtomicU64,
     fd: AtomicI32,
+    /// The [`GENERATION`] when the whole range was last seen mapped from its memfd.
+    seen: AtomicU64,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -42,6 +44,7 @@ const FREE: Slot = Slot {
     start: AtomicU64::new(0),
     ino: AtomicU64::new(0),
     fd: AtomicI32::new(-1),
+    seen: AtomicU64::new(0),
 };
 static TABLE: [Slot; SLOTS] = [FREE; SLOTS];
 
@@ -55,6 +58,18 @@ static BUSY_END: AtomicU64 = AtomicU64::new(0);
 
 /// Whether moving is on (`UIOMMU_HOLD_PRIVATE=0` at load turns it off).
 static ON: AtomicBool = AtomicBool::new(true);
+
+/// Bumped by every `mmap`, `munmap` and `mremap` the program makes through the C library: a
+/// map of a range inside a moved one, with no such call since that range was last seen mapped
+/// from its memfd, needs no look at the address space (the hot path of a program mapping the
+/// same buffer again and again). A change made otherwise (a raw system call, `brk`) goes
+/// unseen: the range is then reached at its address, as when nothing was moved.
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// A call that may change the address space is being made.
+pub(crate) fn address_space_changed() {
+    GENERATION.fetch_add(1, Ordering::AcqRel);
+}
 
 /// Read `UIOMMU_HOLD_PRIVATE` (at load; not async-signal-safe).
 fn configure() {
@@ -140,13 +155,31 @@ pub(crate) fn before_map(request: u64, arg: u64) {
     } else {
         return;
     };
-    let Some(end) = va.checked_add(len).and_then(|e| e.checked_next_multiple_of(PAGE)) else {
+    let Some(end) = va
+        .checked_add(len)
+        .and_then(|e| e.checked_next_multiple_of(PAGE))
+    else {
         return;
     };
     if len == 0 {
         return;
     }
-    move_private(va & !(PAGE - 1), end);
+    let start = va & !(PAGE - 1);
+    let generation = GENERATION.load(Ordering::Acquire);
+    let seen = TABLE.iter().any(|t| {
+        let (s, l) = (
+            t.start.load(Ordering::Acquire),
+            t.len.load(Ordering::Acquire),
+        );
+        l != 0
+            && l != u64::MAX
+            && s <= start
+            && end <= s.saturating_add(l)
+            && t.seen.load(Ordering::Acquire) == generation
+    });
+    if !seen {
+        move_private(start, end, generation);
+    }
 }
 
 fn word(b: &[u8; 32], at: usize) -> u64 {
@@ -259,23 +292,52 @@ fn futex_wait(word: &AtomicU32, seen: u32) {
     );
 }
 
-/// Move every private anonymous part of `[start, end)` (page-aligned) onto shared memory.
-fn move_private(start: u64, end: u64) {
+/// Move every private anonymous part of `[start, end)` (page-aligned) onto shared memory;
+/// `generation`: [`GENERATION`] when the call began.
+fn move_private(start: u64, end: u64, generation: u64) {
     let Some(maps) = Maps::open() else {
         return;
     };
-    // Cheap first look: nothing to move (the common case for a range moved before).
+    // First look: nothing to move (a range moved before).
     let mut at = start;
     let mut any = false;
+    let mut ino = None;
+    let mut one_file = true;
     while at < end {
-        let Some(v) = maps.query(at) else { break };
+        let Some(v) = maps.query(at) else {
+            one_file = false;
+            break;
+        };
+        if v.start > at {
+            one_file = false;
+        }
         if v.start >= end {
             break;
         }
         any |= movable(&v);
+        one_file &= v.shared && *ino.get_or_insert(v.inode) == v.inode;
         at = v.end;
     }
-    if !any || !lock() {
+    if !any {
+        if one_file {
+            // Within one of ours, still mapped from its memfd: remember it was seen so.
+            if let Some(t) = TABLE.iter().find(|t| {
+                let (s, l) = (
+                    t.start.load(Ordering::Acquire),
+                    t.len.load(Ordering::Acquire),
+                );
+                l != 0
+                    && l != u64::MAX
+                    && s <= start
+                    && end <= s.saturating_add(l)
+                    && Some(t.ino.load(Ordering::Acquire)) == ino
+            }) {
+                t.seen.store(generation, Ordering::Release);
+            }
+        }
+        return;
+    }
+    if !lock() {
         return;
     }
     sweep(&maps);
@@ -427,6 +489,9 @@ fn move_one(s: u64, e: u64, v: &uiommu_sys::Vma) {
     slot.start.store(s, Ordering::Release);
     slot.ino.store(ino, Ordering::Release);
     slot.fd.store(fd as i32, Ordering::Release);
+    // Seen mapped from its memfd as of the generation this move itself makes.
+    slot.seen
+        .store(GENERATION.load(Ordering::Acquire), Ordering::Release);
     slot.len.store(len, Ordering::Release);
 }
 
@@ -511,16 +576,23 @@ fn copy_data(dst: u64, src: u64, len: u64, fd: i32, off: u64) -> bool {
     let mut at = off;
     let end = off + len;
     while at < end {
-        let d = sys(libc::SYS_lseek, [fd as u64, at, libc::SEEK_DATA as u64, 0, 0, 0]);
+        let d = sys(
+            libc::SYS_lseek,
+            [fd as u64, at, libc::SEEK_DATA as u64, 0, 0, 0],
+        );
         if d < 0 {
             // ENXIO: no data from here on.
-            return real_errno() == libc::ENXIO || copy_own(dst + (at - off), src + (at - off), end - at);
+            return real_errno() == libc::ENXIO
+                || copy_own(dst + (at - off), src + (at - off), end - at);
         }
         let d = (d as u64).max(at);
         if d >= end {
             return true;
         }
-        let h = sys(libc::SYS_lseek, [fd as u64, d, libc::SEEK_HOLE as u64, 0, 0, 0]);
+        let h = sys(
+            libc::SYS_lseek,
+            [fd as u64, d, libc::SEEK_HOLE as u64, 0, 0, 0],
+        );
         let h = if h < 0 { end } else { (h as u64).min(end) };
         let (a, b) = (d & !(PAGE - 1), h.next_multiple_of(PAGE).min(end));
         if !copy_own(dst + (a - off), src + (a - off), b - a) {
@@ -701,7 +773,10 @@ fn install_handler() {
 
 /// Whether `addr` lies in a moved range or the one being moved.
 fn ours(addr: u64) -> bool {
-    let busy = (BUSY_START.load(Ordering::Acquire), BUSY_END.load(Ordering::Acquire));
+    let busy = (
+        BUSY_START.load(Ordering::Acquire),
+        BUSY_END.load(Ordering::Acquire),
+    );
     if busy.0 <= addr && addr < busy.1 {
         return true;
     }

@@ -232,6 +232,16 @@ real_fns! {
         = c"mmap64" as unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, off64_t)
             -> *mut c_void,
         fail libc::MAP_FAILED;
+    /// `munmap(2)`.
+    fn munmap(addr: *mut c_void, len: size_t) -> c_int
+        = c"munmap" as unsafe extern "C" fn(*mut c_void, size_t) -> c_int,
+        fail -1;
+    /// `mremap(2)` (the new address passed always; read only with MREMAP_FIXED).
+    fn mremap(old: *mut c_void, old_len: size_t, new_len: size_t, flags: c_int,
+        new_addr: *mut c_void) -> *mut c_void
+        = c"mremap" as unsafe extern "C" fn(*mut c_void, size_t, size_t, c_int, *mut c_void)
+            -> *mut c_void,
+        fail libc::MAP_FAILED;
 }
 
 /// An `nftw` callback: `(fpath, sb, typeflag, ftwbuf)`.

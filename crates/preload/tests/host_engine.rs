@@ -313,6 +313,14 @@ fn pins_are_charged_to_each_user_separately() {
 }
 
 #[test]
+fn pins_of_private_memory_hold_their_pages_through_munmap_map_fixed_fork_and_exec() {
+    let e = engine("private");
+    e.run(&compile("private_pins"), &[]);
+    e.settle();
+    assert_eq!(e.host.engine.held_frames(), 0);
+}
+
+#[test]
 fn pins_of_shared_memory_hold_their_pages_after_munmap_and_map_fixed() {
     let e = engine("held");
     let out = e.run(&compile("held_pins"), &[]);
@@ -346,10 +354,11 @@ fn pins_of_shared_memory_hold_their_pages_after_munmap_and_map_fixed() {
         e.finish(child);
         e.settle();
         assert_eq!(e.host.engine.held_frames(), 0);
-        // 200 maps of 200 ranges of one memfd: 400 frames held, through one descriptor.
-        // (The engine runs in this process: its descriptors of the program's memfd "held".)
-        let held_fds = || {
-            std::fs::read_dir("/proc/self/fd")
+        // 200 maps of 200 ranges of one memfd: 400 frames held, through one mapping of the
+        // file and no descriptor. (The engine runs in this process: its mappings and
+        // descriptors of the program's memfd "held".)
+        let held = |dir: &str| {
+            std::fs::read_dir(dir)
                 .unwrap()
                 .filter_map(Result::ok)
                 .filter(|e| {
@@ -360,11 +369,20 @@ fn pins_of_shared_memory_hold_their_pages_after_munmap_and_map_fixed() {
         };
         let (child, _) = e.start(&compile("held_pins"), &["many"]);
         assert_eq!(e.host.engine.held_frames(), 400);
-        assert_eq!(held_fds(), 1, "one descriptor for every pin of the memfd");
+        assert_eq!(
+            held("/proc/self/map_files"),
+            1,
+            "one mapping for every pin of the memfd"
+        );
+        assert_eq!(held("/proc/self/fd"), 0, "no descriptor beside the mapping");
         e.finish(child);
         e.settle();
         assert_eq!(e.host.engine.held_frames(), 0);
-        assert_eq!(held_fds(), 0, "the descriptor goes with the last pin");
+        assert_eq!(
+            held("/proc/self/map_files"),
+            0,
+            "the mapping goes with the last pin"
+        );
     }
 }
 

@@ -124,18 +124,21 @@ pub fn procmap_query_named(
         } else {
             (q.vma_name_size as usize).saturating_sub(1).min(name.len())
         };
-        return Ok(Some((Vma {
-            start: q.vma_start,
-            end: q.vma_end,
-            readable: q.vma_flags & 1 != 0,
-            writable: q.vma_flags & 2 != 0,
-            executable: q.vma_flags & 4 != 0,
-            page_size: q.vma_page_size,
-            shared: q.vma_flags & 8 != 0,
-            offset: q.vma_offset,
-            dev: (q.dev_major, q.dev_minor),
-            inode: q.inode,
-        }, named)));
+        return Ok(Some((
+            Vma {
+                start: q.vma_start,
+                end: q.vma_end,
+                readable: q.vma_flags & 1 != 0,
+                writable: q.vma_flags & 2 != 0,
+                executable: q.vma_flags & 4 != 0,
+                page_size: q.vma_page_size,
+                shared: q.vma_flags & 8 != 0,
+                offset: q.vma_offset,
+                dev: (q.dev_major, q.dev_minor),
+                inode: q.inode,
+            },
+            named,
+        )));
     }
     let e = io::Error::last_os_error();
     match e.raw_os_error() {
