@@ -28,7 +28,6 @@ use dma::DmaContext;
 use drivers::DriverRegistry;
 use hw::Iommu;
 use memory::Memory;
-use std::collections::HashMap;
 use topology::{DeviceId, Topology};
 
 /// Why a platform operation was refused.
@@ -54,7 +53,7 @@ pub struct Platform {
     /// Programs' memory and the frame table.
     pub memory: Memory,
     /// Device models, by function.
-    pub models: HashMap<DeviceId, Box<dyn DeviceModel>>,
+    pub models: crate::memory::FastHashMap<DeviceId, Box<dyn DeviceModel>>,
 }
 
 impl Platform {
@@ -62,7 +61,8 @@ impl Platform {
     /// with no context entries (the layer above sets up default domains).
     pub fn new(topology: Topology) -> Platform {
         let mut drivers = DriverRegistry::default();
-        let mut models: HashMap<DeviceId, Box<dyn DeviceModel>> = HashMap::new();
+        let mut models: crate::memory::FastHashMap<DeviceId, Box<dyn DeviceModel>> =
+            Default::default();
         for dev in topology.devices() {
             drivers.set(dev.id, dev.boot_driver.clone());
             if let Some(model) = Self::model_for(&topology, dev.id, 0) {
@@ -172,6 +172,26 @@ impl Platform {
             memory: &self.memory,
         };
         devices::DmaPort::dma_write(&mut port, iova, data)
+    }
+
+    /// DMA copy by `dev` of `len` bytes from `src` to `dst`, both translated by the IOMMU (a
+    /// copy engine's move, as the dma-engine model makes per chunk). `Err` with the fault and
+    /// whether it was on the source side.
+    pub fn dma_copy(
+        &mut self,
+        dev: DeviceId,
+        src: Iova,
+        dst: Iova,
+        len: usize,
+    ) -> Result<(), (DmaFault, bool)> {
+        let rid = self.dma_rid(dev);
+        let mut port = DmaContext {
+            device: dev,
+            rid,
+            iommu: &mut self.iommu,
+            memory: &self.memory,
+        };
+        devices::DmaPort::dma_copy(&mut port, src, dst, len)
     }
 
     /// The requester id `dev`'s DMA carries (an unknown device gets one that has no context

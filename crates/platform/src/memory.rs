@@ -31,8 +31,7 @@
 
 use crate::addr::{PhysAddr, UserVa, PAGE_SHIFT, PAGE_SIZE};
 pub use crate::held::{Held, HeldFile, HeldFrames};
-use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Bits of a user virtual address that get frame numbers.
@@ -46,57 +45,9 @@ const PAGE_MASK_IN_PFN: u64 = (1 << SPACE_SHIFT) - 1;
 /// One past the largest frame number that can exist.
 const PFN_LIMIT: u64 = (MAX_FRAME_SPACES as u64) << SPACE_SHIFT;
 
-/// A small, fast, non-cryptographic hasher for integer keys (the rustc "Fx" scheme). Used for
-/// the hot lookup tables of the machine, whose keys come from trusted code paths.
-#[derive(Default, Clone, Copy, Debug)]
-pub(crate) struct FxHasher {
-    hash: u64,
-}
-
-impl FxHasher {
-    #[inline]
-    fn add(&mut self, word: u64) {
-        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-}
-
-impl Hasher for FxHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut w = [0u8; 8];
-            w[..chunk.len()].copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(w));
-        }
-    }
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-    #[inline]
-    fn write_u16(&mut self, i: u16) {
-        self.add(u64::from(i));
-    }
-    #[inline]
-    fn write_u32(&mut self, i: u32) {
-        self.add(u64::from(i));
-    }
-    #[inline]
-    fn write_u64(&mut self, i: u64) {
-        self.add(i);
-    }
-    #[inline]
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.hash
-    }
-}
-
-/// A `HashMap` with [`FxHasher`].
-pub(crate) type FastHashMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+/// A `HashMap` with a small, fast, non-cryptographic hash (`rustc-hash`'s), for the hot lookup
+/// tables of the machine, whose keys are small integers from trusted code paths.
+pub type FastHashMap<K, V> = rustc_hash::FxHashMap<K, V>;
 
 /// Identifies an address space registered with the machine.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -991,6 +942,7 @@ impl Memory {
 mod tests {
 
     use super::*;
+    use std::collections::HashMap;
 
     const S0: SpaceId = SpaceId(0);
 
