@@ -509,6 +509,22 @@ impl Context {
         self.with(|st, c| Ok(st.ctx(c)?.objects.ids()))
     }
 
+    /// The pages this context's IOASes have pinned (each pages object once, however many
+    /// areas or IOASes map it) and, of those, the ones charged to a user or process (objects
+    /// not in [`AccountMode::None`]): `uiommu status`'s per-context figures.
+    pub fn pinned_pages(&self) -> Result<(u64, u64)> {
+        self.with(|st, c| {
+            let mut seen = std::collections::HashSet::new();
+            let (mut pinned, mut charged) = (0, 0);
+            for (_, o) in st.ctx(c)?.objects.iter() {
+                if let crate::Object::Ioas(i) = o {
+                    i.iopt.add_pins(&mut seen, &mut pinned, &mut charged);
+                }
+            }
+            Ok((pinned, charged))
+        })
+    }
+
     /// IOMMU_DESTROY: destroy an IOAS or HWPT nothing depends on (EBUSY otherwise). Devices
     /// and accesses belong to their drivers: EBUSY.
     pub fn destroy(&self, id: ObjId) -> Result<()> {

@@ -1610,6 +1610,21 @@ impl IoPagetable {
         self.areas.len()
     }
 
+    /// Add the pins of the pages objects this IOAS maps that are not in `seen` yet (each
+    /// object once, however many areas or IOASes map it) to `pinned`, and to `charged` those
+    /// of objects whose pins are charged (not [`AccountMode::None`]).
+    pub(crate) fn add_pins(&self, seen: &mut HashSet<u64>, pinned: &mut u64, charged: &mut u64) {
+        for (_, a) in self.iter_areas() {
+            let p = a.pages.read();
+            if seen.insert(p.id()) {
+                *pinned += p.npinned();
+                if p.account_mode() != crate::pages::AccountMode::None {
+                    *charged += p.npinned();
+                }
+            }
+        }
+    }
+
     /// Pages pinned by the pages objects this IOAS maps, each object counted once (a pages
     /// object shared with another IOAS counts its pins for that IOAS too).
     pub fn pinned_pages(&self) -> u64 {

@@ -9,7 +9,12 @@
 //! - `files`: `[{id, node, kind, opener: {pid, uid}, holders: [pid], context, device}]`: every
 //!   open file; `holders` are the known processes with an fd of it now, `context` the
 //!   security context of an iommufd, `device` the BDF of a VFIO device file;
-//! - `contexts`: `[{id, objects, groups: [n]}]`;
+//! - `contexts`: `[{id, objects, groups: [n], pinned_pages, charged_pages, rlimit_mode}]`
+//!   (`pinned_pages`: pages the context's IOASes pinned, each pages object once;
+//!   `charged_pages`: those charged, as IOMMU_OPTION_RLIMIT_MODE says: `user` (the user's
+//!   `locked_vm`) or `process` (the process's `pinned_vm`));
+//! - `users`: `[{uid, locked_pages}]`: each served user's charge (its `locked_vm` share of
+//!   pins, across all its processes);
 //! - `groups`: `[{group, devices: [bdf], owner: context or null, domain}]`;
 //! - `pinned`: `{user_pages, total_pins, held_frames}` (`held_frames`: pinned frames of
 //!   shared memory the engine holds itself, docs/HOST.md#pins-of-shared-memory-hold-their-pages).
@@ -58,7 +63,14 @@ pub fn json(host: &Host) -> Value {
         let (kind, context, device) = match (&f.open.kind, f.open.vfio(), f.open.fault_queue()) {
             (Kind::Iommufd(i), _, _) => {
                 let c = i.context();
-                contexts.insert(c.id().0, c.objects().map(|o| o.len()).unwrap_or(0));
+                contexts.insert(
+                    c.id().0,
+                    (
+                        c.objects().map(|o| o.len()).unwrap_or(0),
+                        c.pinned_pages().unwrap_or((0, 0)),
+                        c.rlimit_mode_process().unwrap_or(false),
+                    ),
+                );
                 ("iommufd", Some(c.id().0), None)
             }
             (Kind::Group(_), _, _) => ("vfio-group", None, None),
@@ -114,10 +126,18 @@ pub fn json(host: &Host) -> Value {
         .collect();
     let contexts: Vec<Value> = contexts
         .into_iter()
-        .map(|(id, objects)| {
-            json!({"id": id, "objects": objects, "groups": owned.get(&id).cloned().unwrap_or_default()})
+        .map(|(id, (objects, (pinned, charged), process_mode))| {
+            json!({
+                "id": id,
+                "objects": objects,
+                "groups": owned.get(&id).cloned().unwrap_or_default(),
+                "pinned_pages": pinned,
+                "charged_pages": charged,
+                "rlimit_mode": if process_mode { "process" } else { "user" },
+            })
         })
         .collect();
+    let users: BTreeSet<u32> = procs.iter().map(|p| p.uid).collect();
     json!({
         "instance": host.config.instance,
         "pid": std::process::id(),
@@ -138,6 +158,10 @@ pub fn json(host: &Host) -> Value {
         "files": files,
         "contexts": contexts,
         "groups": groups,
+        "users": users.iter().map(|&uid| json!({
+            "uid": uid,
+            "locked_pages": host.engine.pages_charged_to(uid),
+        })).collect::<Vec<_>>(),
         "pinned": {
             "user_pages": host.engine.user_charged_pages(),
             "total_pins": host.engine.total_pins(),

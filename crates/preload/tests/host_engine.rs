@@ -307,6 +307,29 @@ fn pins_are_charged_to_each_user_separately() {
     let (second, _) = e.start_command(cmd, &args);
     assert_eq!(e.host.engine.pages_charged_to(65534), 32);
     assert_eq!(e.host.engine.user_charged_pages(), 64);
+    // `uiommu status` shows the charge per user and per context.
+    let v = uiommu_host::status::json(&e.host);
+    let users = v["users"].as_array().unwrap();
+    for uid in [0, 65534] {
+        assert!(
+            users
+                .iter()
+                .any(|u| u["uid"] == uid && u["locked_pages"] == 32),
+            "{v}"
+        );
+    }
+    let contexts = v["contexts"].as_array().unwrap();
+    let pinning: Vec<_> = contexts
+        .iter()
+        .filter(|c| c["pinned_pages"] == 32)
+        .collect();
+    assert_eq!(pinning.len(), 2, "{v}");
+    assert!(
+        pinning
+            .iter()
+            .all(|c| c["charged_pages"] == 32 && c["rlimit_mode"] == "user"),
+        "{v}"
+    );
     e.finish(second);
     e.finish(first);
     e.settle();

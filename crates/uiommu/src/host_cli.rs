@@ -186,8 +186,22 @@ pub fn status_text(v: &serde_json::Value) -> String {
     for c in v["contexts"].as_array().unwrap_or(&empty) {
         let _ = writeln!(
             out,
-            "  context {}: {} object(s), owns group(s) {}",
-            c["id"], c["objects"], c["groups"]
+            "  context {}: {} object(s), owns group(s) {}, {} page(s) pinned, {} charged \
+             (rlimit mode {})",
+            c["id"],
+            c["objects"],
+            c["groups"],
+            c["pinned_pages"],
+            c["charged_pages"],
+            c["rlimit_mode"].as_str().unwrap_or("?")
+        );
+    }
+    let _ = writeln!(out, "users:");
+    for u in v["users"].as_array().unwrap_or(&empty) {
+        let _ = writeln!(
+            out,
+            "  uid {}: {} page(s) locked (pins charged to the user)",
+            u["uid"], u["locked_pages"]
         );
     }
     let _ = writeln!(out, "groups:");
