@@ -2040,6 +2040,24 @@ mod tests {
     }
 
     #[test]
+    fn the_same_memory_mapped_twice_is_pinned_and_charged_twice_as_linux_does() {
+        // Two IOAS_MAPs of one user range are two pages objects (Linux: two iopt_pages), each
+        // pinning and charging the pages; an IOAS_COPY shares the object (counted once).
+        let mut fx = Fx::new();
+        let mut pt = IoPagetable::new();
+        let d = fx.radix();
+        pt.add_domain(&mut fx.env(), d).unwrap();
+        fx.map(&mut pt, 0, 4 * P, Some(0x20_0000)).unwrap();
+        fx.map(&mut pt, 0, 4 * P, Some(0x40_0000)).unwrap();
+        assert_eq!(fx.acct.user_pages(), 8);
+        assert_eq!(fx.pin_count(0), 2);
+        assert_eq!(pt.pinned_pages(), 8);
+        pt.remove_domain(&mut fx.env(), d);
+        assert_eq!(fx.acct.user_pages(), 0);
+        fx.assert_clean();
+    }
+
+    #[test]
     fn adding_a_domain_pins_lazily_and_fills_it() {
         let mut fx = Fx::new();
         let mut pt = IoPagetable::new();

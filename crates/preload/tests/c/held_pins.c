@@ -8,15 +8,15 @@
  *  - after a MAP_FIXED private mapping over the range, reads return the pinned pages, not the
  *    new mapping's bytes, and writes never touch the new mapping;
  *  - after IOAS_UNMAP nothing is held any more: the access reads nothing there (ENOENT);
+ *  - a memfd shared with a child: DMA and the child's own mapping see each other's writes;
  *  - the same for a hugetlb memfd (when a 2 MiB page is free);
  *  - a memfd shrunk under its pin: EFAULT for the part gone (Linux keeps those pages), the
  *    rest still read, the engine unharmed.
  * With argument `hold`: map a memfd range, munmap it, say READY and wait for stdin to close
  * (the test reads the engine's status meanwhile), then check the data and exit. With `many`:
  * the same for 200 maps of 200 ranges of one memfd (the engine holds one descriptor of it).
- * Run under the host engine (a root one opens the file behind the mapping through
- * /proc/PID/map_files, another the memfd through the descriptor this program keeps); under
- * the in-process engine it says so and passes without checking.
+ * Run under either engine (a root one opens the file behind the mapping through
+ * /proc/PID/map_files, another the memfd through the descriptor this program keeps).
  */
 #define _GNU_SOURCE
 #include "uiommu_test.h"
@@ -24,6 +24,7 @@
 #include <stdint.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define IOMMU_TEST_CMD _IO(IOMMUFD_TYPE, 0xa0)
@@ -121,10 +122,6 @@ int main(int argc, char **argv)
 {
 	int many = argc > 1 && strcmp(argv[1], "many") == 0;
 	int hold = many || (argc > 1 && strcmp(argv[1], "hold") == 0);
-	if (!hold && !host_engine()) {
-		printf("PASS held_pins: not under the host engine, nothing to check\n");
-		return 0;
-	}
 	iommufd = open("/dev/iommu", O_RDWR);
 	CHECK(iommufd >= 0);
 	struct iommu_ioas_alloc a = { .size = sizeof(a) };
@@ -196,6 +193,46 @@ int main(int argc, char **argv)
 	CHECK(pread(mfd, buf, LEN, 0) == LEN && filled(buf, 'E', LEN));
 	unmap(ioas);
 	CHECK(munmap(over, LEN) == 0);
+	close(mfd);
+
+	/* A memfd shared by two processes: a child maps it (another mapping, its own address)
+	 * and writes; DMA through the parent's pin sees the child's bytes, and the child sees
+	 * DMA's. */
+	v = shared(&mfd, 'P');
+	map(ioas, v);
+	int sync_pipe[2];
+	CHECK(pipe(sync_pipe) == 0);
+	pid_t kid = fork();
+	CHECK(kid >= 0);
+	if (kid == 0) {
+		char *w = mmap(NULL, LEN, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+		if (w == MAP_FAILED)
+			_exit(30);
+		memset(w, 'Q', PAGE);
+		char c;
+		close(sync_pipe[1]);
+		if (read(sync_pipe[0], &c, 1) != 1)
+			_exit(31);
+		_exit(filled(w + PAGE, 'R', PAGE) ? 0 : 32);
+	}
+	close(sync_pipe[0]);
+	int kst;
+	/* The child's write is there once it is (the child writes before waiting). */
+	for (int i = 0; i < 500; i++) {
+		memset(buf, 0, LEN);
+		CHECK(access_rw(access, MOCK_IOVA, buf, PAGE, 0) == 0);
+		if (filled(buf, 'Q', PAGE))
+			break;
+		usleep(2000);
+	}
+	CHECK(filled(buf, 'Q', PAGE));
+	memset(buf, 'R', PAGE);
+	CHECK(access_rw(access, MOCK_IOVA + PAGE, buf, PAGE, RW_WRITE) == 0);
+	CHECK(write(sync_pipe[1], "x", 1) == 1);
+	CHECK(waitpid(kid, &kst, 0) == kid && WIFEXITED(kst) && WEXITSTATUS(kst) == 0);
+	close(sync_pipe[1]);
+	unmap(ioas);
+	CHECK(munmap(v, LEN) == 0);
 	close(mfd);
 
 	/* Huge pages (a hugetlb memfd): held too, through the engine's own mapping of the file. */

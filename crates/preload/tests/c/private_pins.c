@@ -4,6 +4,8 @@
  * and writes through the IOAS (DMA) reach those pages whatever the program then does:
  *  - munmap of the range: reads return the pinned bytes, writes land in them;
  *  - a MAP_FIXED mapping over it: never reached, the pinned pages still are;
+ *  - mremap: the pinned pages move with the mapping, shared by the program and DMA;
+ *  - transparent huge pages (MADV_HUGEPAGE): the same after munmap;
  *  - fork: the child has its own copy (its writes are not DMA's, the parent's later writes are
  *    not the child's); the parent's pages stay the pinned ones;
  *  - exec by a child that mapped its own buffer: DMA reaches the child's old pages, never the
@@ -183,6 +185,35 @@ int main(int argc, char **argv)
 	CHECK(filled(over, 'D', LEN));
 	unmap_at(LEN, MOCK_IOVA);
 	CHECK(munmap(over, LEN) == 0);
+
+	/* mremap: the pinned pages move with the mapping (Linux moves the page tables): the
+	 * program at the new address and DMA see each other's writes; the old address is gone. */
+	v = private_buf('J');
+	map_at(v, LEN, MOCK_IOVA);
+	char *moved = mmap(NULL, LEN, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	CHECK(moved != MAP_FAILED);
+	CHECK(mremap(v, LEN, LEN, MREMAP_MAYMOVE | MREMAP_FIXED, moved) == moved);
+	memset(moved, 'K', PAGE);
+	CHECK(access_rw(MOCK_IOVA, buf, LEN, 0) == 0 && filled(buf, 'K', PAGE) &&
+	      filled(buf + PAGE, 'J', PAGE));
+	memset(buf, 'L', PAGE);
+	CHECK(access_rw(MOCK_IOVA + PAGE, buf, PAGE, RW_WRITE) == 0);
+	CHECK(filled(moved + PAGE, 'L', PAGE));
+	unmap_at(LEN, MOCK_IOVA);
+	CHECK(munmap(moved, LEN) == 0);
+
+	/* Transparent huge pages asked for (MADV_HUGEPAGE, 2 MiB aligned): held the same way. */
+	char *thp_area = mmap(NULL, 4 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+			      -1, 0);
+	CHECK(thp_area != MAP_FAILED);
+	char *thp = (char *)(((uintptr_t)thp_area + (2 << 20) - 1) & ~(uintptr_t)((2 << 20) - 1));
+	CHECK(madvise(thp, 2 << 20, MADV_HUGEPAGE) == 0);
+	memset(thp, 'T', 2 << 20);
+	map_at(thp, 2 << 20, MOCK_IOVA);
+	CHECK(munmap(thp_area, 4 << 20) == 0);
+	memset(buf, 0, LEN);
+	CHECK(access_rw(MOCK_IOVA + (1 << 20), buf, LEN, 0) == 0 && filled(buf, 'T', LEN));
+	unmap_at(2 << 20, MOCK_IOVA);
 
 	/* fork: the child's pages are its own copy; the parent's stay the pinned ones. */
 	v = private_buf('F');
