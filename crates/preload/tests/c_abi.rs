@@ -102,6 +102,12 @@ fn bad_inputs_of_every_command_get_the_kernels_errno_and_change_nothing() {
 }
 
 #[test]
+fn the_dma_engine_reaches_pinned_pages_after_map_fixed_munmap_and_exec() {
+    let out = run(&compile("dma_pins"), None);
+    assert!(out.contains("PASS dma_pins"), "{out}");
+}
+
+#[test]
 fn pins_of_shared_memory_hold_their_pages_in_process_too() {
     let out = run(&compile("held_pins"), None);
     assert!(out.contains("PASS held_pins"), "{out}");

@@ -336,6 +336,14 @@ fn pins_are_charged_to_each_user_separately() {
 }
 
 #[test]
+fn the_dma_engine_reaches_pinned_pages_after_map_fixed_munmap_and_exec() {
+    let e = engine("dmapins");
+    e.run(&compile("dma_pins"), &[]);
+    e.settle();
+    assert_eq!(e.host.engine.held_frames(), 0);
+}
+
+#[test]
 fn pins_of_private_memory_hold_their_pages_through_munmap_map_fixed_fork_and_exec() {
     let e = engine("private");
     e.run(&compile("private_pins"), &[]);
