@@ -8,7 +8,8 @@
  *  - a child maps its buffer into the shared IOAS and execs a program that maps new memory
  *    at the same address: the parent's device reads the child's old bytes and its writes do
  *    not reach the new program.
- * With `exec-target ADDR FD`: the program the child execs.
+ * The first two also through a legacy type1 container (VFIO_IOMMU_MAP_DMA). With
+ * `exec-target ADDR FD`: the program the child execs.
  */
 #define _GNU_SOURCE
 #include "dma_engine.h"
@@ -52,10 +53,53 @@ static int exec_target(char **argv)
 	return filled(v, 'Y', N) ? 0 : 4;
 }
 
+static int map_dma(int container, void *va, __u64 iova, __u32 flags)
+{
+	struct vfio_iommu_type1_dma_map m = { .argsz = sizeof(m), .flags = flags,
+					      .vaddr = (uintptr_t)va, .iova = iova, .size = N };
+	return ioctl(container, VFIO_IOMMU_MAP_DMA, &m);
+}
+
+/* The same through the legacy type1 container (VFIO_IOMMU_MAP_DMA pins at once). */
+static int type1(void)
+{
+	char link[256] = { 0 };
+	CHECK(readlink("/sys/bus/pci/devices/0000:01:00.0/iommu_group", link,
+		       sizeof(link) - 1) > 0);
+	char gpath[64];
+	snprintf(gpath, sizeof(gpath), "/dev/vfio/%s", strrchr(link, '/') + 1);
+	int container = open("/dev/vfio/vfio", O_RDWR | O_CLOEXEC);
+	int group = open(gpath, O_RDWR | O_CLOEXEC);
+	CHECK(container >= 0 && group >= 0);
+	CHECK(ioctl(group, VFIO_GROUP_SET_CONTAINER, &container) == 0);
+	CHECK(ioctl(container, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU) == 0);
+	const __u32 rw = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE;
+	unsigned char *out = buffer(0), *src = buffer('E'), *gone = buffer('F');
+	CHECK(map_dma(container, out, OUT_IOVA, rw) == 0);
+	CHECK(map_dma(container, src, SRC_IOVA, rw) == 0);
+	CHECK(map_dma(container, gone, DST_IOVA, rw) == 0);
+	int devfd = ioctl(group, VFIO_GROUP_GET_DEVICE_FD, "0000:01:00.0");
+	CHECK(devfd >= 0);
+	struct dev d = setup(devfd);
+	CHECK(mmap(src, N, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
+		   0) == src);
+	memset(src, 'G', N);
+	CHECK(dma(&d, OP_COPY, SRC_IOVA, OUT_IOVA, N) == STATUS_DONE);
+	CHECK(filled(out, 'E', N));
+	CHECK(munmap(gone, N) == 0);
+	CHECK(dma(&d, OP_COPY, DST_IOVA, OUT_IOVA, N) == STATUS_DONE);
+	CHECK(filled(out, 'F', N));
+	close(devfd);
+	close(group);
+	close(container);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc > 3 && strcmp(argv[1], "exec-target") == 0)
 		return exec_target(argv);
+	type1();
 	int ictx = iommufd_open();
 	__u32 ioas = ioas_alloc(ictx);
 	int devfd = vfio_open(0);
