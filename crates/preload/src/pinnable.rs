@@ -806,32 +806,9 @@ extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
             return;
         }
     }
-    let Some(prev) = PREVIOUS.get() else {
-        return;
-    };
-    let handler = prev.sa_sigaction;
-    if handler == libc::SIG_DFL || handler == libc::SIG_IGN {
-        // SAFETY: restoring the default disposition (sigaction is async-signal-safe); the
-        // faulting instruction runs again on return and takes the default action.
-        unsafe {
-            let mut dfl: libc::sigaction = std::mem::zeroed();
-            dfl.sa_sigaction = libc::SIG_DFL;
-            libc::sigaction(sig, &dfl, std::ptr::null_mut());
-        }
-    } else if prev.sa_flags & libc::SA_SIGINFO != 0 {
-        // SAFETY: installed with SA_SIGINFO, so of this type; called with the kernel's
-        // arguments.
-        unsafe {
-            let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
-                std::mem::transmute(handler);
-            f(sig, info, ctx);
-        }
-    } else {
-        // SAFETY: a plain handler takes the signal number.
-        unsafe {
-            let f: extern "C" fn(libc::c_int) = std::mem::transmute(handler);
-            f(sig);
-        }
+    if let Some(prev) = PREVIOUS.get() {
+        // SAFETY: called from this signal handler with the kernel's own arguments.
+        unsafe { uiommu_sys::filemap::pass_on(prev, sig, info, ctx) };
     }
 }
 

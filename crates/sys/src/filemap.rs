@@ -91,13 +91,26 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut l
         }
     }
     let slot = usize::from(sig == libc::SIGBUS);
-    let Some(prev) = PREVIOUS[slot].get() else {
-        return;
-    };
+    if let Some(prev) = PREVIOUS[slot].get() {
+        // SAFETY: called from a signal handler with the kernel's own arguments.
+        unsafe { pass_on(prev, sig, info, ctx) };
+    }
+}
+
+/// Hand a signal this process's handler does not take on to `prev`, the handler installed
+/// before it: called with its own arguments if it is a function, else the default action
+/// restored so that the faulting instruction, run again on return, takes it.
+///
+/// # Safety
+/// Only from a signal handler for `sig`, with the `info` and `ctx` the kernel gave it.
+pub unsafe fn pass_on(
+    prev: &libc::sigaction,
+    sig: libc::c_int,
+    info: *mut libc::siginfo_t,
+    ctx: *mut libc::c_void,
+) {
     let handler = prev.sa_sigaction;
     if handler == libc::SIG_DFL || handler == libc::SIG_IGN {
-        // Not ours and nobody else's: the default action, when the faulting instruction runs
-        // again on return.
         // SAFETY: restoring the default disposition of this signal; sigaction is
         // async-signal-safe.
         unsafe {
@@ -107,7 +120,7 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut l
         }
     } else if prev.sa_flags & libc::SA_SIGINFO != 0 {
         // SAFETY: the previous handler was installed with SA_SIGINFO, so it has this type, and
-        // is called with the arguments the kernel gave us.
+        // is called with the arguments the kernel gave the caller (its contract).
         unsafe {
             let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
                 std::mem::transmute(handler);
