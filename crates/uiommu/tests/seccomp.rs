@@ -259,24 +259,35 @@ fn an_engine_of_another_uid_holds_pinned_memfd_pages_through_the_programs_descri
     // The library is built here (as root) first: uid 65534 can run neither this machine's
     // cargo nor write to the target directory, so `uiommu run` could not build it for them.
     let lib = support::library();
-    let mut run = uiommu();
-    run.args(["run", "--engine", "host", "--instance", &name, "--preload"])
-        .arg(lib)
-        .arg("--")
-        .arg(program("held_pins", false));
-    as_nobody(&mut run);
-    let out = run.output().unwrap();
+    // Shared memory held through the program's descriptor, and private memory moved onto
+    // memfds the program keeps (pinnable), each reached after munmap and the like.
+    let outs: Vec<_> = ["held_pins", "private_pins", "dma_pins"]
+        .into_iter()
+        .map(|p| {
+            let mut run = uiommu();
+            run.args(["run", "--engine", "host", "--instance", &name, "--preload"])
+                .arg(lib)
+                .arg("--")
+                .arg(program(p, false));
+            as_nobody(&mut run);
+            (p, run.output().unwrap())
+        })
+        .collect();
     if let Some(pid) = rustix::process::Pid::from_raw(serve.id() as i32) {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
     }
     let _ = serve.wait();
     let _ = std::fs::remove_dir_all(&dir);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("PASS held_pins") && !stdout.contains("nothing"),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for (p, out) in outs {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success()
+                && stdout.contains(&format!("PASS {p}"))
+                && !stdout.contains("nothing"),
+            "{p}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 fn nix_is_root() -> bool {

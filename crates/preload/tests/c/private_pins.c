@@ -10,7 +10,8 @@
  *    not the child's); the parent's pages stay the pinned ones;
  *  - exec by a child that mapped its own buffer: DMA reaches the child's old pages, never the
  *    new program's memory at the same address;
- *  - another thread writing the range while it is mapped loses no write.
+ *  - another thread writing the range while it is mapped loses no write;
+ *  - mapped with no domain and pinned when one is attached: held from then on.
  * Under either engine (`uiommu run`, in-process or host). With `exec-target ADDR FD`: the
  * program a child execs (see below).
  */
@@ -310,6 +311,26 @@ int main(int argc, char **argv)
 	CHECK(access_rw(MOCK_IOVA, seen, sizeof(seen), 0) == 0 &&
 	      seen[0] == (unsigned long)(uintptr_t)last);
 	unmap_at(LEN, MOCK_IOVA);
+
+	/* Mapped with no domain (nothing pinned), pinned when a domain is attached: held then. */
+	struct iommu_ioas_alloc a2 = { .size = sizeof(a2) };
+	CHECK(ioctl(iommufd, IOMMU_IOAS_ALLOC, &a2) == 0);
+	__u32 first_ioas = ioas;
+	ioas = a2.out_ioas_id;
+	v = private_buf('U');
+	map_at(v, LEN, MOCK_IOVA);
+	struct test_cmd mock2 = { .size = sizeof(mock2), .op = OP_MOCK_DOMAIN, .id = ioas };
+	CHECK(ioctl(iommufd, IOMMU_TEST_CMD, &mock2) == 0);
+	struct test_cmd acc2 = { .size = sizeof(acc2), .op = OP_CREATE_ACCESS, .id = ioas };
+	CHECK(ioctl(iommufd, IOMMU_TEST_CMD, &acc2) == 0);
+	int first_access = access_fd;
+	access_fd = (int)acc2.create_access.out_access_fd;
+	CHECK(munmap(v, LEN) == 0);
+	memset(buf, 0, LEN);
+	CHECK(access_rw(MOCK_IOVA, buf, LEN, 0) == 0 && filled(buf, 'U', LEN));
+	close(access_fd);
+	access_fd = first_access;
+	ioas = first_ioas;
 
 	close(access_fd);
 	CHECK(close(iommufd) == 0);

@@ -39,14 +39,13 @@ pub fn find_library(dir: &Path) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// `libuiommu_preload.so` of this profile, built with cargo first if absent.
+/// `libuiommu_preload.so` of this profile, built (or found up to date) by cargo first.
 pub fn library() -> &'static PathBuf {
     static LIB: OnceLock<PathBuf> = OnceLock::new();
     LIB.get_or_init(|| {
         let dir = profile_dir();
-        if let Some(lib) = find_library(&dir) {
-            return lib;
-        }
+        // Built (or found up to date) by cargo every time: `cargo test -p uiommu` does not
+        // rebuild the preload library, and an older one beside this build would be tested.
         let profile = dir.file_name().and_then(|p| p.to_str()).unwrap_or("debug");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
