@@ -116,12 +116,17 @@ impl Maps {
 
     /// Whether the mapping at `addr` (an anonymous one) is the main thread's stack.
     fn is_stack(&self, addr: u64) -> bool {
+        self.named(addr, b"[stack")
+    }
+
+    /// Whether the name of the mapping at `addr` starts with `prefix`.
+    fn named(&self, addr: u64, prefix: &[u8]) -> bool {
         // SAFETY: as in `query`.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.0) };
         let mut name = [0u8; 128];
         match uiommu_sys::procmap_query_named(fd, addr, &mut name) {
-            Ok(Some((_, n))) => name[..n].starts_with(b"[stack"),
-            // A name too long for the buffer is a user's name for it, not the stack's.
+            Ok(Some((_, n))) => name[..n].starts_with(prefix),
+            // A name too long for the buffer is a path or a user's name, none of ours.
             _ => false,
         }
     }
@@ -314,7 +319,7 @@ fn move_private(start: u64, end: u64, generation: u64) {
         if v.start >= end {
             break;
         }
-        any |= movable(&v);
+        any |= movable(&v, &maps);
         one_file &= v.shared && *ino.get_or_insert(v.inode) == v.inode;
         at = v.end;
     }
@@ -347,8 +352,13 @@ fn move_private(start: u64, end: u64, generation: u64) {
         if v.start >= end {
             break;
         }
-        let (s, e) = (at.max(v.start), end.min(v.end));
-        if movable(&v) && !maps.is_stack(s) {
+        // Whole huge pages of a hugetlb mapping.
+        let hp = v.page_size.max(PAGE);
+        let (s, e) = (
+            (at.max(v.start) & !(hp - 1)).max(v.start),
+            end.min(v.end).next_multiple_of(hp).min(v.end),
+        );
+        if movable(&v, &maps) && !maps.is_stack(s) {
             move_one(s, e, &v);
         }
         at = v.end;
@@ -356,9 +366,16 @@ fn move_private(start: u64, end: u64, generation: u64) {
     unlock();
 }
 
-/// Private, anonymous, of small pages, readable: what a pin could not otherwise hold.
-fn movable(v: &uiommu_sys::Vma) -> bool {
-    !v.shared && v.inode == 0 && v.page_size == PAGE && v.readable
+/// Private, anonymous (of small pages, or of huge pages: hugetlb's private mappings have a
+/// file of their own, `anon_hugepage`), readable: what a pin could not otherwise hold.
+fn movable(v: &uiommu_sys::Vma, maps: &Maps) -> bool {
+    !v.shared
+        && v.readable
+        && if v.page_size == PAGE {
+            v.inode == 0
+        } else {
+            v.page_size.is_power_of_two() && maps.named(v.start, b"/anon_hugepage")
+        }
 }
 
 /// Forget (and close the memfd of) moved ranges no longer mapped from their memfd.
@@ -389,6 +406,16 @@ fn sweep(maps: &Maps) {
             }
             slot.len.store(0, Ordering::Release);
         }
+    }
+}
+
+/// For huge pages of `page_size`: `hugetlb` (MFD_HUGETLB or MAP_HUGETLB) with the size in the
+/// bits both flags share (log2 of the size, shifted by 26); 0 for small pages.
+fn huge_flags(page_size: u64, hugetlb: libc::c_uint) -> libc::c_uint {
+    if page_size <= PAGE {
+        0
+    } else {
+        hugetlb | (page_size.trailing_zeros() << 26)
     }
 }
 
@@ -429,7 +456,7 @@ fn move_one(s: u64, e: u64, v: &uiommu_sys::Vma) {
         libc::SYS_memfd_create,
         [
             c"uiommu-pinnable".as_ptr() as u64,
-            libc::MFD_CLOEXEC as u64,
+            (libc::MFD_CLOEXEC | huge_flags(v.page_size, libc::MFD_HUGETLB)) as u64,
             0,
             0,
             0,
@@ -657,7 +684,8 @@ pub(crate) fn before_fork() {
             if v.shared && v.inode == ino && n < SNAPS.len() {
                 let (s, e) = (at.max(v.start), (start + len).min(v.end));
                 let prot = prot_of(&v);
-                if let Some(copy) = private_copy(s, e, prot, fd, v.offset + (s - v.start)) {
+                let off = v.offset + (s - v.start);
+                if let Some(copy) = private_copy(s, e, prot, v.page_size, fd, off) {
                     let snap = &SNAPS[n];
                     snap.start.store(s, Ordering::Relaxed);
                     snap.copy.store(copy, Ordering::Relaxed);
@@ -727,11 +755,12 @@ fn forget_all() {
 }
 
 /// A private anonymous copy of `[s, e)` (shared, the memfd `fd` from offset `off`) with its
-/// protection, at an address of the kernel's choosing.
-fn private_copy(s: u64, e: u64, prot: u64, fd: i32, off: u64) -> Option<u64> {
+/// protection and page size, at an address of the kernel's choosing.
+fn private_copy(s: u64, e: u64, prot: u64, page_size: u64, fd: i32, off: u64) -> Option<u64> {
     let len = e - s;
     let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
-    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+    let huge = huge_flags(page_size, libc::MAP_HUGETLB as libc::c_uint);
+    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64 | u64::from(huge);
     let tmp = sys(libc::SYS_mmap, [0, len, rw, flags, u64::MAX, 0]);
     if tmp < 0 {
         return None;

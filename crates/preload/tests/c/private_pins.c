@@ -5,7 +5,7 @@
  *  - munmap of the range: reads return the pinned bytes, writes land in them;
  *  - a MAP_FIXED mapping over it: never reached, the pinned pages still are;
  *  - mremap: the pinned pages move with the mapping, shared by the program and DMA;
- *  - transparent huge pages (MADV_HUGEPAGE): the same after munmap;
+ *  - transparent huge pages (MADV_HUGEPAGE) and private hugetlb: the same after munmap;
  *  - fork: the child has its own copy (its writes are not DMA's, the parent's later writes are
  *    not the child's); the parent's pages stay the pinned ones;
  *  - exec by a child that mapped its own buffer: DMA reaches the child's old pages, never the
@@ -215,6 +215,23 @@ int main(int argc, char **argv)
 	memset(buf, 0, LEN);
 	CHECK(access_rw(MOCK_IOVA + (1 << 20), buf, LEN, 0) == 0 && filled(buf, 'T', LEN));
 	unmap_at(2 << 20, MOCK_IOVA);
+
+	/* Private hugetlb memory (when two free 2 MiB pages allow the move): held the same way. */
+	char *hp = mmap(NULL, 2 << 20, PROT_READ | PROT_WRITE,
+			MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
+	if (hp == MAP_FAILED) {
+		printf("private_pins: hugetlb not run (no free 2 MiB page)\n");
+	} else {
+		memset(hp, 'V', 2 << 20);
+		map_at(hp + (1 << 20), LEN, MOCK_IOVA);
+		CHECK(munmap(hp, 2 << 20) == 0);
+		memset(buf, 0, LEN);
+		int held = access_rw(MOCK_IOVA, buf, LEN, 0) == 0 && filled(buf, 'V', LEN);
+		printf("private_pins: hugetlb %s\n", held ? "held" : "not held (no page for the move)");
+		if (!held)
+			CHECK_ERR(access_rw(MOCK_IOVA, buf, LEN, 0), EFAULT);
+		unmap_at(LEN, MOCK_IOVA);
+	}
 
 	/* fork: the child's pages are its own copy; the parent's stay the pinned ones. */
 	v = private_buf('F');
