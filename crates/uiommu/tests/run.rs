@@ -119,12 +119,13 @@ fn run_refuses_a_missing_library_a_bad_platform_and_a_missing_program() {
     std::fs::create_dir_all(&lone).unwrap();
     let exe = lone.join("uiommu");
     std::fs::copy(env!("CARGO_BIN_EXE_uiommu"), &exe).unwrap();
-    let out = Command::new(&exe)
-        .args(["run", "--", "sh", "-c", "echo ran"])
-        .env_remove("UIOMMU_PRELOAD")
-        .env_remove("UIOMMU_PLATFORM")
-        .output()
-        .unwrap();
+    let out = output_of_fresh(|| {
+        let mut c = Command::new(&exe);
+        c.args(["run", "--", "sh", "-c", "echo ran"])
+            .env_remove("UIOMMU_PRELOAD")
+            .env_remove("UIOMMU_PLATFORM");
+        c
+    });
     assert_eq!(out.status.code(), Some(2));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("ran"));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -199,14 +200,15 @@ fn run_builds_the_missing_preload_library_of_a_cargo_built_executable() {
     )
     .unwrap();
     std::fs::set_permissions(&cargo, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = Command::new(&exe)
-        .args(["run", "--", "sh", "-c", "echo \"P=$LD_PRELOAD\""])
-        .env_remove("UIOMMU_PRELOAD")
-        .env_remove("UIOMMU_PLATFORM")
-        .env_remove("LD_PRELOAD")
-        .env("CARGO", &cargo)
-        .output()
-        .unwrap();
+    let out = output_of_fresh(|| {
+        let mut c = Command::new(&exe);
+        c.args(["run", "--", "sh", "-c", "echo \"P=$LD_PRELOAD\""])
+            .env_remove("UIOMMU_PRELOAD")
+            .env_remove("UIOMMU_PLATFORM")
+            .env_remove("LD_PRELOAD")
+            .env("CARGO", &cargo);
+        c
+    });
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
@@ -235,4 +237,19 @@ fn run_builds_the_missing_preload_library_of_a_cargo_built_executable() {
         .unwrap();
     assert!(out.status.success());
     assert!(!ws.join("cargo-args").exists());
+}
+
+/// The output of the command `make` builds, whose program (or a program it runs) was just
+/// written by this test: a child another test forked while the file was open for writing
+/// holds it until that child execs, and exec is ETXTBSY meanwhile, so try again then.
+fn output_of_fresh(mut make: impl FnMut() -> Command) -> std::process::Output {
+    for _ in 0..100 {
+        match make().output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {}
+            Ok(out) if String::from_utf8_lossy(&out.stderr).contains("Text file busy") => {}
+            r => return r.unwrap(),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("the program stayed busy (ETXTBSY)");
 }
