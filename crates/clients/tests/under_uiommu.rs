@@ -73,6 +73,11 @@ fn build_uiommu(dir: &Path) {
 /// Run `program args` under `uiommu run` (built-in platform); print its output; assert exit 0
 /// and the program's PASS line.
 fn run_under_uiommu(program: &str, args: &[&str]) -> String {
+    // One client at a time: under one host engine (UIOMMU_ENGINE=host, as CI runs these) the
+    // clients are processes of one host and contend for its devices as on Linux (a device
+    // bound through its cdev by one makes its group unusable to another's container).
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (uiommu, lib) = uiommu_and_library();
     let out = Command::new(uiommu)
         .arg("run")
