@@ -263,7 +263,7 @@ fn another_uid_opens_the_nodes_only_as_their_mode_allows() {
     use std::os::unix::process::CommandExt;
     // 65534: nobody. Only root can start a process of another uid.
     if !nix::unistd::geteuid().is_root() {
-        println!("not run: needs root to start a process of another uid");
+        support::not_run("needs root to start a process of another uid");
         return;
     }
     let nobody = 65534;
@@ -294,7 +294,7 @@ fn another_uid_opens_the_nodes_only_as_their_mode_allows() {
 fn pins_are_charged_to_each_user_separately() {
     use std::os::unix::process::CommandExt;
     if !nix::unistd::geteuid().is_root() {
-        println!("not run: needs root to start a process of another uid");
+        support::not_run("needs root to start a process of another uid");
         return;
     }
     let e = engine_with("peruser", |c| c.node_mode = 0o666);
@@ -370,7 +370,7 @@ fn pins_of_shared_memory_hold_their_pages_after_munmap_and_map_fixed() {
     if free_huge > 0 {
         assert!(out.contains("hugetlb held"), "{out}");
     } else {
-        println!("hugetlb part not run: no free 2 MiB page");
+        support::part_not_run("hugetlb part of held_pins: no free 2 MiB page");
     }
     e.settle();
     // Nothing held once everything was unmapped and closed.
@@ -413,6 +413,10 @@ fn pins_of_shared_memory_hold_their_pages_after_munmap_and_map_fixed() {
             held("/proc/self/map_files"),
             0,
             "the mapping goes with the last pin"
+        );
+    } else {
+        support::part_not_run(
+            "held pins' status and one-mapping checks (/proc/self/map_files): not root",
         );
     }
 }

@@ -192,7 +192,7 @@ static_under_seccomp! {
 #[test]
 fn the_sysfs_view_of_a_root_engine_reaches_nothing_outside_it_for_another_uid() {
     if !nix_is_root() {
-        eprintln!("not root: the view's confinement for another uid is not checked");
+        support::not_run("not root: the view's confinement for another uid is not checked");
         return;
     }
     let s = Served::new("confined");
@@ -233,7 +233,7 @@ fn the_sysfs_view_of_a_root_engine_reaches_nothing_outside_it_for_another_uid() 
 #[test]
 fn an_engine_of_another_uid_holds_pinned_memfd_pages_through_the_programs_descriptor() {
     if !nix_is_root() {
-        eprintln!("not root: cannot start an engine of another uid here");
+        support::not_run("not root: cannot start an engine of another uid here");
         return;
     }
     // uid 65534's runtime directory, its engine, and the program (under the preload

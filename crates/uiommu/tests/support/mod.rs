@@ -66,3 +66,33 @@ pub fn library() -> &'static PathBuf {
         find_library(&dir).expect("libuiommu_preload.so after the build")
     })
 }
+
+/// Say that this test could not run here, and why (`not run: WHY` in its output), and record
+/// it in `$UIOMMU_NOT_RUN` when set, where the test command (scripts/test.sh) counts it as not
+/// run instead of passed. The caller returns right after.
+#[allow(dead_code)]
+pub fn not_run(why: &str) {
+    record(&format!("not run: {why}"));
+}
+
+/// Say that a part of this test could not run here (`part not run: WHY`), recorded as
+/// [`not_run`] is; the rest of the test runs.
+#[allow(dead_code)]
+pub fn part_not_run(why: &str) {
+    record(&format!("part not run: {why}"));
+}
+
+fn record(line: &str) {
+    println!("{line}");
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os("UIOMMU_NOT_RUN") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
