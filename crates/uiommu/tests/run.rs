@@ -177,6 +177,44 @@ fn the_readme_states_the_workspace_minimum_rust_version() {
 }
 
 #[test]
+fn ci_runs_the_readmes_two_commands() {
+    // The README's "Two commands" block: the main job and the test command, which .ci/run
+    // calls as they are written (it knows no more than the README).
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let block = readme
+        .split("## Two commands")
+        .nth(1)
+        .and_then(|r| r.split("```sh").nth(1))
+        .and_then(|r| r.split("```").next())
+        .expect("README.md has a ## Two commands section with a sh block");
+    let commands: Vec<&str> = block
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert_eq!(
+        commands,
+        [
+            "cargo run --release -p uiommu -- demo",
+            "bash scripts/test.sh"
+        ],
+        "{block}"
+    );
+    let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
+    assert!(
+        ci.contains("cargo run --quiet --release -p uiommu -- demo"),
+        "{ci}"
+    );
+    assert!(ci.contains("bash scripts/test.sh"), "{ci}");
+    assert!(
+        !ci.contains("apt-get"),
+        "the installs belong to the test command, not to .ci/run"
+    );
+    assert!(root.join("scripts/test.sh").is_file());
+}
+
+#[test]
 fn run_builds_the_missing_preload_library_of_a_cargo_built_executable() {
     use std::os::unix::fs::PermissionsExt;
     // A source tree's layout with a release build of uiommu and no library beside it; a
