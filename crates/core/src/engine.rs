@@ -365,6 +365,17 @@ impl Engine {
         self.with(|st| st.platform.iommu.faults().to_vec())
     }
 
+    /// The IOMMU fault log with each fault's time, oldest first, and how many faults were
+    /// ever recorded (the log keeps the most recent).
+    pub fn fault_log(&self) -> (Vec<(FaultRecord, std::time::SystemTime)>, u64) {
+        self.with(|st| {
+            (
+                st.platform.iommu.fault_log(),
+                st.platform.iommu.faults_total(),
+            )
+        })
+    }
+
     /// Who owns a group and which kind of domain it is in now.
     pub fn group_status(&self, gid: GroupId) -> Option<GroupStatus> {
         self.with(|st| {
@@ -507,6 +518,24 @@ impl Context {
     /// Ids of all objects in the context, ascending.
     pub fn objects(&self) -> Result<Vec<ObjId>> {
         self.with(|st, c| Ok(st.ctx(c)?.objects.ids()))
+    }
+
+    /// This context's fault queues (IOMMU_FAULT_QUEUE_ALLOC objects): `(id, groups queued to
+    /// be read, groups read and waiting for a response)`.
+    pub fn fault_queues(&self) -> Result<Vec<(ObjId, usize, usize)>> {
+        let ids: Vec<ObjId> = self.with(|st, c| {
+            Ok(st
+                .ctx(c)?
+                .objects
+                .iter()
+                .filter(|(_, o)| o.kind() == ObjType::Fault)
+                .map(|(id, _)| id)
+                .collect())
+        })?;
+        Ok(ids
+            .into_iter()
+            .filter_map(|id| self.fault_pending(id).ok().map(|(q, w)| (id, q, w)))
+            .collect())
     }
 
     /// The pages this context's IOASes have pinned (each pages object once, however many

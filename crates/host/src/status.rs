@@ -16,6 +16,9 @@
 //! - `users`: `[{uid, locked_pages}]`: each served user's charge (its `locked_vm` share of
 //!   pins, across all its processes);
 //! - `groups`: `[{group, devices: [bdf], owner: context or null, domain}]`;
+//! - `faults`: `{total, log: [{time, device, rid, iova, access, reason}]}`: the IOMMU's fault
+//!   log, oldest first (`total` counts every fault ever recorded, the log keeps the latest);
+//!   per context `fault_queues: [{id, queued, waiting_response}]` (IOPF queues);
 //! - `pinned`: `{user_pages, total_pins, held_frames}` (`held_frames`: pinned frames of
 //!   shared memory the engine holds itself, docs/HOST.md#pins-of-shared-memory-hold-their-pages).
 
@@ -69,6 +72,7 @@ pub fn json(host: &Host) -> Value {
                         c.objects().map(|o| o.len()).unwrap_or(0),
                         c.pinned_pages().unwrap_or((0, 0)),
                         c.rlimit_mode_process().unwrap_or(false),
+                        c.fault_queues().unwrap_or_default(),
                     ),
                 );
                 ("iommufd", Some(c.id().0), None)
@@ -126,7 +130,7 @@ pub fn json(host: &Host) -> Value {
         .collect();
     let contexts: Vec<Value> = contexts
         .into_iter()
-        .map(|(id, (objects, (pinned, charged), process_mode))| {
+        .map(|(id, (objects, (pinned, charged), process_mode, queues))| {
             json!({
                 "id": id,
                 "objects": objects,
@@ -134,6 +138,9 @@ pub fn json(host: &Host) -> Value {
                 "pinned_pages": pinned,
                 "charged_pages": charged,
                 "rlimit_mode": if process_mode { "process" } else { "user" },
+                "fault_queues": queues.iter().map(|&(q, queued, waiting)| json!({
+                    "id": q.0, "queued": queued, "waiting_response": waiting,
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -158,6 +165,7 @@ pub fn json(host: &Host) -> Value {
         "files": files,
         "contexts": contexts,
         "groups": groups,
+        "faults": faults(host),
         "users": users.iter().map(|&uid| json!({
             "uid": uid,
             "locked_pages": host.engine.pages_charged_to(uid),
@@ -168,4 +176,40 @@ pub fn json(host: &Host) -> Value {
             "held_frames": host.engine.held_frames(),
         },
     })
+}
+
+/// The IOMMU fault log: `{total, log: [{time, device, rid, iova, access, reason}]}` (`time`:
+/// seconds since the epoch; `device`: the BDF; `reason`: blocked, not-mapped, permission,
+/// bad-physical).
+fn faults(host: &Host) -> Value {
+    use uiommu_platform::hw::FaultReason;
+    use uiommu_platform::pagetable::Access;
+    let (log, total) = host.engine.fault_log();
+    let log: Vec<Value> = log
+        .into_iter()
+        .map(|(f, at)| {
+            let bdf = host
+                .engine
+                .with_platform(|p| p.topology.device(f.device).map(|d| d.bdf.to_string()));
+            json!({
+                "time": at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64()),
+                "device": bdf,
+                "rid": f.rid.0,
+                "iova": f.iova.0,
+                "access": match f.access {
+                    Access::Read => "read",
+                    Access::Write => "write",
+                },
+                "reason": match f.reason {
+                    FaultReason::Blocked => "blocked",
+                    FaultReason::NotMapped => "not-mapped",
+                    FaultReason::Permission => "permission",
+                    FaultReason::BadPhysical => "bad-physical",
+                },
+            })
+        })
+        .collect();
+    json!({"total": total, "log": log})
 }

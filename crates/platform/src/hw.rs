@@ -232,6 +232,8 @@ pub struct Iommu {
     iotlb_len: usize,
     stats: IotlbStats,
     faults: Vec<FaultRecord>,
+    /// When each fault of `faults` was recorded (same order).
+    fault_times: Vec<std::time::SystemTime>,
     faults_total: u64,
 }
 
@@ -266,6 +268,7 @@ impl Iommu {
             iotlb_len: 0,
             stats: IotlbStats::default(),
             faults: Vec::new(),
+            fault_times: Vec::new(),
             faults_total: 0,
         }
     }
@@ -646,8 +649,11 @@ impl Iommu {
     pub fn record_fault(&mut self, fault: FaultRecord) {
         if self.faults.len() >= FAULT_LOG_MAX {
             self.faults.drain(..FAULT_LOG_MAX / 2);
+            let cut = self.fault_times.len().saturating_sub(self.faults.len());
+            self.fault_times.drain(..cut);
         }
         self.faults.push(fault);
+        self.fault_times.push(std::time::SystemTime::now());
         self.faults_total += 1;
     }
 
@@ -658,7 +664,17 @@ impl Iommu {
 
     /// Empty the fault log, returning what it held.
     pub fn take_faults(&mut self) -> Vec<FaultRecord> {
+        self.fault_times.clear();
         std::mem::take(&mut self.faults)
+    }
+
+    /// The fault log with the time each fault was recorded, oldest first.
+    pub fn fault_log(&self) -> Vec<(FaultRecord, std::time::SystemTime)> {
+        self.faults
+            .iter()
+            .copied()
+            .zip(self.fault_times.iter().copied())
+            .collect()
     }
 
     /// Number of faults ever recorded, including those no longer in the log.

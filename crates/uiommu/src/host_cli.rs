@@ -401,3 +401,59 @@ pub fn supervise_self(name: &str, as_root: bool) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// `uiommu faults --json`: the status's fault log and each context's fault queues.
+pub fn faults_json(v: &serde_json::Value) -> serde_json::Value {
+    let empty = Vec::new();
+    let queues: Vec<serde_json::Value> = v["contexts"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|c| serde_json::json!({"context": c["id"], "fault_queues": c["fault_queues"]}))
+        .collect();
+    serde_json::json!({
+        "instance": v["instance"],
+        "total": v["faults"]["total"],
+        "log": v["faults"]["log"],
+        "contexts": queues,
+    })
+}
+
+/// `uiommu faults`: one line per fault, then the fault queues.
+pub fn faults_text(v: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let empty = Vec::new();
+    let log = v["faults"]["log"].as_array().unwrap_or(&empty);
+    let _ = writeln!(
+        out,
+        "instance {}: {} IOMMU fault(s) recorded, the last {} here",
+        v["instance"].as_str().unwrap_or("?"),
+        v["faults"]["total"],
+        log.len()
+    );
+    for f in log {
+        let at = std::time::UNIX_EPOCH
+            + std::time::Duration::from_secs_f64(f["time"].as_f64().unwrap_or(0.0).max(0.0));
+        let _ = writeln!(
+            out,
+            "  {} {} (rid {:#x}) {} at IOVA {:#x}: {}",
+            humantime::format_rfc3339_micros(at),
+            f["device"].as_str().unwrap_or("?"),
+            f["rid"].as_u64().unwrap_or(0),
+            f["access"].as_str().unwrap_or("?"),
+            f["iova"].as_u64().unwrap_or(0),
+            f["reason"].as_str().unwrap_or("?"),
+        );
+    }
+    for c in v["contexts"].as_array().unwrap_or(&empty) {
+        for q in c["fault_queues"].as_array().unwrap_or(&empty) {
+            let _ = writeln!(
+                out,
+                "  context {} fault queue {}: {} group(s) queued, {} waiting for a response",
+                c["id"], q["id"], q["queued"], q["waiting_response"]
+            );
+        }
+    }
+    out
+}

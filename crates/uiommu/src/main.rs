@@ -108,6 +108,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show a host engine's IOMMU fault log: every fault with its time, device, IOVA, access
+    /// and reason, and each context's page-request (IOPF) queues
+    Faults {
+        /// The instance; default: $UIOMMU_INSTANCE, else `default`.
+        #[arg(long, value_name = "NAME")]
+        instance: Option<String>,
+        /// Print the JSON (`faults` and the contexts' `fault_queues` of `status --json`).
+        #[arg(long)]
+        json: bool,
+    },
     /// The client process of `bench`'s host-engine figure (internal).
     #[command(name = "__bench-host-client", hide = true)]
     BenchHostClient {
@@ -251,6 +261,29 @@ fn main() -> ExitCode {
                 }
                 Err(m) => {
                     eprintln!("uiommu status: {m}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Faults { instance, json } => {
+            let instance = match host_cli::instance_name(instance) {
+                Ok(n) => n,
+                Err(m) => {
+                    eprintln!("uiommu faults: {m}");
+                    return ExitCode::from(2);
+                }
+            };
+            match host_cli::status_json(&instance) {
+                Ok(v) => {
+                    if json {
+                        println!("{}", host_cli::faults_json(&v));
+                    } else {
+                        print!("{}", host_cli::faults_text(&v));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(m) => {
+                    eprintln!("uiommu faults: {m}");
                     ExitCode::from(1)
                 }
             }

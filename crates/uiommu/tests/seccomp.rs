@@ -383,3 +383,46 @@ fn the_seccomp_front_end_refuses_the_in_process_engine_and_unknown_names() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("UIOMMU_FRONT_END=ptrace"));
 }
+
+#[test]
+fn faults_lists_a_static_programs_dma_faults_with_device_iova_access_and_reason() {
+    let s = Served::new("faults");
+    s.run(&[], &program("vfio_dma", true), &[]);
+    let out = uiommu()
+        .args(["faults", "--json", "--instance", &s.name])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let log = v["log"].as_array().unwrap();
+    let has = |access: &str, iova: u64, reason: &str| {
+        log.iter().any(|f| {
+            f["access"] == access
+                && f["iova"] == iova
+                && f["reason"] == reason
+                && f["device"] == "0000:01:00.0"
+                && f["time"].as_f64().is_some_and(|t| t > 1.0e9)
+        })
+    };
+    // vfio_dma.c: a copy while blocked, one to an unmapped IOVA, one into a read-only mapping.
+    assert!(has("read", 0x100000, "blocked"), "{v}");
+    assert!(has("write", 0x900000, "not-mapped"), "{v}");
+    assert!(has("write", 0x100000, "permission"), "{v}");
+    assert!(v["total"].as_u64().unwrap() >= 3, "{v}");
+    let text = uiommu()
+        .args(["faults", "--instance", &s.name])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("0000:01:00.0") && text.contains("write at IOVA 0x900000: not-mapped"),
+        "{text}"
+    );
+    s.settle();
+    // No engine: the refusal, exit 1.
+    let none = uiommu()
+        .args(["faults", "--instance", "no-such-instance-here"])
+        .output()
+        .unwrap();
+    assert_eq!(none.status.code(), Some(1));
+}
