@@ -32,6 +32,9 @@ enum Command {
         /// Platform file (TOML); the built-in default platform when omitted.
         #[arg(long)]
         platform: Option<PathBuf>,
+        /// Print the JSON (keys in docs/platform.md).
+        #[arg(long)]
+        json: bool,
     },
     /// Run an unmodified program against uiommu: it finds /dev/iommu and
     /// /dev/vfio/devices/vfioN of the emulated platform (LD_PRELOAD of libuiommu_preload.so).
@@ -305,7 +308,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Topology { platform } => {
+        Command::Topology { platform, json } => {
             let topo = match platform {
                 None => uiommu::platform::topology::Topology::builtin_default(),
                 Some(path) => {
@@ -325,7 +328,11 @@ fn main() -> ExitCode {
                     }
                 }
             };
-            print!("{}", topo.describe());
+            if json {
+                println!("{}", uiommu::topology_json::json(&topo));
+            } else {
+                print!("{}", topo.describe());
+            }
             ExitCode::SUCCESS
         }
         Command::Run {
