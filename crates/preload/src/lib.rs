@@ -64,6 +64,7 @@ mod state;
 mod stats;
 pub mod sysfs;
 pub mod table;
+mod trace;
 
 pub use state::vfio_devices;
 
@@ -493,6 +494,46 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_i
         }
         // A map of private memory: made holdable first (the engine holds what it pins).
         pinnable::before_map(request, arg);
+        if trace::on() {
+            return traced_ioctl(fd, request, arg);
+        }
+        ioctl_of_ours(fd, request, arg)
+    })
+}
+
+/// [`ioctl`] with `uiommu run --trace` on: the call, and its line in the trace when the file
+/// is one of ours.
+fn traced_ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_int {
+    let kind = if host::on() {
+        host::node(fd).map(trace::FileKind::of_node)
+    } else {
+        active()
+            .and_then(|g| g.files.get(fd))
+            .map(|f| trace::FileKind::of_open(&f))
+    };
+    let Some(kind) = kind else {
+        return ioctl_of_ours(fd, request, arg);
+    };
+    let input = trace::before(kind, request as u32, arg);
+    let t0 = trace::start();
+    let r = ioctl_of_ours(fd, request, arg);
+    let result = if r < 0 {
+        Err(real::errno())
+    } else {
+        Ok(i64::from(r))
+    };
+    trace::after(fd, kind, request as u32, arg, &input, result, t0);
+    if let Err(e) = result {
+        real::set_errno(e);
+    }
+    r
+}
+
+/// An iommufd or VFIO ioctl (type `';'`): to the engine when the fd is one of ours.
+fn ioctl_of_ours(fd: c_int, request: c_ulong, arg: c_ulong) -> c_int {
+    {
+        // SAFETY: the caller's arguments are passed on unchanged.
+        let real_ioctl = || unsafe { real::ioctl(fd, request, arg) };
         if host::on() {
             return match host::ioctl(fd, request, arg) {
                 None => real_ioctl(),
@@ -520,7 +561,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_i
             Ok(v) => c_int::try_from(v).unwrap_or(c_int::MAX),
             Err(e) => fail(e),
         }
-    })
+    }
 }
 
 /// An iommufd or VFIO ioctl on an fd not in this process's table: an fd inherited from an

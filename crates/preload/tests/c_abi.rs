@@ -108,6 +108,57 @@ fn the_dma_engine_reaches_pinned_pages_after_map_fixed_munmap_and_exec() {
 }
 
 #[test]
+fn the_trace_has_a_line_per_call_with_its_structs_result_and_errno() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("trace");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (format, file) in [("text", "vfio_dma.trace"), ("json", "vfio_dma.jsonl")] {
+        let path = dir.join(file);
+        let _ = std::fs::remove_file(&path);
+        std::fs::write(&path, b"").unwrap();
+        let out = Command::new(compile("bad_inputs"))
+            .env("LD_PRELOAD", library())
+            .env_remove("UIOMMU_PLATFORM")
+            .env("UIOMMU_TRACE", &path)
+            .env("UIOMMU_TRACE_FORMAT", format)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.len() > 50, "{text}");
+        if format == "text" {
+            // A map decoded before and after, a refusal with its errno's name, a device call.
+            assert!(
+                lines.iter().any(
+                    |l| l.contains(" iommufd IOMMU_IOAS_MAP(IommuIoasMap { size: 40")
+                        && l.contains(") = 0 -> IommuIoasMap {")
+                ),
+                "{text}"
+            );
+            assert!(lines.iter().any(|l| l.contains(" = -1 EINVAL <")), "{text}");
+            assert!(lines.iter().any(|l| l.contains(" = -1 EFAULT <")), "{text}");
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l.contains(" vfio-device VFIO_DEVICE_")),
+                "{text}"
+            );
+            assert!(lines.iter().all(|l| l.ends_with(" us>")), "{text}");
+        } else {
+            let v: Vec<serde_json::Value> = lines
+                .iter()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+                .collect();
+            assert!(v.iter().any(|c| c["call"] == "IOMMU_IOAS_ALLOC"
+                && c["result"] == 0
+                && c["out"].as_str().unwrap().contains("out_ioas_id")));
+            assert!(v.iter().any(|c| c["errno"] == "EOPNOTSUPP"), "{text}");
+            assert!(v.iter().all(|c| c["ns"].is_u64() && c["pid"].is_u64()));
+        }
+    }
+}
+
+#[test]
 fn pins_of_shared_memory_hold_their_pages_in_process_too() {
     let out = run(&compile("held_pins"), None);
     assert!(out.contains("PASS held_pins"), "{out}");

@@ -68,6 +68,14 @@ enum Command {
         /// static executable, else preload). Default: $UIOMMU_FRONT_END, else auto.
         #[arg(long, value_name = "FRONT_END")]
         front_end: Option<host_cli::FrontEnd>,
+        /// Write one line per iommufd/VFIO ioctl of the program (and its children) to FILE:
+        /// time, pid/tid, fd and file kind, the call, its struct decoded before and after, the
+        /// result or errno, the duration (docs/TRACE.md). The preload front-end only.
+        #[arg(long, value_name = "FILE")]
+        trace: Option<PathBuf>,
+        /// `text` (strace-like, the default) or `json` (one JSON object per line).
+        #[arg(long, value_name = "FORMAT", default_value = "text")]
+        trace_format: TraceFormat,
         /// The program and its arguments (after `--`).
         #[arg(last = true, required = true, value_name = "PROGRAM")]
         command: Vec<OsString>,
@@ -342,9 +350,18 @@ fn main() -> ExitCode {
             engine,
             instance,
             front_end,
+            trace,
+            trace_format,
             command,
         } => match run(
-            platform, preload, as_root, engine, instance, front_end, &command,
+            platform,
+            preload,
+            as_root,
+            engine,
+            instance,
+            front_end,
+            trace.map(|t| (t, trace_format)),
+            &command,
         ) {
             // `run` only returns when the program could not be started.
             Ok(never) => match never {},
@@ -530,6 +547,16 @@ fn append_preload(existing: Option<&OsStr>, lib: &Path) -> OsString {
 /// Replace this process by `command` with the preload library and platform in its
 /// environment (and `UIOMMU_CAPS=all` with `as_root`). Returns only on failure: (exit code,
 /// message).
+/// `run --trace-format`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum TraceFormat {
+    /// One strace-like line per call.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn run(
     platform: Option<PathBuf>,
     preload: Option<PathBuf>,
@@ -537,6 +564,7 @@ fn run(
     engine: Option<EngineKind>,
     instance: Option<String>,
     front_end: Option<host_cli::FrontEnd>,
+    trace: Option<(PathBuf, TraceFormat)>,
     command: &[OsString],
 ) -> Result<std::convert::Infallible, (u8, String)> {
     use host_cli::FrontEnd;
@@ -607,6 +635,35 @@ fn run(
     }
     if as_root {
         cmd.env("UIOMMU_CAPS", "all");
+    }
+    if let Some((path, format)) = &trace {
+        if seccomp {
+            return Err((
+                2,
+                "--trace: calls through the seccomp front-end (a static program) are not \
+                 traced; a dynamic program under the preload front-end is"
+                    .into(),
+            ));
+        }
+        // Created now, so that a bad path is refused before the program runs; absolute, as the
+        // program may change directory.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| (2, format!("--trace {}: {e}", path.display())))?;
+        let abs = std::fs::canonicalize(path)
+            .map_err(|e| (2, format!("--trace {}: {e}", path.display())))?;
+        cmd.env("UIOMMU_TRACE", abs);
+        cmd.env(
+            "UIOMMU_TRACE_FORMAT",
+            match format {
+                TraceFormat::Text => "text",
+                TraceFormat::Json => "json",
+            },
+        );
+    } else {
+        cmd.env_remove("UIOMMU_TRACE");
     }
     if engine == EngineKind::Host {
         let name = host_cli::instance_name(instance).map_err(|m| (2, m))?;

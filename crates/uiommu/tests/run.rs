@@ -177,6 +177,49 @@ fn the_readme_states_the_workspace_minimum_rust_version() {
 }
 
 #[test]
+fn run_trace_refuses_a_bad_file_and_creates_a_good_one() {
+    let bad = uiommu()
+        .args(["run", "--preload"])
+        .arg(stand_in_library())
+        .args([
+            "--trace",
+            "/nonexistent/dir/t",
+            "--",
+            "sh",
+            "-c",
+            "echo ran",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(!String::from_utf8_lossy(&bad.stdout).contains("ran"));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--trace /nonexistent/dir/t"));
+    let dir = scratch("trace");
+    std::fs::create_dir_all(&dir).unwrap();
+    let t = dir.join("t.txt");
+    let _ = std::fs::remove_file(&t);
+    let out = uiommu()
+        .args(["run", "--preload"])
+        .arg(stand_in_library())
+        .arg("--trace")
+        .arg(&t)
+        .args([
+            "--trace-format",
+            "json",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$UIOMMU_TRACE $UIOMMU_TRACE_FORMAT\"",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(t.is_file());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains(&format!("{} json", t.display())), "{said}");
+}
+
+#[test]
 fn ci_runs_the_readmes_two_commands() {
     // The README's "Two commands" block: the main job and the test command, which .ci/run
     // calls as they are written (it knows no more than the README).
