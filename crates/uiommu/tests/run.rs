@@ -334,3 +334,54 @@ fn output_of_fresh(mut make: impl FnMut() -> Command) -> std::process::Output {
     }
     panic!("the program stayed busy (ETXTBSY)");
 }
+
+#[test]
+fn each_subcommand_says_what_is_wrong_with_its_use() {
+    let run = |args: &[&str]| {
+        let out = uiommu().args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // A platform file that is not there, and one that is not valid TOML: the file, and the
+    // line and column of the mistake.
+    let (code, err) = run(&["topology", "--platform", "/nonexistent/p.toml"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("/nonexistent/p.toml") && err.contains("No such file"),
+        "{err}"
+    );
+    let dir = scratch("badtoml");
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[[function]]\nname = \"x\"\nbdf = 12\n").unwrap();
+    let (code, err) = run(&["topology", "--platform", bad.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("bad.toml") && err.contains("line 3, column"),
+        "{err}"
+    );
+    // `run` without a program, and with one that is not there.
+    let (code, err) = run(&["run"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("PROGRAM"), "{err}");
+    let (code, err) = run(&[
+        "run",
+        "--preload",
+        stand_in_library().to_str().unwrap(),
+        "--",
+        "/no/such/program",
+    ]);
+    assert_eq!(code, Some(127));
+    assert!(err.contains("/no/such/program"), "{err}");
+    // An instance no engine serves.
+    for sub in ["status", "faults"] {
+        let (code, err) = run(&[sub, "--instance", "nobody-serves-this"]);
+        assert_eq!(code, Some(1), "{sub}");
+        assert!(
+            err.contains("no engine serves instance nobody-serves-this"),
+            "{err}"
+        );
+    }
+}
