@@ -457,3 +457,17 @@ pub fn faults_text(v: &serde_json::Value) -> String {
     }
     out
 }
+
+/// The platform a host engine runs (its status's `platform`: `built-in` or a file's path).
+pub fn platform_of_status(
+    v: &serde_json::Value,
+) -> Result<uiommu_platform::topology::Topology, String> {
+    use uiommu_platform::topology::Topology;
+    match v["platform"].as_str() {
+        None | Some("built-in") => Ok(Topology::builtin_default()),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+            Topology::from_toml(&text).map_err(|e| format!("{path}: {e}"))
+        }
+    }
+}

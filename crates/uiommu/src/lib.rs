@@ -28,6 +28,7 @@
 
 pub mod demo;
 pub mod dma_engine;
+pub mod picture;
 pub mod topology_json;
 
 pub use uiommu_core as core;

@@ -35,6 +35,9 @@ enum Command {
         /// Print the JSON (keys in docs/platform.md).
         #[arg(long)]
         json: bool,
+        /// Also draw the PCI tree and the IOMMU groups as an SVG picture in FILE.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
     },
     /// Run an unmodified program against uiommu: it finds /dev/iommu and
     /// /dev/vfio/devices/vfioN of the emulated platform (LD_PRELOAD of libuiommu_preload.so).
@@ -118,6 +121,10 @@ enum Command {
         /// Print the JSON (keys in docs/HOST.md).
         #[arg(long)]
         json: bool,
+        /// Also draw the engine's platform, its groups' owners, attachments and pinned pages
+        /// as an SVG picture in FILE.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
     },
     /// Show a host engine's IOMMU fault log: every fault with its time, device, IOVA, access
     /// and reason, and each context's page-request (IOPF) queues
@@ -253,7 +260,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Status { instance, json } => {
+        Command::Status {
+            instance,
+            json,
+            svg,
+        } => {
             let instance = match host_cli::instance_name(instance) {
                 Ok(n) => n,
                 Err(m) => {
@@ -263,6 +274,18 @@ fn main() -> ExitCode {
             };
             match host_cli::status_json(&instance) {
                 Ok(v) => {
+                    if let Some(path) = svg {
+                        let drawn = host_cli::platform_of_status(&v)
+                            .map(|topo| uiommu::picture::svg(&topo, Some(&v)))
+                            .and_then(|s| {
+                                std::fs::write(&path, s)
+                                    .map_err(|e| format!("{}: {e}", path.display()))
+                            });
+                        if let Err(m) = drawn {
+                            eprintln!("uiommu status: {m}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
                     if json {
                         println!("{v}");
                     } else {
@@ -316,7 +339,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Topology { platform, json } => {
+        Command::Topology {
+            platform,
+            json,
+            svg,
+        } => {
             let topo = match platform {
                 None => uiommu::platform::topology::Topology::builtin_default(),
                 Some(path) => {
@@ -336,6 +363,12 @@ fn main() -> ExitCode {
                     }
                 }
             };
+            if let Some(path) = svg {
+                if let Err(e) = std::fs::write(&path, uiommu::picture::svg(&topo, None)) {
+                    eprintln!("uiommu topology: {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
             if json {
                 println!("{}", uiommu::topology_json::json(&topo));
             } else {

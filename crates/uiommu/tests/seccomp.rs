@@ -426,3 +426,48 @@ fn faults_lists_a_static_programs_dma_faults_with_device_iova_access_and_reason(
         .unwrap();
     assert_eq!(none.status.code(), Some(1));
 }
+
+#[test]
+fn status_svg_draws_the_group_a_program_holds_with_its_owner() {
+    let s = Served::new("svg");
+    // vfio1 is 0000:02:00.0, in group 6 with 0000:02:00.1.
+    let (mut holder, _) = s.start(&program("host_peers", true), &["hold", "1"]);
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.svg", s.name));
+    let out = uiommu()
+        .args(["status", "--instance", &s.name, "--svg"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let doc = roxmltree::Document::parse(&text).expect("well-formed SVG");
+    let group = |n: u32| {
+        doc.descendants()
+            .find(|e| e.attribute("id") == Some(format!("group-{n}").as_str()))
+            .map(|g| {
+                g.descendants()
+                    .filter_map(|t| t.text())
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    let six = group(6);
+    let owner = format!("(pid {}", holder.id());
+    assert!(
+        six.iter()
+            .any(|t| t.starts_with("owner: context") && t.contains(&owner)),
+        "{six:?}"
+    );
+    assert!(six.iter().any(|t| t.starts_with("0000:02:00.1")), "{six:?}");
+    assert!(
+        group(5)
+            .iter()
+            .any(|t| t == "owner: the kernel (no context)"),
+        "{:?}",
+        group(5)
+    );
+    drop(holder.stdin.take());
+    assert!(holder.wait().unwrap().success());
+    s.settle();
+}
