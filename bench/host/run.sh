@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # IOAS_MAP+UNMAP of 4 KiB with a device attached: in-process engine, host engine (preload
 # front-end; seccomp front-end, the same program built static), and a bare two-process socket
-# round trip, all in one run (docs/HOST.md).
+# round trip, all in one run (docs/HOST.md); and the in-process pair with `run --trace` on, beside
+# the same with it off (docs/TRACE.md).
 # Usage: bash bench/host/run.sh [PAIRS]   (from anywhere)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -16,15 +17,22 @@ n=${1:-20000}
 inproc=$("$bin" run --engine in-process -- "$out/map_unmap" "$n")
 host=$("$bin" run --engine host --instance bench-$$ -- "$out/map_unmap" "$n")
 seccomp=$("$bin" run --instance bench-$$ -- "$out/map_unmap_static" "$n")
+rm -f "$out/trace.txt"
+traced=$("$bin" run --engine in-process --trace "$out/trace.txt" -- "$out/map_unmap" "$n")
+untraced=$("$bin" run --engine in-process -- "$out/map_unmap" "$n")
 echo "$inproc"
 echo "$host"
 echo "$seccomp"
-python3 - "$inproc" "$host" "$seccomp" <<'PY'
+echo "$traced"
+python3 - "$inproc" "$host" "$seccomp" "$traced" "$untraced" "$(wc -l < "$out/trace.txt")" <<'PY'
 import json, sys
-a, b, c = (json.loads(x) for x in sys.argv[1:4])
+a, b, c, t, u = (json.loads(x) for x in sys.argv[1:6])
+lines = int(sys.argv[6])
 print(f"in-process {a['pair_us']:.2f} us/pair, host engine {b['pair_us']:.2f} us/pair "
       f"({b['pair_us'] / a['pair_us']:.1f}x), bare round trip {b['round_trip_us']:.2f} us "
       f"(a pair forwards 2 calls: {b['pair_us'] / (2 * b['round_trip_us']):.2f}x of 2 round trips)")
 print(f"seccomp front-end (static) {c['pair_us']:.2f} us/pair "
       f"({c['pair_us'] / a['pair_us']:.1f}x in-process, {c['pair_us'] / b['pair_us']:.2f}x preload)")
+print(f"trace on: {t['pair_us']:.2f} us/pair ({lines} lines) against off {u['pair_us']:.2f} and "
+      f"{a['pair_us']:.2f} us/pair in the same run ({t['pair_us'] / ((a['pair_us'] + u['pair_us']) / 2):.2f}x)")
 PY

@@ -140,6 +140,7 @@ impl Process {
 
     fn retire(&self) {
         self.mem.alive.store(false, Ordering::Release);
+        uiommu_platform::process_memory::release_recent_held();
     }
 }
 

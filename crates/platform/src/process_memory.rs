@@ -36,6 +36,9 @@ std::thread_local! {
     /// The last range this thread probed by query: (pid, start, end, any mapping shared).
     static LAST_PROBE: std::cell::Cell<(i32, u64, u64, bool)> =
         const { std::cell::Cell::new((0, 0, 0, true)) };
+    /// The one mapping that covered all of that range, when one did.
+    static LAST_VMA: std::cell::Cell<Option<uiommu_sys::Vma>> =
+        const { std::cell::Cell::new(None) };
 }
 
 /// Whether no program code runs in this process (a host engine): then nothing closes or
@@ -54,6 +57,32 @@ type HeldFiles = std::collections::HashMap<((u32, u32), u64, bool), std::sync::W
 
 static HELD_FILES: std::sync::LazyLock<Mutex<HeldFiles>> =
     std::sync::LazyLock::new(|| Mutex::new(HeldFiles::new()));
+
+/// The files held most recently, kept alive a while after their last pin goes: a program that
+/// maps and unmaps the same buffer again and again (each map pinning it anew) finds its file
+/// held and mapped already, instead of opening and mapping it for every pin. At most this many;
+/// the oldest goes first (keeping its pages alive until then, as they would be while mapped).
+const RECENT_HELD: usize = 8;
+
+static RECENT: Mutex<std::collections::VecDeque<std::sync::Arc<HeldFile>>> =
+    Mutex::new(std::collections::VecDeque::new());
+
+/// `f` was just used for a pin: first among the recent ones.
+fn keep_recent(f: &std::sync::Arc<HeldFile>) {
+    let mut r = RECENT.lock().unwrap_or_else(|p| p.into_inner());
+    if r.front().is_some_and(|x| std::sync::Arc::ptr_eq(x, f)) {
+        return;
+    }
+    r.retain(|x| !std::sync::Arc::ptr_eq(x, f));
+    r.push_front(f.clone());
+    r.truncate(RECENT_HELD);
+}
+
+/// Let the recently held files go (a process the engine served is gone: the files it pinned
+/// recently need not outlive it); those still pinned stay held by their pins.
+pub fn release_recent_held() {
+    RECENT.lock().unwrap_or_else(|p| p.into_inner()).clear();
+}
 
 fn lock_held_files() -> std::sync::MutexGuard<'static, HeldFiles> {
     HELD_FILES.lock().unwrap_or_else(|p| p.into_inner())
@@ -130,6 +159,7 @@ impl ProcessMemory {
     /// answer (before Linux 6.11), so that the caller reads the file instead.
     fn covered_by_query(&self, va: u64, end: u64, write: bool) -> Option<Result<(), MemFault>> {
         let mut shared = false;
+        let mut covering = None;
         let r = self.with_maps(|maps| {
             let mut at = va;
             while at < end {
@@ -142,6 +172,7 @@ impl ProcessMemory {
                     }
                     Ok(Some(v)) => {
                         shared |= v.shared;
+                        covering = (v.start <= va && end <= v.end).then_some(v);
                         at = v.end;
                     }
                 }
@@ -150,6 +181,7 @@ impl ProcessMemory {
         })??;
         // What [`ProcessMemory::shared_files`] right after needs to know.
         LAST_PROBE.with(|c| c.set((self.pid.as_raw(), va, end, shared)));
+        LAST_VMA.with(|c| c.set(covering));
         Some(r)
     }
 
@@ -163,13 +195,30 @@ impl ProcessMemory {
         if LAST_PROBE.with(|c| c.get()) == (pid, start, end, false) {
             return Vec::new();
         }
-        self.with_maps(|maps| {
+        // The mappings of the range: the one the probe just found covering it all (no system
+        // call: a program pinning a buffer again and again), else asked anew.
+        let vmas: Vec<uiommu_sys::Vma> = match LAST_VMA.with(|c| c.get()) {
+            Some(v) if LAST_PROBE.with(|c| c.get()) == (pid, start, end, true) => vec![v],
+            _ => self
+                .with_maps(|maps| {
+                    let mut vmas = Vec::new();
+                    let mut at = start;
+                    while at < end {
+                        let Ok(Some(v)) = uiommu_sys::procmap_query(maps, at) else {
+                            break;
+                        };
+                        at = v.end;
+                        vmas.push(v);
+                    }
+                    vmas
+                })
+                .unwrap_or_default(),
+        };
+        {
             let mut out = Vec::new();
-            let mut at = start;
-            while at < end {
-                let Ok(Some(v)) = uiommu_sys::procmap_query(maps, at) else {
-                    break;
-                };
+            let at = start;
+            for v in vmas {
+                let at = at.max(v.start);
                 // Regular files and shared memory only (a device's mapping is not its
                 // `read`): the engine maps them itself ([`HeldFile`]). Those of huge pages
                 // only when that mapping covers them (hugetlbfs has no `write`).
@@ -223,6 +272,9 @@ impl ProcessMemory {
                                 }
                             }),
                     };
+                    if let Ok(f) = &file {
+                        keep_recent(f);
+                    }
                     match file {
                         Ok(f) if v.page_size == PAGE_SIZE || f.mapped(offset, to - from) => out
                             .push(Held {
@@ -234,11 +286,9 @@ impl ProcessMemory {
                         _ => {}
                     }
                 }
-                at = v.end;
             }
             out
-        })
-        .unwrap_or_default()
+        }
     }
 
     /// Run `f` with this process's `/proc/<pid>/maps` descriptor (kept open between calls).

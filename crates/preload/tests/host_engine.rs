@@ -412,7 +412,7 @@ fn pins_of_shared_memory_hold_their_pages_after_munmap_and_map_fixed() {
         assert_eq!(
             held("/proc/self/map_files"),
             0,
-            "the mapping goes with the last pin"
+            "the mapping goes with the last pin and the process that made it"
         );
     } else {
         support::part_not_run(
