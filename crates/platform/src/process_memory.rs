@@ -272,7 +272,8 @@ impl ProcessMemory {
                                 }
                             }),
                     };
-                    if let Ok(f) = &file {
+                    // Not huge pages: a reserved pool another mapping may be waiting for.
+                    if let (Ok(f), true) = (&file, v.page_size == PAGE_SIZE) {
                         keep_recent(f);
                     }
                     match file {
