@@ -152,26 +152,12 @@ impl Platform {
 
     /// DMA read by `dev` at `iova`, translated by the IOMMU.
     pub fn dma_read(&mut self, dev: DeviceId, iova: Iova, buf: &mut [u8]) -> Result<(), DmaFault> {
-        let rid = self.dma_rid(dev);
-        let mut port = DmaContext {
-            device: dev,
-            rid,
-            iommu: &mut self.iommu,
-            memory: &self.memory,
-        };
-        devices::DmaPort::dma_read(&mut port, iova, buf)
+        devices::DmaPort::dma_read(&mut self.port(dev), iova, buf)
     }
 
     /// DMA write by `dev` at `iova`, translated by the IOMMU.
     pub fn dma_write(&mut self, dev: DeviceId, iova: Iova, data: &[u8]) -> Result<(), DmaFault> {
-        let rid = self.dma_rid(dev);
-        let mut port = DmaContext {
-            device: dev,
-            rid,
-            iommu: &mut self.iommu,
-            memory: &self.memory,
-        };
-        devices::DmaPort::dma_write(&mut port, iova, data)
+        devices::DmaPort::dma_write(&mut self.port(dev), iova, data)
     }
 
     /// DMA copy by `dev` of `len` bytes from `src` to `dst`, both translated by the IOMMU (a
@@ -184,14 +170,17 @@ impl Platform {
         dst: Iova,
         len: usize,
     ) -> Result<(), (DmaFault, bool)> {
-        let rid = self.dma_rid(dev);
-        let mut port = DmaContext {
+        devices::DmaPort::dma_copy(&mut self.port(dev), src, dst, len)
+    }
+
+    /// `dev`'s DMA port: its accesses translated by the IOMMU under its requester id.
+    fn port(&mut self, dev: DeviceId) -> DmaContext<'_> {
+        DmaContext {
             device: dev,
-            rid,
+            rid: self.dma_rid(dev),
             iommu: &mut self.iommu,
             memory: &self.memory,
-        };
-        devices::DmaPort::dma_copy(&mut port, src, dst, len)
+        }
     }
 
     /// The requester id `dev`'s DMA carries (an unknown device gets one that has no context

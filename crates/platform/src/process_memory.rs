@@ -223,7 +223,6 @@ impl ProcessMemory {
                 // `read`): the engine maps them itself ([`HeldFile`]). Those of huge pages
                 // only when that mapping covers them (hugetlbfs has no `write`).
                 if v.shared {
-                    let path = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
                     let open = |path: &str| {
                         std::fs::OpenOptions::new()
                             .read(true)
@@ -249,7 +248,7 @@ impl ProcessMemory {
                         .filter(|f| f.reaches(offset, to - from));
                     let file = match cached {
                         Some(f) => Ok(f),
-                        None => open(&path)
+                        None => open(&format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end))
                             .or_else(|e| {
                                 let held = (v.inode != 0)
                                     .then(|| fd_of_file(pid, v.dev, v.inode))

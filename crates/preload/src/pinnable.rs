@@ -38,6 +38,35 @@ struct Slot {
     seen: AtomicU64,
 }
 
+impl Slot {
+    /// `(start, len, memfd inode)` of a filled slot.
+    fn range(&self) -> Option<(u64, u64, u64)> {
+        let len = self.len.load(Ordering::Acquire);
+        (len != 0 && len != u64::MAX).then(|| {
+            (
+                self.start.load(Ordering::Acquire),
+                len,
+                self.ino.load(Ordering::Acquire),
+            )
+        })
+    }
+
+    /// Whether the filled slot's range holds `[start, end)`.
+    fn holds(&self, start: u64, end: u64) -> bool {
+        self.range()
+            .is_some_and(|(s, l, _)| s <= start && end <= s.saturating_add(l))
+    }
+
+    /// Close the memfd's descriptor and free the slot.
+    fn free(&self) {
+        let fd = self.fd.swap(-1, Ordering::AcqRel);
+        if fd >= 0 {
+            sys(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]);
+        }
+        self.len.store(0, Ordering::Release);
+    }
+}
+
 #[allow(clippy::declare_interior_mutable_const)]
 const FREE: Slot = Slot {
     len: AtomicU64::new(0),
@@ -114,6 +143,20 @@ impl Maps {
         uiommu_sys::procmap_query(fd, addr).ok().flatten()
     }
 
+    /// Each mapping that overlaps `[start, end)`, in order, with the address the walk is at
+    /// (where the overlap begins); stops at the first hole.
+    fn each(&self, start: u64, end: u64, mut f: impl FnMut(u64, &uiommu_sys::Vma)) {
+        let mut at = start;
+        while at < end {
+            let Some(v) = self.query(at) else { return };
+            if v.start >= end {
+                return;
+            }
+            f(at.max(v.start), &v);
+            at = v.end;
+        }
+    }
+
     /// Whether the mapping at `addr` (an anonymous one) is the main thread's stack.
     fn is_stack(&self, addr: u64) -> bool {
         self.named(addr, b"[stack")
@@ -171,17 +214,9 @@ pub(crate) fn before_map(request: u64, arg: u64) {
     }
     let start = va & !(PAGE - 1);
     let generation = GENERATION.load(Ordering::Acquire);
-    let seen = TABLE.iter().any(|t| {
-        let (s, l) = (
-            t.start.load(Ordering::Acquire),
-            t.len.load(Ordering::Acquire),
-        );
-        l != 0
-            && l != u64::MAX
-            && s <= start
-            && end <= s.saturating_add(l)
-            && t.seen.load(Ordering::Acquire) == generation
-    });
+    let seen = TABLE
+        .iter()
+        .any(|t| t.holds(start, end) && t.seen.load(Ordering::Acquire) == generation);
     if !seen {
         move_private(start, end, generation);
     }
@@ -195,27 +230,7 @@ fn word(b: &[u8; 32], at: usize) -> u64 {
 
 /// Copy `buf.len()` bytes at `addr` of this process into `buf`; `false` on a bad address.
 fn read_own(addr: u64, buf: &mut [u8]) -> bool {
-    let local = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let remote = libc::iovec {
-        iov_base: addr as usize as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
-    let pid = sys(libc::SYS_getpid, [0; 6]) as u64;
-    let n = sys(
-        libc::SYS_process_vm_readv,
-        [
-            pid,
-            &local as *const libc::iovec as u64,
-            1,
-            &remote as *const libc::iovec as u64,
-            1,
-            0,
-        ],
-    );
-    n == buf.len() as i64
+    copy_own(buf.as_mut_ptr() as u64, addr, buf.len() as u64)
 }
 
 /// Copy `len` bytes from `src` to `dst`, both of this process, by the kernel (a bad page is a
@@ -326,17 +341,10 @@ fn move_private(start: u64, end: u64, generation: u64) {
     if !any {
         if one_file {
             // Within one of ours, still mapped from its memfd: remember it was seen so.
-            if let Some(t) = TABLE.iter().find(|t| {
-                let (s, l) = (
-                    t.start.load(Ordering::Acquire),
-                    t.len.load(Ordering::Acquire),
-                );
-                l != 0
-                    && l != u64::MAX
-                    && s <= start
-                    && end <= s.saturating_add(l)
-                    && Some(t.ino.load(Ordering::Acquire)) == ino
-            }) {
+            if let Some(t) = TABLE
+                .iter()
+                .find(|t| t.holds(start, end) && t.range().map(|(_, _, i)| i) == ino)
+            {
                 t.seen.store(generation, Ordering::Release);
             }
         }
@@ -346,23 +354,17 @@ fn move_private(start: u64, end: u64, generation: u64) {
         return;
     }
     sweep(&maps);
-    let mut at = start;
-    while at < end {
-        let Some(v) = maps.query(at) else { break };
-        if v.start >= end {
-            break;
-        }
+    maps.each(start, end, |at, v| {
         // Whole huge pages of a hugetlb mapping.
         let hp = v.page_size.max(PAGE);
         let (s, e) = (
-            (at.max(v.start) & !(hp - 1)).max(v.start),
+            (at & !(hp - 1)).max(v.start),
             end.min(v.end).next_multiple_of(hp).min(v.end),
         );
-        if movable(&v, &maps) && !maps.is_stack(s) {
-            move_one(s, e, &v);
+        if movable(v, &maps) && !maps.is_stack(s) {
+            move_one(s, e, v);
         }
-        at = v.end;
-    }
+    });
     unlock();
 }
 
@@ -381,30 +383,15 @@ fn movable(v: &uiommu_sys::Vma, maps: &Maps) -> bool {
 /// Forget (and close the memfd of) moved ranges no longer mapped from their memfd.
 fn sweep(maps: &Maps) {
     for slot in &TABLE {
-        let len = slot.len.load(Ordering::Acquire);
-        if len == 0 || len == u64::MAX {
+        let Some((start, len, ino)) = slot.range() else {
             continue;
-        }
-        let (start, ino) = (
-            slot.start.load(Ordering::Acquire),
-            slot.ino.load(Ordering::Acquire),
-        );
-        let mut at = start;
+        };
         let mut mapped = false;
-        while at < start + len {
-            let Some(v) = maps.query(at) else { break };
-            if v.start >= start + len {
-                break;
-            }
-            mapped |= v.shared && v.inode == ino;
-            at = v.end;
-        }
+        maps.each(start, start + len, |_, v| {
+            mapped |= v.shared && v.inode == ino
+        });
         if !mapped {
-            let fd = slot.fd.swap(-1, Ordering::AcqRel);
-            if fd >= 0 {
-                sys(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]);
-            }
-            slot.len.store(0, Ordering::Release);
+            slot.free();
         }
     }
 }
@@ -443,10 +430,7 @@ fn move_one(s: u64, e: u64, v: &uiommu_sys::Vma) {
         return;
     };
     let len = e - s;
-    let fail = |fd: i64, tmp: u64| {
-        if tmp != 0 {
-            sys(libc::SYS_munmap, [tmp, len, 0, 0, 0, 0]);
-        }
+    let fail = |fd: i64| {
         if fd >= 0 {
             sys(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]);
         }
@@ -464,7 +448,7 @@ fn move_one(s: u64, e: u64, v: &uiommu_sys::Vma) {
         ],
     );
     if fd < 0 || sys(libc::SYS_ftruncate, [fd as u64, len, 0, 0, 0, 0]) != 0 {
-        return fail(fd, 0);
+        return fail(fd);
     }
     let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
     let tmp = sys(
@@ -472,7 +456,7 @@ fn move_one(s: u64, e: u64, v: &uiommu_sys::Vma) {
         [0, len, rw, libc::MAP_SHARED as u64, fd as u64, 0],
     );
     if tmp < 0 {
-        return fail(fd, 0);
+        return fail(fd);
     }
     let tmp = tmp as u64;
     install_handler();
@@ -501,7 +485,7 @@ fn move_one(s: u64, e: u64, v: &uiommu_sys::Vma) {
     BUSY_END.store(0, Ordering::Release);
     sys(libc::SYS_munmap, [tmp, len, 0, 0, 0, 0]);
     if !done {
-        return fail(fd, 0);
+        return fail(fd);
     }
     let mut st: libc::stat = unsafe_zeroed_stat();
     let ino = if sys(
@@ -664,26 +648,17 @@ pub(crate) fn before_fork() {
         return;
     }
     FORKING.store(true, Ordering::Release);
-    let maps = Maps::open();
     let mut n = 0;
+    let Some(maps) = Maps::open() else { return };
     for slot in &TABLE {
-        let len = slot.len.load(Ordering::Acquire);
-        if len == 0 || len == u64::MAX {
+        let Some((start, len, ino)) = slot.range() else {
             continue;
-        }
-        let (start, ino) = (
-            slot.start.load(Ordering::Acquire),
-            slot.ino.load(Ordering::Acquire),
-        );
+        };
         let fd = slot.fd.load(Ordering::Acquire);
-        let mut at = start;
-        while let Some(v) = maps.as_ref().and_then(|m| m.query(at)) {
-            if at >= start + len || v.start >= start + len {
-                break;
-            }
+        maps.each(start, start + len, |s, v| {
             if v.shared && v.inode == ino && n < SNAPS.len() {
-                let (s, e) = (at.max(v.start), (start + len).min(v.end));
-                let prot = prot_of(&v);
+                let e = (start + len).min(v.end);
+                let prot = prot_of(v);
                 let off = v.offset + (s - v.start);
                 if let Some(copy) = private_copy(s, e, prot, v.page_size, fd, off) {
                     let snap = &SNAPS[n];
@@ -694,8 +669,7 @@ pub(crate) fn before_fork() {
                     n += 1;
                 }
             }
-            at = v.end;
-        }
+        });
     }
 }
 
@@ -745,13 +719,7 @@ pub(crate) fn after_fork(child: bool) {
 
 /// A fork child's part: the moved ranges are its own private memory now.
 fn forget_all() {
-    for slot in &TABLE {
-        let fd = slot.fd.swap(-1, Ordering::AcqRel);
-        if fd >= 0 {
-            sys(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]);
-        }
-        slot.len.store(0, Ordering::Release);
-    }
+    TABLE.iter().for_each(Slot::free);
 }
 
 /// A private anonymous copy of `[s, e)` (shared, the memfd `fd` from offset `off`) with its
@@ -809,11 +777,7 @@ fn ours(addr: u64) -> bool {
     if busy.0 <= addr && addr < busy.1 {
         return true;
     }
-    TABLE.iter().any(|t| {
-        let len = t.len.load(Ordering::Acquire);
-        let start = t.start.load(Ordering::Acquire);
-        len != 0 && len != u64::MAX && start <= addr && addr - start < len
-    })
+    TABLE.iter().any(|t| t.holds(addr, addr + 1))
 }
 
 extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {

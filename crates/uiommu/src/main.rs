@@ -264,64 +264,33 @@ fn main() -> ExitCode {
             instance,
             json,
             svg,
-        } => {
-            let instance = match host_cli::instance_name(instance) {
-                Ok(n) => n,
-                Err(m) => {
+        } => with_status("status", instance, |v| {
+            if let Some(path) = svg {
+                let drawn = host_cli::platform_of_status(&v)
+                    .map(|topo| uiommu::picture::svg(&topo, Some(&v)))
+                    .and_then(|s| {
+                        std::fs::write(&path, s).map_err(|e| format!("{}: {e}", path.display()))
+                    });
+                if let Err(m) = drawn {
                     eprintln!("uiommu status: {m}");
-                    return ExitCode::from(2);
-                }
-            };
-            match host_cli::status_json(&instance) {
-                Ok(v) => {
-                    if let Some(path) = svg {
-                        let drawn = host_cli::platform_of_status(&v)
-                            .map(|topo| uiommu::picture::svg(&topo, Some(&v)))
-                            .and_then(|s| {
-                                std::fs::write(&path, s)
-                                    .map_err(|e| format!("{}: {e}", path.display()))
-                            });
-                        if let Err(m) = drawn {
-                            eprintln!("uiommu status: {m}");
-                            return ExitCode::FAILURE;
-                        }
-                    }
-                    if json {
-                        println!("{v}");
-                    } else {
-                        print!("{}", host_cli::status_text(&v));
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(m) => {
-                    eprintln!("uiommu status: {m}");
-                    ExitCode::from(1)
+                    return ExitCode::FAILURE;
                 }
             }
-        }
-        Command::Faults { instance, json } => {
-            let instance = match host_cli::instance_name(instance) {
-                Ok(n) => n,
-                Err(m) => {
-                    eprintln!("uiommu faults: {m}");
-                    return ExitCode::from(2);
-                }
-            };
-            match host_cli::status_json(&instance) {
-                Ok(v) => {
-                    if json {
-                        println!("{}", host_cli::faults_json(&v));
-                    } else {
-                        print!("{}", host_cli::faults_text(&v));
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(m) => {
-                    eprintln!("uiommu faults: {m}");
-                    ExitCode::from(1)
-                }
+            if json {
+                println!("{v}");
+            } else {
+                print!("{}", host_cli::status_text(&v));
             }
-        }
+            ExitCode::SUCCESS
+        }),
+        Command::Faults { instance, json } => with_status("faults", instance, |v| {
+            if json {
+                println!("{}", host_cli::faults_json(&v));
+            } else {
+                print!("{}", host_cli::faults_text(&v));
+            }
+            ExitCode::SUCCESS
+        }),
         Command::Demo => {
             let mut out = std::io::stdout();
             match uiommu::demo::run(&mut out) {
@@ -580,6 +549,29 @@ fn append_preload(existing: Option<&OsStr>, lib: &Path) -> OsString {
 /// Replace this process by `command` with the preload library and platform in its
 /// environment (and `UIOMMU_CAPS=all` with `as_root`). Returns only on failure: (exit code,
 /// message).
+/// `uiommu SUB --instance NAME`: `f` of the instance's status, or the refusal (exit 2 for a bad
+/// name, 1 when no engine serves it).
+fn with_status(
+    sub: &str,
+    instance: Option<String>,
+    f: impl FnOnce(serde_json::Value) -> ExitCode,
+) -> ExitCode {
+    let instance = match host_cli::instance_name(instance) {
+        Ok(n) => n,
+        Err(m) => {
+            eprintln!("uiommu {sub}: {m}");
+            return ExitCode::from(2);
+        }
+    };
+    match host_cli::status_json(&instance) {
+        Ok(v) => f(v),
+        Err(m) => {
+            eprintln!("uiommu {sub}: {m}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// `run --trace-format`.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum TraceFormat {
