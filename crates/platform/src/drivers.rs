@@ -5,7 +5,7 @@
 //! the default domain (`nvme`, ...). This module only records bindings; the guard that refuses
 //! a DMA driver in a user-owned group lives with group ownership in `uiommu-core`.
 
-use crate::topology::DeviceId;
+use crate::ids::DeviceId;
 use std::collections::HashMap;
 
 /// A driver a function can be bound to.

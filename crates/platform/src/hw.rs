@@ -33,14 +33,11 @@
 //! [`Iommu::faults_total`] counts every record ever made.
 
 use crate::addr::{Iova, PhysAddr, PAGE_SHIFT, PAGE_SIZE};
+use crate::ids::DeviceId;
+pub use crate::ids::Rid;
 use crate::memory::FastHashMap;
 use crate::pagetable::{Access, PageTable, Prot, Translation};
-use crate::topology::DeviceId;
 use std::fmt;
-
-/// A requester id: the bus/device/function (plus segment) a device's DMA carries.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Rid(pub u32);
 
 /// Identifies a domain in the IOMMU.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

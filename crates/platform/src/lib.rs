@@ -16,6 +16,7 @@ pub mod dma;
 pub mod drivers;
 pub mod held;
 pub mod hw;
+pub mod ids;
 pub mod memory;
 pub mod pagetable;
 pub mod process_memory;
@@ -39,6 +40,16 @@ pub enum PlatformError {
     /// The device has no model for this access (no such BAR, no model).
     #[error("device {0:?} does not implement this access")]
     NoSuchRegion(DeviceId),
+    /// A function's model could not be built.
+    #[error("{device}: model {model}: {message}")]
+    Model {
+        /// The function's name.
+        device: String,
+        /// The model's name.
+        model: &'static str,
+        /// Why.
+        message: String,
+    },
 }
 
 /// The whole emulated machine.
@@ -58,45 +69,80 @@ pub struct Platform {
 
 impl Platform {
     /// A machine for `topology`: boot drivers bound, a model for each modelled function, an IOMMU
-    /// with no context entries (the layer above sets up default domains).
+    /// with no context entries (the layer above sets up default domains). A function whose
+    /// model cannot be built (see [`Platform::try_new`]) has none: its registers read as
+    /// unimplemented.
     pub fn new(topology: Topology) -> Platform {
+        Self::build(topology, false).0
+    }
+
+    /// [`Platform::new`], refused when a function's model cannot be built (an `nvme`
+    /// namespace's backing file that cannot be opened, ...).
+    pub fn try_new(topology: Topology) -> Result<Platform, PlatformError> {
+        match Self::build(topology, true) {
+            (p, None) => Ok(p),
+            (_, Some(e)) => Err(e),
+        }
+    }
+
+    /// The machine, and the first model that could not be built (`strict`: stop there).
+    fn build(topology: Topology, strict: bool) -> (Platform, Option<PlatformError>) {
         let mut drivers = DriverRegistry::default();
         let mut models: crate::memory::FastHashMap<DeviceId, Box<dyn DeviceModel>> =
             Default::default();
+        let mut failed = None;
         for dev in topology.devices() {
             drivers.set(dev.id, dev.boot_driver.clone());
-            if let Some(model) = Self::model_for(&topology, dev.id, 0) {
-                models.insert(dev.id, model);
+            match Self::model_for(&topology, dev.id) {
+                Ok(Some(model)) => {
+                    models.insert(dev.id, model);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    failed.get_or_insert(PlatformError::Model {
+                        device: dev.name.clone(),
+                        model: dev.model.name(),
+                        message: e,
+                    });
+                }
+            }
+            if strict && failed.is_some() {
+                break;
             }
         }
-        Platform {
+        let platform = Platform {
             topology,
             drivers,
             iommu: Iommu::new(),
             memory: Memory::default(),
             models,
-        }
+        };
+        (platform, failed)
     }
 
-    /// The model of a modelled function (`None` for [`topology::ModelKind::Generic`]); mock
-    /// devices get `mock_flags` (`None` when they are not valid mock flags).
+    /// The model of a modelled function (`None` for [`topology::ModelKind::Generic`] and for
+    /// mock devices, which [`Platform::add_mock_device_with_flags`] makes).
     fn model_for(
         topology: &Topology,
         id: DeviceId,
-        mock_flags: u32,
-    ) -> Option<Box<dyn DeviceModel>> {
-        let dev = topology.device(id)?;
+    ) -> Result<Option<Box<dyn DeviceModel>>, String> {
+        let Some(dev) = topology.device(id) else {
+            return Ok(None);
+        };
         match dev.model {
-            topology::ModelKind::DmaEngine => {
-                let multifunction = topology.info(id).is_some_and(|i| i.multifunction);
-                Some(Box::new(
-                    devices::dma_engine::DmaEngine::new(dev.vendor, dev.device, dev.class)
-                        .with_multifunction(multifunction),
-                ))
+            topology::ModelKind::Emulated(t) => (t.build)(&devices::ModelConfig {
+                vendor: dev.vendor,
+                device: dev.device,
+                class: dev.class,
+                multifunction: topology.info(id).is_some_and(|i| i.multifunction),
+                options: &dev.options,
+                base_dir: topology.base_dir(),
+            })
+            .map(Some),
+            topology::ModelKind::Mock => {
+                Ok(devices::mock::MockDevice::new(0).map(|m| Box::new(m) as Box<dyn DeviceModel>))
             }
-            topology::ModelKind::Mock => devices::mock::MockDevice::new(mock_flags)
-                .map(|m| Box::new(m) as Box<dyn DeviceModel>),
-            topology::ModelKind::Generic => None,
+            topology::ModelKind::Generic => Ok(None),
         }
     }
 

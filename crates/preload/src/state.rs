@@ -127,11 +127,10 @@ fn build() -> Result<Global, String> {
         Some(path) if path.is_empty() => Platform::builtin(),
         Some(path) => {
             let path = Path::new(&path);
-            let text = std::fs::read_to_string(path)
+            let topo = Topology::read_file(path)
                 .map_err(|e| format!("UIOMMU_PLATFORM={}: {e}", path.display()))?;
-            let topo = Topology::from_toml(&text)
-                .map_err(|e| format!("UIOMMU_PLATFORM={}: {e}", path.display()))?;
-            Platform::new(topo)
+            Platform::try_new(topo)
+                .map_err(|e| format!("UIOMMU_PLATFORM={}: {e}", path.display()))?
         }
     };
     let engine = Engine::new(platform, engine_config())

@@ -41,10 +41,9 @@ pub struct ServeArgs {
 
 /// Read and check a platform file.
 pub fn load_platform(path: &Path) -> Result<uiommu_platform::Platform, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let topo = uiommu_platform::topology::Topology::from_toml(&text)
+    let topo = uiommu_platform::topology::Topology::read_file(path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(uiommu_platform::Platform::new(topo))
+    uiommu_platform::Platform::try_new(topo).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The limits and privileges of this process, for the engine's callers.
@@ -466,8 +465,7 @@ pub fn platform_of_status(
     match v["platform"].as_str() {
         None | Some("built-in") => Ok(Topology::builtin_default()),
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
-            Topology::from_toml(&text).map_err(|e| format!("{path}: {e}"))
+            Topology::read_file(std::path::Path::new(path)).map_err(|e| format!("{path}: {e}"))
         }
     }
 }

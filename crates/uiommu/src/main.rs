@@ -315,22 +315,13 @@ fn main() -> ExitCode {
         } => {
             let topo = match platform {
                 None => uiommu::platform::topology::Topology::builtin_default(),
-                Some(path) => {
-                    let text = match std::fs::read_to_string(&path) {
-                        Ok(t) => t,
-                        Err(e) => {
-                            eprintln!("uiommu: {}: {e}", path.display());
-                            return ExitCode::FAILURE;
-                        }
-                    };
-                    match uiommu::platform::topology::Topology::from_toml(&text) {
-                        Ok(t) => t,
-                        Err(e) => {
-                            eprintln!("uiommu: {}: {e}", path.display());
-                            return ExitCode::FAILURE;
-                        }
+                Some(path) => match uiommu::platform::topology::Topology::read_file(&path) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        eprintln!("uiommu: {}: {e}", path.display());
+                        return ExitCode::FAILURE;
                     }
-                }
+                },
             };
             if let Some(path) = svg {
                 if let Err(e) = std::fs::write(&path, uiommu::picture::svg(&topo, None)) {
@@ -643,8 +634,7 @@ fn run(
     };
     if let Some(path) = &platform {
         let bad = |e: &dyn std::fmt::Display| (2, format!("{named}{}: {e}", path.display()));
-        let text = std::fs::read_to_string(path).map_err(|e| bad(&e))?;
-        uiommu::platform::topology::Topology::from_toml(&text).map_err(|e| bad(&e))?;
+        uiommu::platform::topology::Topology::read_file(path).map_err(|e| bad(&e))?;
     }
     let lib = if seccomp {
         None

@@ -44,7 +44,7 @@
 //!   routing, as vfio-pci does); bus mastering is not enforced either.
 //! - Nothing panics, whatever is written.
 
-use super::{BarInfo, DeviceModel, DmaFault, DmaPort, IrqSink};
+use super::{only_keys, BarInfo, DeviceModel, DmaFault, DmaPort, IrqSink, ModelType};
 use crate::addr::Iova;
 use crate::hw::FaultReason;
 use std::fmt;
@@ -55,6 +55,18 @@ pub const DEFAULT_VENDOR: u16 = 0x1b36;
 pub const DEFAULT_DEVICE: u16 = 0x10f0;
 /// Default class code: system peripheral, DMA controller (0x0801), prog-if 0.
 pub const DEFAULT_CLASS: u32 = 0x08_01_00;
+
+/// The `dma-engine` in platform files: no options.
+pub static MODEL: ModelType = ModelType {
+    name: "dma-engine",
+    ids: (DEFAULT_VENDOR, DEFAULT_DEVICE, DEFAULT_CLASS),
+    check: |options| only_keys(options, &[]),
+    build: |c| {
+        Ok(Box::new(
+            DmaEngine::new(c.vendor, c.device, c.class).with_multifunction(c.multifunction),
+        ))
+    },
+};
 
 /// Size of BAR0 (the register BAR).
 pub const BAR0_SIZE: u64 = 4096;

@@ -9,6 +9,63 @@ pub mod mock;
 
 use crate::addr::Iova;
 use crate::hw::FaultReason;
+use std::path::Path;
+
+/// Every device model a platform file can name with `model = "<name>"` (beside `mock`, the
+/// selftest's hot-added device, and `generic`, config space only). A new model is a file in
+/// this directory with its `MODEL`, and a line here.
+pub static MODELS: &[&ModelType] = &[&dma_engine::MODEL];
+
+/// The registered model named `name`.
+pub fn model_type(name: &str) -> Option<&'static ModelType> {
+    MODELS.iter().copied().find(|t| t.name == name)
+}
+
+/// A device model platform files can name: its name, default ids, and how to check its
+/// options and build it for one function.
+#[derive(Debug)]
+pub struct ModelType {
+    /// The name in platform files (`model = "dma-engine"`).
+    pub name: &'static str,
+    /// (vendor, device, class) of a function that gives none.
+    pub ids: (u16, u16, u32),
+    /// Check a function's `options` table when the platform file is read (unknown keys, types,
+    /// ranges): an error refuses the file with this message.
+    pub check: fn(&toml::Table) -> Result<(), String>,
+    /// The model of one function (options already checked); an error (a backing file that
+    /// cannot be opened, ...) refuses the platform ([`crate::Platform::try_new`]).
+    pub build: fn(&ModelConfig<'_>) -> Result<Box<dyn DeviceModel>, String>,
+}
+
+/// What a model is built from: the function's ids and place, and its options.
+#[derive(Debug)]
+pub struct ModelConfig<'a> {
+    /// PCI vendor id.
+    pub vendor: u16,
+    /// PCI device id.
+    pub device: u16,
+    /// 24-bit class code.
+    pub class: u32,
+    /// Whether the function is part of a multifunction device (header type bit 7).
+    pub multifunction: bool,
+    /// The `options` table of the function (empty when none).
+    pub options: &'a toml::Table,
+    /// Where relative paths in options start (the platform file's directory; `None`: the
+    /// working directory).
+    pub base_dir: Option<&'a Path>,
+}
+
+/// Only `allowed` keys in `options`: the message names the first other one.
+pub fn only_keys(options: &toml::Table, allowed: &[&str]) -> Result<(), String> {
+    match options.keys().find(|k| !allowed.contains(&k.as_str())) {
+        None => Ok(()),
+        Some(k) if allowed.is_empty() => Err(format!("unknown option {k:?} (it takes none)")),
+        Some(k) => Err(format!(
+            "unknown option {k:?} (known: {})",
+            allowed.join(", ")
+        )),
+    }
+}
 
 /// A DMA access that the IOMMU (or memory behind it) refused.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
