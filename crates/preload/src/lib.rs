@@ -504,14 +504,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_i
 /// [`ioctl`] with `uiommu run --trace` on: the call, and its line in the trace when the file
 /// is one of ours.
 fn traced_ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_int {
-    let kind = if host::on() {
-        host::node(fd).map(trace::FileKind::of_node)
-    } else {
-        active()
-            .and_then(|g| g.files.get(fd))
-            .map(|f| trace::FileKind::of_open(&f))
-    };
-    let Some(kind) = kind else {
+    let Some(kind) = traced_kind(fd) else {
         return ioctl_of_ours(fd, request, arg);
     };
     let input = trace::before(kind, request as u32, arg);
@@ -636,8 +629,56 @@ pub(crate) fn from_user(g: &Global, va: u64, buf: &mut [u8]) -> Result<(), Errno
     g.mem.read(UserVa(va), buf).map_err(|_| libc::EFAULT)
 }
 
-/// The common body of the read/write family.
+/// What `fd` is, when it is one of our files (for its trace line).
+fn traced_kind(fd: c_int) -> Option<trace::FileKind> {
+    if host::on() {
+        host::node(fd).map(trace::FileKind::of_node)
+    } else {
+        active()
+            .and_then(|g| g.files.get(fd))
+            .map(|f| trace::FileKind::of_open(&f))
+    }
+}
+
+/// The common body of the read/write family (traced with `uiommu run --trace`).
 fn io_impl(
+    fd: c_int,
+    dir: Dir,
+    buf: u64,
+    count: size_t,
+    offset: Option<i64>,
+    real_op: impl FnOnce() -> ssize_t,
+) -> ssize_t {
+    if !trace::on() {
+        return io_untraced(fd, dir, buf, count, offset, real_op);
+    }
+    let Some(kind) = traced_kind(fd) else {
+        return io_untraced(fd, dir, buf, count, offset, real_op);
+    };
+    let t0 = trace::start();
+    let r = io_untraced(fd, dir, buf, count, offset, real_op);
+    let result = if r < 0 {
+        Err(real::errno())
+    } else {
+        Ok(r as i64)
+    };
+    trace::after_io(
+        fd,
+        kind,
+        dir == Dir::Write,
+        buf,
+        count as u64,
+        offset.map(|o| o as u64),
+        result,
+        t0,
+    );
+    if let Err(e) = result {
+        real::set_errno(e);
+    }
+    r
+}
+
+fn io_untraced(
     fd: c_int,
     dir: Dir,
     buf: u64,

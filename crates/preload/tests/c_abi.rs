@@ -156,6 +156,28 @@ fn the_trace_has_a_line_per_call_with_its_structs_result_and_errno() {
             assert!(v.iter().all(|c| c["ns"].is_u64() && c["pid"].is_u64()));
         }
     }
+    // Region accesses: a register write with its value, a config read with the value read.
+    let path = dir.join("vfio_dma_regions.trace");
+    let _ = std::fs::remove_file(&path);
+    let out = Command::new(compile("vfio_dma"))
+        .env("LD_PRELOAD", library())
+        .env_remove("UIOMMU_PLATFORM")
+        .env("UIOMMU_TRACE", &path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.lines().any(|l| l.contains(" vfio-device pwrite(0x")
+            && l.contains(", 4, BAR0+0x28, value 0x1) = 4 <")),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.contains(" vfio-device pread(0x")
+            && l.contains(", config+0x")
+            && l.contains(" -> value 0x")),
+        "{text}"
+    );
 }
 
 #[test]

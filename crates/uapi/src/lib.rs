@@ -23,6 +23,7 @@ pub mod file;
 pub mod iommufd;
 pub mod selftest;
 pub mod sysfs_tree;
+pub mod trace;
 pub mod ucmd;
 pub mod vfio_abi;
 pub mod vfio_device;
