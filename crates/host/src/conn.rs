@@ -200,6 +200,7 @@ fn call(host: &Arc<Host>, sock: BorrowedFd<'_>, msg: Received) -> Message {
             ..Message::reply(Ok(i64::from(host.config.node_mode & 0o7777)))
         },
         OP_SUPERVISE => Message::reply(supervise(host, msg.fd, req)),
+        OP_TRACE => Message::reply(trace(host, uid, msg.fd, req)),
         _ => {
             let Some(fd) = msg.fd else {
                 return Message::reply(Err(NOT_MINE));
@@ -283,6 +284,26 @@ fn supervise(host: &Arc<Host>, fd: Option<OwnedFd>, req: Request) -> Result<i64,
         end: end as u32,
     };
     crate::seccomp::supervise(host.clone(), fd, range).map_err(|_| nix::libc::EAGAIN)?;
+    Ok(0)
+}
+
+/// `uiommu trace`: lines of every call from now on to the socket attached; root and the
+/// engine's own uid only (a line shows any client's arguments).
+fn trace(host: &Host, uid: u32, fd: Option<OwnedFd>, req: Request) -> Result<i64, Errno> {
+    if uid != 0 && uid != nix::unistd::geteuid().as_raw() {
+        return Err(EACCES);
+    }
+    let fd = fd.ok_or(EBADF)?;
+    // A SOCK_SEQPACKET socket: a packet per line.
+    let ty = rustix::net::sockopt::socket_type(&fd).map_err(|e| e.raw_os_error())?;
+    if ty != rustix::net::SocketType::SEQPACKET {
+        return Err(EINVAL);
+    }
+    if req.args[0] & !crate::trace::TRACE_JSON != 0 {
+        return Err(EINVAL);
+    }
+    host.tracers
+        .add(fd, req.args[0] & crate::trace::TRACE_JSON != 0);
     Ok(0)
 }
 
@@ -385,8 +406,30 @@ impl Call<'_> {
         self.host.files.of_fd(got.as_fd()).ok_or(EBADFD)
     }
 
-    /// An operation on `file` (the fd sent with the call).
+    /// An operation on `file` (the fd sent with the call), with its line to the engine's
+    /// tracers when any is connected (`uiommu trace`).
     pub(crate) fn on_file(&self, file: &HostFile, req: Request) -> Message {
+        let tracers = &self.host.tracers;
+        if !tracers.on() || !matches!(req.op, OP_IOCTL | OP_READ | OP_WRITE) {
+            return self.on_file_untraced(file, req);
+        }
+        let mem = self.mem.unwrap_or(&*self.process.mem);
+        let before = crate::trace::before(file, mem, req.op, &req.args);
+        let m = self.on_file_untraced(file, req);
+        let result = if m.err != 0 { Err(m.err) } else { Ok(m.val) };
+        crate::trace::after(
+            self,
+            file,
+            mem,
+            req.op,
+            &req.args,
+            &before,
+            result,
+        );
+        m
+    }
+
+    fn on_file_untraced(&self, file: &HostFile, req: Request) -> Message {
         let caller = self.caller();
         let space = self.process.space;
         match req.op {

@@ -25,6 +25,7 @@ pub mod files;
 pub mod ring;
 pub mod seccomp;
 pub mod status;
+pub mod trace;
 pub mod view;
 
 use nix::fcntl::{Flock, FlockArg};
@@ -112,6 +113,8 @@ pub struct Host {
     view: std::sync::OnceLock<Option<view::View>>,
     /// When the engine started.
     pub started: Instant,
+    /// The live trace's tracers (`uiommu trace`).
+    pub tracers: trace::Tracers,
 }
 
 impl Host {
@@ -141,6 +144,7 @@ impl Host {
             rings_made: AtomicUsize::new(0),
             view: std::sync::OnceLock::new(),
             started: Instant::now(),
+            tracers: trace::Tracers::default(),
         }))
     }
 

@@ -152,6 +152,7 @@ pub fn json(host: &Host) -> Value {
         "uptime_s": host.started.elapsed().as_secs(),
         "platform": host.config.platform_source,
         "connections": host.connections.load(std::sync::atomic::Ordering::Relaxed),
+        "tracers": host.tracers.count(),
         "rings": {
             "serving": host.rings.load(std::sync::atomic::Ordering::Relaxed),
             "made": host.rings_made.load(std::sync::atomic::Ordering::Relaxed),

@@ -200,6 +200,10 @@ pub const OP_RING: u32 = 12;
 /// mode's permission bits in `val`, `extra` = [uid, gid]. (The legacy container is `0666`
 /// whatever the mode, as on Linux.)
 pub const OP_NODES: u32 = 13;
+/// `uiommu trace`: from now on, a line for every call any client makes on a file of the
+/// engine goes to the `SOCK_SEQPACKET` socket attached, one packet each (`args[0]` bit 0:
+/// JSON lines). EACCES unless the sender is root or of the engine's uid.
+pub const OP_TRACE: u32 = 14;
 /// Answer to [`K_TAKE_FD`]: `args[0]` = the fd number, or the negated errno.
 pub const OP_TOOK_FD: u32 = 20;
 /// Answer to [`K_DROP_FD`].

@@ -550,7 +550,7 @@ fn quoted(out: &mut dyn Write, kind: FileKind, request: u32, bytes: &[u8]) {
         let _ = match b {
             b'"' => out.write_str("\\\""),
             b'\\' => out.write_str("\\\\"),
-            b if b < 0x20 || b >= 0x7f => out.write_str(" "),
+            b if !(0x20..0x7f).contains(&b) => out.write_str(" "),
             _ => out.write_char(b as char),
         };
     }

@@ -141,6 +141,58 @@ pub fn status_json(name: &str) -> Result<serde_json::Value, String> {
     Err("status: the engine's answer keeps growing".into())
 }
 
+/// `uiommu trace`: ask instance `name`'s engine for its calls' lines and copy them to `out`
+/// until `count` lines (if given) or the engine goes.
+pub fn trace(
+    name: &str,
+    json: bool,
+    count: Option<u64>,
+    mut out: Box<dyn std::io::Write>,
+) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let client = client_of(name)?;
+    if !client.reachable() {
+        return Err(format!(
+            "no engine serves instance {name} ({} does not answer)",
+            uiommu_proto::socket_path(name).display()
+        ));
+    }
+    let (mine, theirs) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| format!("socketpair: {e}"))?;
+    let req = Request::new(uiommu_proto::OP_TRACE, [u64::from(json), 0, 0, 0, 0, 0]);
+    let m = client
+        .call(req, Some(theirs.as_raw_fd()))
+        .map_err(|e| format!("instance {name}: {}", std::io::Error::from_raw_os_error(e)))?;
+    if m.err != 0 {
+        return Err(format!(
+            "instance {name}: {}",
+            std::io::Error::from_raw_os_error(m.err.max(1))
+        ));
+    }
+    // The engine holds its end now: when it exits, reads see the end of the stream.
+    drop(theirs);
+    let mut buf = vec![0u8; 4096];
+    let mut lines = 0u64;
+    while count.is_none_or(|c| lines < c) {
+        let n = match rustix::io::read(&mine, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(format!("reading the trace: {e}")),
+        };
+        out.write_all(&buf[..n])
+            .and_then(|()| out.flush())
+            .map_err(|e| format!("writing the trace: {e}"))?;
+        lines += 1;
+    }
+    Ok(())
+}
+
 /// `uiommu status` as text.
 pub fn status_text(v: &serde_json::Value) -> String {
     use std::fmt::Write;

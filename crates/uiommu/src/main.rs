@@ -136,6 +136,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Follow a host engine's calls live: one line per ioctl, read and write any client makes
+    /// on a file of the engine (docs/TRACE.md), until interrupted (or --count lines)
+    Trace {
+        /// The instance; default: $UIOMMU_INSTANCE, else `default`.
+        #[arg(long, value_name = "NAME")]
+        instance: Option<String>,
+        /// Line format: `text` (strace-like) or `json` (one object per line).
+        #[arg(long = "format", value_enum, default_value = "text")]
+        format: TraceFormat,
+        /// Write the lines to FILE instead of standard output.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Stop after N lines.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
     /// The client process of `bench`'s host-engine figure (internal).
     #[command(name = "__bench-host-client", hide = true)]
     BenchHostClient {
@@ -291,6 +307,37 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }),
+        Command::Trace {
+            instance,
+            format,
+            output,
+            count,
+        } => {
+            let name = match host_cli::instance_name(instance) {
+                Ok(n) => n,
+                Err(m) => {
+                    eprintln!("uiommu trace: {m}");
+                    return ExitCode::from(2);
+                }
+            };
+            let out: Box<dyn std::io::Write> = match &output {
+                None => Box::new(std::io::stdout()),
+                Some(p) => match std::fs::File::create(p) {
+                    Ok(f) => Box::new(f),
+                    Err(e) => {
+                        eprintln!("uiommu trace: --output {}: {e}", p.display());
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            match host_cli::trace(&name, matches!(format, TraceFormat::Json), count, out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(m) => {
+                    eprintln!("uiommu trace: {m}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Demo => {
             let mut out = std::io::stdout();
             match uiommu::demo::run(&mut out) {

@@ -471,3 +471,98 @@ fn status_svg_draws_the_group_a_program_holds_with_its_owner() {
     assert!(holder.wait().unwrap().success());
     s.settle();
 }
+
+#[test]
+fn trace_follows_every_clients_calls_live_static_and_dynamic() {
+    let s = Served::new("trace");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("seccomp");
+    std::fs::create_dir_all(&dir).unwrap();
+    let tracer = |format: &str, file: &Path| {
+        uiommu()
+            .args([
+                "trace",
+                "--instance",
+                &s.name,
+                "--format",
+                format,
+                "--output",
+            ])
+            .arg(file)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (text_file, json_file) = (dir.join("live.trace"), dir.join("live.jsonl"));
+    let mut text = tracer("text", &text_file);
+    let mut json = tracer("json", &json_file);
+    wait_until("both tracers are connected", || {
+        s.status().is_some_and(|v| v["tracers"] == 2)
+    });
+    // Another uid may not trace (a line shows every client's arguments).
+    use std::os::unix::process::CommandExt;
+    let refused = uiommu()
+        .args(["trace", "--instance", &s.name, "--count", "1"])
+        // Root's socket directory is /run/uiommu; for another uid, $XDG_RUNTIME_DIR/uiommu.
+        .env("XDG_RUNTIME_DIR", "/run")
+        .uid(65534)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("Permission denied"), "{why}");
+    // A static program (seccomp front-end) and a dynamic one (preload), both traced.
+    s.run(&[], &program("vfio_dma", true), &[]);
+    s.run(
+        &["--engine", "host", "--front-end", "preload"],
+        &program("vfio_dma", false),
+        &[],
+    );
+    s.settle();
+    // The engine ends: the tracers see the end of the stream and exit 0.
+    let pid = rustix::process::Pid::from_raw(s.serve.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    assert!(text.wait().unwrap().success());
+    assert!(json.wait().unwrap().success());
+    let lines = std::fs::read_to_string(&text_file).unwrap();
+    let pids: std::collections::BTreeSet<&str> = lines
+        .lines()
+        .filter(|l| l.contains(" IOMMU_IOAS_ALLOC("))
+        .filter_map(|l| l.split(' ').nth(1))
+        .collect();
+    assert_eq!(pids.len(), 2, "two programs' allocations:\n{lines}");
+    assert!(
+        lines.lines().any(|l| l.contains(" vfio-device [file ")
+            && l.contains(", 0000:01:00.0] pwrite(0x")
+            && l.contains(", 4, BAR0+0x28, value 0x1) = 4 <")),
+        "the doorbell:\n{lines}"
+    );
+    assert!(
+        lines.lines().any(|l| l.contains(" iommufd [file ")
+            && l.contains(", context ")
+            && l.contains(" IOMMU_IOAS_MAP(IommuIoasMap {")
+            && l.contains(") = 0 -> IommuIoasMap {")),
+        "{lines}"
+    );
+    assert!(
+        lines.lines().any(|l| l.contains(" = -1 EINVAL <")),
+        "{lines}"
+    );
+    assert!(lines.lines().all(|l| l.ends_with(" us>")), "{lines}");
+    let objects: Vec<serde_json::Value> = std::fs::read_to_string(&json_file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(objects.len(), lines.lines().count());
+    assert!(objects
+        .iter()
+        .any(|o| o["call"] == "VFIO_DEVICE_BIND_IOMMUFD"
+            && o["result"] == 0
+            && o["object"].as_str().unwrap().ends_with("0000:01:00.0")));
+    assert!(objects
+        .iter()
+        .any(|o| o["call"] == "pwrite" && o["region"] == "BAR0" && o["at"] == 0x28));
+    assert!(objects
+        .iter()
+        .all(|o| o["ns"].is_u64() && o["pid"].is_u64()));
+}

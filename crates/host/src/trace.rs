@@ -1,0 +1,248 @@
+//! The live trace of a host engine (`uiommu trace`): one line per call any client makes on a
+//! file of ours — ioctls, reads and writes, from preload and seccomp front-ends and rings
+//! alike — sent to every tracer connected with `OP_TRACE` (docs/TRACE.md).
+//!
+//! A tracer hands the engine one end of a `SOCK_SEQPACKET` pair; each line is one packet,
+//! sent without waiting: a tracer that does not keep up loses lines (counted, and said in
+//! the next line that gets through) rather than slowing the engine, and one that went away
+//! is dropped. With no tracer, a call pays one relaxed atomic load.
+//!
+//! Only root and the engine's own uid may trace: a line shows every client's arguments.
+
+use crate::files::HostFile;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+use uiommu_platform::memory::UserMemory;
+use uiommu_platform::UserVa;
+use uiommu_proto::{OP_IOCTL, OP_READ, OP_WRITE};
+use uiommu_uapi::file::Kind;
+use uiommu_uapi::trace::{call, format, FileKind, Line, Op, Record, Who};
+
+/// [`uiommu_proto::OP_TRACE`]'s flag: JSON lines instead of text.
+pub const TRACE_JSON: u64 = 1;
+
+struct Tracer {
+    sock: OwnedFd,
+    json: bool,
+    /// Lines not sent since the last one that was (the tracer's socket was full).
+    lost: u64,
+}
+
+/// The tracers of an engine.
+#[derive(Default)]
+pub struct Tracers {
+    on: AtomicBool,
+    list: Mutex<Vec<Tracer>>,
+}
+
+impl Tracers {
+    /// Whether anyone traces.
+    #[inline]
+    pub fn on(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
+    /// How many tracers are connected.
+    pub fn count(&self) -> usize {
+        self.list.lock().map(|l| l.len()).unwrap_or(0)
+    }
+
+    /// Send lines to `sock` from now on.
+    pub fn add(&self, sock: OwnedFd, json: bool) {
+        if let Ok(mut l) = self.list.lock() {
+            l.push(Tracer {
+                sock,
+                json,
+                lost: 0,
+            });
+            self.on.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Send `rec`'s line to every tracer.
+    fn emit(&self, rec: &Record<'_>) {
+        let Ok(mut list) = self.list.lock() else {
+            return;
+        };
+        let mut lines: [Option<Line>; 2] = [None, None];
+        list.retain_mut(|t| {
+            if t.lost > 0 {
+                let mut note = Line::new();
+                let _ = std::fmt::Write::write_fmt(
+                    &mut note,
+                    format_args!(
+                        "{}\n",
+                        if t.json {
+                            format!("{{\"lost\":{}}}", t.lost)
+                        } else {
+                            format!("... {} lines lost (the tracer did not keep up)", t.lost)
+                        }
+                    ),
+                );
+                if !send(&t.sock, note.bytes(), &mut t.lost) {
+                    return false;
+                }
+                if t.lost > 0 {
+                    t.lost += 1;
+                    return true;
+                }
+            }
+            let line = lines[usize::from(t.json)].get_or_insert_with(|| {
+                let mut l = Line::new();
+                format(&mut l, rec, t.json);
+                l
+            });
+            send(&t.sock, line.bytes(), &mut t.lost)
+        });
+        if list.is_empty() {
+            self.on.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One packet to a tracer without waiting: false when the tracer is gone; a full socket
+/// counts a lost line.
+fn send(sock: &OwnedFd, bytes: &[u8], lost: &mut u64) -> bool {
+    use rustix::net::SendFlags;
+    match rustix::net::send(
+        sock.as_fd(),
+        bytes,
+        SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+    ) {
+        Ok(_) => {
+            *lost = 0;
+            true
+        }
+        Err(rustix::io::Errno::AGAIN) => {
+            *lost += 1;
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// What a traced call saw before it ran: its argument struct (or a write's value).
+pub(crate) struct Before {
+    bytes: [u8; 256],
+    len: usize,
+    started: std::time::Instant,
+}
+
+/// The bytes of a call's argument the line shows: an ioctl's struct, a register write's
+/// value (at most 8 bytes).
+pub(crate) fn before(file: &HostFile, mem: &dyn UserMemory, op: u32, args: &[u64; 6]) -> Before {
+    let mut b = Before {
+        bytes: [0; 256],
+        len: 0,
+        started: std::time::Instant::now(),
+    };
+    let n = match op {
+        OP_IOCTL => call(FileKind::of_open(&file.open), args[0] as u32).1,
+        OP_WRITE if args[1] <= 8 => args[1] as usize,
+        _ => 0,
+    };
+    let n = n.min(b.bytes.len());
+    let at = if op == OP_IOCTL { args[1] } else { args[0] };
+    if n > 0 && mem.read(UserVa(at), &mut b.bytes[..n]).is_ok() {
+        b.len = n;
+    }
+    b
+}
+
+/// After a traced call: its line to every tracer.
+pub(crate) fn after(
+    c: &crate::conn::Call<'_>,
+    file: &HostFile,
+    mem: &dyn UserMemory,
+    op: u32,
+    args: &[u64; 6],
+    b: &Before,
+    result: Result<i64, i32>,
+) {
+    let (host, pid) = (c.host, c.process.pid);
+    let took_ns = u64::try_from(b.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let kind = FileKind::of_open(&file.open);
+    let offset = (args[3] == 1).then_some(args[2]);
+    let (rec_op, at, out_len) = match op {
+        OP_IOCTL => (
+            Op::Ioctl {
+                request: args[0] as u32,
+                arg: args[1],
+            },
+            args[1],
+            b.len,
+        ),
+        OP_READ => (
+            Op::Read {
+                buf: args[0],
+                count: args[1],
+                offset,
+            },
+            args[0],
+            if args[1] <= 8 && result == Ok(args[1] as i64) {
+                args[1] as usize
+            } else {
+                0
+            },
+        ),
+        OP_WRITE => (
+            Op::Write {
+                buf: args[0],
+                count: args[1],
+                offset,
+            },
+            args[0],
+            0,
+        ),
+        _ => return,
+    };
+    let mut out = [0u8; 256];
+    let out_len =
+        if result.is_ok() && out_len > 0 && mem.read(UserVa(at), &mut out[..out_len]).is_ok() {
+            out_len
+        } else {
+            0
+        };
+    let object = object_of(host, file);
+    let wall_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let input = if matches!(rec_op, Op::Read { .. }) {
+        &b.bytes[..0]
+    } else {
+        &b.bytes[..b.len]
+    };
+    host.tracers.emit(&Record {
+        wall_ns,
+        who: Who {
+            pid,
+            tid: None,
+            fd: None,
+        },
+        kind,
+        object: Some(&object),
+        op: rec_op,
+        input,
+        output: &out[..out_len],
+        result,
+        took_ns,
+    });
+}
+
+/// What a file stands for, for its trace lines: the open file's number (as `uiommu status`
+/// lists it), an iommufd's context, a device file's function.
+fn object_of(host: &crate::Host, file: &HostFile) -> String {
+    match (&file.open.kind, file.open.vfio()) {
+        (Kind::Iommufd(i), _) => format!("file {}, context {}", file.id, i.context().id().0),
+        (_, Some(v)) => {
+            let dev = v.device();
+            let bdf = host
+                .engine
+                .with_platform(|p| p.topology.device(dev).map(|d| d.bdf.to_string()));
+            format!("file {}, {}", file.id, bdf.unwrap_or_else(|| "?".into()))
+        }
+        _ => format!("file {}", file.id),
+    }
+}
