@@ -116,7 +116,7 @@ fetch_pkg() {
   deb=$(ls -1 "$tmp"/"${name}"_*.deb 2>/dev/null | head -1)
   [ -n "$deb" ] || die "apt-get download $spec gave no .deb"
   dpkg-deb -x "$deb" "$dir"
-  basename "$deb" >"$dir/.unpacked"
+  dpkg-deb -f "$deb" Package Version | sed -n 's/^[A-Za-z]*: //p' | paste -sd= >"$dir/.unpacked"
   rm -rf "$tmp"
 }
 
@@ -251,11 +251,10 @@ if [ "$(id -u)" = 0 ]; then
   chroot "$ROOT" /sbin/e2fsck -V >/dev/null 2>&1 || die "e2fsck does not run in the initramfs (chroot $ROOT /sbin/e2fsck -V)"
 fi
 {
-  echo "kernel.package=$KPKG ($(sed -n 1p "$KDIR/.unpacked"))"
-  echo "kernel.release=$KVER"
+  echo "kernel=$(sed -n 1p "$KDIR/.unpacked")"
   echo "busybox=$(sed -n 1p "$WORK/pkg/busybox-static/.unpacked")"
   echo "e2fsprogs=$(sed -n 1p "$E2/.unpacked")"
-  echo "modules=$(tr '\n' ' ' <"$ROOT/etc/modules" | sed 's/ $//')"
+  echo "modules=$(paste -sd, "$ROOT/etc/modules")"
 } >"$ROOT/etc/guest-build"
 INITRD=$WORK/initrd.gz
 (cd "$ROOT" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --owner=0:0 --quiet) \

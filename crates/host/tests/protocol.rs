@@ -99,6 +99,22 @@ fn malformed_and_hostile_messages_get_errnos_and_the_engine_keeps_serving() {
     assert_eq!(call(&s, OP_OPEN, [4, 999, 2, 0, 0, 0], None).err, 2);
     // Status into a buffer that is not ours to write: EFAULT.
     assert_eq!(call(&s, OP_STATUS, [8, 1 << 20, 0, 0, 0, 0], None).err, 14);
+    // A trace with no socket (EBADF), a stream socket or unknown flags (EINVAL): no tracer.
+    assert_eq!(call(&s, OP_TRACE, [0; 6], None).err, 9);
+    let (stream, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    assert_eq!(call(&s, OP_TRACE, [0; 6], Some(stream.as_raw_fd())).err, 22);
+    let (a, _b) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    assert_eq!(call(&s, OP_TRACE, [2, 0, 0, 0, 0, 0], Some(a.as_raw_fd())).err, 22);
+    assert_eq!(host.tracers.count(), 0);
+    // A good one is taken.
+    assert_eq!(call(&s, OP_TRACE, [1, 0, 0, 0, 0, 0], Some(a.as_raw_fd())).err, 0);
+    assert_eq!(host.tracers.count(), 1);
     // An open whose handed-over file the client answers wrongly: the call fails, and the
     // file (in flight, then dropped with the message) does not stay open.
     send(
