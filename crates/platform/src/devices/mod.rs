@@ -6,6 +6,7 @@
 
 pub mod dma_engine;
 pub mod mock;
+pub mod nvme;
 
 use crate::addr::Iova;
 use crate::hw::FaultReason;
