@@ -2202,3 +2202,1770 @@ impl DeviceModel for Nvme {
         self.power_on();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::DmaFault;
+    use super::*;
+    use crate::hw::FaultReason;
+    use std::sync::{Arc, Mutex};
+
+    /// Host memory size of the fake bus (identity-mapped from IOVA 0).
+    const MEM: usize = 4 << 20;
+    const ASQ: u64 = 0x1_0000;
+    const ACQ: u64 = 0x2_0000;
+    const ADMIN_ENTRIES: u32 = 16;
+    const LIST: u64 = 0x8_0000;
+    const IDENT: u64 = 0xa_0000;
+    const DATA: u64 = 0x10_0000;
+    const DATA2: u64 = 0x18_0000;
+    const NS_SIZE: u64 = 16 << 20;
+
+    /// Identity-mapped memory at IOVAs `[0, MEM)`; accesses touching `faulty` or past the end
+    /// fault (and are recorded, as the IOMMU would).
+    struct FakeMem {
+        data: Vec<u8>,
+        faulty: Option<(u64, u64)>,
+        faults: Vec<DmaFault>,
+        largest: usize,
+        accesses: usize,
+    }
+
+    impl FakeMem {
+        fn new() -> FakeMem {
+            FakeMem {
+                data: vec![0; MEM],
+                faulty: None,
+                faults: Vec::new(),
+                largest: 0,
+                accesses: 0,
+            }
+        }
+        fn check(&mut self, iova: Iova, len: usize) -> Result<usize, DmaFault> {
+            self.accesses += 1;
+            self.largest = self.largest.max(len);
+            let start = iova.raw();
+            let end = start.saturating_add(len as u64);
+            let fault = match self.faulty {
+                Some((fs, fe)) if start < fe && end > fs => Some(DmaFault {
+                    iova: Iova(start.max(fs)),
+                    reason: FaultReason::Permission,
+                }),
+                _ if start.checked_add(len as u64).is_none() || end > MEM as u64 => {
+                    Some(DmaFault {
+                        iova: Iova(start.max(MEM as u64)),
+                        reason: FaultReason::NotMapped,
+                    })
+                }
+                _ => None,
+            };
+            match fault {
+                Some(f) => {
+                    self.faults.push(f);
+                    Err(f)
+                }
+                None => Ok(start as usize),
+            }
+        }
+        fn put(&mut self, at: u64, bytes: &[u8]) {
+            let at = at as usize;
+            self.data[at..at + bytes.len()].copy_from_slice(bytes);
+        }
+        fn get(&self, at: u64, len: usize) -> Vec<u8> {
+            self.data[at as usize..at as usize + len].to_vec()
+        }
+        fn put_u64s(&mut self, at: u64, words: &[u64]) {
+            for (i, w) in words.iter().enumerate() {
+                self.put(at + 8 * i as u64, &w.to_le_bytes());
+            }
+        }
+    }
+
+    impl DmaPort for FakeMem {
+        fn dma_read(&mut self, iova: Iova, buf: &mut [u8]) -> Result<(), DmaFault> {
+            let i = self.check(iova, buf.len())?;
+            buf.copy_from_slice(&self.data[i..i + buf.len()]);
+            Ok(())
+        }
+        fn dma_write(&mut self, iova: Iova, data: &[u8]) -> Result<(), DmaFault> {
+            let i = self.check(iova, data.len())?;
+            self.data[i..i + data.len()].copy_from_slice(data);
+            Ok(())
+        }
+    }
+
+    /// A submission entry being built.
+    #[derive(Clone, Copy)]
+    struct Cmd([u32; 16]);
+
+    impl Cmd {
+        fn new(opcode: u8) -> Cmd {
+            let mut d = [0u32; 16];
+            d[0] = u32::from(opcode);
+            Cmd(d)
+        }
+        fn nsid(mut self, nsid: u32) -> Cmd {
+            self.0[1] = nsid;
+            self
+        }
+        fn prp(mut self, prp1: u64, prp2: u64) -> Cmd {
+            self.0[6] = prp1 as u32;
+            self.0[7] = (prp1 >> 32) as u32;
+            self.0[8] = prp2 as u32;
+            self.0[9] = (prp2 >> 32) as u32;
+            self
+        }
+        fn dw(mut self, i: usize, v: u32) -> Cmd {
+            self.0[i] = v;
+            self
+        }
+        fn bytes(&self, cid: u16) -> Vec<u8> {
+            let mut d = self.0;
+            d[0] = (d[0] & 0xffff) | (u32::from(cid) << 16);
+            d.iter().flat_map(|w| w.to_le_bytes()).collect()
+        }
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    struct Cqe {
+        dw0: u32,
+        sq_head: u16,
+        sq_id: u16,
+        cid: u16,
+        phase: bool,
+        status: u16,
+    }
+
+    /// The host's view of one queue pair.
+    #[derive(Clone, Copy, Default)]
+    struct Q {
+        sq: u64,
+        cq: u64,
+        sq_size: u32,
+        cq_size: u32,
+        tail: u32,
+        head: u32,
+        phase: bool,
+    }
+
+    /// A controller, its host memory, and the host driver's queue state.
+    struct Rig {
+        n: Nvme,
+        mem: FakeMem,
+        irqs: Arc<Mutex<Vec<u32>>>,
+        q: [Q; QUEUES],
+        cid: u16,
+    }
+
+    fn sq_base(qid: usize) -> u64 {
+        0x20_0000 + 0x1_0000 * qid as u64
+    }
+    fn cq_base(qid: usize) -> u64 {
+        0x30_0000 + 0x4000 * qid as u64
+    }
+
+    impl Rig {
+        fn with(storage: Storage) -> Rig {
+            let mut n = Nvme::new(DEFAULT_VENDOR, DEFAULT_DEVICE, DEFAULT_CLASS, storage);
+            let irqs = Arc::new(Mutex::new(Vec::new()));
+            let seen = irqs.clone();
+            n.set_irq_sink(Some(Box::new(move |v| seen.lock().unwrap().push(v))));
+            Rig {
+                n,
+                mem: FakeMem::new(),
+                irqs,
+                q: [Q::default(); QUEUES],
+                cid: 0,
+            }
+        }
+        fn new() -> Rig {
+            Rig::with(Storage::Memory { size: NS_SIZE })
+        }
+        fn ready() -> Rig {
+            let mut r = Rig::new();
+            r.enable();
+            r
+        }
+        fn r32(&mut self, off: u64) -> u32 {
+            let mut b = [0u8; 4];
+            self.n.mmio_read(0, off, &mut b);
+            u32::from_le_bytes(b)
+        }
+        fn r64(&mut self, off: u64) -> u64 {
+            let mut b = [0u8; 8];
+            self.n.mmio_read(0, off, &mut b);
+            u64::from_le_bytes(b)
+        }
+        fn w32(&mut self, off: u64, v: u32) {
+            self.n.mmio_write(0, off, &v.to_le_bytes(), &mut self.mem);
+        }
+        fn w64(&mut self, off: u64, v: u64) {
+            self.n.mmio_write(0, off, &v.to_le_bytes(), &mut self.mem);
+        }
+        fn csts(&mut self) -> u32 {
+            self.r32(REG_CSTS)
+        }
+        fn irqs(&self) -> Vec<u32> {
+            std::mem::take(&mut *self.irqs.lock().unwrap())
+        }
+        /// Program the admin queues and set CC.EN, as Linux's nvme_enable_ctrl does.
+        fn enable(&mut self) {
+            let e = ADMIN_ENTRIES - 1;
+            self.w32(REG_AQA, e | (e << 16));
+            self.w64(REG_ASQ, ASQ);
+            self.w64(REG_ACQ, ACQ);
+            let cc = (IOSQES << 16) | (IOCQES << 20);
+            self.w32(REG_CC, cc);
+            self.w32(REG_CC, cc | CC_EN);
+            assert_eq!(self.csts() & (CSTS_RDY | CSTS_CFS), CSTS_RDY);
+            // A fresh admin CQ: stale entries would carry a valid-looking phase.
+            self.mem.put(ACQ, &vec![0; (ADMIN_ENTRIES * 16) as usize]);
+            self.q[0] = Q {
+                sq: ASQ,
+                cq: ACQ,
+                sq_size: ADMIN_ENTRIES,
+                cq_size: ADMIN_ENTRIES,
+                tail: 0,
+                head: 0,
+                phase: true,
+            };
+        }
+        fn disable(&mut self) {
+            let cc = self.r32(REG_CC);
+            self.w32(REG_CC, cc & !CC_EN);
+            assert_eq!(self.csts() & CSTS_RDY, 0);
+        }
+        /// Put a command in `qid`'s submission queue (no doorbell); its cid.
+        fn push(&mut self, qid: usize, cmd: Cmd) -> u16 {
+            self.cid = self.cid.wrapping_add(1);
+            let q = self.q[qid];
+            self.mem
+                .put(q.sq + 64 * u64::from(q.tail), &cmd.bytes(self.cid));
+            self.q[qid].tail = (q.tail + 1) % q.sq_size;
+            self.cid
+        }
+        fn ring(&mut self, qid: usize) {
+            let tail = self.q[qid].tail;
+            self.w32(DOORBELLS + 8 * qid as u64, tail);
+        }
+        /// The next completion of `qid` if posted (the head doorbell is not written).
+        fn pop(&mut self, qid: usize) -> Option<Cqe> {
+            let q = self.q[qid];
+            let raw = self.mem.get(q.cq + 16 * u64::from(q.head), 16);
+            let dw = |i: usize| u32::from_le_bytes(raw[i * 4..i * 4 + 4].try_into().unwrap());
+            let cqe = Cqe {
+                dw0: dw(0),
+                sq_head: dw(2) as u16,
+                sq_id: (dw(2) >> 16) as u16,
+                cid: dw(3) as u16,
+                phase: dw(3) & (1 << 16) != 0,
+                status: (dw(3) >> 17) as u16,
+            };
+            if cqe.phase != q.phase {
+                return None;
+            }
+            self.q[qid].head = (q.head + 1) % q.cq_size;
+            if self.q[qid].head == 0 {
+                self.q[qid].phase = !q.phase;
+            }
+            Some(cqe)
+        }
+        fn ack(&mut self, qid: usize) {
+            let head = self.q[qid].head;
+            self.w32(DOORBELLS + 8 * qid as u64 + 4, head);
+        }
+        /// Submit, ring, take the completion and acknowledge it.
+        fn run(&mut self, qid: usize, cmd: Cmd) -> Cqe {
+            let cid = self.push(qid, cmd);
+            self.ring(qid);
+            let cqe = self.pop(qid).expect("a completion");
+            self.ack(qid);
+            assert_eq!(cqe.cid, cid);
+            assert_eq!(usize::from(cqe.sq_id), qid);
+            cqe
+        }
+        fn admin(&mut self, cmd: Cmd) -> Cqe {
+            self.run(0, cmd)
+        }
+        fn identify(&mut self, cns: u8, nsid: u32) -> (u16, Vec<u8>) {
+            self.mem.put(IDENT, &[0xee; 4096]);
+            let c = self.admin(
+                Cmd::new(ADMIN_IDENTIFY)
+                    .nsid(nsid)
+                    .prp(IDENT, 0)
+                    .dw(10, u32::from(cns)),
+            );
+            (c.status, self.mem.get(IDENT, 4096))
+        }
+        fn create_cq(&mut self, qid: usize, entries: u32, iv: u16, ien: bool) -> Cqe {
+            self.mem.put(cq_base(qid), &vec![0; 16 * entries as usize]);
+            self.admin(
+                Cmd::new(ADMIN_CREATE_CQ)
+                    .prp(cq_base(qid), 0)
+                    .dw(10, qid as u32 | ((entries - 1) << 16))
+                    .dw(11, 1 | (u32::from(ien) << 1) | (u32::from(iv) << 16)),
+            )
+        }
+        fn create_sq(&mut self, qid: usize, entries: u32, cqid: u16) -> Cqe {
+            self.admin(
+                Cmd::new(ADMIN_CREATE_SQ)
+                    .prp(sq_base(qid), 0)
+                    .dw(10, qid as u32 | ((entries - 1) << 16))
+                    .dw(11, 1 | (u32::from(cqid) << 16)),
+            )
+        }
+        /// I/O queue pair `qid` (SQ and CQ of `entries`), its CQ on vector `iv`.
+        fn pair(&mut self, qid: usize, entries: u32, iv: u16, ien: bool) {
+            assert_eq!(self.create_cq(qid, entries, iv, ien).status, STATUS_SUCCESS);
+            assert_eq!(
+                self.create_sq(qid, entries, qid as u16).status,
+                STATUS_SUCCESS
+            );
+            self.q[qid] = Q {
+                sq: sq_base(qid),
+                cq: cq_base(qid),
+                sq_size: entries,
+                cq_size: entries,
+                tail: 0,
+                head: 0,
+                phase: true,
+            };
+        }
+        /// Read or write `nlb` blocks at `slba` through PRP1/PRP2 on queue `qid`.
+        fn rw(&mut self, qid: usize, op: u8, slba: u64, nlb: u32, prp1: u64, prp2: u64) -> u16 {
+            self.run(
+                qid,
+                Cmd::new(op)
+                    .nsid(1)
+                    .prp(prp1, prp2)
+                    .dw(10, slba as u32)
+                    .dw(11, (slba >> 32) as u32)
+                    .dw(12, nlb - 1),
+            )
+            .status
+        }
+        fn get_log(&mut self, lid: u8, len: u32, offset: u64, rae: bool) -> (u16, Vec<u8>) {
+            self.mem.put(IDENT, &[0xee; 4096]);
+            let numd = len / 4 - 1;
+            let c = self.admin(
+                Cmd::new(ADMIN_GET_LOG_PAGE)
+                    .nsid(u32::MAX)
+                    .prp(IDENT, 0)
+                    .dw(
+                        10,
+                        u32::from(lid) | (u32::from(rae) << 15) | ((numd & 0xffff) << 16),
+                    )
+                    .dw(11, numd >> 16)
+                    .dw(12, offset as u32)
+                    .dw(13, (offset >> 32) as u32),
+            );
+            (c.status, self.mem.get(IDENT, len as usize))
+        }
+        fn set_feature(&mut self, fid: u8, v: u32) -> Cqe {
+            self.admin(
+                Cmd::new(ADMIN_SET_FEATURES)
+                    .dw(10, u32::from(fid))
+                    .dw(11, v),
+            )
+        }
+        fn get_feature(&mut self, fid: u8, select: u32, v: u32) -> Cqe {
+            self.admin(
+                Cmd::new(ADMIN_GET_FEATURES)
+                    .dw(10, u32::from(fid) | (select << 8))
+                    .dw(11, v),
+            )
+        }
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| {
+                (i as u8)
+                    .wrapping_mul(31)
+                    .wrapping_add(seed ^ (i >> 9) as u8)
+            })
+            .collect()
+    }
+
+    fn le16(b: &[u8], off: usize) -> u16 {
+        u16::from_le_bytes([b[off], b[off + 1]])
+    }
+    fn le32(b: &[u8], off: usize) -> u32 {
+        u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
+    }
+    fn le64(b: &[u8], off: usize) -> u64 {
+        u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+    }
+
+    #[test]
+    fn registers_after_power_on() {
+        let mut r = Rig::new();
+        assert_eq!(r.r64(REG_CAP), CAP);
+        assert_eq!(
+            u64::from(r.r32(REG_CAP)) | (u64::from(r.r32(REG_CAP + 4)) << 32),
+            CAP,
+            "lo_hi_readq"
+        );
+        assert_eq!(CAP & 0xffff, 1023);
+        assert_eq!((CAP >> 24) & 0xff, 0x0f);
+        assert_eq!((CAP >> 37) & 0xff, 1, "NVM command set");
+        assert_eq!((CAP >> 48) & 0xff, 0, "MPSMIN = MPSMAX = 4 KiB");
+        assert_eq!(r.r32(REG_VS), 0x0001_0400);
+        assert_eq!(r.csts(), 0);
+        assert_eq!(r.r32(REG_CC), 0);
+        assert_eq!(r.r32(REG_CMBLOC), 0);
+        assert_eq!(r.r32(REG_CMBSZ), 0);
+        assert_eq!(r.r32(REG_NSSR), 0);
+        assert_eq!(r.r32(0x800), 0, "reserved reads 0");
+        assert_eq!(r.r32(DOORBELLS), 0, "doorbells read 0");
+        // Writable registers read back (masked); read-only ones ignore writes.
+        r.w32(REG_AQA, 0xffff_ffff);
+        assert_eq!(r.r32(REG_AQA), 0x0fff_0fff);
+        r.w64(REG_ASQ, 0x1234_5000);
+        r.w32(REG_ACQ, 0x6000);
+        r.w32(REG_ACQ + 4, 0x7);
+        assert_eq!(r.r64(REG_ASQ), 0x1234_5000);
+        assert_eq!(r.r64(REG_ACQ), 0x7_0000_6000);
+        r.w32(REG_CSTS, u32::MAX);
+        r.w32(REG_VS, 0);
+        r.w64(REG_CAP, 0);
+        assert_eq!(r.csts(), 0);
+        assert_eq!(r.r32(REG_VS), VERSION);
+        assert_eq!(r.r64(REG_CAP), CAP);
+        r.w32(REG_INTMS, 0b101);
+        assert_eq!(r.r32(REG_INTMC), 0b101);
+        r.w32(REG_INTMC, 0b001);
+        assert_eq!(r.r32(REG_INTMS), 0b100);
+        assert_eq!(r.mem.accesses, 0);
+    }
+
+    #[test]
+    fn odd_accesses_read_all_ones_and_are_ignored() {
+        let mut r = Rig::new();
+        let mut b2 = [0u8; 2];
+        r.n.mmio_read(0, REG_VS, &mut b2);
+        assert_eq!(b2, [0xff; 2]);
+        assert_eq!(r.r64(REG_VS), u64::MAX, "8 bytes of a 32-bit register");
+        assert_eq!(r.r64(DOORBELLS), u64::MAX, "8-byte doorbell");
+        assert_eq!(r.r32(REG_VS + 1), u32::MAX, "unaligned");
+        assert_eq!(r.r32(BAR0_SIZE), u32::MAX, "past the BAR");
+        assert_eq!(r.r32(u64::MAX - 3), u32::MAX);
+        let mut b = [0u8; 4];
+        r.n.mmio_read(1, 0, &mut b);
+        assert_eq!(b, [0xff; 4]);
+        r.n.mmio_read(0, 0, &mut []);
+        r.n.mmio_write(0, REG_AQA, &[1, 2], &mut r.mem);
+        r.n.mmio_write(0, REG_AQA + 2, &[1, 2, 3, 4], &mut r.mem);
+        r.n.mmio_write(2, REG_AQA, &[1, 2, 3, 4], &mut r.mem);
+        r.n.mmio_write(0, REG_AQA, &[1; 16], &mut r.mem);
+        r.n.mmio_write(0, u64::MAX, &[1; 8], &mut r.mem);
+        r.w64(REG_AQA - 4, u64::MAX);
+        assert_eq!(r.r32(REG_AQA), 0);
+        assert!(!r.n.has_bar(1) && r.n.has_bar(0));
+    }
+
+    #[test]
+    fn msix_table_is_stored_and_starts_masked() {
+        let mut r = Rig::new();
+        for v in 0..IRQ_COUNT as u64 {
+            assert_eq!(r.r32(MSIX_TABLE + 16 * v + 12), 1);
+        }
+        r.w32(MSIX_TABLE + 16 * 8, 0xfee0_1003);
+        r.w32(MSIX_TABLE + 16 * 8 + 4, 0x1);
+        r.w32(MSIX_TABLE + 16 * 8 + 8, 0x4041);
+        r.w32(MSIX_TABLE + 16 * 8 + 12, 0xffff_fffe);
+        assert_eq!(r.r64(MSIX_TABLE + 16 * 8), 0x1_fee0_1000);
+        assert_eq!(r.r32(MSIX_TABLE + 16 * 8 + 8), 0x4041);
+        assert_eq!(r.r32(MSIX_TABLE + 16 * 8 + 12), 0);
+        r.w64(MSIX_TABLE + 16 * 2 + 8, 0x1_0000_0033);
+        assert_eq!(r.r32(MSIX_TABLE + 16 * 2 + 8), 0x33);
+        assert_eq!(r.r32(MSIX_TABLE + 16 * 2 + 12), 1);
+        assert_eq!(r.r32(MSIX_TABLE + 16 * 9), 0, "past the table");
+        assert_eq!(r.r64(MSIX_PBA), 0);
+        r.n.reset();
+        assert_eq!(r.r32(MSIX_TABLE + 16 * 8), 0);
+        assert_eq!(r.r32(MSIX_TABLE + 16 * 8 + 12), 1);
+    }
+
+    #[test]
+    fn config_space_is_a_pcie_nvme_function() {
+        let mut n = Nvme::new(0x1234, 0x5678, 0xff_01_08_02, Storage::Memory { size: 0 })
+            .with_multifunction(true);
+        let cfg = |n: &Nvme, off: usize| le32(n.config(), off);
+        assert_eq!(n.config().len(), 4096);
+        assert_eq!(cfg(&n, 0), 0x5678_1234);
+        assert_eq!(cfg(&n, 8), 0x01_08_02_01, "class and revision");
+        assert_eq!(cfg(&n, 0x2c), 0x5678_1234, "subsystem ids");
+        assert_eq!(n.config()[0x0e], 0x80);
+        assert_eq!(n.config()[0x3d], 1, "INTA");
+        assert_eq!(le16(n.config(), 6) & 0x10, 0x10, "capability list");
+        // BAR sizing: 16 KiB, 64-bit memory.
+        n.config_write(0x10, &[0xff; 8]);
+        assert_eq!(cfg(&n, 0x10), 0xffff_c004);
+        assert_eq!(cfg(&n, 0x14), 0xffff_ffff);
+        n.config_write(0x10, &0xfebf_4000u32.to_le_bytes());
+        n.config_write(0x14, &0u32.to_le_bytes());
+        assert_eq!(cfg(&n, 0x10), 0xfebf_4004);
+        n.config_write(0x18, &[0xff; 16]);
+        assert_eq!(cfg(&n, 0x18), 0, "no other BARs");
+        assert_eq!(cfg(&n, 0x30), 0, "no ROM");
+        // Command register: only the listed bits.
+        n.config_write(4, &[0xff, 0xff]);
+        assert_eq!(le16(n.config(), 4), 0x0546);
+        n.config_write(6, &[0xff, 0xff]);
+        assert_eq!(le16(n.config(), 6), 0x0010, "status is read-only");
+        // Capabilities: PM -> MSI-X -> PCIe.
+        let mut caps = Vec::new();
+        let mut p = usize::from(n.config()[0x34]);
+        while p != 0 && caps.len() < 8 {
+            caps.push((p, n.config()[p]));
+            p = usize::from(n.config()[p + 1]);
+        }
+        assert_eq!(
+            caps,
+            [
+                (PM_CAP_OFFSET, 0x01),
+                (MSIX_CAP_OFFSET, 0x11),
+                (PCIE_CAP_OFFSET, 0x10)
+            ]
+        );
+        let m = MSIX_CAP_OFFSET;
+        assert_eq!(le16(n.config(), m + 2) & 0x7ff, IRQ_COUNT as u16 - 1);
+        assert_eq!(cfg(&n, m + 4), MSIX_TABLE as u32);
+        assert_eq!(cfg(&n, m + 8), MSIX_PBA as u32);
+        n.config_write((m + 2) as u64, &[0xff, 0xff]);
+        assert_eq!(le16(n.config(), m + 2), 0xc000 | (IRQ_COUNT as u16 - 1));
+        let e = PCIE_CAP_OFFSET;
+        assert_eq!(le16(n.config(), e + 2), 0x0002, "v2 endpoint");
+        assert_ne!(cfg(&n, e + 4) & (1 << 28), 0, "FLR");
+        assert_eq!(le16(n.config(), e + 0x12) & 0x3ff, 0x43, "8 GT/s x4");
+        // PM: D3hot and back; D1/D2 are refused.
+        let pm = PM_CAP_OFFSET + 4;
+        n.config_write(pm as u64, &[3]);
+        assert_eq!(n.config()[pm] & 3, 3);
+        n.config_write(pm as u64, &[1]);
+        assert_eq!(n.config()[pm] & 3, 3);
+        n.config_write(pm as u64, &[0]);
+        assert_eq!(n.config()[pm], 0x08, "D0, No_Soft_Reset");
+        // Read-only ids; writes of any size and offset do not panic.
+        n.config_write(0, &[0; 4]);
+        n.config_write(4090, &[0xff; 100]);
+        n.config_write(u64::MAX, &[0xff; 2]);
+        n.config_write(0x100, &[0xff; 4]);
+        assert_eq!(cfg(&n, 0), 0x5678_1234);
+        assert_eq!(cfg(&n, 0x100), 0, "no extended capabilities");
+        assert_eq!(n.irq_count(), IRQ_COUNT);
+        assert_eq!(
+            n.bars(),
+            vec![BarInfo {
+                index: 0,
+                size: BAR0_SIZE,
+                mmap: false
+            }]
+        );
+        // A function-level reset through DevCtl restores the header.
+        n.config_write((e + 8) as u64, &[0xff, 0xff]);
+        assert_eq!(cfg(&n, 0x10), 4);
+        assert_eq!(le16(n.config(), 4), 0);
+        assert_eq!(le16(n.config(), e + 8), PCIE_DEVCTL);
+        assert_eq!(n.config()[0x0e], 0x80);
+    }
+
+    #[test]
+    fn enable_needs_a_valid_admin_queue_configuration() {
+        for (aqa, asq, cc) in [
+            (0, ASQ, 0),                        // one-entry queues
+            (0x000f_000f, ASQ + 8, 0),          // unaligned base
+            (0x000f_000f, ASQ, 1 << 7),         // MPS 8 KiB
+            (0x000f_000f, ASQ, 1 << 4),         // another command set
+            (0x000f_000f, ASQ, 1 << 11),        // weighted round robin
+            (0x0fff_0fff, u64::MAX - 0xfff, 0), // past 2^64
+        ] {
+            let mut r = Rig::new();
+            r.w32(REG_AQA, aqa);
+            r.w64(REG_ASQ, asq);
+            r.w64(REG_ACQ, ACQ);
+            r.w32(REG_CC, cc | CC_EN);
+            assert_eq!(
+                r.csts() & (CSTS_RDY | CSTS_CFS),
+                CSTS_CFS,
+                "{aqa:#x} {asq:#x} {cc:#x}"
+            );
+            r.w32(REG_CC, 0);
+            assert_eq!(r.csts(), 0, "a reset clears the fatal status");
+        }
+        let mut r = Rig::new();
+        r.enable();
+        assert_eq!(r.r32(REG_CC) & 0x00ff_0001, 0x0046_0001);
+    }
+
+    #[test]
+    fn identify_controller() {
+        let mut r = Rig::ready();
+        let (status, id) = r.identify(CNS_CONTROLLER, 0);
+        assert_eq!(status, STATUS_SUCCESS);
+        assert_eq!(le16(&id, 0), DEFAULT_VENDOR);
+        assert_eq!(le16(&id, 2), DEFAULT_VENDOR);
+        let sn = String::from_utf8(id[4..24].to_vec()).unwrap();
+        assert_eq!(sn.trim_end(), r.n.serial());
+        assert_eq!(&id[24..35], b"uiommu NVMe");
+        assert!(id[35..64].iter().all(|&b| b == b' '));
+        assert_eq!(&id[64..72], b"1.0     ");
+        assert_eq!(id[77], MDTS);
+        assert_eq!(le32(&id, 80), VERSION);
+        assert_eq!(
+            le16(&id, 256),
+            0,
+            "OACS: no doorbell buffer config, no NS management"
+        );
+        assert_eq!(id[259], AERL);
+        assert_eq!(id[263], 0, "NPSS");
+        assert_eq!(le16(&id, 2048), 2500, "power state 0");
+        assert_eq!((id[512], id[513]), (0x66, 0x44));
+        assert_eq!(le32(&id, 516), 1, "NN");
+        assert_eq!(le16(&id, 520), ONCS);
+        assert_eq!(id[525] & 1, 1, "volatile write cache");
+        assert_eq!(le32(&id, 536), 0, "PRPs only");
+        let nqn: Vec<u8> = id[768..1024]
+            .iter()
+            .copied()
+            .take_while(|&b| b != 0)
+            .collect();
+        assert_eq!(
+            String::from_utf8(nqn).unwrap(),
+            format!("nqn.2026-12.org.uiommu:nvme:{}", r.n.serial())
+        );
+        assert!(id[1024 + 200..2048].iter().all(|&b| b == 0));
+        // Another controller has another serial, NQN and namespace ids.
+        let other = Nvme::default();
+        assert_ne!(other.serial(), r.n.serial());
+        assert_ne!(other.id.nguid, r.n.id.nguid);
+        let named = Nvme::default().with_serial("disk 1\u{e9}");
+        assert_eq!(named.serial(), "disk_1_");
+    }
+
+    #[test]
+    fn identify_namespace_list_and_descriptors() {
+        let mut r = Rig::ready();
+        let (status, ns) = r.identify(CNS_NAMESPACE, 1);
+        assert_eq!(status, STATUS_SUCCESS);
+        let blocks = NS_SIZE / 512;
+        assert_eq!(
+            (le64(&ns, 0), le64(&ns, 8), le64(&ns, 16)),
+            (blocks, blocks, blocks)
+        );
+        assert_eq!((ns[25], ns[26]), (0, 0), "one LBA format, format 0");
+        assert_eq!(le32(&ns, 128), 9 << 16, "512-byte blocks");
+        assert_eq!(ns[33], DLFEAT);
+        assert_eq!(&ns[104..120], &r.n.id.nguid);
+        // The common capabilities, with no sizes.
+        let (status, common) = r.identify(CNS_NAMESPACE, u32::MAX);
+        assert_eq!(status, STATUS_SUCCESS);
+        assert_eq!(le64(&common, 0), 0);
+        assert_eq!(le32(&common, 128), 9 << 16);
+        for nsid in [0, 2, 0xffff_fffe] {
+            assert_eq!(r.identify(CNS_NAMESPACE, nsid).0, STATUS_INVALID_NAMESPACE);
+        }
+        // Active namespace list: ids above NSID.
+        let (status, list) = r.identify(CNS_ACTIVE_NAMESPACES, 0);
+        assert_eq!(status, STATUS_SUCCESS);
+        assert_eq!(le32(&list, 0), 1);
+        assert!(list[4..].iter().all(|&b| b == 0));
+        let (_, list) = r.identify(CNS_ACTIVE_NAMESPACES, 1);
+        assert!(list.iter().all(|&b| b == 0));
+        assert_eq!(
+            r.identify(CNS_ACTIVE_NAMESPACES, u32::MAX).0,
+            STATUS_INVALID_NAMESPACE
+        );
+        // Descriptors: an NGUID and a UUID (version 8), then the end.
+        let (status, d) = r.identify(CNS_NS_DESCRIPTORS, 1);
+        assert_eq!(status, STATUS_SUCCESS);
+        assert_eq!(&d[0..4], &[2, 16, 0, 0]);
+        assert_eq!(&d[4..20], &ns[104..120]);
+        assert_eq!(&d[20..24], &[3, 16, 0, 0]);
+        assert_eq!(d[24 + 6] >> 4, 8);
+        assert_eq!(d[24 + 8] >> 6, 2);
+        assert!(d[40..].iter().all(|&b| b == 0));
+        assert_eq!(
+            r.identify(CNS_NS_DESCRIPTORS, 2).0,
+            STATUS_INVALID_NAMESPACE
+        );
+        // The NVM command set's controller structure is all zeroes; others are refused.
+        let (status, cs) = r.identify(CNS_CS_CONTROLLER, 0);
+        assert_eq!(status, STATUS_SUCCESS);
+        assert!(cs.iter().all(|&b| b == 0));
+        for cns in [0x04, 0x05, 0x07, 0x08, 0x10, 0x13, 0xff] {
+            assert_eq!(r.identify(cns, 1).0, STATUS_INVALID_FIELD, "cns {cns:#x}");
+        }
+        let zns = r.admin(
+            Cmd::new(ADMIN_IDENTIFY)
+                .prp(IDENT, 0)
+                .dw(10, u32::from(CNS_CS_CONTROLLER))
+                .dw(11, 2 << 24),
+        );
+        assert_eq!(zns.status, STATUS_INVALID_FIELD);
+    }
+
+    #[test]
+    fn identify_data_split_across_two_pages() {
+        let mut r = Rig::ready();
+        r.mem.put(DATA, &[0xee; 0x2000]);
+        let c = r.admin(
+            Cmd::new(ADMIN_IDENTIFY)
+                .prp(DATA + 0x800, DATA2)
+                .dw(10, u32::from(CNS_CONTROLLER)),
+        );
+        assert_eq!(c.status, STATUS_SUCCESS);
+        let (_, whole) = r.identify(CNS_CONTROLLER, 0);
+        let mut got = r.mem.get(DATA + 0x800, 0x800);
+        got.extend(r.mem.get(DATA2, 0x800));
+        assert_eq!(got, whole);
+        assert_eq!(
+            r.mem.get(DATA + 0x1000, 4),
+            [0xee; 4],
+            "nothing past the first page"
+        );
+        // A second page that is not page-aligned is refused.
+        let c = r.admin(
+            Cmd::new(ADMIN_IDENTIFY)
+                .prp(DATA + 0x800, DATA2 + 0x10)
+                .dw(10, u32::from(CNS_CONTROLLER)),
+        );
+        assert_eq!(c.status, STATUS_PRP_OFFSET_INVALID);
+    }
+
+    #[test]
+    fn number_of_queues_is_capped_and_kept() {
+        let mut r = Rig::ready();
+        let c = r.set_feature(FEAT_NUMBER_OF_QUEUES, 63 | (63 << 16));
+        assert_eq!(c.status, STATUS_SUCCESS);
+        assert_eq!(c.dw0, 7 | (7 << 16));
+        let c = r.set_feature(FEAT_NUMBER_OF_QUEUES, 1 | (2 << 16));
+        assert_eq!(c.dw0, 1 | (2 << 16));
+        assert_eq!(
+            r.get_feature(FEAT_NUMBER_OF_QUEUES, 0, 0).dw0,
+            1 | (2 << 16)
+        );
+        assert_eq!(
+            r.set_feature(FEAT_NUMBER_OF_QUEUES, 0xffff).status,
+            STATUS_INVALID_FIELD
+        );
+        // Queue ids past the allocation are refused.
+        assert_eq!(r.create_cq(4, 8, 1, true).status, STATUS_INVALID_QUEUE_ID);
+        assert_eq!(r.create_cq(3, 8, 1, true).status, STATUS_SUCCESS);
+        assert_eq!(r.create_sq(3, 8, 3).status, STATUS_INVALID_QUEUE_ID);
+        assert_eq!(r.create_sq(2, 8, 3).status, STATUS_SUCCESS);
+    }
+
+    #[test]
+    fn write_and_read_back_through_prp_lists() {
+        let mut r = Rig::ready();
+        r.pair(1, 64, 1, true);
+        // 64 KiB from an offset in the first page: PRP1 + a list of 16 contiguous pages, so
+        // the data moves in one DMA access.
+        let data = pattern(0x1_0000, 7);
+        r.mem.put(DATA + 0x200, &data);
+        let list: Vec<u64> = (1..=16).map(|i| DATA + 0x1000 * i).collect();
+        r.mem.put_u64s(LIST, &list);
+        r.mem.largest = 0;
+        assert_eq!(
+            r.rw(1, IO_WRITE, 100, 128, DATA + 0x200, LIST),
+            STATUS_SUCCESS
+        );
+        assert_eq!(r.mem.largest, 0x1_0000, "contiguous pages merged");
+        // Read back into scattered pages (reverse order), PRP1 at another offset.
+        let pages: Vec<u64> = (0..16).map(|i| DATA2 + 0x1000 * (16 - i)).collect();
+        r.mem.put_u64s(LIST + 0x1000, &pages);
+        assert_eq!(
+            r.rw(1, IO_READ, 100, 128, DATA2 + 0x400, LIST + 0x1000),
+            STATUS_SUCCESS
+        );
+        let mut back = r.mem.get(DATA2 + 0x400, 0xc00);
+        for p in &pages {
+            back.extend(r.mem.get(*p, 0x1000));
+        }
+        back.truncate(0x1_0000);
+        assert_eq!(back, data);
+        // Blocks never written read as zero.
+        assert_eq!(r.rw(1, IO_READ, 0, 8, DATA2, 0), STATUS_SUCCESS);
+        assert_eq!(r.mem.get(DATA2, 4096), vec![0; 4096]);
+        // Exactly two pages: PRP2 is the second page itself.
+        let two = pattern(0x2000, 9);
+        r.mem.put(DATA2 + 0x2000, &two[..0x1000]);
+        r.mem.put(DATA2 + 0x5000, &two[0x1000..]);
+        assert_eq!(
+            r.rw(1, IO_WRITE, 5, 16, DATA2 + 0x2000, DATA2 + 0x5000),
+            STATUS_SUCCESS
+        );
+        assert_eq!(r.rw(1, IO_READ, 5, 16, DATA, DATA + 0x1000), STATUS_SUCCESS);
+        assert_eq!(r.mem.get(DATA, 0x2000), two);
+    }
+
+    #[test]
+    fn a_prp_list_chains_through_its_last_entry() {
+        let mut r = Rig::ready();
+        r.pair(1, 16, 1, true);
+        // 512 KiB (MDTS): 128 pages, PRP1 and a list starting in the last two slots of a page:
+        // one entry there, then a pointer to the next list page with the other 126.
+        let data = pattern(MAX_TRANSFER, 3);
+        let base = 0x20_0000 + 0x10_0000; // scratch area above the queues
+        let pages: Vec<u64> = (0..128).map(|i| base + 0x1000 * ((i * 37) % 128)).collect();
+        for (i, p) in pages.iter().enumerate() {
+            r.mem.put(*p, &data[i * 0x1000..(i + 1) * 0x1000]);
+        }
+        r.mem.put_u64s(LIST + 0xff0, &[pages[1], LIST + 0x3000]);
+        r.mem.put_u64s(LIST + 0x3000, &pages[2..]);
+        assert_eq!(
+            r.rw(1, IO_WRITE, 0, 1024, pages[0], LIST + 0xff0),
+            STATUS_SUCCESS
+        );
+        // Read it back contiguously.
+        let list: Vec<u64> = (1..128).map(|i| DATA + 0x1000 * i).collect();
+        r.mem.put_u64s(LIST + 0x5000, &list);
+        r.mem.largest = 0;
+        assert_eq!(
+            r.rw(1, IO_READ, 0, 1024, DATA, LIST + 0x5000),
+            STATUS_SUCCESS
+        );
+        assert_eq!(r.mem.largest, MAX_TRANSFER);
+        assert_eq!(r.mem.get(DATA, MAX_TRANSFER), data);
+        assert_eq!(r.n.stats.blocks_written, 1024);
+        assert_eq!(r.n.stats.blocks_read, 1024);
+    }
+
+    #[test]
+    fn mdts_lba_range_and_prp_offsets_are_checked() {
+        let mut r = Rig::ready();
+        r.pair(1, 16, 1, true);
+        let blocks = NS_SIZE / 512;
+        r.mem.put_u64s(
+            LIST,
+            &(1..200).map(|i| DATA + 0x1000 * i).collect::<Vec<_>>(),
+        );
+        // One block more than MDTS.
+        assert_eq!(r.rw(1, IO_READ, 0, 1025, DATA, LIST), STATUS_INVALID_FIELD);
+        assert_eq!(
+            r.rw(1, IO_WRITE, 0, 65536, DATA, LIST),
+            STATUS_INVALID_FIELD
+        );
+        // Past the namespace.
+        assert_eq!(
+            r.rw(1, IO_READ, blocks - 1, 2, DATA, 0),
+            STATUS_LBA_OUT_OF_RANGE
+        );
+        assert_eq!(
+            r.rw(1, IO_WRITE, blocks, 1, DATA, 0),
+            STATUS_LBA_OUT_OF_RANGE
+        );
+        assert_eq!(
+            r.rw(1, IO_READ, u64::MAX, 1, DATA, 0),
+            STATUS_LBA_OUT_OF_RANGE
+        );
+        assert_eq!(r.rw(1, IO_READ, blocks - 1, 1, DATA, 0), STATUS_SUCCESS);
+        // PRP1 not dword-aligned; PRP2 (a second page) or a list entry not page-aligned; a
+        // list pointer not qword-aligned.
+        assert_eq!(
+            r.rw(1, IO_READ, 0, 1, DATA + 2, 0),
+            STATUS_PRP_OFFSET_INVALID
+        );
+        assert_eq!(
+            r.rw(1, IO_READ, 0, 16, DATA, DATA + 0x1200),
+            STATUS_PRP_OFFSET_INVALID
+        );
+        r.mem
+            .put_u64s(LIST + 0x2000, &[DATA + 0x1000, DATA + 0x2008]);
+        assert_eq!(
+            r.rw(1, IO_READ, 0, 24, DATA, LIST + 0x2000),
+            STATUS_PRP_OFFSET_INVALID
+        );
+        assert_eq!(
+            r.rw(1, IO_READ, 0, 24, DATA, LIST + 4),
+            STATUS_PRP_OFFSET_INVALID
+        );
+        // A chain pointer that is not page-aligned.
+        r.mem.put_u64s(LIST + 0x4ff8, &[LIST + 0x6010]);
+        assert_eq!(
+            r.rw(1, IO_READ, 0, 24, DATA, LIST + 0x4ff8),
+            STATUS_PRP_OFFSET_INVALID
+        );
+        // The statuses say "do not retry".
+        assert_ne!(STATUS_PRP_OFFSET_INVALID & STATUS_DNR, 0);
+        // Only Read/Write/Flush/Write Zeroes/DSM; namespace 1 only.
+        let c = r.run(1, Cmd::new(0x05).nsid(1));
+        assert_eq!(c.status, STATUS_INVALID_OPCODE);
+        let c = r.run(1, Cmd::new(IO_READ).nsid(2).prp(DATA, 0));
+        assert_eq!(c.status, STATUS_INVALID_NAMESPACE);
+        let c = r.run(1, Cmd::new(IO_FLUSH).nsid(0));
+        assert_eq!(c.status, STATUS_INVALID_NAMESPACE);
+        assert_eq!(
+            r.run(1, Cmd::new(IO_FLUSH).nsid(u32::MAX)).status,
+            STATUS_SUCCESS
+        );
+        assert_eq!(r.run(1, Cmd::new(IO_FLUSH).nsid(1)).status, STATUS_SUCCESS);
+        // SGLs and fused commands are not supported.
+        let c = r.run(
+            1,
+            Cmd::new(IO_READ).nsid(1).prp(DATA, 0).dw(0, 2 | (1 << 14)),
+        );
+        assert_eq!(c.status, STATUS_INVALID_FIELD);
+        let c = r.run(
+            1,
+            Cmd::new(IO_READ).nsid(1).prp(DATA, 0).dw(0, 2 | (1 << 8)),
+        );
+        assert_eq!(c.status, STATUS_INVALID_FIELD);
+    }
+
+    #[test]
+    fn dma_faults_on_data_are_data_transfer_errors() {
+        let mut r = Rig::ready();
+        r.pair(1, 16, 1, true);
+        let old = pattern(0x8000, 1);
+        r.mem.put(DATA, &old);
+        r.mem
+            .put_u64s(LIST, &(1..8).map(|i| DATA + 0x1000 * i).collect::<Vec<_>>());
+        assert_eq!(r.rw(1, IO_WRITE, 0, 64, DATA, LIST), STATUS_SUCCESS);
+        // The host buffer's fourth page faults: a write moves nothing to storage.
+        r.mem.put(DATA, &pattern(0x8000, 2));
+        r.mem.faulty = Some((DATA + 0x3000, DATA + 0x4000));
+        let status = r.rw(1, IO_WRITE, 0, 64, DATA, LIST);
+        assert_eq!(status, STATUS_DATA_TRANSFER_ERROR);
+        assert_eq!(status & STATUS_DNR, 0, "may be retried");
+        assert_eq!(r.mem.faults.last().unwrap().iova, Iova(DATA + 0x3000));
+        // A read into the faulty buffer fails the same way.
+        assert_eq!(
+            r.rw(1, IO_READ, 0, 64, DATA, LIST),
+            STATUS_DATA_TRANSFER_ERROR
+        );
+        r.mem.faulty = None;
+        assert_eq!(r.rw(1, IO_READ, 0, 64, DATA, LIST), STATUS_SUCCESS);
+        assert_eq!(r.mem.get(DATA, 0x8000), old);
+        // A faulting PRP list, and Identify data that cannot be written.
+        r.mem.faulty = Some((LIST, LIST + 8));
+        assert_eq!(
+            r.rw(1, IO_READ, 0, 64, DATA, LIST),
+            STATUS_DATA_TRANSFER_ERROR
+        );
+        assert_eq!(r.mem.faults.last().unwrap().iova, Iova(LIST));
+        r.mem.faulty = Some((IDENT, IDENT + 1));
+        let c = r.admin(Cmd::new(ADMIN_IDENTIFY).prp(IDENT, 0).dw(10, 1));
+        assert_eq!(c.status, STATUS_DATA_TRANSFER_ERROR);
+        // Past the end of memory (not mapped).
+        assert_eq!(
+            r.rw(1, IO_READ, 0, 1, MEM as u64 - 256, MEM as u64),
+            STATUS_DATA_TRANSFER_ERROR
+        );
+        let f = *r.mem.faults.last().unwrap();
+        assert_eq!(
+            (f.iova, f.reason),
+            (Iova(MEM as u64), FaultReason::NotMapped)
+        );
+        assert_eq!(r.csts() & CSTS_CFS, 0, "data faults are not fatal");
+    }
+
+    #[test]
+    fn faults_on_queue_entries_are_fatal() {
+        // Fetching the submission entry.
+        let mut r = Rig::ready();
+        r.mem.faulty = Some((ASQ, ASQ + 64));
+        r.push(0, Cmd::new(ADMIN_KEEP_ALIVE));
+        r.ring(0);
+        assert_eq!(r.csts() & CSTS_CFS, CSTS_CFS);
+        assert!(r.pop(0).is_none());
+        r.mem.faulty = None;
+        r.push(0, Cmd::new(ADMIN_KEEP_ALIVE));
+        r.ring(0);
+        assert!(r.pop(0).is_none(), "nothing runs after a fatal error");
+        // A controller reset brings it back.
+        r.disable();
+        assert_eq!(r.csts(), 0);
+        r.enable();
+        assert_eq!(r.admin(Cmd::new(ADMIN_KEEP_ALIVE)).status, STATUS_SUCCESS);
+        // Posting the completion entry.
+        r.mem.faulty = Some((ACQ + 16, ACQ + 32));
+        r.push(0, Cmd::new(ADMIN_KEEP_ALIVE));
+        r.ring(0);
+        assert_eq!(r.csts() & CSTS_CFS, CSTS_CFS);
+        assert_eq!(r.mem.faults.last().unwrap().iova, Iova(ACQ + 16));
+    }
+
+    #[test]
+    fn completion_queue_wraps_and_the_phase_flips() {
+        let mut r = Rig::ready();
+        r.pair(1, 4, 1, true);
+        let mut phases = Vec::new();
+        let mut heads = Vec::new();
+        for _ in 0..10 {
+            let c = r.run(1, Cmd::new(IO_FLUSH).nsid(1));
+            assert_eq!(c.status, STATUS_SUCCESS);
+            phases.push(u8::from(c.phase));
+            heads.push(c.sq_head);
+        }
+        assert_eq!(phases, [1, 1, 1, 1, 0, 0, 0, 0, 1, 1]);
+        assert_eq!(heads, [1, 2, 3, 0, 1, 2, 3, 0, 1, 2]);
+        // The admin queue wraps too.
+        for _ in 0..40 {
+            assert_eq!(r.admin(Cmd::new(ADMIN_KEEP_ALIVE)).status, STATUS_SUCCESS);
+        }
+    }
+
+    #[test]
+    fn a_full_completion_queue_resumes_after_its_head_doorbell() {
+        let mut r = Rig::ready();
+        // A 2-entry CQ holds one completion; its SQ has 8 slots.
+        assert_eq!(r.create_cq(1, 2, 1, true).status, STATUS_SUCCESS);
+        assert_eq!(r.create_sq(1, 8, 1).status, STATUS_SUCCESS);
+        r.q[1] = Q {
+            sq: sq_base(1),
+            cq: cq_base(1),
+            sq_size: 8,
+            cq_size: 2,
+            tail: 0,
+            head: 0,
+            phase: true,
+        };
+        let cids: Vec<u16> = (0..4)
+            .map(|_| r.push(1, Cmd::new(IO_FLUSH).nsid(1)))
+            .collect();
+        r.irqs();
+        r.ring(1);
+        assert_eq!(r.irqs(), [1]);
+        let mut done = Vec::new();
+        for _ in 0..4 {
+            let c = r.pop(1).expect("one completion");
+            assert!(r.pop(1).is_none(), "the queue was full");
+            done.push((c.cid, c.sq_head));
+            r.ack(1);
+        }
+        assert_eq!(
+            done,
+            cids.iter()
+                .zip(1..)
+                .map(|(&c, h)| (c, h))
+                .collect::<Vec<_>>()
+        );
+        assert!(r.pop(1).is_none());
+        // A head doorbell past the posted entries is refused (and changes nothing).
+        r.w32(DOORBELLS + 12, 1);
+        r.push(1, Cmd::new(IO_FLUSH).nsid(1));
+        r.ring(1);
+        assert!(r.pop(1).is_some());
+    }
+
+    #[test]
+    fn interrupts_go_to_each_queues_vector() {
+        let mut r = Rig::ready();
+        assert_eq!(r.admin(Cmd::new(ADMIN_KEEP_ALIVE)).status, STATUS_SUCCESS);
+        assert_eq!(r.irqs(), [0], "the admin CQ is on vector 0");
+        r.pair(1, 8, 3, true);
+        r.pair(2, 8, 5, true);
+        r.pair(3, 8, 0, false);
+        r.irqs();
+        r.run(1, Cmd::new(IO_FLUSH).nsid(1));
+        assert_eq!(r.irqs(), [3]);
+        r.run(2, Cmd::new(IO_FLUSH).nsid(1));
+        assert_eq!(r.irqs(), [5]);
+        r.run(3, Cmd::new(IO_FLUSH).nsid(1));
+        assert_eq!(r.irqs(), Vec::<u32>::new(), "interrupts disabled on CQ 3");
+        // Several commands in one doorbell: one interrupt.
+        for _ in 0..3 {
+            r.push(1, Cmd::new(IO_FLUSH).nsid(1));
+        }
+        r.ring(1);
+        assert_eq!(r.irqs(), [3]);
+        while r.pop(1).is_some() {}
+        r.ack(1);
+        assert!(r.irqs().is_empty(), "a head doorbell raises nothing");
+        // Pin-based (MSI-X off): INTMS bit 0 holds interrupts back; INTMC with completions
+        // still unread raises them.
+        r.w32(REG_INTMS, 1);
+        r.push(0, Cmd::new(ADMIN_KEEP_ALIVE));
+        r.ring(0);
+        assert!(r.irqs().is_empty());
+        r.w32(REG_INTMC, 1);
+        assert_eq!(r.irqs(), [0]);
+        r.pop(0).unwrap();
+        r.ack(0);
+        r.w32(REG_INTMS, 1);
+        r.w32(REG_INTMC, 1);
+        assert!(r.irqs().is_empty(), "nothing unread");
+        // With MSI-X enabled INTMS is not consulted.
+        r.n.config_write((MSIX_CAP_OFFSET + 3) as u64, &[0x80]);
+        r.w32(REG_INTMS, 1);
+        r.admin(Cmd::new(ADMIN_KEEP_ALIVE));
+        assert_eq!(r.irqs(), [0]);
+        // No sink plugged in: nothing to call, nothing breaks.
+        r.n.set_irq_sink(None);
+        r.run(1, Cmd::new(IO_FLUSH).nsid(1));
+    }
+
+    #[test]
+    fn bad_opcodes_queue_ids_sizes_and_vectors_are_refused() {
+        let mut r = Rig::ready();
+        for op in [ADMIN_DOORBELL_BUFFER_CONFIG, 0x03, 0x10, 0x80, 0xff] {
+            assert_eq!(
+                r.admin(Cmd::new(op)).status,
+                STATUS_INVALID_OPCODE,
+                "{op:#x}"
+            );
+        }
+        let c = r.admin(Cmd::new(ADMIN_ABORT).dw(10, 5 | (1 << 16)));
+        assert_eq!((c.status, c.dw0), (STATUS_SUCCESS, 1), "not aborted");
+        assert_eq!(r.create_cq(0, 8, 1, true).status, STATUS_INVALID_QUEUE_ID);
+        assert_eq!(r.create_cq(9, 8, 1, true).status, STATUS_INVALID_QUEUE_ID);
+        assert_eq!(r.create_cq(1, 8, 9, true).status, STATUS_INVALID_VECTOR);
+        assert_eq!(r.create_cq(1, 1, 1, true).status, STATUS_INVALID_QUEUE_SIZE);
+        assert_eq!(
+            r.create_cq(1, 1025, 1, true).status,
+            STATUS_INVALID_QUEUE_SIZE
+        );
+        let no_pc = r.admin(
+            Cmd::new(ADMIN_CREATE_CQ)
+                .prp(cq_base(1), 0)
+                .dw(10, 1 | (7 << 16))
+                .dw(11, 2 | (1 << 16)),
+        );
+        assert_eq!(
+            no_pc.status, STATUS_INVALID_FIELD,
+            "physically contiguous only"
+        );
+        let unaligned = r.admin(
+            Cmd::new(ADMIN_CREATE_CQ)
+                .prp(cq_base(1) + 0x100, 0)
+                .dw(10, 1 | (7 << 16))
+                .dw(11, 3 | (1 << 16)),
+        );
+        assert_eq!(unaligned.status, STATUS_PRP_OFFSET_INVALID);
+        assert_eq!(r.create_cq(1, 1024, 8, true).status, STATUS_SUCCESS);
+        assert_eq!(
+            r.create_cq(1, 8, 1, true).status,
+            STATUS_INVALID_QUEUE_ID,
+            "exists"
+        );
+        assert_eq!(r.create_sq(1, 8, 2).status, STATUS_CQ_INVALID);
+        assert_eq!(
+            r.create_sq(1, 8, 0).status,
+            STATUS_CQ_INVALID,
+            "not the admin CQ"
+        );
+        assert_eq!(r.create_sq(0, 8, 1).status, STATUS_INVALID_QUEUE_ID);
+        assert_eq!(r.create_sq(1, 1025, 1).status, STATUS_INVALID_QUEUE_SIZE);
+        let no_pc = r.admin(
+            Cmd::new(ADMIN_CREATE_SQ)
+                .prp(sq_base(1), 0)
+                .dw(10, 1 | (7 << 16))
+                .dw(11, 1 << 16),
+        );
+        assert_eq!(no_pc.status, STATUS_INVALID_FIELD);
+        assert_eq!(r.create_sq(1, 8, 1).status, STATUS_SUCCESS);
+        assert_eq!(
+            r.create_sq(1, 8, 1).status,
+            STATUS_INVALID_QUEUE_ID,
+            "exists"
+        );
+        assert_eq!(
+            r.create_sq(2, 8, 1).status,
+            STATUS_SUCCESS,
+            "two SQs on one CQ"
+        );
+        // I/O queues need the entry sizes set in CC.
+        let mut r = Rig::ready();
+        r.disable();
+        r.w32(REG_CC, CC_EN);
+        r.q[0].tail = 0;
+        r.q[0].head = 0;
+        r.q[0].phase = true;
+        r.mem.put(ACQ, &[0; 256]);
+        assert_eq!(r.create_cq(1, 8, 1, true).status, STATUS_INVALID_FIELD);
+    }
+
+    #[test]
+    fn queue_deletion_rules() {
+        let mut r = Rig::ready();
+        r.pair(1, 8, 1, true);
+        let del = |r: &mut Rig, op: u8, qid: u32| r.admin(Cmd::new(op).dw(10, qid)).status;
+        assert_eq!(
+            del(&mut r, ADMIN_DELETE_CQ, 1),
+            STATUS_INVALID_QUEUE_DELETION
+        );
+        assert_eq!(del(&mut r, ADMIN_DELETE_SQ, 0), STATUS_INVALID_QUEUE_ID);
+        assert_eq!(del(&mut r, ADMIN_DELETE_CQ, 0), STATUS_INVALID_QUEUE_ID);
+        assert_eq!(del(&mut r, ADMIN_DELETE_SQ, 2), STATUS_INVALID_QUEUE_ID);
+        assert_eq!(
+            del(&mut r, ADMIN_DELETE_SQ, 0xffff),
+            STATUS_INVALID_QUEUE_ID
+        );
+        assert_eq!(del(&mut r, ADMIN_DELETE_SQ, 1), STATUS_SUCCESS);
+        assert_eq!(del(&mut r, ADMIN_DELETE_SQ, 1), STATUS_INVALID_QUEUE_ID);
+        // Its doorbell is a bad doorbell now: no command runs.
+        r.push(1, Cmd::new(IO_FLUSH).nsid(1));
+        r.ring(1);
+        assert!(r.pop(1).is_none());
+        assert_eq!(del(&mut r, ADMIN_DELETE_CQ, 1), STATUS_SUCCESS);
+        assert_eq!(del(&mut r, ADMIN_DELETE_CQ, 1), STATUS_INVALID_QUEUE_ID);
+        // The ids can be used again.
+        r.pair(1, 8, 2, true);
+        assert_eq!(r.run(1, Cmd::new(IO_FLUSH).nsid(1)).status, STATUS_SUCCESS);
+    }
+
+    #[test]
+    fn controller_reset_and_shutdown() {
+        let mut r = Rig::ready();
+        r.pair(1, 8, 1, true);
+        let aer = r.push(0, Cmd::new(ADMIN_ASYNC_EVENT));
+        r.ring(0);
+        assert!(r.pop(0).is_none(), "the request is held");
+        assert_eq!(r.n.aers.len(), 1);
+        r.set_feature(FEAT_VOLATILE_WRITE_CACHE, 0);
+        // CC.EN 1 -> 0: not ready, queues, requests and features gone.
+        r.disable();
+        assert_eq!(r.csts(), 0);
+        assert!(r.n.aers.is_empty());
+        r.push(1, Cmd::new(IO_FLUSH).nsid(1));
+        r.ring(1);
+        assert!(r.pop(1).is_none(), "doorbells do nothing while disabled");
+        r.enable();
+        assert_eq!(
+            r.create_sq(1, 8, 1).status,
+            STATUS_CQ_INVALID,
+            "CQ 1 is gone"
+        );
+        assert_eq!(r.get_feature(FEAT_VOLATILE_WRITE_CACHE, 0, 0).dw0, 1);
+        let _ = aer;
+        // Normal shutdown completes at once; nothing runs until the next reset.
+        let cc = r.r32(REG_CC);
+        r.w32(REG_CC, cc | (1 << CC_SHN_SHIFT));
+        assert_eq!(r.csts() & CSTS_SHST_MASK, CSTS_SHST_COMPLETE);
+        assert_eq!(r.csts() & CSTS_RDY, CSTS_RDY);
+        r.push(0, Cmd::new(ADMIN_KEEP_ALIVE));
+        r.ring(0);
+        assert!(r.pop(0).is_none());
+        // Linux's resume: clear SHN and EN, enable again.
+        r.w32(REG_CC, cc & !CC_EN);
+        assert_eq!(r.csts(), 0);
+        r.enable();
+        assert_eq!(r.admin(Cmd::new(ADMIN_KEEP_ALIVE)).status, STATUS_SUCCESS);
+        // Abrupt shutdown is reported the same way.
+        r.w32(REG_CC, cc | (2 << CC_SHN_SHIFT));
+        assert_eq!(r.csts() & CSTS_SHST_MASK, CSTS_SHST_COMPLETE);
+    }
+
+    #[test]
+    fn function_reset_keeps_the_data() {
+        let mut r = Rig::ready();
+        r.pair(1, 8, 1, true);
+        let data = pattern(4096, 5);
+        r.mem.put(DATA, &data);
+        assert_eq!(r.rw(1, IO_WRITE, 77, 8, DATA, 0), STATUS_SUCCESS);
+        r.n.config_write(4, &[0x06, 0]);
+        r.n.reset();
+        assert_eq!(r.csts(), 0);
+        assert_eq!(r.r32(REG_CC), 0);
+        assert_eq!(r.r32(REG_AQA), 0);
+        assert_eq!(le16(r.n.config(), 4), 0, "command register");
+        r.enable();
+        r.pair(1, 8, 1, true);
+        assert_eq!(r.rw(1, IO_READ, 77, 8, DATA2, 0), STATUS_SUCCESS);
+        assert_eq!(r.mem.get(DATA2, 4096), data);
+        r.irqs();
+        r.run(1, Cmd::new(IO_FLUSH).nsid(1));
+        assert_eq!(r.irqs(), [1], "the sink stays plugged in");
+    }
+
+    fn temp_path(tag: &str) -> std::path::PathBuf {
+        static N: AtomicU32 = AtomicU32::new(0);
+        std::env::temp_dir().join(format!(
+            "uiommu-nvme-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ))
+    }
+
+    #[test]
+    fn file_storage_round_trip() {
+        let path = temp_path("rt");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let mut r = Rig::with(Storage::File {
+            file,
+            size: 1 << 20,
+        });
+        r.enable();
+        r.pair(1, 8, 1, true);
+        assert_eq!(r.identify(CNS_NAMESPACE, 1).1[..8], 2048u64.to_le_bytes());
+        // Past the file's end: zeroes.
+        r.mem.put(DATA2, &[0xee; 4096]);
+        assert_eq!(r.rw(1, IO_READ, 2000, 8, DATA2, 0), STATUS_SUCCESS);
+        assert_eq!(r.mem.get(DATA2, 4096), vec![0; 4096]);
+        let data = pattern(0x3000, 11);
+        r.mem.put(DATA, &data);
+        r.mem.put_u64s(LIST, &[DATA + 0x1000, DATA + 0x2000]);
+        assert_eq!(r.rw(1, IO_WRITE, 8, 24, DATA, LIST), STATUS_SUCCESS);
+        assert_eq!(r.run(1, Cmd::new(IO_FLUSH).nsid(1)).status, STATUS_SUCCESS);
+        let on_disk = std::fs::read(&path).unwrap();
+        assert_eq!(&on_disk[4096..4096 + 0x3000], &data[..]);
+        assert_eq!(r.rw(1, IO_READ, 8, 24, DATA2, LIST), STATUS_SUCCESS);
+        assert_eq!(r.mem.get(DATA2, 0x1000), data[..0x1000]);
+        assert_eq!(r.mem.get(DATA + 0x1000, 0x2000), data[0x1000..]);
+        // Write zeroes and deallocate read back as zero.
+        let wz = Cmd::new(IO_WRITE_ZEROES).nsid(1).dw(10, 9).dw(12, 1);
+        assert_eq!(r.run(1, wz).status, STATUS_SUCCESS);
+        assert_eq!(r.rw(1, IO_READ, 8, 4, DATA2, 0), STATUS_SUCCESS);
+        let got = r.mem.get(DATA2, 2048);
+        assert_eq!(&got[..512], &data[..512]);
+        assert!(got[512..1536].iter().all(|&b| b == 0));
+        assert_eq!(&got[1536..], &data[1536..2048]);
+        // FUA writes go to the file as well.
+        let fua = Cmd::new(IO_WRITE)
+            .nsid(1)
+            .prp(DATA, 0)
+            .dw(10, 100)
+            .dw(12, 1 << 30);
+        assert_eq!(r.run(1, fua).status, STATUS_SUCCESS);
+        assert_eq!(&std::fs::read(&path).unwrap()[51200..51712], &data[..512]);
+        drop(r);
+        // A file the controller cannot write: writes fail with a media error, reads work.
+        let ro = std::fs::File::open(&path).unwrap();
+        let mut r = Rig::with(Storage::File {
+            file: ro,
+            size: 1 << 20,
+        });
+        r.enable();
+        r.pair(1, 8, 1, true);
+        assert_eq!(r.rw(1, IO_WRITE, 0, 8, DATA, 0), STATUS_WRITE_FAULT);
+        assert_eq!(r.rw(1, IO_READ, 8, 1, DATA2, 0), STATUS_SUCCESS);
+        assert_eq!(r.mem.get(DATA2, 512), data[..512]);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn write_zeroes_and_deallocate_zero_the_blocks_and_free_memory() {
+        let mut r = Rig::ready();
+        r.pair(1, 8, 1, true);
+        let Store::Memory(ref m) = r.n.store else {
+            panic!()
+        };
+        assert!(m.chunks.is_empty(), "nothing allocated up front");
+        let data = pattern(MAX_TRANSFER, 4);
+        r.mem.put(DATA, &data);
+        r.mem.put_u64s(
+            LIST,
+            &(1..128).map(|i| DATA + 0x1000 * i).collect::<Vec<_>>(),
+        );
+        for i in 0..4 {
+            assert_eq!(
+                r.rw(1, IO_WRITE, 1024 * i, 1024, DATA, LIST),
+                STATUS_SUCCESS
+            );
+        }
+        let chunks = |r: &Rig| match &r.n.store {
+            Store::Memory(m) => m.chunks.len(),
+            Store::File(_) => 0,
+        };
+        assert_eq!(chunks(&r), 32, "2 MiB in 64 KiB chunks");
+        // Write Zeroes of LBAs 1..=2: a part of the first chunk.
+        let wz = Cmd::new(IO_WRITE_ZEROES).nsid(1).dw(10, 1).dw(12, 1);
+        assert_eq!(r.run(1, wz).status, STATUS_SUCCESS);
+        // Deallocate [128, 128 + 1024) (frees chunks 1..=8) and [3000, 3001) (part of 23).
+        let ranges = [(0u32, 1024u32, 128u64), (0, 1, 3000), (0, 0, 99)];
+        let mut raw = Vec::new();
+        for (attr, nlb, slba) in ranges {
+            raw.extend(attr.to_le_bytes());
+            raw.extend(nlb.to_le_bytes());
+            raw.extend(slba.to_le_bytes());
+        }
+        r.mem.put(DATA2, &raw);
+        let dsm = Cmd::new(IO_DATASET_MANAGEMENT)
+            .nsid(1)
+            .prp(DATA2, 0)
+            .dw(10, 2)
+            .dw(11, 1 << 2);
+        assert_eq!(r.run(1, dsm).status, STATUS_SUCCESS);
+        assert_eq!(chunks(&r), 32 - 8);
+        assert_eq!(r.rw(1, IO_READ, 0, 8, DATA2, 0), STATUS_SUCCESS);
+        let got = r.mem.get(DATA2, 4096);
+        assert_eq!(&got[..512], &data[..512]);
+        assert!(got[512..1536].iter().all(|&b| b == 0));
+        assert_eq!(&got[1536..], &data[1536..4096]);
+        let mut back = vec![0u8; 512];
+        r.n.store.read(3000 * 512, &mut back).unwrap();
+        assert_eq!(back, vec![0; 512]);
+        r.n.store.read(3001 * 512, &mut back).unwrap();
+        assert_eq!(back, data[(3001 - 2048) * 512..][..512]);
+        r.n.store.read(128 * 512, &mut back).unwrap();
+        assert_eq!(back, vec![0; 512]);
+        r.n.store.read(1152 * 512, &mut back).unwrap();
+        assert_eq!(back, data[128 * 512..129 * 512]);
+        // Ranges are checked before anything is zeroed; hints alone do nothing.
+        let blocks = NS_SIZE / 512;
+        r.mem.put(DATA2, &[0u8; 16]);
+        r.mem.put(DATA2 + 4, &2u32.to_le_bytes());
+        r.mem.put(DATA2 + 8, &(blocks - 1).to_le_bytes());
+        let dsm = Cmd::new(IO_DATASET_MANAGEMENT)
+            .nsid(1)
+            .prp(DATA2, 0)
+            .dw(11, 1 << 2);
+        assert_eq!(r.run(1, dsm).status, STATUS_LBA_OUT_OF_RANGE);
+        let hint = Cmd::new(IO_DATASET_MANAGEMENT)
+            .nsid(1)
+            .prp(DATA2, 0)
+            .dw(11, 1);
+        assert_eq!(r.run(1, hint).status, STATUS_SUCCESS);
+        let wz = Cmd::new(IO_WRITE_ZEROES)
+            .nsid(1)
+            .dw(10, (blocks - 1) as u32)
+            .dw(12, 1);
+        assert_eq!(r.run(1, wz).status, STATUS_LBA_OUT_OF_RANGE);
+        // A 32 MiB Write Zeroes (no MDTS limit) over the whole namespace frees everything.
+        let mut big = Rig::with(Storage::Memory { size: 256 << 20 });
+        big.enable();
+        big.pair(1, 8, 1, true);
+        big.mem.put(DATA, &data[..4096]);
+        assert_eq!(big.rw(1, IO_WRITE, 65535, 8, DATA, 0), STATUS_SUCCESS);
+        assert_eq!(chunks(&big), 2);
+        let wz = Cmd::new(IO_WRITE_ZEROES).nsid(1).dw(12, 0xffff);
+        assert_eq!(big.run(1, wz).status, STATUS_SUCCESS);
+        assert_eq!(chunks(&big), 1, "the chunk past the range stays");
+    }
+
+    #[test]
+    fn async_events_are_held_limited_and_masked_until_their_log_is_read() {
+        let mut r = Rig::ready();
+        let aers: Vec<u16> = (0..=AERL)
+            .map(|_| r.push(0, Cmd::new(ADMIN_ASYNC_EVENT)))
+            .collect();
+        r.ring(0);
+        assert!(r.pop(0).is_none(), "held");
+        let c = r.admin(Cmd::new(ADMIN_ASYNC_EVENT));
+        assert_eq!(c.status, STATUS_AER_LIMIT_EXCEEDED);
+        // A write to the doorbell of a queue that does not exist: an error event.
+        r.irqs();
+        r.w32(DOORBELLS + 8 * 5, 1);
+        let c = r.pop(0).expect("an event");
+        r.ack(0);
+        assert_eq!((c.cid, c.status), (aers[0], STATUS_SUCCESS));
+        let dw0 = u32::from(AEN_TYPE_ERROR)
+            | (u32::from(AEN_INVALID_DOORBELL_REGISTER) << 8)
+            | (u32::from(LOG_ERROR) << 16);
+        assert_eq!(c.dw0, dw0);
+        assert_eq!(r.irqs(), [0]);
+        // The next error waits until the error log is read without RAE.
+        r.w32(DOORBELLS, 1000);
+        assert!(r.pop(0).is_none());
+        let (status, log) = r.get_log(LOG_ERROR, 256, 0, true);
+        assert_eq!(status, STATUS_SUCCESS);
+        assert!(log.iter().all(|&b| b == 0));
+        assert!(r.pop(0).is_none(), "RAE keeps it masked");
+        assert_eq!(r.get_log(LOG_ERROR, 64, 0, false).0, STATUS_SUCCESS);
+        let c = r.pop(0).expect("the waiting event");
+        r.ack(0);
+        assert_eq!(c.cid, aers[1]);
+        assert_eq!((c.dw0 >> 8) & 0xff, u32::from(AEN_INVALID_DOORBELL_VALUE));
+        // A temperature threshold under the composite temperature: a SMART event, if enabled.
+        assert_eq!(
+            r.set_feature(FEAT_ASYNC_EVENT_CONFIG, 0x2).status,
+            STATUS_SUCCESS
+        );
+        let c = r.set_feature(FEAT_TEMPERATURE_THRESHOLD, u32::from(TEMPERATURE - 10));
+        assert_eq!(c.status, STATUS_SUCCESS);
+        let c = r.pop(0).expect("a SMART event");
+        r.ack(0);
+        assert_eq!(c.cid, aers[2]);
+        assert_eq!(c.dw0, 1 | (1 << 8) | (2 << 16));
+        let (_, smart) = r.get_log(LOG_SMART, 512, 0, false);
+        assert_eq!(smart[0], CRITICAL_TEMPERATURE);
+        // A controller reset drops the last request.
+        assert_eq!(r.n.aers.len(), 1);
+        r.disable();
+        r.enable();
+        assert!(r.n.aers.is_empty());
+    }
+
+    #[test]
+    fn log_pages() {
+        let mut r = Rig::ready();
+        r.pair(1, 8, 1, true);
+        r.mem.put(DATA, &pattern(4096, 0));
+        r.rw(1, IO_WRITE, 0, 8, DATA, 0);
+        r.rw(1, IO_READ, 0, 8, DATA, 0);
+        r.rw(1, IO_READ, 0, 8, DATA, 0);
+        let (status, smart) = r.get_log(LOG_SMART, 512, 0, false);
+        assert_eq!(status, STATUS_SUCCESS);
+        assert_eq!(smart[0], 0, "no critical warning");
+        assert_eq!(le16(&smart, 1), TEMPERATURE);
+        assert_eq!((smart[3], smart[4], smart[5]), (100, 10, 0));
+        assert_eq!(
+            le64(&smart, 32),
+            1,
+            "data units read (1000 blocks, rounded up)"
+        );
+        assert_eq!(le64(&smart, 48), 1);
+        assert_eq!(le64(&smart, 64), 2, "read commands");
+        assert_eq!(le64(&smart, 80), 1, "write commands");
+        let (status, fw) = r.get_log(LOG_FIRMWARE_SLOT, 512, 0, false);
+        assert_eq!(status, STATUS_SUCCESS);
+        assert_eq!(fw[0], 1);
+        assert_eq!(&fw[8..16], b"1.0     ");
+        // An offset, and a length past the end (only the log is transferred).
+        let (status, part) = r.get_log(LOG_SMART, 1024, 1, false);
+        assert_eq!(status, STATUS_INVALID_FIELD, "offset not dword-aligned");
+        let _ = part;
+        let (status, part) = r.get_log(LOG_SMART, 1024, 508, false);
+        assert_eq!(status, STATUS_SUCCESS);
+        assert_eq!(&part[..4], &smart[508..512]);
+        assert_eq!(&part[4..8], &[0xee; 4]);
+        assert_eq!(r.get_log(LOG_SMART, 4, 512, false).0, STATUS_INVALID_FIELD);
+        assert_eq!(
+            r.get_log(LOG_SMART, 4, 1 << 40, false).0,
+            STATUS_INVALID_FIELD
+        );
+        for lid in [0x00, 0x04, 0x05, 0x06, 0x80, 0xff] {
+            assert_eq!(
+                r.get_log(lid, 512, 0, false).0,
+                STATUS_INVALID_LOG_PAGE,
+                "{lid:#x}"
+            );
+        }
+        // NUMDU makes it longer than MDTS.
+        let c = r.admin(
+            Cmd::new(ADMIN_GET_LOG_PAGE)
+                .prp(IDENT, 0)
+                .dw(10, u32::from(LOG_SMART) | (0xffff << 16))
+                .dw(11, 0xffff),
+        );
+        assert_eq!(c.status, STATUS_INVALID_FIELD);
+    }
+
+    #[test]
+    fn features_read_back_and_are_checked() {
+        let mut r = Rig::ready();
+        let get = |r: &mut Rig, fid: u8, v: u32| {
+            let c = r.get_feature(fid, 0, v);
+            assert_eq!(c.status, STATUS_SUCCESS, "get {fid:#x}");
+            c.dw0
+        };
+        assert_eq!(get(&mut r, FEAT_VOLATILE_WRITE_CACHE, 0), 1);
+        assert_eq!(
+            get(&mut r, FEAT_TEMPERATURE_THRESHOLD, 0),
+            u32::from(WCTEMP)
+        );
+        assert_eq!(get(&mut r, FEAT_TEMPERATURE_THRESHOLD, 1 << 20), 0, "under");
+        for (fid, v) in [
+            (FEAT_ARBITRATION, 0x0102_0303),
+            (FEAT_POWER_MANAGEMENT, 0x20),
+            (FEAT_ERROR_RECOVERY, 100),
+            (FEAT_VOLATILE_WRITE_CACHE, 0),
+            (FEAT_INTERRUPT_COALESCING, 0x0a05),
+            (FEAT_WRITE_ATOMICITY, 1),
+            (FEAT_ASYNC_EVENT_CONFIG, 0x1f),
+        ] {
+            assert_eq!(r.set_feature(fid, v).status, STATUS_SUCCESS, "set {fid:#x}");
+            assert_eq!(get(&mut r, fid, 0), v, "{fid:#x}");
+        }
+        assert_eq!(
+            r.set_feature(FEAT_TEMPERATURE_THRESHOLD, 350 | (1 << 20))
+                .status,
+            STATUS_SUCCESS
+        );
+        assert_eq!(get(&mut r, FEAT_TEMPERATURE_THRESHOLD, 1 << 20), 350);
+        assert_eq!(
+            r.set_feature(FEAT_INTERRUPT_VECTOR_CONFIG, 4 | (1 << 16))
+                .status,
+            STATUS_SUCCESS
+        );
+        assert_eq!(get(&mut r, FEAT_INTERRUPT_VECTOR_CONFIG, 4), 4 | (1 << 16));
+        assert_eq!(get(&mut r, FEAT_INTERRUPT_VECTOR_CONFIG, 3), 3);
+        // Refusals.
+        for (fid, v) in [
+            (FEAT_POWER_MANAGEMENT, 1),
+            (FEAT_TEMPERATURE_THRESHOLD, 300 | (1 << 16)),
+            (FEAT_TEMPERATURE_THRESHOLD, 300 | (2 << 20)),
+            (FEAT_ERROR_RECOVERY, 1 << 16),
+            (FEAT_INTERRUPT_VECTOR_CONFIG, 9),
+            (0x03, 0),
+            (0x0c, 0),
+            (0x0f, 0),
+            (0x80, 0),
+            (0x00, 0),
+        ] {
+            assert_eq!(
+                r.set_feature(fid, v).status,
+                STATUS_INVALID_FIELD,
+                "{fid:#x} {v:#x}"
+            );
+        }
+        let c = r.admin(
+            Cmd::new(ADMIN_SET_FEATURES)
+                .dw(10, u32::from(FEAT_VOLATILE_WRITE_CACHE) | (1 << 31))
+                .dw(11, 1),
+        );
+        assert_eq!(c.status, STATUS_FEATURE_NOT_SAVEABLE);
+        assert_eq!(r.get_feature(0x0c, 0, 0).status, STATUS_INVALID_FIELD);
+        assert_eq!(
+            r.get_feature(FEAT_INTERRUPT_VECTOR_CONFIG, 0, 9).status,
+            STATUS_INVALID_FIELD
+        );
+        // Default, saved and supported-capability selections.
+        assert_eq!(r.get_feature(FEAT_VOLATILE_WRITE_CACHE, 1, 0).dw0, 1);
+        assert_eq!(r.get_feature(FEAT_VOLATILE_WRITE_CACHE, 2, 0).dw0, 1);
+        assert_eq!(r.get_feature(FEAT_VOLATILE_WRITE_CACHE, 3, 0).dw0, 1 << 2);
+        assert_eq!(
+            r.get_feature(FEAT_VOLATILE_WRITE_CACHE, 4, 0).status,
+            STATUS_INVALID_FIELD
+        );
+    }
+
+    #[test]
+    fn model_options_are_checked_and_build_a_controller() {
+        let table = |s: &str| s.parse::<toml::Table>().unwrap();
+        assert!(check_options(&table("")).is_ok());
+        assert!(check_options(&table("size = 1048576\nserial = \"abc\"")).is_ok());
+        for bad in [
+            "size = 1000",
+            "size = -512",
+            "size = \"1M\"",
+            "size = 0",
+            "file = \"\"",
+            "file = 3",
+            "serial = \"\"",
+            "serial = \"a b\"",
+            "serial = \"123456789012345678901\"",
+            "color = \"red\"",
+        ] {
+            assert!(check_options(&table(bad)).is_err(), "{bad}");
+        }
+        let dir = temp_path("model");
+        std::fs::create_dir_all(&dir).unwrap();
+        let build = |options: &toml::Table| {
+            (MODEL.build)(&ModelConfig {
+                vendor: 0x1b36,
+                device: 0x0010,
+                class: DEFAULT_CLASS,
+                multifunction: false,
+                options,
+                base_dir: Some(&dir),
+            })
+        };
+        let m = build(&table("size = 1048576\nserial = \"SN1\"")).unwrap();
+        assert_eq!(m.irq_count(), IRQ_COUNT);
+        assert!(format!("{m:?}").contains("SN1"));
+        assert!(
+            build(&table("file = \"missing.img\"")).is_err(),
+            "not created without size"
+        );
+        assert!(build(&table("file = \"disk.img\"\nsize = 1048576")).is_ok());
+        assert!(dir.join("disk.img").exists());
+        assert!(build(&table("file = \"disk.img\"")).is_ok(), "exists now");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(MODEL.name, "nvme");
+        assert_eq!(MODEL.ids, (DEFAULT_VENDOR, DEFAULT_DEVICE, DEFAULT_CLASS));
+    }
+
+    #[test]
+    fn arbitrary_traffic_never_panics_and_accesses_stay_bounded() {
+        use proptest::prelude::*;
+        let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+            cases: 96,
+            ..Default::default()
+        });
+        let offset = prop_oneof![
+            0u64..0x60,
+            DOORBELLS..DOORBELLS + 0x50,
+            MSIX_TABLE..MSIX_TABLE + 0xa0,
+            any::<u64>()
+        ];
+        let opcode = prop_oneof![0u8..0x0d, Just(0x18u8), Just(0x7cu8), any::<u8>()];
+        let sqe = (
+            0usize..3,
+            opcode,
+            any::<bool>(),
+            prop::array::uniform16(any::<u32>()),
+            0u32..16,
+        );
+        let op = prop_oneof![
+            (
+                any::<bool>(),
+                0u8..2,
+                offset.clone(),
+                prop::collection::vec(any::<u8>(), 0..10)
+            )
+                .prop_map(|(w, bar, off, data)| (0u8, w, bar, off, data, None)),
+            (offset, prop::collection::vec(any::<u8>(), 0..10)).prop_map(|(off, data)| (
+                1u8,
+                true,
+                0,
+                off % 0x1100,
+                data,
+                None
+            )),
+            sqe.prop_map(|s| (2u8, true, 0, 0, Vec::new(), Some(s))),
+            (0u64..MEM as u64, 0u64..0x2000).prop_map(|(at, len)| (
+                3u8,
+                true,
+                0,
+                at,
+                len.to_le_bytes().to_vec(),
+                None
+            )),
+            Just((4u8, true, 0, 0, Vec::new(), None)),
+        ];
+        runner
+            .run(&prop::collection::vec(op, 0..48), |ops| {
+                let mut r = Rig::with(Storage::Memory { size: 1 << 20 });
+                r.enable();
+                r.pair(1, 16, 1, true);
+                r.pair(2, 4, 2, false);
+                for (kind, write, bar, off, data, sqe) in ops {
+                    match (kind, sqe) {
+                        (0, _) if write => r.n.mmio_write(bar, off, &data, &mut r.mem),
+                        (0, _) => {
+                            let mut buf = data.clone();
+                            r.n.mmio_read(bar, off, &mut buf);
+                            prop_assert_eq!(buf.len(), data.len());
+                        }
+                        (1, _) => r.n.config_write(off, &data),
+                        (2, Some((qid, opcode, ns1, mut dw, slot))) => {
+                            dw[0] = (dw[0] & !0xff) | u32::from(opcode);
+                            if ns1 {
+                                dw[0] &= !0xc300; // PRPs, not fused
+                                dw[1] = 1;
+                                dw[12] &= 0xffff_00ff; // short transfers
+                                for i in [6usize, 8] {
+                                    dw[i] %= MEM as u32; // in memory, mostly
+                                    dw[i + 1] = 0;
+                                }
+                            }
+                            let q = r.q[qid];
+                            let bytes: Vec<u8> = dw.iter().flat_map(|w| w.to_le_bytes()).collect();
+                            r.mem.put(q.sq + 64 * u64::from(slot % q.sq_size), &bytes);
+                            r.w32(DOORBELLS + 8 * qid as u64, slot % q.sq_size);
+                            r.w32(DOORBELLS + 8 * qid as u64 + 4, slot % q.cq_size);
+                        }
+                        (3, _) => {
+                            let len = u64::from_le_bytes(data.try_into().unwrap_or([0; 8]));
+                            r.mem.faulty = if len == 0 {
+                                None
+                            } else {
+                                Some((off, off + len))
+                            };
+                        }
+                        (4, _) => {
+                            r.n.reset();
+                            r.enable();
+                        }
+                        _ => {}
+                    }
+                    prop_assert!(r.mem.largest <= MAX_TRANSFER);
+                    if let Store::Memory(m) = &r.n.store {
+                        prop_assert!(m.chunks.len() <= 16, "a 1 MiB namespace");
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+}
