@@ -234,7 +234,7 @@ pub const CNS_ACTIVE_NAMESPACES: u8 = 0x02;
 /// Identify CNS: namespace identification descriptors of NSID.
 pub const CNS_NS_DESCRIPTORS: u8 = 0x03;
 /// Identify CNS: the I/O command set specific controller structure (CSI 0, the NVM command
-/// set: all limits 0, "none beyond MDTS"). Linux asks for it on 1.4 controllers.
+/// set: all limits 0, "none beyond MDTS"). Some Linux versions ask for it on 1.4 controllers.
 pub const CNS_CS_CONTROLLER: u8 = 0x06;
 
 /// Log page: error information (all entries zero).
