@@ -3886,6 +3886,91 @@ mod tests {
     }
 
     #[test]
+    fn linux_probe_io_and_shutdown_sequence() {
+        let mut r = Rig::new();
+        // nvme_pci_enable / nvme_pci_configure_admin_queue / nvme_enable_ctrl.
+        assert_ne!(r.csts(), u32::MAX);
+        let cap = u64::from(r.r32(REG_CAP)) | (u64::from(r.r32(REG_CAP + 4)) << 32);
+        let depth = ((cap & 0xffff) + 1).min(1024);
+        assert_eq!(depth, 1024);
+        assert_eq!(r.r32(REG_CMBSZ), 0);
+        r.w32(REG_CC, 0); // nvme_disable_ctrl
+        assert_eq!(r.csts() & CSTS_RDY, 0);
+        r.enable();
+        // nvme_init_ctrl_finish: VS, Identify, CNS 6, hwmon, queue count, AEN.
+        assert!(r.r32(REG_VS) >= 0x0001_0400);
+        assert_eq!(r.identify(CNS_CONTROLLER, 0).0, STATUS_SUCCESS);
+        let cs = r.admin(
+            Cmd::new(ADMIN_IDENTIFY)
+                .prp(IDENT, 0)
+                .dw(10, u32::from(CNS_CS_CONTROLLER)),
+        );
+        assert_eq!(cs.status, STATUS_SUCCESS);
+        assert_eq!(r.get_log(LOG_SMART, 512, 0, false).0, STATUS_SUCCESS);
+        for under in [0, 1u32 << 20] {
+            let c = r.get_feature(FEAT_TEMPERATURE_THRESHOLD, 0, under);
+            assert_eq!(c.status, STATUS_SUCCESS);
+        }
+        let c = r.set_feature(FEAT_NUMBER_OF_QUEUES, 15 | (15 << 16)); // 16 CPUs
+        let nr = (c.dw0 & 0xffff).min(c.dw0 >> 16) + 1;
+        assert_eq!(nr, 8);
+        let aer = r.push(0, Cmd::new(ADMIN_ASYNC_EVENT));
+        r.ring(0);
+        assert!(r.pop(0).is_none());
+        // nvme_create_io_queues: CQ on vector qid, then SQ, for each queue.
+        for qid in 1..=nr as usize {
+            r.pair(qid, 1024, qid as u16, true);
+        }
+        assert_eq!(r.create_cq(9, 16, 0, true).status, STATUS_INVALID_QUEUE_ID);
+        // nvme_scan_work: the namespace list, descriptors, Identify Namespace, firmware log.
+        assert_eq!(
+            r.identify(CNS_ACTIVE_NAMESPACES, 0).1[..8],
+            [1, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(r.identify(CNS_NS_DESCRIPTORS, 1).0, STATUS_SUCCESS);
+        assert_eq!(r.identify(CNS_NAMESPACE, 1).0, STATUS_SUCCESS);
+        assert_eq!(
+            r.get_log(LOG_FIRMWARE_SLOT, 512, 0, false).0,
+            STATUS_SUCCESS
+        );
+        // I/O on every queue, each completing on its own vector.
+        r.irqs();
+        for qid in 1..=nr as usize {
+            let data = pattern(4096, qid as u8);
+            r.mem.put(DATA, &data);
+            assert_eq!(
+                r.rw(qid, IO_WRITE, 8 * qid as u64, 8, DATA, 0),
+                STATUS_SUCCESS
+            );
+            assert_eq!(
+                r.rw(qid, IO_READ, 8 * qid as u64, 8, DATA2, 0),
+                STATUS_SUCCESS
+            );
+            assert_eq!(r.mem.get(DATA2, 4096), data);
+            assert_eq!(
+                r.run(qid, Cmd::new(IO_FLUSH).nsid(1)).status,
+                STATUS_SUCCESS
+            );
+        }
+        let expected: Vec<u32> = (1..=nr).flat_map(|v| [v, v, v]).collect();
+        assert_eq!(r.irqs(), expected);
+        // nvme_dev_disable(shutdown): delete the SQs, then the CQs, then CC.SHN.
+        for qid in 1..=nr {
+            let c = r.admin(Cmd::new(ADMIN_DELETE_SQ).dw(10, qid));
+            assert_eq!(c.status, STATUS_SUCCESS);
+        }
+        for qid in 1..=nr {
+            let c = r.admin(Cmd::new(ADMIN_DELETE_CQ).dw(10, qid));
+            assert_eq!(c.status, STATUS_SUCCESS);
+        }
+        let cc = r.r32(REG_CC);
+        r.w32(REG_CC, cc | (1 << CC_SHN_SHIFT));
+        assert_eq!(r.csts() & CSTS_SHST_MASK, CSTS_SHST_COMPLETE);
+        assert_eq!(r.n.aers.iter().copied().collect::<Vec<_>>(), [aer]);
+        assert!(r.mem.faults.is_empty());
+    }
+
+    #[test]
     fn arbitrary_traffic_never_panics_and_accesses_stay_bounded() {
         use proptest::prelude::*;
         use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
