@@ -1118,7 +1118,7 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         nodes.sort();
-        assert_eq!(nodes, ["5", "6", "7", "devices", "vfio"]);
+        assert_eq!(nodes, ["14", "5", "6", "7", "devices", "vfio"]);
         assert_eq!(
             std::fs::read_dir(root.join("dev/vfio/devices"))
                 .unwrap()

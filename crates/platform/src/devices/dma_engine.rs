@@ -1107,7 +1107,7 @@ mod tests {
                 &crate::drivers::Driver::Dma("nvme".into())
             );
             assert_eq!(p.drivers.driver(dma0), &crate::drivers::Driver::VfioPci);
-            assert_eq!(p.models.len(), 4);
+            assert_eq!(p.models.len(), 5);
         }
     }
 }

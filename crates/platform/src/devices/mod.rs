@@ -15,7 +15,7 @@ use std::path::Path;
 /// Every device model a platform file can name with `model = "<name>"` (beside `mock`, the
 /// selftest's hot-added device, and `generic`, config space only). A new model is a file in
 /// this directory with its `MODEL`, and a line here.
-pub static MODELS: &[&ModelType] = &[&dma_engine::MODEL];
+pub static MODELS: &[&ModelType] = &[&dma_engine::MODEL, &nvme::MODEL];
 
 /// The registered model named `name`.
 pub fn model_type(name: &str) -> Option<&'static ModelType> {

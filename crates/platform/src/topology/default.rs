@@ -32,6 +32,8 @@ pub(super) fn default_spec() -> FileSpec {
         f("nic0", Endpoint, Some("dsp1"), "00.0")
             .model("generic", "e1000e")
             .ids(0x8086, 0x10d3, 0x02_00_00),
+        f("dsp2", DownstreamPort, Some("usp0"), "02.0").acs(true),
+        f("ssd0", Endpoint, Some("dsp2"), "00.0").model("nvme", "vfio-pci"),
     ];
     FileSpec {
         segment: 0,

@@ -282,7 +282,8 @@ impl Topology {
     /// 00:04.0 rp3 root port (ACS)     -> 05:00.0 usp0 switch upstream port
     ///                                    -> 06:00.0 dsp0 (ACS) -> 07:00.0 nvme1, nvme
     ///                                    -> 06:01.0 dsp1 (ACS) -> 08:00.0 nic0, e1000e
-    /// 00:05.0 rp4 root port (ACS)     -> 09:00.0 ssd0 nvme (emulated), vfio-pci   (alone)
+    ///                                    -> 06:02.0 dsp2 (ACS) -> 09:00.0 ssd0, the emulated
+    ///                                       nvme model, vfio-pci                   (alone)
     /// ```
     pub fn builtin_default() -> Topology {
         Topology::from_spec(default_spec()).unwrap_or_default()

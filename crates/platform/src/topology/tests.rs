@@ -266,8 +266,15 @@ fn downstream_ports_with_acs_isolate() {
 fn default_platform_groups_are_as_documented() {
     let t = Topology::builtin_default();
     check_invariants(&t);
-    assert_eq!(t.len(), 16);
+    assert_eq!(t.len(), 18);
     assert_eq!(group_names(&t, "dma0"), ["dma0"]);
+    // The emulated NVMe controller, alone below its root port, bound to vfio-pci.
+    assert_eq!(group_names(&t, "ssd0"), ["ssd0"]);
+    let ssd0 = t.device(id(&t, "ssd0")).unwrap();
+    assert_eq!(ssd0.model.name(), "nvme");
+    assert_eq!(ssd0.boot_driver, Driver::VfioPci);
+    assert_eq!((ssd0.vendor, ssd0.device, ssd0.class), (0x1b36, 0x0010, 0x010802));
+    assert_eq!(ssd0.bdf.to_string(), "0000:09:00.0");
     assert_eq!(group_names(&t, "dma1"), ["dma1", "dma2"]);
     let dma1 = t.device(id(&t, "dma1")).unwrap();
     assert_eq!(
@@ -288,7 +295,7 @@ fn default_platform_groups_are_as_documented() {
     let firsts: Vec<DeviceId> = t.groups().map(|g| g.devices[0]).collect();
     assert!(firsts.windows(2).all(|w| w[0] < w[1]));
     assert_eq!(t.groups().next().unwrap().id, GroupId(0));
-    assert_eq!(t.groups().count(), 13);
+    assert_eq!(t.groups().count(), 15);
     let text = t.describe();
     assert!(text.contains("0000:00:03.0 rp2: root-port [ACS]"), "{text}");
     assert!(
@@ -573,7 +580,7 @@ fn describe_prints_the_default_platform() {
     // `cargo test -p uiommu-platform --lib describe_prints -- --nocapture` shows the tree.
     let text = Topology::builtin_default().describe();
     println!("{text}");
-    assert_eq!(text.lines().count(), 16);
+    assert_eq!(text.lines().count(), 18);
 }
 
 #[test]

@@ -143,8 +143,8 @@ int main(void)
 	CHECK(stat("/dev/vfio", &a) == 0 && stat("/dev/vfio/devices", &b) == 0);
 	CHECK(a.st_ino != b.st_ino);
 
-	static const char *const top[] = { "vfio", "5", "6", "7", "devices", NULL };
-	static const char *const cdevs[] = { "vfio0", "vfio1", "vfio2", "vfio3", NULL };
+	static const char *const top[] = { "vfio", "5", "6", "7", "14", "devices", NULL };
+	static const char *const cdevs[] = { "vfio0", "vfio1", "vfio2", "vfio3", "vfio4", NULL };
 	check_listing("/dev/vfio", top, dev_st.st_ino);
 	check_listing("/dev/vfio/devices", cdevs, a.st_ino);
 
@@ -179,12 +179,12 @@ int main(void)
 		bound++;
 	}
 	closedir(drv);
-	CHECK(bound == 4);
+	CHECK(bound == 5);
 
 	/* scandir: the result's entries are the nodes, DT_CHR. */
 	struct dirent **list;
 	int n = scandir("/dev/vfio/devices", &list, NULL, alphasort);
-	CHECK(n == 6);
+	CHECK(n == 7);
 	CHECK(strcmp(list[0]->d_name, ".") == 0 && strcmp(list[1]->d_name, "..") == 0);
 	for (int i = 2; i < n; i++) {
 		char want[16];
@@ -195,30 +195,32 @@ int main(void)
 		free(list[i]);
 	free(list);
 	n = scandir("/dev/vfio/", &list, NULL, alphasort);
-	CHECK(n == 7 && strcmp(list[2]->d_name, "5") == 0 && list[2]->d_type == DT_CHR &&
-	      strcmp(list[5]->d_name, "devices") == 0 && list[5]->d_type == DT_DIR &&
-	      strcmp(list[6]->d_name, "vfio") == 0 && list[6]->d_type == DT_CHR);
+	CHECK(n == 8 && strcmp(list[2]->d_name, "14") == 0 && list[2]->d_type == DT_CHR &&
+	      strcmp(list[3]->d_name, "5") == 0 && list[3]->d_type == DT_CHR &&
+	      strcmp(list[6]->d_name, "devices") == 0 && list[6]->d_type == DT_DIR &&
+	      strcmp(list[7]->d_name, "vfio") == 0 && list[7]->d_type == DT_CHR);
 	for (int i = 0; i < n; i++)
 		free(list[i]);
 	free(list);
 
 	/* glob answers /dev/vfio paths. */
 	glob_t g;
-	CHECK(glob("/dev/vfio/*", GLOB_MARK, NULL, &g) == 0 && g.gl_pathc == 5);
-	CHECK(strcmp(g.gl_pathv[0], "/dev/vfio/5") == 0 &&
-	      strcmp(g.gl_pathv[3], "/dev/vfio/devices/") == 0 &&
-	      strcmp(g.gl_pathv[4], "/dev/vfio/vfio") == 0);
+	CHECK(glob("/dev/vfio/*", GLOB_MARK, NULL, &g) == 0 && g.gl_pathc == 6);
+	CHECK(strcmp(g.gl_pathv[0], "/dev/vfio/14") == 0 &&
+	      strcmp(g.gl_pathv[1], "/dev/vfio/5") == 0 &&
+	      strcmp(g.gl_pathv[4], "/dev/vfio/devices/") == 0 &&
+	      strcmp(g.gl_pathv[5], "/dev/vfio/vfio") == 0);
 	globfree(&g);
-	CHECK(glob("/dev/vfio/devices/vfio*", 0, NULL, &g) == 0 && g.gl_pathc == 4);
+	CHECK(glob("/dev/vfio/devices/vfio*", 0, NULL, &g) == 0 && g.gl_pathc == 5);
 	CHECK(strcmp(g.gl_pathv[0], "/dev/vfio/devices/vfio0") == 0 &&
-	      strcmp(g.gl_pathv[3], "/dev/vfio/devices/vfio3") == 0);
+	      strcmp(g.gl_pathv[4], "/dev/vfio/devices/vfio4") == 0);
 	globfree(&g);
 	CHECK(glob("/dev/vfio/devices/nope*", 0, NULL, &g) == GLOB_NOMATCH);
 	globfree(&g);
 
 	/* nftw hands the program the stat of each path: directories and character devices. */
 	CHECK(nftw("/dev/vfio", walk_fn, 8, FTW_PHYS) == 0);
-	CHECK(walked_dirs == 2 && walked_nodes == 8);
+	CHECK(walked_dirs == 2 && walked_nodes == 10);
 
 	/* realpath answers the /dev path. */
 	char rp[PATH_MAX];
@@ -252,7 +254,7 @@ int main(void)
 	CHECK_ERR(stat("/dev/vfio/devices/nope", &a), ENOENT);
 	CHECK_ERR(access("/dev/vfio/devices/nope", F_OK), ENOENT);
 	CHECK_ERR(open("/dev/vfio/nope", O_RDONLY), ENOENT);
-	CHECK_ERR(stat("/dev/vfio/devices/vfio4", &a), ENOENT);
+	CHECK_ERR(stat("/dev/vfio/devices/vfio5", &a), ENOENT);
 	CHECK_ERR(stat("/dev/vfio/4", &a), ENOENT);
 
 	/* Other directories are the real ones. */

@@ -160,9 +160,10 @@ int main(int argc, char **argv)
 	/* glob answers /sys paths. */
 	glob_t g;
 	CHECK(glob("/sys/bus/pci/devices/*/vfio-dev/vfio*", 0, NULL, &g) == 0);
-	CHECK(g.gl_pathc == 4);
+	CHECK(g.gl_pathc == 5);
 	CHECK(strcmp(g.gl_pathv[0], SYSDEV "/vfio-dev/vfio0") == 0);
 	CHECK(strcmp(g.gl_pathv[3], "/sys/bus/pci/devices/0000:04:01.0/vfio-dev/vfio3") == 0);
+	CHECK(strcmp(g.gl_pathv[4], "/sys/bus/pci/devices/0000:09:00.0/vfio-dev/vfio4") == 0);
 	globfree(&g);
 	CHECK(glob("/sys/kernel/iommu_groups/6/devices/*", 0, NULL, &g) == 0 && g.gl_pathc == 2);
 	CHECK(strcmp(g.gl_pathv[1], "/sys/kernel/iommu_groups/6/devices/0000:02:00.1") == 0);
