@@ -417,15 +417,7 @@ impl Call<'_> {
         let before = crate::trace::before(file, mem, req.op, &req.args);
         let m = self.on_file_untraced(file, req);
         let result = if m.err != 0 { Err(m.err) } else { Ok(m.val) };
-        crate::trace::after(
-            self,
-            file,
-            mem,
-            req.op,
-            &req.args,
-            &before,
-            result,
-        );
+        crate::trace::after(self, file, mem, req.op, &req.args, &before, result);
         m
     }
 

@@ -110,10 +110,16 @@ fn malformed_and_hostile_messages_get_errnos_and_the_engine_keeps_serving() {
         None,
     )
     .unwrap();
-    assert_eq!(call(&s, OP_TRACE, [2, 0, 0, 0, 0, 0], Some(a.as_raw_fd())).err, 22);
+    assert_eq!(
+        call(&s, OP_TRACE, [2, 0, 0, 0, 0, 0], Some(a.as_raw_fd())).err,
+        22
+    );
     assert_eq!(host.tracers.count(), 0);
     // A good one is taken.
-    assert_eq!(call(&s, OP_TRACE, [1, 0, 0, 0, 0, 0], Some(a.as_raw_fd())).err, 0);
+    assert_eq!(
+        call(&s, OP_TRACE, [1, 0, 0, 0, 0, 0], Some(a.as_raw_fd())).err,
+        0
+    );
     assert_eq!(host.tracers.count(), 1);
     // An open whose handed-over file the client answers wrongly: the call fails, and the
     // file (in flight, then dropped with the message) does not stay open.

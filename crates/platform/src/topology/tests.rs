@@ -273,7 +273,10 @@ fn default_platform_groups_are_as_documented() {
     let ssd0 = t.device(id(&t, "ssd0")).unwrap();
     assert_eq!(ssd0.model.name(), "nvme");
     assert_eq!(ssd0.boot_driver, Driver::VfioPci);
-    assert_eq!((ssd0.vendor, ssd0.device, ssd0.class), (0x1b36, 0x0010, 0x010802));
+    assert_eq!(
+        (ssd0.vendor, ssd0.device, ssd0.class),
+        (0x1b36, 0x0010, 0x010802)
+    );
     assert_eq!(ssd0.bdf.to_string(), "0000:09:00.0");
     assert_eq!(group_names(&t, "dma1"), ["dma1", "dma2"]);
     let dma1 = t.device(id(&t, "dma1")).unwrap();
