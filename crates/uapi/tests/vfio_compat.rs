@@ -846,7 +846,7 @@ fn group_nodes_exist_for_groups_with_vfio_pci_functions() {
     let e = env();
     assert_eq!(
         vfio_groups(&e.engine),
-        vec![GroupId(5), GroupId(6), GroupId(7)]
+        vec![GroupId(5), GroupId(6), GroupId(7), GroupId(14)]
     );
     assert_eq!(
         VfioGroupFile::open(&e.engine, GroupId(1)).unwrap_err(),
