@@ -336,7 +336,10 @@ mod tests {
     fn groups_with_vfio_devices_have_nodes() {
         let e = Engine::builtin();
         let groups = vfio_groups(&e);
-        assert_eq!(groups, vec![GroupId(5), GroupId(6), GroupId(7), GroupId(14)]);
+        assert_eq!(
+            groups,
+            vec![GroupId(5), GroupId(6), GroupId(7), GroupId(14)]
+        );
         assert_eq!(VfioGroupFile::open(&e, GroupId(0)).unwrap_err(), ENODEV);
         let g = VfioGroupFile::open(&e, GroupId(5)).unwrap();
         assert_eq!(VfioGroupFile::open(&e, GroupId(5)).unwrap_err(), EBUSY);
