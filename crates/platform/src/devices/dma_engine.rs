@@ -44,7 +44,10 @@
 //!   routing, as vfio-pci does); bus mastering is not enforced either.
 //! - Nothing panics, whatever is written.
 
-use super::{only_keys, BarInfo, DeviceModel, DmaFault, DmaPort, IrqSink, ModelType};
+use super::{
+    masked_write, only_keys, read_dwords, write_dwords, BarInfo, DeviceModel, DmaFault, DmaPort,
+    IrqSink, ModelType,
+};
 use crate::addr::Iova;
 use crate::hw::FaultReason;
 use std::fmt;
@@ -494,18 +497,7 @@ impl DeviceModel for DmaEngine {
     }
 
     fn config_write(&mut self, offset: u64, data: &[u8]) {
-        for (i, &b) in data.iter().enumerate() {
-            let Some(off) = offset.checked_add(i as u64) else {
-                return;
-            };
-            let Ok(off) = usize::try_from(off) else {
-                return;
-            };
-            let (Some(slot), Some(&mask)) = (self.config.get_mut(off), self.wmask.get(off)) else {
-                return;
-            };
-            *slot = (*slot & !mask) | (b & mask);
-        }
+        masked_write(&mut self.config, &self.wmask, offset, data, |_, _| {});
     }
 
     fn mmio_read(&mut self, bar: u8, offset: u64, buf: &mut [u8]) {
@@ -513,32 +505,14 @@ impl DeviceModel for DmaEngine {
             buf.fill(0xff);
             return;
         }
-        let lo = self.read_dword(offset);
-        if buf.len() == 8 {
-            let hi = self.read_dword(offset + 4);
-            buf.copy_from_slice(&(u64::from(lo) | (u64::from(hi) << 32)).to_le_bytes());
-        } else {
-            buf.copy_from_slice(&lo.to_le_bytes());
-        }
+        read_dwords(offset, buf, |o| self.read_dword(o));
     }
 
     fn mmio_write(&mut self, bar: u8, offset: u64, data: &[u8], dma: &mut dyn DmaPort) {
         if !Self::decodes(bar, offset, data.len()) {
             return;
         }
-        let dword = |d: &[u8]| -> u32 {
-            let mut b = [0u8; 4];
-            b.copy_from_slice(d);
-            u32::from_le_bytes(b)
-        };
-        match (data.get(0..4), data.get(4..8)) {
-            (Some(lo), Some(hi)) => {
-                self.write_dword(offset, dword(lo), dma);
-                self.write_dword(offset + 4, dword(hi), dma);
-            }
-            (Some(lo), None) => self.write_dword(offset, dword(lo), dma),
-            _ => {}
-        }
+        write_dwords(offset, data, |o, v| self.write_dword(o, v, dma));
     }
 
     fn irq_count(&self) -> u32 {

@@ -56,6 +56,60 @@ pub struct ModelConfig<'a> {
     pub base_dir: Option<&'a Path>,
 }
 
+/// A register read of 4 or 8 bytes at `offset` made of dword reads, low first (the models'
+/// registers are dwords; an 8-byte access is two). The caller has checked the size.
+pub(crate) fn read_dwords(offset: u64, buf: &mut [u8], mut read: impl FnMut(u64) -> u32) {
+    let lo = read(offset);
+    if buf.len() == 8 {
+        let hi = read(offset + 4);
+        buf.copy_from_slice(&(u64::from(lo) | (u64::from(hi) << 32)).to_le_bytes());
+    } else if buf.len() == 4 {
+        buf.copy_from_slice(&lo.to_le_bytes());
+    }
+}
+
+/// A register write of 4 or 8 bytes as dword writes, low first (see [`read_dwords`]).
+pub(crate) fn write_dwords(offset: u64, data: &[u8], mut write: impl FnMut(u64, u32)) {
+    let dword = |d: &[u8]| -> u32 {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(d);
+        u32::from_le_bytes(b)
+    };
+    match (data.get(0..4), data.get(4..8)) {
+        (Some(lo), Some(hi)) => {
+            write(offset, dword(lo));
+            write(offset + 4, dword(hi));
+        }
+        (Some(lo), None) => write(offset, dword(lo)),
+        _ => {}
+    }
+}
+
+/// A config-space write through a write mask: each byte of `data` at `offset` changes only the
+/// bits `wmask` lets it; bytes past either array are dropped. Calls `each` with every offset
+/// written and the byte given.
+pub(crate) fn masked_write(
+    config: &mut [u8],
+    wmask: &[u8],
+    offset: u64,
+    data: &[u8],
+    mut each: impl FnMut(usize, u8),
+) {
+    for (i, &b) in data.iter().enumerate() {
+        let Some(off) = offset
+            .checked_add(i as u64)
+            .and_then(|o| usize::try_from(o).ok())
+        else {
+            return;
+        };
+        let (Some(slot), Some(&mask)) = (config.get_mut(off), wmask.get(off)) else {
+            return;
+        };
+        *slot = (*slot & !mask) | (b & mask);
+        each(off, b);
+    }
+}
+
 /// Only `allowed` keys in `options`: the message names the first other one.
 pub fn only_keys(options: &toml::Table, allowed: &[&str]) -> Result<(), String> {
     match options.keys().find(|k| !allowed.contains(&k.as_str())) {

@@ -52,7 +52,10 @@
 //!   `INTMS` bit 0 hold pin-based interrupts back.
 //! - Nothing panics, whatever is written to config space, registers or host memory.
 
-use super::{only_keys, BarInfo, DeviceModel, DmaPort, IrqSink, ModelConfig, ModelType};
+use super::{
+    masked_write, only_keys, read_dwords, write_dwords, BarInfo, DeviceModel, DmaPort, IrqSink,
+    ModelConfig, ModelType,
+};
 use crate::addr::{Iova, PAGE_SIZE};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -2127,21 +2130,9 @@ impl DeviceModel for Nvme {
         let pmcsr = PM_CAP_OFFSET + 4;
         let state_before = self.config.get(pmcsr).copied().unwrap_or(0) & 3;
         let mut flr = false;
-        for (i, &b) in data.iter().enumerate() {
-            let Some(off) = offset
-                .checked_add(i as u64)
-                .and_then(|o| usize::try_from(o).ok())
-            else {
-                break;
-            };
-            let (Some(slot), Some(&mask)) = (self.config.get_mut(off), self.wmask.get(off)) else {
-                break;
-            };
-            *slot = (*slot & !mask) | (b & mask);
-            if off == PCIE_CAP_OFFSET + 9 && b & PCIE_DEVCTL_FLR != 0 {
-                flr = true;
-            }
-        }
+        masked_write(&mut self.config, &self.wmask, offset, data, |off, b| {
+            flr |= off == PCIE_CAP_OFFSET + 9 && b & PCIE_DEVCTL_FLR != 0;
+        });
         // D1 and D2 are not supported: such a write leaves the power state as it was.
         if let Some(state) = self.config.get_mut(pmcsr) {
             if matches!(*state & 3, 1 | 2) {
@@ -2158,32 +2149,14 @@ impl DeviceModel for Nvme {
             buf.fill(0xff);
             return;
         }
-        let lo = self.read_dword(offset);
-        if buf.len() == 8 {
-            let hi = self.read_dword(offset + 4);
-            buf.copy_from_slice(&(u64::from(lo) | (u64::from(hi) << 32)).to_le_bytes());
-        } else {
-            buf.copy_from_slice(&lo.to_le_bytes());
-        }
+        read_dwords(offset, buf, |o| self.read_dword(o));
     }
 
     fn mmio_write(&mut self, bar: u8, offset: u64, data: &[u8], dma: &mut dyn DmaPort) {
         if !Self::decodes(bar, offset, data.len()) {
             return;
         }
-        let dword = |d: &[u8]| -> u32 {
-            let mut b = [0u8; 4];
-            b.copy_from_slice(d);
-            u32::from_le_bytes(b)
-        };
-        match (data.get(0..4), data.get(4..8)) {
-            (Some(lo), Some(hi)) => {
-                self.write_dword(offset, dword(lo), dma);
-                self.write_dword(offset + 4, dword(hi), dma);
-            }
-            (Some(lo), None) => self.write_dword(offset, dword(lo), dma),
-            _ => {}
-        }
+        write_dwords(offset, data, |o, v| self.write_dword(o, v, dma));
         self.flush_irqs();
     }
 
