@@ -510,16 +510,26 @@ fn traced_ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_int {
     let input = trace::before(kind, request as u32, arg);
     let t0 = trace::start();
     let r = ioctl_of_ours(fd, request, arg);
-    let result = if r < 0 {
+    let result = result_of(i64::from(r));
+    trace::after(fd, kind, request as u32, arg, &input, result, t0);
+    keep_errno(result);
+    r
+}
+
+/// A libc-style return as a trace line records it: the value, or the errno the call set.
+fn result_of(r: i64) -> Result<i64, i32> {
+    if r < 0 {
         Err(real::errno())
     } else {
-        Ok(i64::from(r))
-    };
-    trace::after(fd, kind, request as u32, arg, &input, result, t0);
+        Ok(r)
+    }
+}
+
+/// The call's errno again after its trace line was written (which may have changed it).
+fn keep_errno(result: Result<i64, i32>) {
     if let Err(e) = result {
         real::set_errno(e);
     }
-    r
 }
 
 /// An iommufd or VFIO ioctl (type `';'`): to the engine when the fd is one of ours.
@@ -657,11 +667,7 @@ fn io_impl(
     };
     let t0 = trace::start();
     let r = io_untraced(fd, dir, buf, count, offset, real_op);
-    let result = if r < 0 {
-        Err(real::errno())
-    } else {
-        Ok(r as i64)
-    };
+    let result = result_of(r as i64);
     trace::after_io(
         fd,
         kind,
@@ -672,9 +678,7 @@ fn io_impl(
         result,
         t0,
     );
-    if let Err(e) = result {
-        real::set_errno(e);
-    }
+    keep_errno(result);
     r
 }
 
