@@ -10,6 +10,7 @@
 //! Only root and the engine's own uid may trace: a line shows every client's arguments.
 
 use crate::files::HostFile;
+use std::fmt::Write as _;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -68,25 +69,26 @@ impl Tracers {
         };
         let mut lines: [Option<Line>; 2] = [None, None];
         list.retain_mut(|t| {
+            // Lines lost before are said first; while the socket stays full, this one is lost
+            // too.
             if t.lost > 0 {
                 let mut note = Line::new();
-                let _ = std::fmt::Write::write_fmt(
-                    &mut note,
-                    format_args!(
-                        "{}\n",
-                        if t.json {
-                            format!("{{\"lost\":{}}}", t.lost)
-                        } else {
-                            format!("... {} lines lost (the tracer did not keep up)", t.lost)
-                        }
-                    ),
-                );
-                if !send(&t.sock, note.bytes(), &mut t.lost) {
-                    return false;
-                }
-                if t.lost > 0 {
-                    t.lost += 1;
-                    return true;
+                let _ = if t.json {
+                    writeln!(note, "{{\"lost\":{}}}", t.lost)
+                } else {
+                    writeln!(
+                        note,
+                        "... {} lines lost (the tracer did not keep up)",
+                        t.lost
+                    )
+                };
+                match send(&t.sock, note.bytes()) {
+                    Sent::Gone => return false,
+                    Sent::Full => {
+                        t.lost += 1;
+                        return true;
+                    }
+                    Sent::Yes => t.lost = 0,
                 }
             }
             let line = lines[usize::from(t.json)].get_or_insert_with(|| {
@@ -94,7 +96,14 @@ impl Tracers {
                 format(&mut l, rec, t.json);
                 l
             });
-            send(&t.sock, line.bytes(), &mut t.lost)
+            match send(&t.sock, line.bytes()) {
+                Sent::Gone => false,
+                Sent::Full => {
+                    t.lost += 1;
+                    true
+                }
+                Sent::Yes => true,
+            }
         });
         if list.is_empty() {
             self.on.store(false, Ordering::Relaxed);
@@ -102,24 +111,25 @@ impl Tracers {
     }
 }
 
-/// One packet to a tracer without waiting: false when the tracer is gone; a full socket
-/// counts a lost line.
-fn send(sock: &OwnedFd, bytes: &[u8], lost: &mut u64) -> bool {
+enum Sent {
+    Yes,
+    /// The tracer's socket is full: the line is lost.
+    Full,
+    /// The tracer went away.
+    Gone,
+}
+
+/// One packet to a tracer, without waiting.
+fn send(sock: &OwnedFd, bytes: &[u8]) -> Sent {
     use rustix::net::SendFlags;
     match rustix::net::send(
         sock.as_fd(),
         bytes,
         SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
     ) {
-        Ok(_) => {
-            *lost = 0;
-            true
-        }
-        Err(rustix::io::Errno::AGAIN) => {
-            *lost += 1;
-            true
-        }
-        Err(_) => false,
+        Ok(_) => Sent::Yes,
+        Err(rustix::io::Errno::AGAIN) => Sent::Full,
+        Err(_) => Sent::Gone,
     }
 }
 
