@@ -198,3 +198,21 @@ pub trait DeviceModel: Send + std::fmt::Debug {
     /// Function-level reset: registers to power-on state.
     fn reset(&mut self);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_names_are_registered_once_and_are_not_the_built_in_kinds() {
+        let mut names: Vec<&str> = MODELS.iter().map(|t| t.name).collect();
+        names.extend(["mock", "generic"]);
+        let n = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), n, "{names:?}");
+        for t in MODELS {
+            assert!(std::ptr::eq(model_type(t.name).unwrap(), *t));
+        }
+    }
+}

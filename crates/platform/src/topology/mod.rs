@@ -68,11 +68,6 @@ impl ModelKind {
             _ => crate::devices::model_type(name).map(ModelKind::Emulated),
         }
     }
-
-    /// Whether this is the emulated model named `name`.
-    pub fn is(&self, name: &str) -> bool {
-        self.name() == name
-    }
 }
 
 // Models are told apart by name: each name is registered once.
