@@ -410,7 +410,7 @@ impl Call<'_> {
     /// tracers when any is connected (`uiommu trace`).
     pub(crate) fn on_file(&self, file: &HostFile, req: Request) -> Message {
         let tracers = &self.host.tracers;
-        if !tracers.on() || !matches!(req.op, OP_IOCTL | OP_READ | OP_WRITE) {
+        if !tracers.on() || !matches!(req.op, OP_IOCTL | OP_READ | OP_WRITE | OP_MMAP) {
             return self.on_file_untraced(file, req);
         }
         let mem = self.mem.unwrap_or(&*self.process.mem);

@@ -17,9 +17,8 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 use uiommu_platform::memory::UserMemory;
 use uiommu_platform::UserVa;
-use uiommu_proto::{OP_IOCTL, OP_READ, OP_WRITE};
-use uiommu_uapi::file::Kind;
-use uiommu_uapi::trace::{call, format, FileKind, Line, Op, Record, Who};
+use uiommu_proto::{OP_IOCTL, OP_MMAP, OP_READ, OP_WRITE};
+use uiommu_uapi::trace::{call, format, io_shown, FileKind, Line, Object, Op, Record, Who};
 
 /// [`uiommu_proto::OP_TRACE`]'s flag: JSON lines instead of text.
 pub const TRACE_JSON: u64 = 1;
@@ -148,9 +147,10 @@ pub(crate) fn before(file: &HostFile, mem: &dyn UserMemory, op: u32, args: &[u64
         len: 0,
         started: std::time::Instant::now(),
     };
+    let kind = FileKind::of_open(&file.open);
     let n = match op {
-        OP_IOCTL => call(FileKind::of_open(&file.open), args[0] as u32).1,
-        OP_WRITE if args[1] <= 8 => args[1] as usize,
+        OP_IOCTL => call(kind, args[0] as u32).1,
+        OP_WRITE => io_shown(kind, args[1]),
         _ => 0,
     };
     let n = n.min(b.bytes.len());
@@ -191,10 +191,10 @@ pub(crate) fn after(
                 offset,
             },
             args[0],
-            if args[1] <= 8 && result == Ok(args[1] as i64) {
-                args[1] as usize
-            } else {
-                0
+            match (kind, result) {
+                (FileKind::FaultQueue, Ok(n)) => io_shown(kind, n as u64),
+                (_, Ok(n)) if n == args[1] as i64 => io_shown(kind, args[1]),
+                _ => 0,
             },
         ),
         OP_WRITE => (
@@ -206,6 +206,16 @@ pub(crate) fn after(
             args[0],
             0,
         ),
+        OP_MMAP => (
+            Op::Mmap {
+                len: args[0],
+                prot: args[1] as u32,
+                flags: args[2] as u32,
+                offset: args[3],
+            },
+            0,
+            0,
+        ),
         _ => return,
     };
     let mut out = [0u8; 256];
@@ -215,7 +225,7 @@ pub(crate) fn after(
         } else {
             0
         };
-    let object = object_of(host, file);
+    let object = Object::of_open(&file.open).with_file(file.id);
     let wall_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
@@ -232,27 +242,11 @@ pub(crate) fn after(
             fd: None,
         },
         kind,
-        object: Some(&object),
+        object,
         op: rec_op,
         input,
         output: &out[..out_len],
         result,
         took_ns,
     });
-}
-
-/// What a file stands for, for its trace lines: the open file's number (as `uiommu status`
-/// lists it), an iommufd's context, a device file's function.
-fn object_of(host: &crate::Host, file: &HostFile) -> String {
-    match (&file.open.kind, file.open.vfio()) {
-        (Kind::Iommufd(i), _) => format!("file {}, context {}", file.id, i.context().id().0),
-        (_, Some(v)) => {
-            let dev = v.device();
-            let bdf = host
-                .engine
-                .with_platform(|p| p.topology.device(dev).map(|d| d.bdf.to_string()));
-            format!("file {}, {}", file.id, bdf.unwrap_or_else(|| "?".into()))
-        }
-        _ => format!("file {}", file.id),
-    }
 }

@@ -511,7 +511,8 @@ fn traced_ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_int {
     let t0 = trace::start();
     let r = ioctl_of_ours(fd, request, arg);
     let result = result_of(i64::from(r));
-    trace::after(fd, kind, request as u32, arg, &input, result, t0);
+    let object = traced_object(fd);
+    trace::after(fd, kind, object, request as u32, arg, &input, result, t0);
     keep_errno(result);
     r
 }
@@ -650,6 +651,18 @@ fn traced_kind(fd: c_int) -> Option<trace::FileKind> {
     }
 }
 
+/// What `fd` stands for beyond its kind, for its trace line: what the in-process engine knows
+/// of it (a client of the host engine knows only the kind; `uiommu trace` shows the rest).
+fn traced_object(fd: c_int) -> trace::Object {
+    if host::on() {
+        return trace::Object::default();
+    }
+    active()
+        .and_then(|g| g.files.get(fd))
+        .map(|f| trace::Object::of_open(&f))
+        .unwrap_or_default()
+}
+
 /// The common body of the read/write family (traced with `uiommu run --trace`).
 fn io_impl(
     fd: c_int,
@@ -671,6 +684,7 @@ fn io_impl(
     trace::after_io(
         fd,
         kind,
+        traced_object(fd),
         dir == Dir::Write,
         buf,
         count as u64,
@@ -1034,8 +1048,10 @@ fn mmap_impl(
         if flags & libc::MAP_ANONYMOUS != 0 || fd < 0 {
             return real_op();
         }
+        let t0 = if trace::on() { trace::start() } else { 0 };
         if host::on() {
             if let Some(e) = host::mmap_refusal(fd, len as u64, prot, flags, off) {
+                traced_mmap(fd, None, (len, prot, flags, off), e, t0);
                 set_errno(e);
                 return libc::MAP_FAILED;
             }
@@ -1051,9 +1067,15 @@ fn mmap_impl(
             // library.
             let _h = Hook::enter();
             if let Some(file) = g.files.get(fd) {
-                set_errno(uiommu_uapi::file::mmap_refusal(
-                    &file, len as u64, prot, flags, off,
-                ));
+                let e = uiommu_uapi::file::mmap_refusal(&file, len as u64, prot, flags, off);
+                if trace::on() {
+                    let what = (
+                        trace::FileKind::of_open(&file),
+                        trace::Object::of_open(&file),
+                    );
+                    traced_mmap(fd, Some(what), (len, prot, flags, off), e, t0);
+                }
+                set_errno(e);
                 return libc::MAP_FAILED;
             }
         }
@@ -1069,6 +1091,32 @@ fn mmap_impl(
         }
         real_op()
     })
+}
+
+/// With `uiommu run --trace` on: the line of an mmap (`len`, `prot`, `flags`, `off`) of our
+/// `fd` refused with `errno`; `what` is the file's kind and object when the caller has looked
+/// the file up already (the in-process engine's table, which [`active`] does not give inside
+/// the library).
+fn traced_mmap(
+    fd: c_int,
+    what: Option<(trace::FileKind, trace::Object)>,
+    (len, prot, flags, off): (size_t, c_int, c_int, i64),
+    errno: i32,
+    t0: u64,
+) {
+    if !trace::on() {
+        return;
+    }
+    let what = what.or_else(|| traced_kind(fd).map(|k| (k, traced_object(fd))));
+    if let Some((kind, object)) = what {
+        let op = trace::Op::Mmap {
+            len: len as u64,
+            prot: prot as u32,
+            flags: flags as u32,
+            offset: off as u64,
+        };
+        trace::after_mmap(fd, kind, object, op, errno, t0);
+    }
 }
 
 /// `mmap(2)`: anonymous mappings and other files go to the real `mmap`; our files are refused

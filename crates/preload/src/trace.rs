@@ -14,7 +14,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 pub(crate) use uiommu_uapi::trace::FileKind;
-use uiommu_uapi::trace::{call, format, Line, Op, Record, Who};
+use uiommu_uapi::trace::{call, format, io_shown, Line, Record, Who};
+pub(crate) use uiommu_uapi::trace::{Object, Op};
 
 static ON: AtomicBool = AtomicBool::new(false);
 static JSON: AtomicBool = AtomicBool::new(false);
@@ -24,8 +25,16 @@ static INO: AtomicU64 = AtomicU64::new(0);
 
 /// Whether tracing is on.
 #[inline]
+#[cfg(not(feature = "no-trace"))]
 pub(crate) fn on() -> bool {
     ON.load(Ordering::Relaxed)
+}
+
+/// Whether tracing is on: never, in a library built to measure the trace's cost when off.
+#[inline]
+#[cfg(feature = "no-trace")]
+pub(crate) fn on() -> bool {
+    false
 }
 
 extern "C" fn open_at_load() {
@@ -136,9 +145,11 @@ pub(crate) fn start() -> u64 {
 }
 
 /// After a traced call: write its line.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn after(
     fd: i32,
     kind: FileKind,
+    object: Object,
     request: u32,
     arg: u64,
     input: &Arg,
@@ -157,6 +168,7 @@ pub(crate) fn after(
     write_line(
         fd,
         kind,
+        object,
         op,
         &input.bytes[..input.len],
         &output.bytes[..output.len],
@@ -172,6 +184,7 @@ pub(crate) fn after(
 pub(crate) fn after_io(
     fd: i32,
     kind: FileKind,
+    object: Object,
     write: bool,
     buf: u64,
     count: u64,
@@ -180,21 +193,40 @@ pub(crate) fn after_io(
     started: u64,
 ) {
     let took = start().saturating_sub(started);
-    let mut bytes = [0u8; 8];
-    let n = usize::try_from(count).unwrap_or(usize::MAX);
-    let moved = n <= 8 && result.is_ok_and(|r| r as u64 == count) && read_own(buf, &mut bytes[..n]);
+    let mut bytes = [0u8; 256];
+    let n = match result {
+        Ok(r) if kind == FileKind::FaultQueue => io_shown(kind, r as u64),
+        Ok(r) if r as u64 == count => io_shown(kind, count),
+        _ => 0,
+    };
+    let moved = n > 0 && read_own(buf, &mut bytes[..n]);
     let data = if moved { &bytes[..n] } else { &bytes[..0] };
     let (op, input, output) = if write {
         (Op::Write { buf, count, offset }, data, &bytes[..0])
     } else {
         (Op::Read { buf, count, offset }, &bytes[..0], data)
     };
-    write_line(fd, kind, op, input, output, result, took);
+    write_line(fd, kind, object, op, input, output, result, took);
 }
 
+/// After a traced mmap of one of our files (always refused: `errno`).
+pub(crate) fn after_mmap(
+    fd: i32,
+    kind: FileKind,
+    object: Object,
+    op: Op,
+    errno: i32,
+    started: u64,
+) {
+    let took = start().saturating_sub(started);
+    write_line(fd, kind, object, op, &[], &[], Err(errno), took);
+}
+
+#[allow(clippy::too_many_arguments)]
 fn write_line(
     fd: i32,
     kind: FileKind,
+    object: Object,
     op: Op,
     input: &[u8],
     output: &[u8],
@@ -211,7 +243,7 @@ fn write_line(
             fd: Some(fd),
         },
         kind,
-        object: None,
+        object,
         op,
         input,
         output,

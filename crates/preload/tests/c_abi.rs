@@ -129,10 +129,9 @@ fn the_trace_has_a_line_per_call_with_its_structs_result_and_errno() {
         if format == "text" {
             // A map decoded before and after, a refusal with its errno's name, a device call.
             assert!(
-                lines.iter().any(
-                    |l| l.contains(" iommufd IOMMU_IOAS_MAP(IommuIoasMap { size: 40")
-                        && l.contains(") = 0 -> IommuIoasMap {")
-                ),
+                lines.iter().any(|l| l.contains(" iommufd [context ")
+                    && l.contains("] IOMMU_IOAS_MAP(IommuIoasMap { size: 40")
+                    && l.contains(") = 0 -> IommuIoasMap {")),
                 "{text}"
             );
             assert!(lines.iter().any(|l| l.contains(" = -1 EINVAL <")), "{text}");
@@ -140,7 +139,7 @@ fn the_trace_has_a_line_per_call_with_its_structs_result_and_errno() {
             assert!(
                 lines
                     .iter()
-                    .any(|l| l.contains(" vfio-device VFIO_DEVICE_")),
+                    .any(|l| l.contains(" vfio-device [") && l.contains("] VFIO_DEVICE_")),
                 "{text}"
             );
             assert!(lines.iter().all(|l| l.ends_with(" us>")), "{text}");
@@ -168,16 +167,107 @@ fn the_trace_has_a_line_per_call_with_its_structs_result_and_errno() {
     assert!(out.status.success(), "{out:?}");
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(
-        text.lines().any(|l| l.contains(" vfio-device pwrite(0x")
-            && l.contains(", 4, BAR0+0x28, value 0x1) = 4 <")),
+        text.lines()
+            .any(|l| l.contains(" vfio-device [0000:01:00.0")
+                && l.contains("] pwrite(0x")
+                && l.contains(", 4, BAR0+0x28, value 0x1) = 4 <")),
         "{text}"
     );
     assert!(
-        text.lines().any(|l| l.contains(" vfio-device pread(0x")
-            && l.contains(", config+0x")
-            && l.contains(" -> value 0x")),
+        text.lines()
+            .any(|l| l.contains(" vfio-device [0000:01:00.0")
+                && l.contains("] pread(0x")
+                && l.contains(", config+0x")
+                && l.contains(" -> value 0x")),
         "{text}"
     );
+    // An mmap of a region that cannot be mapped, refused as the kernel refuses it.
+    assert!(
+        text.lines()
+            .any(|l| l.contains(" vfio-device [0000:01:00.0")
+                && l.contains("] mmap(0x1000, 0x1, 0x1, BAR0+0x0) = -1 EINVAL <")),
+        "{text}"
+    );
+    // Each file names what it stands for: an iommufd its context; the device file its
+    // function, and once bound the context and device id its bind returned.
+    assert!(
+        text.lines().any(|l| l.contains(" iommufd [context ")),
+        "{text}"
+    );
+    let bind = text
+        .lines()
+        .find(|l| l.contains(" VFIO_DEVICE_BIND_IOMMUFD(") && l.contains(") = 0 -> "))
+        .unwrap_or_else(|| panic!("{text}"));
+    let devid = bind
+        .rsplit("out_devid: ")
+        .next()
+        .and_then(|r| r.split(' ').next())
+        .unwrap();
+    assert!(
+        bind.contains(" vfio-device [0000:01:00.0, context ")
+            && bind.contains(&format!(", devid {devid}] VFIO_DEVICE_BIND")),
+        "{bind}"
+    );
+    // A fault queue's file: its fault id, the records read and the responses written decoded.
+    for (format, file) in [("text", "fault_poll.trace"), ("json", "fault_poll.jsonl")] {
+        let path = dir.join(file);
+        let _ = std::fs::remove_file(&path);
+        let out = Command::new(compile("fault_poll"))
+            .env("LD_PRELOAD", library())
+            .env_remove("UIOMMU_PLATFORM")
+            .env("UIOMMU_TRACE", &path)
+            .env("UIOMMU_TRACE_FORMAT", format)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let text = std::fs::read_to_string(&path).unwrap();
+        if format == "text" {
+            let alloc = text
+                .lines()
+                .find(|l| l.contains(" IOMMU_FAULT_QUEUE_ALLOC(") && l.contains(") = 0 -> "))
+                .unwrap_or_else(|| panic!("{text}"));
+            let fault = alloc
+                .rsplit("out_fault_id: ")
+                .next()
+                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                .unwrap();
+            let tag = format!(" fault-queue [context 1, fault {fault}] ");
+            assert!(
+                text.lines().any(|l| l.contains(&tag)
+                    && l.contains(" read(0x")
+                    && l.contains(") = 40 -> [IommuHwptPgfault { flags: ")),
+                "{text}"
+            );
+            assert!(
+                text.lines().any(|l| l.contains(&tag)
+                    && l.contains(" write(0x")
+                    && l.contains(", 8, [IommuHwptPageResponse { cookie: ")
+                    && l.contains(") = 8 <")),
+                "{text}"
+            );
+            assert!(
+                text.lines().any(|l| l.contains(&tag)
+                    && l.contains(" read(0x")
+                    && l.contains(" = -1 EFAULT <")),
+                "{text}"
+            );
+        } else {
+            let v: Vec<serde_json::Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+                .collect();
+            assert!(
+                v.iter().any(|c| c["file"] == "fault-queue"
+                    && c["object"]["fault"].is_u64()
+                    && c["object"]["context"].is_u64()
+                    && c["call"] == "read"
+                    && c["records"]
+                        .as_str()
+                        .is_some_and(|r| r.starts_with("[IommuHwptPgfault {"))),
+                "{text}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use uiommu_core::error::errno::EOPNOTSUPP;
 use uiommu_core::fault::{IopfRecord, PageResponse};
-use uiommu_core::{Context, ObjId};
+use uiommu_core::{Context, CtxId, ObjId};
 use uiommu_platform::UserVa;
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -63,6 +63,11 @@ impl FaultQueueFile {
     /// The fault object's id in its context.
     pub fn fault_id(&self) -> ObjId {
         self.fault
+    }
+
+    /// The security context the queue belongs to.
+    pub fn context_id(&self) -> CtxId {
+        self.ctx.id()
     }
 
     fn live(&self) -> Result<(), Errno> {

@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use uiommu_core::error::errno::{EFAULT, EINVAL, EIO, ENOENT, ENOMEM, EOPNOTSUPP, EOVERFLOW};
 use uiommu_core::fault::{PageRequest, IOPF_FLAGS_LAST_PAGE, IOPF_FLAGS_PASID_VALID};
-use uiommu_core::{AccessOps, Context, ObjId, ObjType, RwBuf};
+use uiommu_core::{AccessOps, Context, CtxId, ObjId, ObjType, RwBuf};
 use uiommu_platform::memory::FrameTable;
 use uiommu_platform::pagetable::mock::MOCK_IO_PAGE_SIZE;
 use uiommu_platform::topology::ModelKind;
@@ -290,6 +290,11 @@ impl SelftestAccess {
     /// The access object's id in its context.
     pub fn access_id(&self) -> ObjId {
         self.access
+    }
+
+    /// The security context the access belongs to.
+    pub fn context_id(&self) -> CtxId {
+        self.ctx.id()
     }
 
     /// The ids of the pins it holds, ascending.

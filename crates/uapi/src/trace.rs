@@ -12,6 +12,7 @@ use crate::abi as a;
 use crate::file::Target;
 use crate::vfio_abi as v;
 use std::fmt::Write;
+use uiommu_platform::topology::Bdf;
 use zerocopy::FromBytes;
 
 /// A line being formatted into a fixed buffer; what does not fit is cut.
@@ -64,7 +65,11 @@ pub enum FileKind {
     Device,
     /// `/dev/vfio/<group>`.
     Group,
-    /// A file the engine made (an access, a fault queue, ...).
+    /// A fault queue (`IOMMU_FAULT_QUEUE_ALLOC`'s file).
+    FaultQueue,
+    /// A selftest access (`IOMMU_TEST_OP_CREATE_ACCESS`'s file).
+    Access,
+    /// Another file the engine made.
     Engine,
     /// Not one of ours.
     Unknown,
@@ -78,6 +83,8 @@ impl FileKind {
             FileKind::Container => "vfio-container",
             FileKind::Device => "vfio-device",
             FileKind::Group => "vfio-group",
+            FileKind::FaultQueue => "fault-queue",
+            FileKind::Access => "test-access",
             FileKind::Engine => "engine-file",
             FileKind::Unknown => "?",
         }
@@ -91,7 +98,18 @@ impl FileKind {
             (None, Kind::Iommufd(_)) => FileKind::Iommufd,
             (None, Kind::Vfio(_)) => FileKind::Device,
             (None, Kind::Group(_)) => FileKind::Group,
-            (None, Kind::Engine(_)) => FileKind::Engine,
+            (None, Kind::Engine(e)) => {
+                let any = e.as_any();
+                if any.is::<crate::fault::FaultQueueFile>() {
+                    FileKind::FaultQueue
+                } else if any.is::<crate::selftest::SelftestAccess>() {
+                    FileKind::Access
+                } else if any.is::<crate::vfio_device::VfioDeviceFile>() {
+                    FileKind::Device
+                } else {
+                    FileKind::Engine
+                }
+            }
         }
     }
 
@@ -197,7 +215,7 @@ pub fn call(kind: FileKind, request: u32) -> (&'static str, usize) {
             ),
             _ => ("?", 0),
         }),
-        FileKind::Engine | FileKind::Unknown => None,
+        FileKind::FaultQueue | FileKind::Access | FileKind::Engine | FileKind::Unknown => None,
     };
     found.unwrap_or(("?", 0))
 }
@@ -300,6 +318,137 @@ pub struct Who {
     pub fd: Option<i32>,
 }
 
+/// What a traced file stands for beyond its kind, as far as the tracer knows it: the ids a
+/// user finds in the other calls' arguments and in `uiommu status`. Written after the kind
+/// (`[file 2, 0000:01:00.0, context 1, devid 2]`; JSON: an object of these keys).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Object {
+    /// The host engine's open-file number (as `uiommu status` lists it).
+    pub file: Option<u64>,
+    /// The PCI function of a device file.
+    pub device: Option<Bdf>,
+    /// The IOMMU group of a group file.
+    pub group: Option<u32>,
+    /// The security context: an iommufd's own, the one a device file is bound into, a fault
+    /// queue's or an access's.
+    pub context: Option<u64>,
+    /// A bound device file's device object id (`out_devid`).
+    pub devid: Option<u32>,
+    /// A fault queue's fault object id (`out_fault_id`).
+    pub fault: Option<u32>,
+    /// A selftest access's object id.
+    pub access: Option<u32>,
+}
+
+impl Object {
+    /// What `f`, an open file of the engine, stands for (as it is now: a device file's
+    /// binding appears once it is bound).
+    pub fn of_open(f: &crate::file::OpenFile) -> Object {
+        use crate::file::Kind;
+        let mut o = Object::default();
+        if let Some(v) = f.vfio() {
+            o.device = v.bdf();
+            if let Some((ctx, devid)) = v.binding() {
+                o.context = Some(ctx.0);
+                o.devid = Some(devid.0);
+            }
+            return o;
+        }
+        match &f.kind {
+            Kind::Iommufd(i) => o.context = Some(i.context().id().0),
+            Kind::Group(g) => o.group = Some(g.group().0),
+            Kind::Engine(e) => {
+                let any = e.as_any();
+                if let Some(q) = any.downcast_ref::<crate::fault::FaultQueueFile>() {
+                    o.context = Some(q.context_id().0);
+                    o.fault = Some(q.fault_id().0);
+                } else if let Some(a) = any.downcast_ref::<crate::selftest::SelftestAccess>() {
+                    o.context = Some(a.context_id().0);
+                    o.access = Some(a.access_id().0);
+                }
+            }
+            Kind::Vfio(_) => {}
+        }
+        o
+    }
+
+    /// `self` with the host engine's file number.
+    pub fn with_file(self, file: u64) -> Object {
+        Object {
+            file: Some(file),
+            ..self
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        *self == Object::default()
+    }
+
+    fn json(&self, out: &mut dyn Write) {
+        let mut sep = "{";
+        let mut key = |out: &mut dyn Write, k: &str, v: &dyn std::fmt::Display, quote: bool| {
+            let q = if quote { "\"" } else { "" };
+            let _ = write!(out, "{sep}\"{k}\":{q}{v}{q}");
+            sep = ",";
+        };
+        if let Some(v) = self.file {
+            key(out, "file", &v, false);
+        }
+        if let Some(v) = self.device {
+            key(out, "device", &v, true);
+        }
+        if let Some(v) = self.group {
+            key(out, "group", &v, false);
+        }
+        if let Some(v) = self.context {
+            key(out, "context", &v, false);
+        }
+        if let Some(v) = self.devid {
+            key(out, "devid", &v, false);
+        }
+        if let Some(v) = self.fault {
+            key(out, "fault", &v, false);
+        }
+        if let Some(v) = self.access {
+            key(out, "access", &v, false);
+        }
+        let _ = out.write_str(if sep == "{" { "{}" } else { "}" });
+    }
+}
+
+impl std::fmt::Display for Object {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut sep = "";
+        let mut part = |f: &mut std::fmt::Formatter<'_>, a: std::fmt::Arguments<'_>| {
+            let r = write!(f, "{sep}{a}");
+            sep = ", ";
+            r
+        };
+        if let Some(v) = self.file {
+            part(f, format_args!("file {v}"))?;
+        }
+        if let Some(v) = self.device {
+            part(f, format_args!("{v}"))?;
+        }
+        if let Some(v) = self.group {
+            part(f, format_args!("group {v}"))?;
+        }
+        if let Some(v) = self.context {
+            part(f, format_args!("context {v}"))?;
+        }
+        if let Some(v) = self.devid {
+            part(f, format_args!("devid {v}"))?;
+        }
+        if let Some(v) = self.fault {
+            part(f, format_args!("fault {v}"))?;
+        }
+        if let Some(v) = self.access {
+            part(f, format_args!("access {v}"))?;
+        }
+        Ok(())
+    }
+}
+
 /// One traced call.
 #[derive(Clone, Copy)]
 pub struct Record<'a> {
@@ -309,9 +458,8 @@ pub struct Record<'a> {
     pub who: Who,
     /// The file it was made on.
     pub kind: FileKind,
-    /// What the file stands for beyond its kind, when the tracer knows it (`dev 0000:01:00.0`,
-    /// `ioas 2`): written after the kind.
-    pub object: Option<&'a dyn std::fmt::Display>,
+    /// What the file stands for beyond its kind, as far as the tracer knows it.
+    pub object: Object,
     /// The call.
     pub op: Op,
     /// The argument struct as the caller passed it (empty: none, or unreadable).
@@ -343,6 +491,17 @@ pub enum Op {
         /// pread's offset.
         offset: Option<u64>,
     },
+    /// `mmap` of `len` bytes at file offset `offset` (a VFIO device's region and offset in it).
+    Mmap {
+        /// The length asked.
+        len: u64,
+        /// `PROT_*`.
+        prot: u32,
+        /// `MAP_*`.
+        flags: u32,
+        /// The file offset.
+        offset: u64,
+    },
     /// `write`/`pwrite`.
     Write {
         /// The buffer.
@@ -372,6 +531,41 @@ fn region(offset: u64) -> (&'static str, u64) {
     (name, offset & ((1 << 40) - 1))
 }
 
+/// The records a fault queue's read returned (`struct iommu_hwpt_pgfault`) or its write was
+/// given (`struct iommu_hwpt_page_response`), decoded: `[Rec { .. }, ..]`, a trailing part
+/// record as `..`.
+fn fault_records(out: &mut dyn Write, write: bool, bytes: &[u8]) {
+    fn each<T: FromBytes + std::fmt::Debug>(out: &mut dyn Write, bytes: &[u8]) {
+        let mut rest = bytes;
+        let mut sep = "";
+        while let Ok((t, more)) = T::read_from_prefix(rest) {
+            let _ = write!(out, "{sep}{t:?}");
+            sep = ", ";
+            rest = more;
+        }
+        if !rest.is_empty() {
+            let _ = write!(out, "{sep}..");
+        }
+    }
+    let _ = out.write_str("[");
+    if write {
+        each::<a::IommuHwptPageResponse>(out, bytes);
+    } else {
+        each::<a::IommuHwptPgfault>(out, bytes);
+    }
+    let _ = out.write_str("]");
+}
+
+/// How many bytes of a read or write of `count` bytes a line shows: a register access's
+/// value (at most 8 bytes), or a fault queue's records (as many as a line holds).
+pub fn io_shown(kind: FileKind, count: u64) -> usize {
+    match kind {
+        FileKind::FaultQueue => usize::try_from(count).unwrap_or(usize::MAX).min(256),
+        _ if count <= 8 => count as usize,
+        _ => 0,
+    }
+}
+
 /// Up to 8 bytes as a little-endian number: a register access's value.
 fn value(bytes: &[u8]) -> Option<u64> {
     (!bytes.is_empty() && bytes.len() <= 8).then(|| {
@@ -395,6 +589,7 @@ pub fn format(out: &mut dyn Write, rec: &Record<'_>, json: bool) {
             offset: None, buf, ..
         } => ("write", None, buf),
         Op::Write { buf, .. } => ("pwrite", None, buf),
+        Op::Mmap { .. } => ("mmap", None, 0),
     };
     let kind = rec.kind;
     if json {
@@ -412,8 +607,9 @@ pub fn format(out: &mut dyn Write, rec: &Record<'_>, json: bool) {
             let _ = write!(out, ",\"fd\":{fd}");
         }
         let _ = write!(out, ",\"file\":\"{}\"", kind.name());
-        if let Some(o) = rec.object {
-            let _ = write!(out, ",\"object\":\"{o}\"");
+        if !rec.object.is_empty() {
+            let _ = out.write_str(",\"object\":");
+            rec.object.json(out);
         }
         let _ = write!(out, ",\"call\":\"{name}\"");
         match rec.op {
@@ -422,6 +618,21 @@ pub fn format(out: &mut dyn Write, rec: &Record<'_>, json: bool) {
                 let _ = out.write_str(",\"in\":\"");
                 quoted(out, kind, request.unwrap_or(0), rec.input);
                 let _ = out.write_str("\"");
+            }
+            Op::Mmap {
+                len,
+                prot,
+                flags,
+                offset,
+            } => {
+                let _ = write!(
+                    out,
+                    ",\"len\":{len},\"prot\":{prot},\"flags\":{flags},\"offset\":{offset}"
+                );
+                if kind == FileKind::Device {
+                    let (r, at) = region(offset);
+                    let _ = write!(out, ",\"region\":\"{r}\",\"at\":{at}");
+                }
             }
             Op::Read { count, offset, .. } | Op::Write { count, offset, .. } => {
                 let _ = write!(out, ",\"buf\":{arg},\"count\":{count}");
@@ -432,11 +643,15 @@ pub fn format(out: &mut dyn Write, rec: &Record<'_>, json: bool) {
                         let _ = write!(out, ",\"region\":\"{r}\",\"at\":{at}");
                     }
                 }
-                if let Some(v) = value(if matches!(rec.op, Op::Write { .. }) {
-                    rec.input
-                } else {
-                    rec.output
-                }) {
+                let write = matches!(rec.op, Op::Write { .. });
+                let moved = if write { rec.input } else { rec.output };
+                if kind == FileKind::FaultQueue {
+                    if !moved.is_empty() {
+                        let _ = out.write_str(",\"records\":\"");
+                        fault_records(out, write, moved);
+                        let _ = out.write_str("\"");
+                    }
+                } else if let Some(v) = value(moved) {
                     let _ = write!(out, ",\"value\":{v}");
                 }
             }
@@ -478,8 +693,8 @@ pub fn format(out: &mut dyn Write, rec: &Record<'_>, json: bool) {
         let _ = write!(out, " fd {fd}");
     }
     let _ = write!(out, " {}", kind.name());
-    if let Some(o) = rec.object {
-        let _ = write!(out, " [{o}]");
+    if !rec.object.is_empty() {
+        let _ = write!(out, " [{}]", rec.object);
     }
     let _ = write!(out, " {name}(");
     match rec.op {
@@ -488,6 +703,20 @@ pub fn format(out: &mut dyn Write, rec: &Record<'_>, json: bool) {
                 let _ = write!(out, "{arg:#x}");
             } else {
                 decode(out, kind, request, rec.input);
+            }
+        }
+        Op::Mmap {
+            len,
+            prot,
+            flags,
+            offset,
+        } => {
+            let _ = write!(out, "{len:#x}, {prot:#x}, {flags:#x}, ");
+            if kind == FileKind::Device {
+                let (r, at) = region(offset);
+                let _ = write!(out, "{r}+{at:#x}");
+            } else {
+                let _ = write!(out, "{offset:#x}");
             }
         }
         Op::Read { count, offset, .. } | Op::Write { count, offset, .. } => {
@@ -500,7 +729,12 @@ pub fn format(out: &mut dyn Write, rec: &Record<'_>, json: bool) {
                     let _ = write!(out, ", {o:#x}");
                 }
             }
-            if let (Op::Write { .. }, Some(v)) = (rec.op, value(rec.input)) {
+            if kind == FileKind::FaultQueue {
+                if !rec.input.is_empty() {
+                    let _ = out.write_str(", ");
+                    fault_records(out, true, rec.input);
+                }
+            } else if let (Op::Write { .. }, Some(v)) = (rec.op, value(rec.input)) {
                 let _ = write!(out, ", value {v:#x}");
             }
         }
@@ -514,6 +748,11 @@ pub fn format(out: &mut dyn Write, rec: &Record<'_>, json: bool) {
                     let _ = out.write_str(" -> ");
                     decode(out, kind, request, rec.output);
                 }
+                Op::Read { .. } if kind == FileKind::FaultQueue && !rec.output.is_empty() => {
+                    let _ = out.write_str(" -> ");
+                    fault_records(out, false, rec.output);
+                }
+                Op::Read { .. } if kind == FileKind::FaultQueue => {}
                 Op::Read { .. } => {
                     if let Some(v) = value(rec.output) {
                         let _ = write!(out, " -> value {v:#x}");

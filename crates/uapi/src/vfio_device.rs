@@ -39,11 +39,11 @@ use crate::vfio_abi::*;
 use crate::{Caller, Errno};
 use std::sync::{Arc, Mutex, MutexGuard};
 use uiommu_core::error::errno::{EFAULT, EINVAL, EIO, ENODEV, ENOTTY, ERANGE};
-use uiommu_core::{Context, Engine, ObjId};
+use uiommu_core::{Context, CtxId, Engine, ObjId};
 use uiommu_platform::devices::{BarInfo, IrqSink};
 use uiommu_platform::drivers::Driver;
 use uiommu_platform::memory::UserMemory;
-use uiommu_platform::topology::DeviceId;
+use uiommu_platform::topology::{Bdf, DeviceId};
 use uiommu_platform::{Platform, UserVa, PAGE_SIZE};
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -466,6 +466,18 @@ impl VfioDeviceFile {
     /// The iommufd device object id, once bound.
     pub fn devid(&self) -> Option<ObjId> {
         self.lock().bound.as_ref().map(|b| b.devid)
+    }
+
+    /// The security context the file is bound into and its device object id there, once
+    /// bound.
+    pub fn binding(&self) -> Option<(CtxId, ObjId)> {
+        self.lock().bound.as_ref().map(|b| (b.ctx.id(), b.devid))
+    }
+
+    /// The PCI address of the function behind the file.
+    pub fn bdf(&self) -> Option<Bdf> {
+        self.engine
+            .with_platform(|p| p.topology.device(self.dev).map(|d| d.bdf))
     }
 
     fn lock(&self) -> MutexGuard<'_, FileState> {

@@ -250,7 +250,10 @@ fn run_qemu_via(name: &str, shell_prefix: Option<&str>, device_args: &[&str]) ->
             format!("{prefix} exec \"$0\" \"$@\""),
         ];
     }
-    let mut cmd = qemu_command(qemu, &[], &prefix_args, device_args);
+    // Traced too (`uiommu run --trace`): read by the tests that check QEMU's calls.
+    let trace = scratch(&format!("{name}.trace"));
+    let run_args = ["--trace", trace.to_str().unwrap()];
+    let mut cmd = qemu_command(qemu, &run_args, &prefix_args, device_args);
     cmd.env("UIOMMU_STATS", &stats);
     let mut q = Qmp::start(cmd);
     let caps = q.execute("qmp_capabilities");
@@ -319,6 +322,39 @@ fn qemu_iommufd_backend_realizes_the_vfio_device_and_maps_guest_ram() {
         "{summary}"
     );
     assert!(mapped_bytes(&summary) >= GUEST_RAM, "{summary}");
+    // The trace of the run: QEMU's bind names the device object it made, and its map of guest
+    // RAM into the IOAS it allocated is there, decoded.
+    let trace = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("qemu")
+            .join("iommufd.trace"),
+    )
+    .unwrap();
+    let bind = trace
+        .lines()
+        .find(|l| l.contains(" VFIO_DEVICE_BIND_IOMMUFD(") && l.contains(") = 0 -> "))
+        .unwrap_or_else(|| panic!("{trace}"));
+    assert!(
+        bind.contains(" vfio-device [0000:01:00.0, context 1, devid "),
+        "{bind}"
+    );
+    let ioas = trace
+        .lines()
+        .find_map(|l| {
+            l.contains(" IOMMU_IOAS_ALLOC(")
+                .then(|| l.rsplit("out_ioas_id: ").next())
+                .flatten()
+                .and_then(|r| r.split(' ').next())
+        })
+        .unwrap_or_else(|| panic!("{trace}"));
+    assert!(
+        trace
+            .lines()
+            .any(|l| l.contains(" iommufd [context 1] IOMMU_IOAS_MAP(")
+                && l.contains(&format!("ioas_id: {ioas}, "))
+                && l.contains(&format!("length: {GUEST_RAM}, iova: 0 }}) = 0 -> "))),
+        "{trace}"
+    );
 }
 
 #[test]
