@@ -365,8 +365,14 @@ impl Engine {
         self.with(|st| st.platform.iommu.faults().to_vec())
     }
 
-    /// The IOMMU fault log with each fault's time, oldest first, and how many faults were
-    /// ever recorded (the log keeps the most recent).
+    /// What each device's DMA moved through the IOMMU (completed reads and writes, their
+    /// bytes, faults), by device.
+    pub fn dma_counters(&self) -> Vec<(DeviceId, uiommu_platform::hw::DmaCounters)> {
+        self.with(|st| st.platform.iommu.dma_counters())
+    }
+
+    /// The IOMMU fault log with each record's time, oldest first, and how many faults there
+    /// were in all (the log keeps the most recent).
     pub fn fault_log(&self) -> (Vec<(FaultRecord, std::time::SystemTime)>, u64) {
         self.with(|st| {
             (

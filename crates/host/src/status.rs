@@ -167,6 +167,7 @@ pub fn json(host: &Host) -> Value {
         "contexts": contexts,
         "groups": groups,
         "faults": faults(host),
+        "dma": dma(host),
         "users": users.iter().map(|&uid| json!({
             "uid": uid,
             "locked_pages": host.engine.pages_charged_to(uid),
@@ -177,6 +178,29 @@ pub fn json(host: &Host) -> Value {
             "held_frames": host.engine.held_frames(),
         },
     })
+}
+
+/// What each device's DMA moved through the IOMMU since the engine started: `[{device,
+/// reads, read_bytes, writes, write_bytes, faults}]` (`device`: the BDF), one entry per device
+/// that did any DMA.
+fn dma(host: &Host) -> Value {
+    host.engine
+        .dma_counters()
+        .into_iter()
+        .map(|(dev, c)| {
+            let bdf = host
+                .engine
+                .with_platform(|p| p.topology.device(dev).map(|d| d.bdf.to_string()));
+            json!({
+                "device": bdf,
+                "reads": c.reads,
+                "read_bytes": c.read_bytes,
+                "writes": c.writes,
+                "write_bytes": c.write_bytes,
+                "faults": c.faults,
+            })
+        })
+        .collect()
 }
 
 /// The IOMMU fault log: `{total, log: [{time, device, rid, iova, access, reason}]}` (`time`:

@@ -157,7 +157,10 @@ impl DmaContext<'_> {
             .map_err(|bad| (r, bad))
         };
         match self.walk(iova, len as u64, access, &mut copy_run) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.iommu.count_dma(self.device, access, len as u64);
+                Ok(())
+            }
             Err(Walk::Translate(at, why)) => Err(self.fault(at, access, why)),
             Err(Walk::Run((r, bad))) => {
                 // A copy failure is a BadPhysical fault at the IOVA of the failing address.
@@ -213,6 +216,8 @@ impl DmaContext<'_> {
 impl DmaPort for DmaContext<'_> {
     fn dma_copy(&mut self, src: Iova, dst: Iova, len: usize) -> Result<(), (DmaFault, bool)> {
         if self.copy_direct(src, dst, len as u64).is_some() {
+            self.iommu.count_dma(self.device, Access::Read, len as u64);
+            self.iommu.count_dma(self.device, Access::Write, len as u64);
             return Ok(());
         }
         crate::devices::copy_through_buffer(self, src, dst, len)
@@ -367,6 +372,35 @@ mod tests {
         rig.port().dma_read(Iova(IOVA + 0x345), &mut back).unwrap();
         assert_eq!(back, data);
         assert!(rig.iommu.faults().is_empty());
+    }
+
+    #[test]
+    fn dma_counters_count_completed_accesses_their_bytes_and_faults() {
+        let mut rig = Rig::new(4);
+        let mut buf = vec![0u8; 3 * PAGE_SIZE as usize];
+        rig.port().dma_write(Iova(IOVA + 1), &buf[..100]).unwrap();
+        rig.port().dma_read(Iova(IOVA), &mut buf).unwrap();
+        rig.port()
+            .dma_copy(Iova(IOVA), Iova(IOVA + 2 * PAGE_SIZE), 4096)
+            .unwrap();
+        // A faulting write (its first pages land, but the access did not complete).
+        rig.port()
+            .dma_write(Iova(IOVA + 2 * PAGE_SIZE), &buf)
+            .unwrap_err();
+        let counters = rig.iommu.dma_counters();
+        assert_eq!(
+            counters,
+            [(
+                DEV,
+                crate::hw::DmaCounters {
+                    reads: 2,
+                    read_bytes: 3 * PAGE_SIZE + 4096,
+                    writes: 2,
+                    write_bytes: 100 + 4096,
+                    faults: 1,
+                }
+            )]
+        );
     }
 
     #[test]

@@ -232,6 +232,24 @@ pub struct Iommu {
     /// When each fault of `faults` was recorded (same order).
     fault_times: Vec<std::time::SystemTime>,
     faults_total: u64,
+    /// What each device's DMA moved through the IOMMU.
+    dma: FastHashMap<DeviceId, DmaCounters>,
+}
+
+/// What one device's DMA did through the IOMMU since the platform was made: the accesses
+/// that were translated and completed, their bytes, and the faults it took.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct DmaCounters {
+    /// Completed reads of memory by the device.
+    pub reads: u64,
+    /// Their bytes.
+    pub read_bytes: u64,
+    /// Completed writes to memory by the device.
+    pub writes: u64,
+    /// Their bytes.
+    pub write_bytes: u64,
+    /// Accesses that faulted (recorded in the fault log).
+    pub faults: u64,
 }
 
 impl fmt::Debug for Iommu {
@@ -267,7 +285,30 @@ impl Iommu {
             faults: Vec::new(),
             fault_times: Vec::new(),
             faults_total: 0,
+            dma: FastHashMap::default(),
         }
+    }
+
+    /// Count a completed DMA access of `len` bytes by `dev` in direction `access`.
+    pub fn count_dma(&mut self, dev: DeviceId, access: Access, len: u64) {
+        let c = self.dma.entry(dev).or_default();
+        match access {
+            Access::Read => {
+                c.reads += 1;
+                c.read_bytes += len;
+            }
+            Access::Write => {
+                c.writes += 1;
+                c.write_bytes += len;
+            }
+        }
+    }
+
+    /// Every device's DMA counters, by device id.
+    pub fn dma_counters(&self) -> Vec<(DeviceId, DmaCounters)> {
+        let mut v: Vec<_> = self.dma.iter().map(|(&d, &c)| (d, c)).collect();
+        v.sort_unstable_by_key(|&(d, _)| d);
+        v
     }
 
     #[inline]
@@ -649,6 +690,7 @@ impl Iommu {
             let cut = self.fault_times.len().saturating_sub(self.faults.len());
             self.fault_times.drain(..cut);
         }
+        self.dma.entry(fault.device).or_default().faults += 1;
         self.faults.push(fault);
         self.fault_times.push(std::time::SystemTime::now());
         self.faults_total += 1;

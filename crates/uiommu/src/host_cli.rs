@@ -275,6 +275,19 @@ pub fn status_text(v: &serde_json::Value) -> String {
         "pinned: {} page(s) charged to the user, {} pin(s), {} frame(s) of shared memory held",
         v["pinned"]["user_pages"], v["pinned"]["total_pins"], v["pinned"]["held_frames"]
     );
+    let _ = writeln!(out, "dma through the IOMMU:");
+    for d in v["dma"].as_array().unwrap_or(&empty) {
+        let _ = writeln!(
+            out,
+            "  {}: {} read(s) of memory, {} byte(s); {} write(s), {} byte(s); {} fault(s)",
+            d["device"].as_str().unwrap_or("?"),
+            d["reads"],
+            d["read_bytes"],
+            d["writes"],
+            d["write_bytes"],
+            d["faults"]
+        );
+    }
     out
 }
 

@@ -46,9 +46,20 @@ fn built() -> bool {
     })
 }
 
-/// Boot the guest with `device` args under `uiommu run --engine host` over a platform whose
-/// ssd0 is backed by a file; returns the console's UIOMMU-GUEST lines and the file.
-fn boot(name: &str, device: &[&str]) -> Option<(String, PathBuf)> {
+/// What a boot left: the console's UIOMMU-GUEST lines, the namespace's backing file, and the
+/// engine's status (`uiommu status --json`) after the guest powered off.
+struct Booted {
+    text: String,
+    image: PathBuf,
+    status: serde_json::Value,
+}
+
+/// Boot the guest with `device` args under `uiommu run --engine host` against an engine
+/// started for the test (`uiommu serve`) over a platform whose ssd0 is backed by a file and has
+/// the model options `more_options` as well; `append`: kernel parameters, `mib`: the pattern's
+/// MiB. After the guest powered off, the engine must still answer: its status is returned, and
+/// then it is stopped.
+fn boot(name: &str, device: &[&str], more_options: &str, append: &str, mib: u32) -> Option<Booted> {
     if !built() {
         return None;
     }
@@ -57,25 +68,49 @@ fn boot(name: &str, device: &[&str]) -> Option<(String, PathBuf)> {
     std::fs::create_dir_all(&dir).unwrap();
     // The built-in platform, with ssd0's namespace in a file beside the platform file.
     let mut platform = std::fs::read_to_string(repo().join("platforms/default.toml")).unwrap();
-    platform.push_str("options = { size = 268435456, file = \"ssd0.img\" }\n");
     assert!(
-        platform.trim_end().ends_with(
-            "driver = \"vfio-pci\"\noptions = { size = 268435456, file = \"ssd0.img\" }"
-        ),
+        platform.trim_end().ends_with("driver = \"vfio-pci\"")
+            && platform.contains("name = \"ssd0\""),
         "ssd0 is the last function of platforms/default.toml"
     );
+    platform.push_str(&format!(
+        "options = {{ size = 268435456, file = \"ssd0.img\"{more_options} }}\n"
+    ));
     let platform_file = dir.join("platform.toml");
     std::fs::write(&platform_file, platform).unwrap();
     let instance = format!("nvme-guest-{}-{name}", std::process::id());
+    let mut serve = uiommu()
+        .args(["serve", "--instance", &instance, "--platform"])
+        .arg(&platform_file)
+        .stderr(std::fs::File::create(dir.join("engine.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let status = || {
+        let out = uiommu()
+            .args(["status", "--json", "--instance", &instance])
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap())
+    };
+    let t0 = std::time::Instant::now();
+    while status().is_none() {
+        assert!(t0.elapsed().as_secs() < 30, "the engine did not answer");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let wrap = format!(
-        "{} run --engine host --instance {instance} --platform {} --",
+        "{} run --engine host --instance {instance} --",
         env!("CARGO_BIN_EXE_uiommu"),
-        platform_file.display()
     );
-    let out = Command::new("bash")
-        .arg(repo().join("guest/run.sh"))
-        .args(["--timeout", "400", "--log"])
-        .arg(dir.join("console.log"))
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo().join("guest/run.sh"))
+        .args(["--timeout", "400", "--mib", &mib.to_string(), "--log"])
+        .arg(dir.join("console.log"));
+    if !append.is_empty() {
+        cmd.args(["--append", append]);
+    }
+    let out = cmd
         .args(["--wrap", &wrap, "--"])
         .args(device)
         .output()
@@ -83,17 +118,37 @@ fn boot(name: &str, device: &[&str]) -> Option<(String, PathBuf)> {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     print!("{text}");
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    let after = status();
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(serve.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    );
+    let _ = serve.wait();
     assert!(
         out.status.success(),
-        "the guest did not pass ({}):\n{text}",
-        out.status
+        "the guest did not pass ({}):\n{text}\nengine log:\n{}",
+        out.status,
+        std::fs::read_to_string(dir.join("engine.log")).unwrap_or_default()
     );
-    // The engine went idle: nothing of the run stays.
-    let _ = uiommu().args(["status", "--instance", &instance]).output();
-    Some((text, dir.join("ssd0.img")))
+    let status = after.expect("the engine still answers after the guest");
+    Some(Booted {
+        text,
+        image: dir.join("ssd0.img"),
+        status,
+    })
 }
 
-fn check(text: &str, image: &Path) {
+/// ssd0's entry in the engine's DMA counters (`status.dma`).
+fn ssd0_dma(status: &serde_json::Value) -> serde_json::Value {
+    status["dma"]
+        .as_array()
+        .and_then(|a| a.iter().find(|d| d["device"] == "0000:09:00.0"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no DMA counters of ssd0: {}", status["dma"]))
+}
+
+fn check(b: &Booted) {
+    let (text, image) = (&b.text, &b.image);
     for want in [
         "driver=nvme",
         "model=\"uiommu NVMe\"",
@@ -127,11 +182,27 @@ fn check(text: &str, image: &Path) {
         .and_then(|s| s.split(' ').next())
         .unwrap();
     assert!(report.contains(sha), "{report}");
+    // The engine saw the DMA: the pattern written (the controller read it from guest memory)
+    // and read back (written into guest memory), the filesystem's on top, through the IOMMU,
+    // with no fault on this path.
+    let dma = ssd0_dma(&b.status);
+    let mib = 1u64 << 20;
+    assert!(
+        dma["read_bytes"].as_u64().unwrap() >= 64 * mib + 8 * mib,
+        "{dma}"
+    );
+    assert!(
+        dma["write_bytes"].as_u64().unwrap() >= 64 * mib + 8 * mib,
+        "{dma}"
+    );
+    assert_eq!(dma["faults"], 0, "{dma}");
+    assert_eq!(b.status["faults"]["total"], 0, "{}", b.status["faults"]);
+    println!("engine DMA counters of ssd0: {dma}");
 }
 
 #[test]
 fn a_guests_nvme_driver_does_dma_through_the_iommufd_backend() {
-    let Some((text, image)) = boot(
+    let Some(b) = boot(
         "iommufd",
         &[
             "-object",
@@ -139,16 +210,70 @@ fn a_guests_nvme_driver_does_dma_through_the_iommufd_backend() {
             "-device",
             "vfio-pci,host=0000:09:00.0,iommufd=iommufd0",
         ],
+        "",
+        "",
+        64,
     ) else {
         return;
     };
-    check(&text, &image);
+    check(&b);
 }
 
 #[test]
 fn a_guests_nvme_driver_does_dma_through_the_legacy_container() {
-    let Some((text, image)) = boot("legacy", &["-device", "vfio-pci,host=0000:09:00.0"]) else {
+    let Some(b) = boot(
+        "legacy",
+        &["-device", "vfio-pci,host=0000:09:00.0"],
+        "",
+        "",
+        64,
+    ) else {
         return;
     };
-    check(&text, &image);
+    check(&b);
+}
+
+#[test]
+fn an_iommu_fault_on_the_guests_path_is_an_io_error_and_everyone_survives() {
+    // ssd0 does the data transfers of block 16384 (8 MiB in) outside QEMU's mappings: the
+    // guest's reads and writes of it fail, the faults are in the engine's log, and the guest,
+    // QEMU and the engine go on (the guest reads its pattern back after the fault, powers off;
+    // the engine still answers).
+    let Some(b) = boot(
+        "fault",
+        &[
+            "-object",
+            "iommufd,id=iommufd0",
+            "-device",
+            "vfio-pci,host=0000:09:00.0,iommufd=iommufd0",
+        ],
+        ", dma_fault_lba = 16384",
+        "uiommu.fs=0 uiommu.faultlba=16384",
+        4,
+    ) else {
+        return;
+    };
+    let text = &b.text;
+    for want in [
+        "fault read of block 16384 failed",
+        "fault write of block 16384 failed",
+        "after the fault the device still works",
+        "result=PASS",
+    ] {
+        assert!(text.contains(want), "no {want:?} in:\n{text}");
+    }
+    let faults = &b.status["faults"];
+    let log = faults["log"].as_array().unwrap();
+    assert!(!log.is_empty(), "{faults}");
+    for f in log {
+        assert_eq!(f["device"], "0000:09:00.0", "{f}");
+        assert!(f["iova"].as_u64().unwrap() >= 1 << 62, "{f}");
+    }
+    // Both directions: the read's data written to guest memory, the write's read from it.
+    for access in ["read", "write"] {
+        assert!(log.iter().any(|f| f["access"] == access), "{faults}");
+    }
+    let dma = ssd0_dma(&b.status);
+    assert_eq!(dma["faults"], faults["total"], "{dma}");
+    println!("engine fault log: {faults}\nDMA counters of ssd0: {dma}");
 }

@@ -947,6 +947,9 @@ pub struct Nvme {
     stats: Stats,
     scratch: Vec<u8>,
     sink: Option<IrqSink>,
+    /// The block whose reads and writes do their data transfer outside the host's mappings
+    /// (`dma_fault_lba`: fault injection for end-to-end tests).
+    fault_lba: Option<u64>,
 }
 
 impl fmt::Debug for Nvme {
@@ -981,8 +984,18 @@ impl Default for Nvme {
     }
 }
 
+/// The address bit a `dma_fault_lba` transfer sets: far above any IOVA a host maps.
+pub const FAULT_IOVA_BIT: u64 = 1 << 62;
+
 fn check_options(options: &toml::Table) -> Result<(), String> {
-    only_keys(options, &["size", "file", "serial"])?;
+    only_keys(options, &["size", "file", "serial", "dma_fault_lba"])?;
+    if let Some(v) = options.get("dma_fault_lba") {
+        if !v.as_integer().is_some_and(|l| l >= 0) {
+            return Err(format!(
+                "option \"dma_fault_lba\" must be a block number (a non-negative integer), not {v}"
+            ));
+        }
+    }
     if let Some(v) = options.get("size") {
         let size = v
             .as_integer()
@@ -1052,6 +1065,13 @@ fn build_model(c: &ModelConfig<'_>) -> Result<Box<dyn DeviceModel>, String> {
     if let Some(serial) = c.options.get("serial").and_then(toml::Value::as_str) {
         nvme = nvme.with_serial(serial);
     }
+    if let Some(lba) = c
+        .options
+        .get("dma_fault_lba")
+        .and_then(toml::Value::as_integer)
+    {
+        nvme = nvme.with_dma_fault_lba(lba as u64);
+    }
     Ok(Box::new(nvme))
 }
 
@@ -1092,6 +1112,7 @@ impl Nvme {
             stats: Stats::default(),
             scratch: Vec::new(),
             sink: None,
+            fault_lba: None,
         };
         n.power_on();
         n
@@ -1101,6 +1122,16 @@ impl Nvme {
     pub fn with_multifunction(mut self, multifunction: bool) -> Nvme {
         self.multifunction = multifunction;
         self.power_on();
+        self
+    }
+
+    /// A controller whose Reads and Writes that include block `lba` transfer their data at
+    /// the host addresses the command gave with [`FAULT_IOVA_BIT`] set: outside anything the
+    /// host mapped, so the transfer takes an IOMMU fault and the command completes with Data
+    /// Transfer Error, as a controller with a broken DMA engine would (fault injection for
+    /// end-to-end tests; platform-file option `dma_fault_lba`).
+    pub fn with_dma_fault_lba(mut self, lba: u64) -> Nvme {
+        self.fault_lba = Some(lba);
         self
     }
 
@@ -2041,7 +2072,15 @@ impl Nvme {
             return Err(STATUS_INVALID_FIELD);
         }
         let (off, _) = self.lba_range(slba, nlb)?;
-        let runs = prp_runs(dma, sqe.prp1(), sqe.prp2(), bytes as usize)?;
+        let mut runs = prp_runs(dma, sqe.prp1(), sqe.prp2(), bytes as usize)?;
+        if self
+            .fault_lba
+            .is_some_and(|l| (slba..slba.saturating_add(nlb)).contains(&l))
+        {
+            for r in &mut runs {
+                r.iova |= FAULT_IOVA_BIT;
+            }
+        }
         let mut buf = std::mem::take(&mut self.scratch);
         buf.clear();
         buf.resize(bytes as usize, 0);
@@ -3109,6 +3148,32 @@ mod tests {
     }
 
     #[test]
+    fn dma_fault_lba_makes_the_transfers_that_include_it_fault() {
+        let mut r = Rig::ready();
+        r.n = std::mem::take(&mut r.n).with_dma_fault_lba(100);
+        r.enable();
+        r.pair(1, 16, 1, true);
+        r.mem.put(DATA, &pattern(0x1000, 3));
+        // Blocks 96..104 include 100: the data goes to DATA with the fault bit set, which
+        // faults; the write moves nothing to storage.
+        assert_eq!(
+            r.rw(1, IO_WRITE, 96, 8, DATA, 0),
+            STATUS_DATA_TRANSFER_ERROR
+        );
+        let f = *r.mem.faults.last().unwrap();
+        assert_eq!(f.iova, Iova(DATA | FAULT_IOVA_BIT));
+        assert_eq!(r.rw(1, IO_READ, 99, 2, DATA, 0), STATUS_DATA_TRANSFER_ERROR);
+        // Around it, everything works.
+        let faults = r.mem.faults.len();
+        assert_eq!(r.rw(1, IO_WRITE, 101, 8, DATA, 0), STATUS_SUCCESS);
+        assert_eq!(r.rw(1, IO_WRITE, 92, 8, DATA, 0), STATUS_SUCCESS);
+        r.mem.put(DATA, &[0; 0x1000]);
+        assert_eq!(r.rw(1, IO_READ, 101, 8, DATA, 0), STATUS_SUCCESS);
+        assert_eq!(r.mem.get(DATA, 0x1000), pattern(0x1000, 3));
+        assert_eq!(r.mem.faults.len(), faults);
+    }
+
+    #[test]
     fn dma_faults_on_data_are_data_transfer_errors() {
         let mut r = Rig::ready();
         r.pair(1, 16, 1, true);
@@ -3817,6 +3882,7 @@ mod tests {
         let table = |s: &str| s.parse::<toml::Table>().unwrap();
         assert!(check_options(&table("")).is_ok());
         assert!(check_options(&table("size = 1048576\nserial = \"abc\"")).is_ok());
+        assert!(check_options(&table("dma_fault_lba = 16384")).is_ok());
         for bad in [
             "size = 1000",
             "size = -512",
@@ -3827,6 +3893,8 @@ mod tests {
             "serial = \"\"",
             "serial = \"a b\"",
             "serial = \"123456789012345678901\"",
+            "dma_fault_lba = -1",
+            "dma_fault_lba = \"7\"",
             "color = \"red\"",
         ] {
             assert!(check_options(&table(bad)).is_err(), "{bad}");
