@@ -990,7 +990,7 @@ pub const FAULT_IOVA_BIT: u64 = 1 << 62;
 fn check_options(options: &toml::Table) -> Result<(), String> {
     only_keys(options, &["size", "file", "serial", "dma_fault_lba"])?;
     if let Some(v) = options.get("dma_fault_lba") {
-        if !v.as_integer().is_some_and(|l| l >= 0) {
+        if v.as_integer().is_none_or(|l| l < 0) {
             return Err(format!(
                 "option \"dma_fault_lba\" must be a block number (a non-negative integer), not {v}"
             ));
