@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the NVMe test guest: a Debian cloud kernel and a tiny initramfs (static busybox,
 # mke2fs/e2fsck with their shared libraries, the static pattern helper, guest/init as /init).
-# Nothing is compiled but guest/pattern.c; guest/run.sh boots the result under QEMU TCG.
+# Nothing is compiled but guest/pattern.c and guest/iobench.c; guest/run.sh boots the result under QEMU TCG.
 #
 # On Debian bookworm, as root:
 #   1. installs what it needs with apt: qemu-system-x86 (bookworm-backports, adding
@@ -14,7 +14,7 @@
 #      links (libext2fs2, libcom-err2, libblkid1, libuuid1; libc comes from the host);
 #   3. checks the kernel config: the basics built in; NVMe, ext4 and loop built in or packed as
 #      modules (decompressed, with the modules they depend on, insmod-ed by /init in order);
-#   4. builds the static pattern helper (work/pattern, usable on the host too) and packs
+#   4. builds the static helpers (work/pattern, usable on the host too; work/iobench) and packs
 #      work/initrd.gz; copies the kernel to work/vmlinuz.
 # Everything fetched is cached in the work dir: a second run downloads nothing.
 #
@@ -203,15 +203,18 @@ need ext4 EXT4_FS ext4
 need "loop devices" BLK_DEV_LOOP loop
 
 # ---------------------------------------------------------------- 4. helper + initramfs
-log "building the static pattern helper"
-gcc -O2 -static -Wall -Wextra -o "$WORK/pattern.tmp" "$GDIR/pattern.c"
-mv "$WORK/pattern.tmp" "$WORK/pattern"
-is_static "$WORK/pattern" || die "$WORK/pattern is not static"
+log "building the static helpers (pattern, iobench)"
+for h in pattern iobench; do
+  gcc -O2 -static -Wall -Wextra -o "$WORK/$h.tmp" "$GDIR/$h.c"
+  mv "$WORK/$h.tmp" "$WORK/$h"
+  is_static "$WORK/$h" || die "$WORK/$h is not static"
+done
 
 log "packing the initramfs (kernel $KVER)"
 cp "$BUSYBOX" "$ROOT/bin/busybox"
 ln -s busybox "$ROOT/bin/sh"
 cp "$WORK/pattern" "$ROOT/bin/pattern"
+cp "$WORK/iobench" "$ROOT/bin/iobench"
 cp "$GDIR/init" "$ROOT/init"
 chmod 755 "$ROOT/init"
 E2=$WORK/pkg/e2fsprogs
