@@ -214,8 +214,10 @@ pub const ADMIN_GET_FEATURES: u8 = 0x0a;
 pub const ADMIN_ASYNC_EVENT: u8 = 0x0c;
 /// Admin opcode: Keep Alive.
 pub const ADMIN_KEEP_ALIVE: u8 = 0x18;
-/// Admin opcode: Doorbell Buffer Config (not supported: Invalid Command Opcode).
+/// Admin opcode: Doorbell Buffer Config (shadow doorbells for the I/O queues).
 pub const ADMIN_DOORBELL_BUFFER_CONFIG: u8 = 0x7c;
+/// Identify Controller OACS bit: Doorbell Buffer Config is supported.
+pub const OACS_DBBUF: u16 = 1 << 8;
 
 /// I/O opcode: Flush.
 pub const IO_FLUSH: u8 = 0x00;
@@ -950,6 +952,18 @@ pub struct Nvme {
     /// The block whose reads and writes do their data transfer outside the host's mappings
     /// (`dma_fault_lba`: fault injection for end-to-end tests).
     fault_lba: Option<u64>,
+    /// Doorbell Buffer Config's shadow doorbell and EventIdx buffers, once set.
+    dbbuf: Option<Dbbuf>,
+}
+
+/// The buffers of Doorbell Buffer Config (NVMe 1.3 shadow doorbells): the host writes queue y's
+/// SQ tail at `dbs + 8y` and CQ head at `dbs + 8y + 4` in memory and writes the MMIO doorbell
+/// only when the value passes the EventIdx the controller left at the same offsets of `eis`.
+/// For the I/O queues (the admin queue always uses its MMIO doorbells, as Linux does).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+struct Dbbuf {
+    dbs: u64,
+    eis: u64,
 }
 
 impl fmt::Debug for Nvme {
@@ -1113,6 +1127,7 @@ impl Nvme {
             scratch: Vec::new(),
             sink: None,
             fault_lba: None,
+            dbbuf: None,
         };
         n.power_on();
         n
@@ -1228,6 +1243,7 @@ impl Nvme {
         self.events.clear();
         self.masked_events = 0;
         self.irq_pending = 0;
+        self.dbbuf = None;
         self.csts &= !(CSTS_RDY | CSTS_CFS);
     }
 
@@ -1417,6 +1433,12 @@ impl Nvme {
                 s.tail = value;
             }
             self.process_sq(qid, dma);
+            if let Some(cqid) = self.sq(qid).map(|s| usize::from(s.cqid)) {
+                self.sq_event_idx(qid, dma);
+                if !self.cq(cqid).is_some_and(|c| c.is_full()) {
+                    self.cq_event_idx(cqid, false, dma);
+                }
+            }
         } else {
             let Some(cq) = self.cq(qid) else {
                 return self.bad_doorbell(AEN_INVALID_DOORBELL_REGISTER, dma);
@@ -1433,9 +1455,11 @@ impl Nvme {
             if qid == 0 {
                 self.deliver_events(dma);
             }
+            self.cq_event_idx(qid, false, dma);
             for s in 0..QUEUES {
                 if self.sq(s).is_some_and(|q| usize::from(q.cqid) == qid) {
                     self.process_sq(s, dma);
+                    self.sq_event_idx(s, dma);
                 }
             }
         }
@@ -1465,6 +1489,15 @@ impl Nvme {
                 return;
             }
             let cqid = usize::from(sq.cqid);
+            if self.cq(cqid).is_some_and(|c| c.is_full()) {
+                // The host may have consumed entries without writing the head doorbell.
+                self.shadow_cq_head(cqid, dma);
+                if self.cq(cqid).is_some_and(|c| c.is_full()) {
+                    // Ask for the next head update by MMIO; it may have come meanwhile.
+                    self.cq_event_idx(cqid, true, dma);
+                    self.shadow_cq_head(cqid, dma);
+                }
+            }
             match self.cq(cqid) {
                 Some(cq) if !cq.is_full() => {}
                 _ => return,
@@ -1597,10 +1630,15 @@ impl Nvme {
         }
         let r = match sqe.opcode() {
             ADMIN_DELETE_SQ => self.delete_sq(sqe),
-            ADMIN_CREATE_SQ => self.create_sq(sqe),
+            ADMIN_CREATE_SQ => self.create_sq(sqe).inspect(|_| {
+                // With shadow doorbells, the new queue's EventIdx asks for its first doorbell.
+                self.sq_event_idx((sqe.dw(10) & 0xffff) as usize, dma);
+            }),
             ADMIN_GET_LOG_PAGE => self.get_log_page(sqe, dma),
             ADMIN_DELETE_CQ => self.delete_cq(sqe),
-            ADMIN_CREATE_CQ => self.create_cq(sqe),
+            ADMIN_CREATE_CQ => self.create_cq(sqe).inspect(|_| {
+                self.cq_event_idx((sqe.dw(10) & 0xffff) as usize, false, dma);
+            }),
             ADMIN_IDENTIFY => self.identify(sqe, dma),
             // Nothing is ever in flight: the command to abort has completed ("not aborted").
             ADMIN_ABORT => Ok(1),
@@ -1615,9 +1653,82 @@ impl Nvme {
                 }
             }
             ADMIN_KEEP_ALIVE => Ok(0),
+            ADMIN_DOORBELL_BUFFER_CONFIG => self.doorbell_buffer_config(sqe, dma),
             _ => Err(STATUS_INVALID_OPCODE),
         };
         complete(r)
+    }
+
+    /// Doorbell Buffer Config: PRP1 the shadow doorbells, PRP2 the EventIdx buffer, each
+    /// page-aligned (Invalid Field otherwise). Queues that exist get their EventIdx entries
+    /// at once; the shadow values are read from then on.
+    fn doorbell_buffer_config(&mut self, sqe: &Sqe, dma: &mut dyn DmaPort) -> Result<u32, u16> {
+        let (dbs, eis) = (sqe.prp1(), sqe.prp2());
+        if dbs == 0 || eis == 0 || !dbs.is_multiple_of(PAGE_SIZE) || !eis.is_multiple_of(PAGE_SIZE)
+        {
+            return Err(STATUS_INVALID_FIELD);
+        }
+        self.dbbuf = Some(Dbbuf { dbs, eis });
+        for qid in 1..QUEUES {
+            self.sq_event_idx(qid, dma);
+            self.cq_event_idx(qid, false, dma);
+        }
+        Ok(0)
+    }
+
+    /// With shadow doorbells, write SQ `qid`'s EventIdx: its tail as processed, so that the
+    /// host writes the MMIO doorbell for its next submission (every command runs at once).
+    fn sq_event_idx(&mut self, qid: usize, dma: &mut dyn DmaPort) {
+        let (Some(b), Some(sq)) = (self.dbbuf, self.sq(qid)) else {
+            return;
+        };
+        if qid > 0 {
+            let _ = dma.dma_write(Iova(b.eis + 8 * qid as u64), &sq.tail.to_le_bytes());
+        }
+    }
+
+    /// With shadow doorbells, write CQ `qid`'s EventIdx: one behind its head, so that the host
+    /// writes no MMIO head doorbell (the controller reads the shadow head when it needs room),
+    /// or its head when `wake` (a submission queue waits for room: the next head update is to
+    /// be written).
+    fn cq_event_idx(&mut self, qid: usize, wake: bool, dma: &mut dyn DmaPort) {
+        let (Some(b), Some(cq)) = (self.dbbuf, self.cq(qid)) else {
+            return;
+        };
+        if qid > 0 {
+            let ei = if wake {
+                cq.head
+            } else {
+                cq.head.wrapping_sub(1) & 0xffff
+            };
+            let _ = dma.dma_write(Iova(b.eis + 8 * qid as u64 + 4), &ei.to_le_bytes());
+        }
+    }
+
+    /// With shadow doorbells, take CQ `qid`'s head from the shadow doorbell when it is a
+    /// valid head (moves forward over posted entries only, as a doorbell write must).
+    fn shadow_cq_head(&mut self, qid: usize, dma: &mut dyn DmaPort) {
+        let (Some(b), Some(cq)) = (self.dbbuf, self.cq(qid)) else {
+            return;
+        };
+        if qid == 0 {
+            return;
+        }
+        let mut raw = [0u8; 4];
+        if dma
+            .dma_read(Iova(b.dbs + 8 * qid as u64 + 4), &mut raw)
+            .is_err()
+        {
+            return;
+        }
+        let value = u32::from_le_bytes(raw);
+        let posted = (cq.tail + cq.size - cq.head) % cq.size;
+        let advance = (value.min(cq.size - 1) + cq.size - cq.head) % cq.size;
+        if value < cq.size && advance <= posted {
+            if let Some(c) = self.cqs.get_mut(qid).and_then(Option::as_mut) {
+                c.head = value;
+            }
+        }
     }
 
     fn create_cq(&mut self, sqe: &Sqe) -> Result<u32, u16> {
@@ -1790,7 +1901,7 @@ impl Nvme {
         b.u16(78, 0); // CNTLID
         b.u32(80, VERSION);
         b.u8(111, 1); // CNTRLTYPE: I/O controller
-        b.u16(256, 0); // OACS: no optional admin commands
+        b.u16(256, OACS_DBBUF); // OACS: Doorbell Buffer Config only
         b.u8(258, ACL);
         b.u8(259, AERL);
         b.u8(260, 0x03); // FRMW: one slot, read-only
@@ -2847,8 +2958,8 @@ mod tests {
         assert_eq!(le32(&id, 80), VERSION);
         assert_eq!(
             le16(&id, 256),
-            0,
-            "OACS: no doorbell buffer config, no NS management"
+            OACS_DBBUF,
+            "OACS: doorbell buffer config, no NS management"
         );
         assert_eq!(id[259], AERL);
         assert_eq!(id[263], 0, "NPSS");
@@ -3147,6 +3258,110 @@ mod tests {
         assert_eq!(c.status, STATUS_INVALID_FIELD);
     }
 
+    /// Linux's `nvme_dbbuf_need_event`: whether an update from `old` to `new` passes
+    /// `event_idx`, so that the MMIO doorbell is to be written.
+    fn need_event(event_idx: u16, new: u16, old: u16) -> bool {
+        new.wrapping_sub(event_idx).wrapping_sub(1) < new.wrapping_sub(old)
+    }
+
+    #[test]
+    fn shadow_doorbells_spare_the_head_doorbell_and_wake_a_waiting_queue() {
+        const DBS: u64 = 0xc_0000;
+        const EIS: u64 = 0xd_0000;
+        let mut r = Rig::ready();
+        let (_, id) = r.identify(1, 0);
+        assert_ne!(le16(&id, 256) & OACS_DBBUF, 0);
+        // Misaligned or missing buffers are refused.
+        for (a, b) in [(0, EIS), (DBS, 0), (DBS + 8, EIS), (DBS, EIS + 0x800)] {
+            let c = r.admin(Cmd::new(ADMIN_DOORBELL_BUFFER_CONFIG).prp(a, b));
+            assert_eq!(c.status, STATUS_INVALID_FIELD, "{a:#x} {b:#x}");
+        }
+        r.pair(1, 4, 1, true);
+        r.mem.put(DBS, &[0; 64]);
+        r.mem.put(EIS, &[0xff; 64]);
+        let c = r.admin(Cmd::new(ADMIN_DOORBELL_BUFFER_CONFIG).prp(DBS, EIS));
+        assert_eq!(c.status, STATUS_SUCCESS);
+        let ei =
+            |r: &Rig, off: u64| u32::from_le_bytes(r.mem.get(EIS + off, 4).try_into().unwrap());
+        // The queue that exists got its EventIdx entries: SQ at its tail, CQ one behind its head.
+        assert_eq!((ei(&r, 8), ei(&r, 12)), (0, 0xffff));
+        // As Linux drives it: the shadow first, the MMIO doorbell only when need_event says.
+        let mut mmio_heads = 0;
+        for i in 0..10u32 {
+            let old_tail = r.q[1].tail as u16;
+            let cid = r.push(1, Cmd::new(IO_FLUSH).nsid(1));
+            let tail = r.q[1].tail;
+            r.mem.put(DBS + 8, &tail.to_le_bytes());
+            assert!(
+                need_event(ei(&r, 8) as u16, tail as u16, old_tail),
+                "every submission is written by MMIO (command {i})"
+            );
+            r.ring(1);
+            assert_eq!(ei(&r, 8), tail);
+            let cqe = r.pop(1).expect("completed at once");
+            assert_eq!((cqe.cid, cqe.status), (cid, STATUS_SUCCESS));
+            let old_head = ((r.q[1].head + 3) % 4) as u16;
+            let head = r.q[1].head;
+            r.mem.put(DBS + 12, &head.to_le_bytes());
+            if need_event(ei(&r, 12) as u16, head as u16, old_head) {
+                mmio_heads += 1;
+                r.ack(1);
+            }
+        }
+        // Ten commands through a 4-entry queue (3 laps) with at most one head write a lap.
+        assert!(mmio_heads <= 3, "{mmio_heads} head doorbells");
+        // A host that lets the completion queue fill (queue 2: 4 submission entries, 2
+        // completion entries, so room for one): the controller waits, asks for the next head
+        // update by MMIO (EventIdx = head), and goes on once it comes.
+        assert_eq!(r.create_cq(2, 2, 2, true).status, STATUS_SUCCESS);
+        assert_eq!(r.create_sq(2, 4, 2).status, STATUS_SUCCESS);
+        r.q[2] = Q {
+            sq: sq_base(2),
+            cq: cq_base(2),
+            sq_size: 4,
+            cq_size: 2,
+            tail: 0,
+            head: 0,
+            phase: true,
+        };
+        assert_eq!(
+            (ei(&r, 16), ei(&r, 20)),
+            (0, 0xffff),
+            "the new queue's EventIdx"
+        );
+        for _ in 0..2 {
+            r.push(2, Cmd::new(IO_FLUSH).nsid(1));
+        }
+        let tail = r.q[2].tail;
+        r.mem.put(DBS + 16, &tail.to_le_bytes());
+        r.ring(2);
+        assert!(
+            r.n.cq(2).unwrap().is_full(),
+            "one completion posted, one command waits"
+        );
+        assert_eq!(r.n.sq(2).unwrap().head, 1);
+        assert_eq!(ei(&r, 20), 0, "the next head update is asked for");
+        r.pop(2).expect("posted");
+        let head = r.q[2].head;
+        r.mem.put(DBS + 20, &head.to_le_bytes());
+        assert!(need_event(ei(&r, 20) as u16, head as u16, 0));
+        r.ack(2);
+        assert_eq!(r.pop(2).map(|c| c.status), Some(STATUS_SUCCESS));
+        assert_eq!(r.n.sq(2).unwrap().head, tail);
+        // Once a later submission finds room in the shadow head, no MMIO head is needed.
+        let head = r.q[2].head;
+        r.mem.put(DBS + 20, &head.to_le_bytes());
+        r.push(2, Cmd::new(IO_FLUSH).nsid(1));
+        let tail = r.q[2].tail;
+        r.mem.put(DBS + 16, &tail.to_le_bytes());
+        r.ring(2);
+        assert_eq!(r.pop(2).map(|c| c.status), Some(STATUS_SUCCESS));
+        // A controller reset forgets the buffers.
+        r.disable();
+        r.enable();
+        assert_eq!(r.n.dbbuf, None);
+    }
+
     #[test]
     fn dma_fault_lba_makes_the_transfers_that_include_it_fault() {
         let mut r = Rig::ready();
@@ -3359,7 +3574,7 @@ mod tests {
     #[test]
     fn bad_opcodes_queue_ids_sizes_and_vectors_are_refused() {
         let mut r = Rig::ready();
-        for op in [ADMIN_DOORBELL_BUFFER_CONFIG, 0x03, 0x10, 0x80, 0xff] {
+        for op in [0x03, 0x10, 0x80, 0xff] {
             assert_eq!(
                 r.admin(Cmd::new(op)).status,
                 STATUS_INVALID_OPCODE,
