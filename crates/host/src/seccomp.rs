@@ -142,9 +142,7 @@ impl Stopped<'_> {
             n if n == nix::libc::SYS_open => self.open(AT_FDCWD as u64, a[0], a[1]),
             n if n == nix::libc::SYS_openat => self.open(a[0], a[1], a[2]),
             n if n == nix::libc::SYS_openat2 => self.openat2(),
-            n if n == nix::libc::SYS_ioctl => {
-                self.on_file(a[0], Request::new(OP_IOCTL, [a[1], a[2], 0, 0, 0, 0]))
-            }
+            n if n == nix::libc::SYS_ioctl => self.ioctl(a[0], a[1] as u32, a[2]),
             n if n == nix::libc::SYS_read => {
                 self.on_file(a[0], Request::new(OP_READ, [a[1], a[2], 0, 0, 0, 0]))
             }
@@ -157,14 +155,12 @@ impl Stopped<'_> {
             n if n == nix::libc::SYS_pwrite64 => {
                 self.on_file(a[0], Request::new(OP_WRITE, [a[1], a[2], a[3], 1, 0, 0]))
             }
-            n if n == nix::libc::SYS_readv => self.vectored(OP_READ, None),
-            n if n == nix::libc::SYS_writev => self.vectored(OP_WRITE, None),
-            n if n == nix::libc::SYS_preadv || n == nix::libc::SYS_preadv2 => {
-                self.vectored(OP_READ, Some(a[3] as i64))
-            }
-            n if n == nix::libc::SYS_pwritev || n == nix::libc::SYS_pwritev2 => {
-                self.vectored(OP_WRITE, Some(a[3] as i64))
-            }
+            n if n == nix::libc::SYS_readv => self.vectored(OP_READ, None, 0),
+            n if n == nix::libc::SYS_writev => self.vectored(OP_WRITE, None, 0),
+            n if n == nix::libc::SYS_preadv => self.vectored(OP_READ, Some(a[3] as i64), 0),
+            n if n == nix::libc::SYS_pwritev => self.vectored(OP_WRITE, Some(a[3] as i64), 0),
+            n if n == nix::libc::SYS_preadv2 => self.vectored(OP_READ, Some(a[3] as i64), a[5]),
+            n if n == nix::libc::SYS_pwritev2 => self.vectored(OP_WRITE, Some(a[3] as i64), a[5]),
             n if n == nix::libc::SYS_stat => {
                 self.stat_path(AT_FDCWD as u64, a[0], a[1], 0, Layout::Stat)
             }
@@ -377,25 +373,64 @@ impl Stopped<'_> {
         Some(if m.err != 0 { Err(m.err) } else { Ok(m.val) })
     }
 
+    /// `ioctl`: a request of type `';'` goes to the file; of another type on one of our files,
+    /// as the kernel answers it for iommufd, VFIO and the engine's anonymous files: the ones
+    /// the VFS handles for every file (FIOCLEX, FIONCLEX, FIONBIO, FIGETBSZ) run in the kernel
+    /// on the installed fd, FIOASYNC turning async I/O on is ENOTTY (no `fasync`), every other
+    /// one ENOTTY (the driver knows only its own type). Not ours: the kernel runs it.
+    fn ioctl(&self, fd: u64, request: u32, arg: u64) -> Option<Result<i64, Errno>> {
+        use nix::libc::{FIOASYNC, FIOCLEX, FIONBIO, FIONCLEX};
+        const FIGETBSZ: u32 = 2;
+        if (request >> 8) & 0xff == u32::from(b';') {
+            return self.on_file(
+                fd,
+                Request::new(OP_IOCTL, [u64::from(request), arg, 0, 0, 0, 0]),
+            );
+        }
+        let generic = [FIOCLEX, FIONCLEX, FIONBIO].map(|r| r as u32);
+        if generic.contains(&request) || request == FIGETBSZ {
+            return None;
+        }
+        let (p, _, _, _) = self.file(fd)?;
+        if request == FIOASYNC as u32 {
+            let mut on = [0u8; 4];
+            if p.mem.read(UserVa(arg), &mut on).is_err() {
+                return Some(Err(EFAULT));
+            }
+            if on == [0; 4] {
+                return Some(Ok(0));
+            }
+        }
+        Some(Err(nix::libc::ENOTTY))
+    }
+
     /// `readv`/`writev` (`at`: `preadv`/`pwritev` at that offset; -1: at the file position,
-    /// as `preadv2`): segment by segment, stopping at the first short one; an error after
-    /// some bytes moved ends the call with the count so far.
-    fn vectored(&self, op: u32, at: Option<i64>) -> Option<Result<i64, Errno>> {
+    /// as `preadv2`; `flags`: `preadv2`/`pwritev2`'s, only RWF_HIPRI is taken, else
+    /// EOPNOTSUPP): segment by segment, each as one read or write, stopping at the first short
+    /// one; an error after some bytes moved ends the call with the count so far; no segment at
+    /// all is the file's answer to an empty transfer (an iommufd's EINVAL), as the kernel's
+    /// loop for files without `read_iter` runs them.
+    fn vectored(&self, op: u32, at: Option<i64>, flags: u64) -> Option<Result<i64, Errno>> {
         let a = self.args();
         let (p, gid, file, got) = self.file(a[0])?;
         let r = (|| {
             if a[2] > IOV_MAX {
                 return Err(EINVAL);
             }
-            let mut iov = vec![0u8; 16 * a[2] as usize];
-            p.mem.read(UserVa(a[1]), &mut iov).map_err(|_| EFAULT)?;
+            let mut iov = vec![0u8; 16 * a[2].max(1) as usize];
+            if a[2] > 0 {
+                p.mem.read(UserVa(a[1]), &mut iov).map_err(|_| EFAULT)?;
+            }
+            if flags & !(nix::libc::RWF_HIPRI as u64) != 0 {
+                return Err(nix::libc::EOPNOTSUPP);
+            }
             let call = self.call(&p, gid);
             let mut done: i64 = 0;
             for seg in iov.chunks_exact(16) {
                 let base = u64::from_ne_bytes(seg[..8].try_into().unwrap_or([0; 8]));
                 let len = u64::from_ne_bytes(seg[8..].try_into().unwrap_or([0; 8]));
-                if len == 0 {
-                    continue;
+                if len > i64::MAX as u64 {
+                    return Err(EINVAL);
                 }
                 let req = match at {
                     Some(off) if off != -1 => {

@@ -490,7 +490,10 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_i
         // SAFETY: the caller's arguments are passed on unchanged.
         let real_ioctl = || unsafe { real::ioctl(fd, request, arg) };
         if (request >> 8) & 0xff != UAPI_IOCTL_TYPE {
-            return real_ioctl();
+            return match generic_ioctl(fd, request as u32, arg) {
+                Some(r) => r,
+                None => real_ioctl(),
+            };
         }
         // A map of private memory: made holdable first (the engine holds what it pins).
         pinnable::before_map(request, arg);
@@ -499,6 +502,33 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_i
         }
         ioctl_of_ours(fd, request, arg)
     })
+}
+
+/// An ioctl of another type than `';'` on one of our files, as the kernel answers it for
+/// iommufd, VFIO and the engine's anonymous files: the ones the VFS handles for every file
+/// (FIOCLEX, FIONCLEX, FIONBIO, FIGETBSZ) go to the real file, FIOASYNC turning async I/O on
+/// is ENOTTY (none of them has `fasync`), and everything else reaches the driver, which knows
+/// only its own type: ENOTTY (FIONREAD, TCGETS, ...). `None`: not ours, or the real call.
+fn generic_ioctl(fd: c_int, request: u32, arg: c_ulong) -> Option<c_int> {
+    const FIGETBSZ: u32 = 2;
+    if matches!(
+        request as c_ulong,
+        libc::FIOCLEX | libc::FIONCLEX | libc::FIONBIO
+    ) || request == FIGETBSZ
+        || !fd_is_ours(fd)
+    {
+        return None;
+    }
+    if request as c_ulong == libc::FIOASYNC {
+        let mut on = [0u8; 4];
+        if !pinnable::read_own(arg, &mut on) {
+            return Some(fail(libc::EFAULT));
+        }
+        if on == [0; 4] {
+            return Some(0);
+        }
+    }
+    Some(fail(libc::ENOTTY))
 }
 
 /// [`ioctl`] with `uiommu run --trace` on: the call, and its line in the trace when the file
@@ -809,6 +839,217 @@ pub unsafe extern "C" fn pread(fd: c_int, buf: *mut c_void, count: size_t, off: 
     // SAFETY: the caller's arguments are passed on unchanged.
     let real_op = || unsafe { real::pread(fd, buf, count, off) };
     io_impl(fd, Dir::Read, buf as u64, count, Some(off), real_op)
+}
+
+/// Whether `fd` is one of our files (in this process's table, inherited from an ancestor's
+/// engine, or a handle to the host engine).
+fn fd_is_ours(fd: c_int) -> bool {
+    if host::on() {
+        return host::ours(fd);
+    }
+    if let Some(g) = active() {
+        let _h = Hook::enter();
+        if g.files.key(fd).is_some() {
+            return true;
+        }
+    }
+    remote::has_upstream() && {
+        let _h = Hook::enter();
+        remote::inherited(fd).is_some()
+    }
+}
+
+/// The most iovecs a vectored call takes (the kernel's `UIO_MAXIOV`).
+const UIO_MAXIOV: c_int = 1024;
+
+/// The common body of `readv`/`writev`/`preadv`/`pwritev` (and their `64`/`2` variants) on
+/// our files, as the kernel runs them for a file with `read`/`write` methods but no
+/// `read_iter`/`write_iter` (`do_loop_readv_writev`): the iovecs in turn, each as one
+/// `read`/`write` (our files' errno: iommufd has neither, EINVAL), stopping at an error
+/// (returned if nothing moved yet) or a short count. `offset`: the p-variants' position (the
+/// file position when `None`). More than 1024 or a negative count is EINVAL, then a bad iovec
+/// array EFAULT, then `flags` other than 0 or RWF_HIPRI EOPNOTSUPP, in the kernel's order.
+/// Other fds go to `real_op`.
+fn vectored(
+    fd: c_int,
+    dir: Dir,
+    iov: *const libc::iovec,
+    iovcnt: c_int,
+    offset: Option<i64>,
+    flags: c_int,
+    real_op: impl FnOnce() -> ssize_t,
+) -> ssize_t {
+    if !fd_is_ours(fd) {
+        return real_op();
+    }
+    if !(0..=UIO_MAXIOV).contains(&iovcnt) {
+        return fail_ssize(libc::EINVAL);
+    }
+    let n = iovcnt as usize;
+    let mut vecs = [0u64; 2 * UIO_MAXIOV as usize];
+    let raw = &mut vecs[..2 * n];
+    if n > 0 && !pinnable::read_own(iov as u64, zerocopy::IntoBytes::as_mut_bytes(raw)) {
+        return fail_ssize(libc::EFAULT);
+    }
+    if flags & !libc::RWF_HIPRI != 0 {
+        return fail_ssize(libc::EOPNOTSUPP);
+    }
+    if raw.chunks_exact(2).any(|v| v[1] > isize::MAX as u64) {
+        return fail_ssize(libc::EINVAL);
+    }
+    let one = |buf: u64, len: u64, at: Option<i64>| -> ssize_t {
+        let count = len as size_t;
+        let real_one = || match (dir, at) {
+            // SAFETY: raw system calls on the caller's buffer, as its own read/write would.
+            (Dir::Read, None) => unsafe { real::read(fd, buf as *mut c_void, count) },
+            // SAFETY: as above.
+            (Dir::Read, Some(o)) => unsafe { real::pread64(fd, buf as *mut c_void, count, o) },
+            // SAFETY: as above.
+            (Dir::Write, None) => unsafe { real::write(fd, buf as *const c_void, count) },
+            // SAFETY: as above.
+            (Dir::Write, Some(o)) => unsafe { real::pwrite64(fd, buf as *const c_void, count, o) },
+        };
+        io_impl(fd, dir, buf, count, at, real_one)
+    };
+    if n == 0 {
+        // Still the file's answer to a transfer (EINVAL for an iommufd, 0 for a device).
+        return one(0, 0, offset);
+    }
+    let mut done: ssize_t = 0;
+    for v in raw.chunks_exact(2) {
+        let at = offset.map(|o| o.saturating_add(done as i64));
+        let r = one(v[0], v[1], at);
+        if r < 0 {
+            return if done == 0 { r } else { done };
+        }
+        done += r;
+        if r as u64 != v[1] {
+            break;
+        }
+    }
+    done
+}
+
+/// `readv(2)`: our files as [`vectored`] runs them.
+///
+/// # Safety
+/// As `readv(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn readv(fd: c_int, iov: *const libc::iovec, iovcnt: c_int) -> ssize_t {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    let real_op = || unsafe { real::readv(fd, iov, iovcnt) };
+    vectored(fd, Dir::Read, iov, iovcnt, None, 0, real_op)
+}
+
+/// `writev(2)`: our files as [`vectored`] runs them.
+///
+/// # Safety
+/// As `writev(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn writev(fd: c_int, iov: *const libc::iovec, iovcnt: c_int) -> ssize_t {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    let real_op = || unsafe { real::writev(fd, iov, iovcnt) };
+    vectored(fd, Dir::Write, iov, iovcnt, None, 0, real_op)
+}
+
+/// `preadv(2)`.
+///
+/// # Safety
+/// As `preadv(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn preadv(
+    fd: c_int,
+    iov: *const libc::iovec,
+    iovcnt: c_int,
+    off: off_t,
+) -> ssize_t {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    let real_op = || unsafe { real::preadv(fd, iov, iovcnt, off) };
+    vectored(fd, Dir::Read, iov, iovcnt, Some(off), 0, real_op)
+}
+
+/// `preadv64(2)`.
+///
+/// # Safety
+/// As `preadv64(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn preadv64(
+    fd: c_int,
+    iov: *const libc::iovec,
+    iovcnt: c_int,
+    off: off64_t,
+) -> ssize_t {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    let real_op = || unsafe { real::preadv64(fd, iov, iovcnt, off) };
+    vectored(fd, Dir::Read, iov, iovcnt, Some(off), 0, real_op)
+}
+
+/// `pwritev(2)`.
+///
+/// # Safety
+/// As `pwritev(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn pwritev(
+    fd: c_int,
+    iov: *const libc::iovec,
+    iovcnt: c_int,
+    off: off_t,
+) -> ssize_t {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    let real_op = || unsafe { real::pwritev(fd, iov, iovcnt, off) };
+    vectored(fd, Dir::Write, iov, iovcnt, Some(off), 0, real_op)
+}
+
+/// `pwritev64(2)`.
+///
+/// # Safety
+/// As `pwritev64(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn pwritev64(
+    fd: c_int,
+    iov: *const libc::iovec,
+    iovcnt: c_int,
+    off: off64_t,
+) -> ssize_t {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    let real_op = || unsafe { real::pwritev64(fd, iov, iovcnt, off) };
+    vectored(fd, Dir::Write, iov, iovcnt, Some(off), 0, real_op)
+}
+
+/// `preadv2(2)`: offset -1 is the file position.
+///
+/// # Safety
+/// As `preadv2(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn preadv2(
+    fd: c_int,
+    iov: *const libc::iovec,
+    iovcnt: c_int,
+    off: off_t,
+    flags: c_int,
+) -> ssize_t {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    let real_op = || unsafe { real::preadv2(fd, iov, iovcnt, off, flags) };
+    let at = (off != -1).then_some(off);
+    vectored(fd, Dir::Read, iov, iovcnt, at, flags, real_op)
+}
+
+/// `pwritev2(2)`: offset -1 is the file position.
+///
+/// # Safety
+/// As `pwritev2(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn pwritev2(
+    fd: c_int,
+    iov: *const libc::iovec,
+    iovcnt: c_int,
+    off: off_t,
+    flags: c_int,
+) -> ssize_t {
+    // SAFETY: the caller's arguments are passed on unchanged.
+    let real_op = || unsafe { real::pwritev2(fd, iov, iovcnt, off, flags) };
+    let at = (off != -1).then_some(off);
+    vectored(fd, Dir::Write, iov, iovcnt, at, flags, real_op)
 }
 
 /// `pread64(2)`.

@@ -229,7 +229,7 @@ fn word(b: &[u8; 32], at: usize) -> u64 {
 }
 
 /// Copy `buf.len()` bytes at `addr` of this process into `buf`; `false` on a bad address.
-fn read_own(addr: u64, buf: &mut [u8]) -> bool {
+pub(crate) fn read_own(addr: u64, buf: &mut [u8]) -> bool {
     copy_own(buf.as_mut_ptr() as u64, addr, buf.len() as u64)
 }
 

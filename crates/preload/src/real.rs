@@ -174,6 +174,38 @@ real_fns! {
     fn pread64(fd: c_int, buf: *mut c_void, count: size_t, off: off64_t) -> ssize_t
         = c"pread64" as unsafe extern "C" fn(c_int, *mut c_void, size_t, off64_t) -> ssize_t,
         fail -1;
+    /// `readv(2)`.
+    fn readv(fd: c_int, iov: *const libc::iovec, n: c_int) -> ssize_t
+        = c"readv" as unsafe extern "C" fn(c_int, *const libc::iovec, c_int) -> ssize_t,
+        fail -1;
+    /// `writev(2)`.
+    fn writev(fd: c_int, iov: *const libc::iovec, n: c_int) -> ssize_t
+        = c"writev" as unsafe extern "C" fn(c_int, *const libc::iovec, c_int) -> ssize_t,
+        fail -1;
+    /// `preadv(2)`.
+    fn preadv(fd: c_int, iov: *const libc::iovec, n: c_int, off: off_t) -> ssize_t
+        = c"preadv" as unsafe extern "C" fn(c_int, *const libc::iovec, c_int, off_t) -> ssize_t,
+        fail -1;
+    /// `preadv64(2)`.
+    fn preadv64(fd: c_int, iov: *const libc::iovec, n: c_int, off: off64_t) -> ssize_t
+        = c"preadv64" as unsafe extern "C" fn(c_int, *const libc::iovec, c_int, off64_t) -> ssize_t,
+        fail -1;
+    /// `pwritev(2)`.
+    fn pwritev(fd: c_int, iov: *const libc::iovec, n: c_int, off: off_t) -> ssize_t
+        = c"pwritev" as unsafe extern "C" fn(c_int, *const libc::iovec, c_int, off_t) -> ssize_t,
+        fail -1;
+    /// `pwritev64(2)`.
+    fn pwritev64(fd: c_int, iov: *const libc::iovec, n: c_int, off: off64_t) -> ssize_t
+        = c"pwritev64" as unsafe extern "C" fn(c_int, *const libc::iovec, c_int, off64_t) -> ssize_t,
+        fail -1;
+    /// `preadv2(2)`.
+    fn preadv2(fd: c_int, iov: *const libc::iovec, n: c_int, off: off_t, flags: c_int) -> ssize_t
+        = c"preadv2" as unsafe extern "C" fn(c_int, *const libc::iovec, c_int, off_t, c_int) -> ssize_t,
+        fail -1;
+    /// `pwritev2(2)`.
+    fn pwritev2(fd: c_int, iov: *const libc::iovec, n: c_int, off: off_t, flags: c_int) -> ssize_t
+        = c"pwritev2" as unsafe extern "C" fn(c_int, *const libc::iovec, c_int, off_t, c_int) -> ssize_t,
+        fail -1;
     /// `pwrite(2)`.
     fn pwrite(fd: c_int, buf: *const c_void, count: size_t, off: off_t) -> ssize_t
         = c"pwrite" as unsafe extern "C" fn(c_int, *const c_void, size_t, off_t) -> ssize_t,

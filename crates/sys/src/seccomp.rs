@@ -5,8 +5,8 @@
 //! kept across `exec`) that stops the system calls that may be ours and hands them to whoever
 //! holds the returned listener: the `open`, `stat` and `access` families (only the path
 //! tells), `ioctl` whose
-//! request has type `';'` (VFIO's and iommufd's), and the reads, writes, `fstat`s, `mmap`s
-//! and duplications (`dup`, `dup2`, `dup3`, `fcntl(F_DUPFD)`) of fds in one range of numbers (the
+//! request has type `';'` (VFIO's and iommufd's), and the ioctls, reads, writes, `fstat`s,
+//! `mmap`s and duplications (`dup`, `dup2`, `dup3`, `fcntl(F_DUPFD)`) of fds in one range of numbers (the
 //! supervisor installs our files there, and their duplicates, so the filter can tell them
 //! apart). Everything else runs without a stop. The filter is not a security boundary: a
 //! call that slips past it reaches a socket, which answers as a socket does.
@@ -58,6 +58,7 @@ enum Label {
     Notify,
     Allow,
     Ioctl,
+    IoctlType,
     Arg0,
     Arg4,
     Fcntl,
@@ -127,8 +128,12 @@ fn program(range: FdRange) -> Vec<libc::sock_filter> {
     p.push((None, JumpEq(libc::F_DUPFD as u32, Arg0)));
     p.push((None, JumpEq(libc::F_DUPFD_CLOEXEC as u32, Arg0)));
     p.push((None, Ret(RET_ALLOW)));
-    // ioctl: the type byte of the request (bits 8..16).
-    p.push((Some(Ioctl), Load(24)));
+    // ioctl: every request on an fd of the range (one of ours answers FIONREAD and the other
+    // types as its driver would), and requests of type ';' (bits 8..16) on any fd.
+    p.push((Some(Ioctl), Load(16)));
+    p.push((None, JumpBelow(range.start, IoctlType)));
+    p.push((None, JumpBelow(range.end, Notify)));
+    p.push((Some(IoctlType), Load(24)));
     p.push((None, And(0xff00)));
     p.push((None, JumpEq(u32::from(b';') << 8, Notify)));
     p.push((None, Ret(RET_ALLOW)));

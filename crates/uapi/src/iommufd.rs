@@ -30,10 +30,12 @@ use uiommu_platform::topology::ModelKind;
 use uiommu_platform::{Iova, Range, UserVa, PAGE_SIZE};
 use zerocopy::IntoBytes;
 
-/// Most IOVA ranges one IOMMU_IOAS_ALLOW_IOVAS may carry. The kernel allocates one node per
-/// range and stops at ENOMEM; this cap gives the same answer before a hostile `num_iovas` can
-/// cost quadratic checking time.
-pub const MAX_ALLOW_IOVAS: u32 = 4096;
+/// Most IOVA ranges one IOMMU_IOAS_ALLOW_IOVAS may carry. The kernel reads and checks the
+/// ranges one by one and allocates a node per range until memory runs out (ENOMEM); uiommu does
+/// the same and answers ENOMEM when range number 2^20 + 1 has been read and checked (16 MiB of
+/// ranges), so that a hostile `num_iovas` meets the kernel's EFAULT or EINVAL at the first
+/// unreadable or bad range, and only a million good ones meet the host's memory limit.
+pub const MAX_ALLOW_IOVAS: usize = 1 << 20;
 
 /// Largest invalidation request the kernel accepts (`entry_len`), one page.
 pub const MAX_INVALIDATE_ENTRY_LEN: u32 = 4096;
@@ -274,10 +276,10 @@ fn ioas_allow_iovas(f: &IommufdFile, c: &Caller<'_>, u: &Ucmd<'_>) -> Result<(),
         return Err(EOPNOTSUPP);
     }
     expect_type(&f.ctx, cmd.ioas_id, ObjType::Ioas)?;
-    if cmd.num_iovas > MAX_ALLOW_IOVAS {
-        return Err(ENOMEM);
-    }
     let mut ranges: Vec<Range> = Vec::new();
+    // The ranges so far by start (they do not overlap): an overlap is with the neighbour below
+    // or above, so each check costs O(log n).
+    let mut by_start: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
     for i in 0..u64::from(cmd.num_iovas) {
         let at = i
             .checked_mul(size_of::<IommuIovaRange>() as u64)
@@ -287,14 +289,21 @@ fn ioas_allow_iovas(f: &IommufdFile, c: &Caller<'_>, u: &Ucmd<'_>) -> Result<(),
         if r.start >= r.last {
             return Err(EINVAL);
         }
-        let r = Range {
-            start: r.start,
-            last: r.last,
-        };
-        if ranges.iter().any(|o| o.overlaps(&r)) {
+        let below = by_start.range(..=r.start).next_back();
+        let above = by_start.range(r.start..).next();
+        if below.is_some_and(|(_, &last)| last >= r.start)
+            || above.is_some_and(|(&start, _)| start <= r.last)
+        {
             return Err(EINVAL);
         }
-        ranges.push(r);
+        if ranges.len() == MAX_ALLOW_IOVAS {
+            return Err(ENOMEM);
+        }
+        by_start.insert(r.start, r.last);
+        ranges.push(Range {
+            start: r.start,
+            last: r.last,
+        });
     }
     f.ctx
         .ioas_allow_iovas(ObjId(cmd.ioas_id), &ranges)

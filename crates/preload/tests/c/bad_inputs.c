@@ -17,7 +17,10 @@
  * After each batch of refusals the state is checked unchanged (IOVA ranges, the mappings, the
  * lowest free object id and fd number, a device still attached, a group without container).
  */
+#define _GNU_SOURCE
 #include "uiommu_test.h"
+#include <termios.h>
+#include <sys/uio.h>
 
 #include <fcntl.h>
 #include <libgen.h>
@@ -950,6 +953,59 @@ static void legacy(void *buf, void *wbuf, int nullfd)
 	close(container);
 }
 
+/*
+ * Calls of other kinds than our ioctls on our files, as the kernel answers them: ioctls of
+ * other types reach the driver (ENOTTY), but the VFS's own ones work; vectored I/O runs as
+ * read/write per iovec (iommufd has neither: EINVAL; a device's config space reads).
+ */
+static void generic_file_calls(int fd, int devfd, int faultfd)
+{
+	int n = -1;
+	EXPECT("FIONREAD iommufd", ioctl(fd, FIONREAD, &n), ENOTTY);
+	EXPECT("FIONREAD device", ioctl(devfd, FIONREAD, &n), ENOTTY);
+	EXPECT("FIONREAD fault queue", ioctl(faultfd, FIONREAD, &n), ENOTTY);
+	CHECK(n == -1);
+	struct termios t;
+	EXPECT("TCGETS iommufd", tcgetattr(fd, &t), ENOTTY);
+	EXPECT("FIOQSIZE device", ioctl(devfd, FIOQSIZE, &n), ENOTTY);
+	int on = 1, off = 0;
+	EXPECT("FIOASYNC on", ioctl(fd, FIOASYNC, &on), ENOTTY);
+	EXPECT("FIOASYNC off", ioctl(fd, FIOASYNC, &off), 0);
+	EXPECT("FIOASYNC bad pointer", ioctl(fd, FIOASYNC, HOLE), EFAULT);
+	EXPECT("FIONBIO", ioctl(fd, FIONBIO, &off), 0);
+	EXPECT("FIOCLEX", ioctl(fd, FIOCLEX), 0);
+	CHECK(fcntl(fd, F_GETFD) == FD_CLOEXEC);
+
+	unsigned char a[2], b[2];
+	struct iovec iov[2] = { { a, sizeof(a) }, { b, sizeof(b) } };
+	EXPECT("readv iommufd", readv(fd, iov, 2), EINVAL);
+	EXPECT("readv iommufd, no iovec", readv(fd, iov, 0), EINVAL);
+	EXPECT("writev iommufd", writev(fd, iov, 2), EINVAL);
+	EXPECT("readv bad iovec array", readv(fd, HOLE, 2), EFAULT);
+	volatile int too_many = 1025, negative = -1; /* (hidden from the compiler's checks) */
+	EXPECT("readv 1025 iovecs", readv(fd, iov, too_many), EINVAL);
+	EXPECT("readv -1 iovecs", readv(fd, iov, negative), EINVAL);
+	EXPECT("preadv2 flags", preadv2(devfd, iov, 2, 0, RWF_NOWAIT), EOPNOTSUPP);
+	/* Config space through two iovecs: the vendor id, then the device id. */
+	const off_t config = (off_t)VFIO_PCI_CONFIG_REGION_INDEX << 40;
+	__u16 vendor = 0, device = 0, v2 = 0, d2 = 0;
+	CHECK(pread(devfd, &vendor, 2, config) == 2 && pread(devfd, &device, 2, config + 2) == 2);
+	struct iovec ids[2] = { { &v2, 2 }, { &d2, 2 } };
+	CHECK(preadv(devfd, ids, 2, config) == 4);
+	CHECK(v2 == vendor && d2 == device && vendor != 0);
+	/* A bad buffer in the second iovec: the first's bytes count. */
+	struct iovec half[2] = { { &v2, 2 }, { HOLE, 2 } };
+	CHECK(preadv(devfd, half, 2, config) == 2);
+	/* A fault queue's readv answers as its read of the same buffer does. */
+	struct iovec fq[1] = { { a, sizeof(a) } };
+	errno = 0;
+	long r = readv(faultfd, fq, 1);
+	int e = errno;
+	errno = 0;
+	long r1 = read(faultfd, a, sizeof(a));
+	CHECK(r == r1 && e == errno);
+}
+
 int main(void)
 {
 	/* The edge: a readable page, then an unmapped one. */
@@ -997,6 +1053,7 @@ int main(void)
 
 	/* Every command: the size protocol, then its own refusals. */
 	c0 = uiommu_checks;
+	generic_file_calls(fd, devfd, faultfd);
 	size_protocol(fd, scratch);
 	check_state(__LINE__, fd, o.ioas, buf, &s);
 	command_rows(fd, &o, buf, wbuf);
