@@ -10,12 +10,12 @@
 use crate::engine::{ioas_in, Context, State};
 use crate::error::{Error, Result};
 use crate::group::CtxId;
-use crate::io_pagetable::{AccessId, PtEnv, RwBuf};
+use crate::io_pagetable::{last_of, AccessId, PtEnv, RwBuf, UnmapStop};
 use crate::object::ObjId;
 use crate::Object;
 use std::sync::Arc;
 use uiommu_platform::memory::Pfn;
-use uiommu_platform::Iova;
+use uiommu_platform::{Iova, Range};
 
 /// What the owner of an access is told.
 pub trait AccessOps: Send + Sync {
@@ -64,14 +64,24 @@ fn check_len(iova: Iova, len: u64) -> Result<()> {
     Ok(())
 }
 
-/// Unmap a range (or everything), telling accesses that hold pins in it to let go first.
-pub(crate) fn unmap_with_notify(
+/// The kernel's `iopt_unmap_iova_range` with its access notifications: the areas of
+/// `start..=last` removed in IOVA order; at an area an access holds pins in, the accesses
+/// holding pins in that area are told to let go ([`AccessOps::unmap`], outside the engine
+/// lock) and the walk goes on from it; after 100 notifications with no progress past the area
+/// (the kernel's count, started anew when the walk meets an area that does not start where it
+/// stood) EDEADLK. ENOENT at an area that sticks out of the range. The bytes unmapped come
+/// back with the outcome: areas removed before a refusal stay removed, as in the kernel.
+pub(crate) fn unmap_walk_notify(
     ctx: &Context,
     ioas: ObjId,
-    range: Option<(Iova, u64)>,
-) -> Result<u64> {
-    for round in 0..=UNMAP_NOTIFY_ROUNDS {
-        let r = ctx.with(|st, c| {
+    start: u64,
+    last: u64,
+) -> (u64, Result<()>) {
+    let mut bytes = 0u64;
+    let mut at = start;
+    let mut tries = 0usize;
+    loop {
+        let pass = ctx.with(|st, c| {
             let State {
                 ctxs,
                 platform,
@@ -79,24 +89,28 @@ pub(crate) fn unmap_with_notify(
                 ..
             } = st;
             let ioas = ioas_in(ctxs, c, ioas)?;
-            let mut env = PtEnv { platform, acct };
-            match range {
-                Some((iova, len)) => ioas.iopt.unmap(&mut env, iova, len),
-                None => ioas.iopt.unmap_all(&mut env),
-            }
+            Ok(ioas
+                .iopt
+                .unmap_walk(&mut PtEnv { platform, acct }, at, last))
         });
-        match r {
-            Err(Error::Busy(_)) if round < UNMAP_NOTIFY_ROUNDS => {}
-            Err(Error::Busy(_)) => {
-                return Err(Error::Deadlock("an access did not unpin its pages"))
-            }
-            other => return other,
+        let pass = match pass {
+            Ok(p) => p,
+            Err(e) => return (bytes, Err(e)),
+        };
+        bytes = bytes.saturating_add(pass.bytes);
+        if pass.new_area {
+            tries = 0;
         }
-        let (iova, len) = range.unwrap_or((Iova(0), u64::MAX));
-        let holders: Vec<(ObjId, Arc<dyn AccessOps>)> = ctx.with(|st, c| {
+        let (first, len) = match pass.stop {
+            UnmapStop::Done => return (bytes, Ok(())),
+            UnmapStop::Cut => return (bytes, Err(Error::NotMapped(Range { start, last }))),
+            UnmapStop::Busy { first, len } => (first, len),
+        };
+        at = first;
+        let holders: Result<Vec<(ObjId, Arc<dyn AccessOps>)>> = ctx.with(|st, c| {
             let ctx = st.ctx(c)?;
             let ids = match ctx.objects.get(ioas)? {
-                Object::Ioas(i) => i.iopt.accesses_in(iova, len),
+                Object::Ioas(i) => i.iopt.accesses_in(Iova(first), len),
                 _ => Vec::new(),
             };
             Ok(ids
@@ -106,17 +120,60 @@ pub(crate) fn unmap_with_notify(
                     _ => None,
                 })
                 .collect())
-        })?;
+        });
+        let holders = match holders {
+            Ok(h) => h,
+            Err(e) => return (bytes, Err(e)),
+        };
         if holders.is_empty() {
-            return Err(Error::Deadlock(
-                "the range is held by pins that no access owns",
-            ));
+            return (
+                bytes,
+                Err(Error::Deadlock(
+                    "the area is held by pins that no access owns",
+                )),
+            );
         }
         for (id, ops) in holders {
-            ops.unmap(ctx, id, iova, len);
+            ops.unmap(ctx, id, Iova(first), len);
+        }
+        tries += 1;
+        if tries > UNMAP_NOTIFY_ROUNDS {
+            return (
+                bytes,
+                Err(Error::Deadlock("an access did not unpin its pages")),
+            );
         }
     }
-    Err(Error::Deadlock("an access did not unpin its pages"))
+}
+
+/// IOMMU_IOAS_UNMAP (the kernel's `iommufd_ioas_unmap`): `range` `None`, or iova 0 with
+/// length `u64::MAX`, unmaps everything (and succeeds on an empty IOAS); otherwise EOVERFLOW
+/// for an iova or length of `u64::MAX`, EINVAL for zero length, EOVERFLOW when the range wraps,
+/// the walk of [`unmap_walk_notify`], and ENOENT when nothing was mapped there. The IOAS is
+/// looked up first (ENOENT). The bytes unmapped; a refusal reports none, as the ioctl does
+/// (the areas it removed before stay removed).
+pub(crate) fn unmap_with_notify(
+    ctx: &Context,
+    ioas: ObjId,
+    range: Option<(Iova, u64)>,
+) -> Result<u64> {
+    ctx.with(|st, c| ioas_in(&mut st.ctxs, c, ioas).map(|_| ()))?;
+    let (start, last, all) = match range {
+        None => (0, u64::MAX, true),
+        Some((iova, len)) if iova.raw() == 0 && len == u64::MAX => (0, u64::MAX, true),
+        Some((iova, len)) => {
+            if iova.raw() == u64::MAX || len == u64::MAX {
+                return Err(Error::Overflow);
+            }
+            (iova.raw(), last_of(iova.raw(), len)?, false)
+        }
+    };
+    let (bytes, r) = unmap_walk_notify(ctx, ioas, start, last);
+    r?;
+    if !all && bytes == 0 {
+        return Err(Error::NotMapped(Range { start, last }));
+    }
+    Ok(bytes)
 }
 
 /// Unpin everything an access holds and detach it from its IOAS.

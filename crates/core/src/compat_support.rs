@@ -9,14 +9,9 @@ use crate::error::{Error, Result};
 use crate::io_pagetable::{IoPagetable, PtEnv};
 use crate::object::ObjId;
 use crate::pages::AccountMode;
-use crate::{AccessOps, Object};
-use std::sync::Arc;
+use crate::Object;
 use uiommu_platform::pagetable::Prot;
 use uiommu_platform::{Iova, UserVa, PAGE_SIZE};
-
-/// How often an unmap notifies the accesses holding pins before it gives up (the kernel's
-/// 100 tries in `iopt_unmap_iova_range`).
-const NOTIFY_ROUNDS: usize = 100;
 
 impl Context {
     /// VFIO_IOMMU_MAP_DMA (`iommufd_vfio_map_dma`): map `len` bytes at `uva` to the fixed `iova`
@@ -127,55 +122,21 @@ impl Context {
     }
 
     /// `iopt_unmap_iova` (`range` = `Some((iova, len))`) or `iopt_unmap_all` (`None`) on
-    /// `ioas`: remove the areas inside the range and return the bytes unmapped — 0, not an
-    /// error, when nothing is mapped there (unlike IOMMU_IOAS_UNMAP). EINVAL zero length,
-    /// EOVERFLOW wrap, ENOENT when the range cuts an area; accesses holding pins are told to
-    /// let go and the unmap retried, EDEADLK when they do not.
-    pub fn ioas_unmap_range(&self, ioas: ObjId, range: Option<(Iova, u64)>) -> Result<u64> {
-        for _ in 0..=NOTIFY_ROUNDS {
-            let r = self.with(|st, c| {
-                let State {
-                    ctxs,
-                    platform,
-                    acct,
-                    ..
-                } = st;
-                let i = ioas_in(ctxs, c, ioas)?;
-                let mut env = PtEnv { platform, acct };
-                match range {
-                    Some((iova, len)) => i.iopt.unmap_range(&mut env, iova, len),
-                    None => i.iopt.unmap_all(&mut env),
-                }
-            });
-            match r {
-                Err(Error::Busy(_)) => {}
-                other => return other,
-            }
-            let (iova, len) = range.unwrap_or((Iova(0), u64::MAX));
-            let holders: Vec<(ObjId, Arc<dyn AccessOps>)> = self.with(|st, c| {
-                let ctx = st.ctx(c)?;
-                let ids = match ctx.objects.get(ioas)? {
-                    Object::Ioas(i) => i.iopt.accesses_in(iova, len),
-                    _ => Vec::new(),
-                };
-                Ok(ids
-                    .into_iter()
-                    .filter_map(|a| match ctx.objects.get(ObjId(a.0)) {
-                        Ok(Object::Access(o)) => Some((ObjId(a.0), o.ops.clone())),
-                        _ => None,
-                    })
-                    .collect())
-            })?;
-            if holders.is_empty() {
-                return Err(Error::Deadlock(
-                    "the range is held by pins that no access owns",
-                ));
-            }
-            for (id, ops) in holders {
-                ops.unmap(self, id, iova, len);
-            }
-        }
-        Err(Error::Deadlock("an access did not unpin its pages"))
+    /// `ioas`: the areas inside the range removed in IOVA order (the kernel's walk, accesses
+    /// told to let go of their pins: [`crate::access::unmap_walk_notify`]); the bytes unmapped
+    /// — 0, not an error, when nothing is mapped there (unlike IOMMU_IOAS_UNMAP) — with the
+    /// outcome: EINVAL zero length, EOVERFLOW wrap, ENOENT at an area the range cuts,
+    /// EDEADLK when an access does not let go. The bytes count also when it fails (the areas
+    /// before the refusal stay removed), as VFIO_IOMMU_UNMAP_DMA reports them.
+    pub fn ioas_unmap_range(&self, ioas: ObjId, range: Option<(Iova, u64)>) -> (u64, Result<()>) {
+        let (start, last) = match range {
+            None => (0, u64::MAX),
+            Some((iova, len)) => match crate::io_pagetable::last_of(iova.raw(), len) {
+                Ok(last) => (iova.raw(), last),
+                Err(e) => return (0, Err(e)),
+            },
+        };
+        crate::access::unmap_walk_notify(self, ioas, start, last)
     }
 }
 
@@ -215,29 +176,29 @@ mod tests {
     fn unmap_range_of_nothing_is_zero_bytes_and_cuts_split_areas() {
         let c = ctx();
         let ioas = c.ioas_alloc().unwrap();
-        assert_eq!(
-            c.ioas_unmap_range(ioas, Some((Iova(0), 0x1000))).unwrap(),
-            0
-        );
-        assert_eq!(c.ioas_unmap_range(ioas, None).unwrap(), 0);
+        let ok = |r: (u64, crate::Result<()>)| {
+            r.1.unwrap();
+            r.0
+        };
+        assert_eq!(ok(c.ioas_unmap_range(ioas, Some((Iova(0), 0x1000)))), 0);
+        assert_eq!(ok(c.ioas_unmap_range(ioas, None)), 0);
         c.ioas_map(ioas, UserVa(0x10_0000), 0x4000, Some(Iova(0x8000)), RW)
             .unwrap();
-        // A middle page: ENOENT without cuts.
-        assert_eq!(
-            c.ioas_unmap_range(ioas, Some((Iova(0x9000), 0x1000)))
-                .unwrap_err()
-                .errno(),
-            2
-        );
+        // A middle page: ENOENT without cuts, nothing unmapped.
+        let (n, r) = c.ioas_unmap_range(ioas, Some((Iova(0x9000), 0x1000)));
+        assert_eq!((n, r.unwrap_err().errno()), (0, 2));
         c.set_huge_pages(ioas, false).unwrap();
         c.ioas_cut_iova(ioas, &[Iova(0x9fff), Iova(0x8fff)])
             .unwrap();
         assert_eq!(
-            c.ioas_unmap_range(ioas, Some((Iova(0x9000), 0x1000)))
-                .unwrap(),
+            ok(c.ioas_unmap_range(ioas, Some((Iova(0x9000), 0x1000)))),
             0x1000
         );
-        assert_eq!(c.ioas_unmap_range(ioas, None).unwrap(), 0x3000);
+        // A range over the first area and into the last one: the first goes, then ENOENT,
+        // and the bytes of the first are reported (the kernel's walk).
+        let (n, r) = c.ioas_unmap_range(ioas, Some((Iova(0x8000), 0x3000)));
+        assert_eq!((n, r.unwrap_err().errno()), (0x1000, 2));
+        assert_eq!(ok(c.ioas_unmap_range(ioas, None)), 0x2000);
         assert!(c.vfio_compat_cache_coherent(ioas).unwrap());
         assert_eq!(c.vfio_compat_page_sizes(ioas).unwrap(), !0xfff);
     }

@@ -42,7 +42,6 @@
 use crate::error::{Error, Result};
 use crate::iova_alloc::{alloc_alignment, HoleIndex, RangeSet};
 use crate::pages::{lock, AccountMode, Accounting, Pages, PagesRef, PinEnv};
-use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashSet};
 use std::ops::{Deref, DerefMut};
 use std::sync::MutexGuard;
@@ -403,7 +402,47 @@ impl Default for IoPagetable {
 }
 
 /// `(iova, len)` as an inclusive last: EINVAL for zero length, EOVERFLOW on wrap.
-fn last_of(iova: u64, len: u64) -> Result<u64> {
+/// How a pass of [`IoPagetable::unmap_walk`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnmapStop {
+    /// The range is done.
+    Done,
+    /// An area sticks out of the range (ENOENT).
+    Cut,
+    /// An access holds pins in the area at `first` of `len` bytes.
+    Busy {
+        /// The area's first IOVA.
+        first: u64,
+        /// Its length.
+        len: u64,
+    },
+}
+
+/// What a pass of [`IoPagetable::unmap_walk`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnmapPass {
+    /// The bytes of the areas it removed.
+    pub bytes: u64,
+    /// Where it stopped.
+    pub stop: UnmapStop,
+    /// It met an area that does not start where the walk stood (after a gap, or the first
+    /// area of a range that starts before it): the kernel starts its count of notification
+    /// rounds anew then.
+    pub new_area: bool,
+}
+
+impl UnmapPass {
+    /// The pass as a result: its bytes when done, else the error of its stop.
+    pub fn into_result(self, start: u64, last: u64) -> Result<u64> {
+        match self.stop {
+            UnmapStop::Done => Ok(self.bytes),
+            UnmapStop::Cut => Err(Error::NotMapped(Range { start, last })),
+            UnmapStop::Busy { .. } => Err(Error::Busy("accesses hold pins in the range")),
+        }
+    }
+}
+
+pub(crate) fn last_of(iova: u64, len: u64) -> Result<u64> {
     if len == 0 {
         return Err(Error::Invalid("zero length"));
     }
@@ -860,9 +899,11 @@ impl IoPagetable {
 
     // ----- unmap -----------------------------------------------------------------------------
 
-    /// `IOMMU_IOAS_UNMAP` (ioas.c): `iova == 0 && len == u64::MAX` unmaps everything (and
-    /// succeeds on an empty IOAS); otherwise EOVERFLOW for `iova` or `len` of `u64::MAX`, then
-    /// [`IoPagetable::unmap_range`], and ENOENT when nothing was mapped there.
+    /// `IOMMU_IOAS_UNMAP` (ioas.c) without the access notifications: `iova == 0 && len ==
+    /// u64::MAX` unmaps everything (and succeeds on an empty IOAS); otherwise EOVERFLOW for
+    /// `iova` or `len` of `u64::MAX`, then [`IoPagetable::unmap_range`], and ENOENT when
+    /// nothing was mapped there. (The engine's IOMMU_IOAS_UNMAP is
+    /// `access::unmap_with_notify`, the same with the notifications.)
     pub fn unmap(&mut self, env: &mut PtEnv<'_>, iova: Iova, len: u64) -> Result<u64> {
         if iova.0 == 0 && len == u64::MAX {
             return self.unmap_all(env);
@@ -881,96 +922,86 @@ impl IoPagetable {
         Ok(n)
     }
 
-    /// The kernel's `iopt_unmap_iova` (also used by VFIO type1 compatibility): remove every area
-    /// inside `iova..iova+len` and return the bytes unmapped (0 when nothing was there).
-    /// EINVAL zero length, EOVERFLOW wrap; ENOENT when the range cuts an area (nothing is
-    /// unmapped); EBUSY when an access holds pins in an area of the range: nothing is unmapped,
-    /// those areas refuse new access pins and reads, and the caller must notify the accesses
-    /// ([`IoPagetable::accesses_in`]) and retry (the kernel gives up with EDEADLK after 100
-    /// tries).
+    /// The kernel's `iopt_unmap_iova` (also used by VFIO type1 compatibility) without its
+    /// access notifications: [`IoPagetable::unmap_walk`] of `iova..iova+len` (EINVAL zero
+    /// length, EOVERFLOW wrap), its stop as an error (`ENOENT` for a cut area, `EBUSY` for
+    /// pins: the areas before it stay unmapped). The bytes unmapped (0 when nothing was there).
     pub fn unmap_range(&mut self, env: &mut PtEnv<'_>, iova: Iova, len: u64) -> Result<u64> {
         let last = last_of(iova.0, len)?;
-        self.unmap_inner(env, iova.0, last)
+        self.unmap_walk(env, iova.0, last).into_result(iova.0, last)
     }
 
     /// Unmap every area (the kernel's `iopt_unmap_all`); Ok(0) on an empty IOAS. EBUSY as
     /// [`IoPagetable::unmap_range`] while accesses hold pins.
     pub fn unmap_all(&mut self, env: &mut PtEnv<'_>) -> Result<u64> {
-        self.unmap_inner(env, 0, u64::MAX)
+        self.unmap_walk(env, 0, u64::MAX).into_result(0, u64::MAX)
     }
 
-    fn unmap_inner(&mut self, env: &mut PtEnv<'_>, start: u64, last: u64) -> Result<u64> {
-        // The common case: the range is exactly one area (which then is the only one in it).
-        if let Entry::Occupied(e) = self.areas.entry(start) {
-            let i = *e.get();
+    /// One pass of the kernel's `iopt_unmap_iova_range` over `start..=last`: the areas in
+    /// IOVA order from `start`, each removed in turn, until the range is done, an area sticks
+    /// out of it ([`UnmapStop::Cut`]: ENOENT) or an access holds pins in one
+    /// ([`UnmapStop::Busy`]: that area now refuses new access pins and reads; the caller tells
+    /// the accesses and walks again from it). What was removed before a stop stays removed,
+    /// as in the kernel.
+    pub fn unmap_walk(&mut self, env: &mut PtEnv<'_>, start: u64, last: u64) -> UnmapPass {
+        let mut pass = UnmapPass {
+            bytes: 0,
+            stop: UnmapStop::Done,
+            new_area: false,
+        };
+        if start == 0 && last == u64::MAX && self.slab_all_free_of_accesses() {
+            // Everything goes (unmap-all with no pins): no search per area.
+            while let Some((s, i)) = self.areas.pop_first() {
+                pass.bytes = pass.bytes.saturating_add(self.remove_area(env, s, i));
+            }
+            return pass;
+        }
+        let mut at = start;
+        loop {
+            // The first area that intersects at..=last: one that starts below `at` and reaches
+            // it, else the first that starts in the range.
+            let below = self
+                .areas
+                .range(..at)
+                .next_back()
+                .map(|(&s, &i)| (s, i))
+                .filter(|&(_, i)| self.slab.get(i).last >= at);
+            let Some((s, i)) =
+                below.or_else(|| self.areas.range(at..=last).next().map(|(&s, &i)| (s, i)))
+            else {
+                return pass;
+            };
             let a = self.slab.get_mut(i);
-            if a.last == last {
-                if a.num_accesses > 0 {
-                    a.prevent_access = true;
-                    return Err(Error::Busy("accesses hold pins in the range"));
-                }
-                e.remove();
-                return Ok(self.remove_area(env, start, i));
+            let a_last = a.last;
+            if s < start || a_last > last {
+                pass.stop = UnmapStop::Cut;
+                return pass;
             }
-        }
-        // The overlapping areas, walked down from `last` (one search): only the first one seen
-        // may end after `last`, only the last one seen may start before `start`.
-        let mut count = 0usize;
-        let mut busy = false;
-        let mut lowest = None;
-        for (&s, &i) in self.areas.range(..=last).rev() {
-            let a = self.slab.get(i);
-            if a.last < start {
-                break;
+            pass.new_area |= s != at;
+            if a.num_accesses > 0 {
+                a.prevent_access = true;
+                pass.stop = UnmapStop::Busy {
+                    first: s,
+                    len: a_last - s + 1,
+                };
+                return pass;
             }
-            if s < start || a.last > last {
-                return Err(Error::NotMapped(Range { start, last }));
-            }
-            busy |= a.num_accesses > 0;
-            count += 1;
-            lowest = Some((s, i));
-        }
-        if busy {
-            // No area is cut, so the overlapping ones are those starting in the range.
-            let slab = &mut self.slab;
-            for (_, &i) in self.areas.range(start..=last) {
-                let a = slab.get_mut(i);
-                if a.num_accesses > 0 {
-                    a.prevent_access = true;
-                }
-            }
-            return Err(Error::Busy("accesses hold pins in the range"));
-        }
-        if count == 1 {
-            // The common case: one area, already found.
-            let Some((s, i)) = lowest else {
-                return Ok(0);
-            };
             self.areas.remove(&s);
-            return Ok(self.remove_area(env, s, i));
+            pass.bytes = pass.bytes.saturating_add(self.remove_area(env, s, i));
+            if a_last >= last {
+                return pass;
+            }
+            at = a_last + 1;
         }
-        let mut bytes = 0u64;
-        let all = count == self.areas.len();
-        for _ in 0..count {
-            let next = if all {
-                // Everything goes (unmap-all): no search per area.
-                self.areas.pop_first()
-            } else {
-                let first = self.areas.range(start..=last).next().map(|(&s, _)| s);
-                first.and_then(|s| self.areas.remove_entry(&s))
-            };
-            let Some((s, i)) = next else {
-                break;
-            };
-            bytes = bytes.saturating_add(self.remove_area(env, s, i));
-        }
-        Ok(bytes)
     }
 
-    /// Finish removing the area starting at `start` in slot `slot` (already out of the index):
-    /// free its IOVA (an area overlaps no other area or reservation, so its range becomes one
-    /// hole, joined with the holes around it), unmap it from every domain, then drop its pins
-    /// (unmap before unpin). Returns its length.
+    /// Whether no area has access pins.
+    fn slab_all_free_of_accesses(&self) -> bool {
+        self.areas
+            .values()
+            .all(|&i| self.slab.get(i).num_accesses == 0)
+    }
+
     fn remove_area(&mut self, env: &mut PtEnv<'_>, start: u64, slot: u32) -> u64 {
         let mut a = self.slab.remove(slot);
         self.free.release(Range {
@@ -2468,7 +2499,10 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_unmap_of_several_areas_marks_only_the_pinned_ones() {
+    fn an_unmap_walks_the_areas_in_order_and_keeps_what_it_removed_before_a_refusal() {
+        // The kernel's iopt_unmap_iova_range: area by area in IOVA order; a pinned area stops
+        // the walk (EBUSY here, below the engine's notifications) and refuses new pins, an area
+        // sticking out of the range stops it with ENOENT; the areas before stay unmapped.
         let mut fx = Fx::new();
         let mut pt = IoPagetable::new();
         let base = MOCK_APERTURE_START;
@@ -2479,26 +2513,34 @@ mod tests {
         pt.attach_access(a, true).unwrap();
         pt.access_pin(&mut fx.env(), a, Iova(base + P), P, false)
             .unwrap();
-        // A range cutting an area is ENOENT before the pins are looked at: nothing marked.
-        assert_eq!(
-            errno(pt.unmap(&mut fx.env(), Iova(base), 2 * P + 1)),
-            ENOENT
-        );
-        pt.access_pin(&mut fx.env(), a, Iova(base + P), P, false)
-            .unwrap();
-        pt.access_unpin(&mut fx.env(), a, Iova(base + P), P);
         assert_eq!(errno(pt.unmap(&mut fx.env(), Iova(base), 3 * P)), EBUSY);
-        assert_eq!(pt.area_count(), 3);
-        // The pinned area refuses new pins; its neighbours do not.
+        assert_eq!(
+            pt.area_count(),
+            2,
+            "the first area went before the pinned one"
+        );
+        // The pinned area refuses new pins; the one after it was not reached.
         assert_eq!(
             errno(pt.access_pin(&mut fx.env(), a, Iova(base + P), P, false)),
             EINVAL
         );
-        pt.access_pin(&mut fx.env(), a, Iova(base), P, false)
+        pt.access_pin(&mut fx.env(), a, Iova(base + 2 * P), P, false)
             .unwrap();
-        pt.access_unpin(&mut fx.env(), a, Iova(base), P);
+        pt.access_unpin(&mut fx.env(), a, Iova(base + 2 * P), P);
         pt.access_unpin(&mut fx.env(), a, Iova(base + P), P);
-        assert_eq!(pt.unmap(&mut fx.env(), Iova(base), 3 * P).unwrap(), 3 * P);
+        // A range over the middle area and into the last: the middle goes, then ENOENT.
+        assert_eq!(
+            errno(pt.unmap(&mut fx.env(), Iova(base + P), 2 * P - 1)),
+            ENOENT
+        );
+        assert_eq!(pt.area_count(), 1);
+        // A range that starts inside an area: ENOENT at once.
+        assert_eq!(
+            errno(pt.unmap(&mut fx.env(), Iova(base + 2 * P + 1), P)),
+            ENOENT
+        );
+        assert_eq!(pt.area_count(), 1);
+        assert_eq!(pt.unmap(&mut fx.env(), Iova(base), 3 * P).unwrap(), P);
         assert!(pt.free_index_is_exact());
         pt.detach_access(&mut fx.env(), a);
         teardown(&mut fx, &mut pt);
@@ -2766,7 +2808,28 @@ mod tests {
                         proptest::prop_assert_eq!(result.is_ok(), !cut && !hit.is_empty());
                     }
                 }
-                if result.is_err() {
+                if let Op::Unmap(a, n) = op {
+                    // The kernel's walk: the areas inside the range go in IOVA order until
+                    // one sticks out of it; the ones before that stay unmapped.
+                    let (s, l) = (base + a * P, base + (a + n) * P - 1);
+                    let mut stop = false;
+                    let expect: Vec<Range> = before
+                        .iter()
+                        .filter(|i| {
+                            if stop || i.iova.last < s || i.iova.start > l {
+                                return true;
+                            }
+                            if i.iova.start < s || i.iova.last > l {
+                                stop = true;
+                                return true;
+                            }
+                            false
+                        })
+                        .map(|i| i.iova)
+                        .collect();
+                    let got: Vec<Range> = after.iter().map(|i| i.iova).collect();
+                    proptest::prop_assert_eq!(got, expect);
+                } else if result.is_err() {
                     proptest::prop_assert_eq!(&before, &after);
                 }
                 model = after

@@ -452,8 +452,10 @@ impl World {
     }
 
     /// Run one operation; `None` when it did not call the engine (closed slot, ...), else the
-    /// result and whether a refusal is allowed to have changed state (the kernel's documented
-    /// exception: an unmap that gave up with EDEADLK after asking accesses to unpin).
+    /// result and whether a refusal is allowed to have changed state (the kernel's exception:
+    /// an unmap walks the areas in IOVA order, and what it removed before an area it refuses —
+    /// ENOENT for one the range cuts, EDEADLK for one whose pins an access keeps — stays
+    /// removed).
     fn step(&mut self, op: &Op) -> Option<(R, bool)> {
         let slot = match op {
             Op::Open(s) | Op::Close(s) | Op::Dup(s) => {
@@ -572,8 +574,8 @@ impl World {
                     Iova(iova_of(a)),
                     len_of(l),
                 ));
-                let deadlock = matches!(&r, Err(e) if e.errno() == 35);
-                return Some((r, deadlock));
+                let walked = matches!(&r, Err(e) if matches!(e.errno(), 2 | 35));
+                return Some((r, walked));
             }
             Op::UnmapArea(_, i, k) => {
                 let ioas = self.id(&ctx, i, &[ObjType::Ioas]);
@@ -583,13 +585,13 @@ impl World {
                     None => (Iova(IOVA_BASE), PAGE_SIZE),
                 };
                 let r = done(ctx.ioas_unmap(ioas, iova, len));
-                let deadlock = matches!(&r, Err(e) if e.errno() == 35);
-                return Some((r, deadlock));
+                let walked = matches!(&r, Err(e) if matches!(e.errno(), 2 | 35));
+                return Some((r, walked));
             }
             Op::UnmapAll(_, i) => {
                 let r = done(ctx.ioas_unmap_all(self.id(&ctx, i, &[ObjType::Ioas])));
-                let deadlock = matches!(&r, Err(e) if e.errno() == 35);
-                return Some((r, deadlock));
+                let walked = matches!(&r, Err(e) if matches!(e.errno(), 2 | 35));
+                return Some((r, walked));
             }
             Op::Copy(_, d, s, a, l, da, p) => done(ctx.ioas_copy(
                 self.id(&ctx, d, &[ObjType::Ioas]),

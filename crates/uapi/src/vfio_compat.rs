@@ -256,7 +256,7 @@ fn map_dma(ctx: &Context, mem: &dyn UserMemory, arg: u64) -> Result<(), Errno> {
 
 /// VFIO_IOMMU_UNMAP_DMA (`iommufd_vfio_unmap_dma`). Only `VFIO_DMA_UNMAP_FLAG_ALL` is
 /// supported (GET_DIRTY_BITMAP and VADDR are EINVAL). `size` returns the bytes unmapped, also
-/// when the unmap fails (then 0: the engine unmaps all or nothing).
+/// when the unmap fails (the areas removed before the refusal, as in the kernel).
 fn unmap_dma(ctx: &Context, mem: &dyn UserMemory, arg: u64) -> Result<(), Errno> {
     const MINSZ: usize = size_of::<VfioIommuType1DmaUnmap>();
     let mut unmap: VfioIommuType1DmaUnmap = read_min(mem, arg, MINSZ)?;
@@ -283,10 +283,7 @@ fn unmap_dma(ctx: &Context, mem: &dyn UserMemory, arg: u64) -> Result<(), Errno>
         }
         ctx.ioas_unmap_range(ioas, Some((Iova(unmap.iova), unmap.size)))
     };
-    let (unmapped, rc) = match rc {
-        Ok(n) => (n, Ok(())),
-        Err(e) => (0, Err(eno(e))),
-    };
+    let (unmapped, rc) = (rc.0, rc.1.map_err(eno));
     unmap.size = unmapped;
     write(mem, arg, unmap.as_bytes())?;
     rc
