@@ -3,7 +3,11 @@
 # (tools/testing/selftests/iommu/iommufd.c, built unmodified from Debian's linux-source-6.12)
 # against uiommu with `uiommu run`, and report pass / fail / skip per fixture.
 #
-#   bash conformance/run.sh [--floor FILE]
+#   bash conformance/run.sh [--floor FILE] [--expect-failed FILE]
+#
+# UIOMMU_KERNEL (uiommu run --kernel) chooses the uAPI level; with --expect-failed FILE the
+# run must fail exactly the tests FILE lists (one name a line, # comments), e.g.
+# conformance/failed-6.12.txt, the real 6.12 kernel's failures, under UIOMMU_KERNEL=6.12.
 #
 # Runs on a fresh Debian machine, as root or not. The kernel source is downloaded (apt) and
 # built in a work directory outside the repository, never copied into it:
@@ -31,6 +35,7 @@ WORK=${UIOMMU_CONFORMANCE_DIR:-/tmp/uiommu-conformance}
 TIMEOUT=${UIOMMU_CONFORMANCE_TIMEOUT:-1200}
 FACTS=$REPO/conformance/facts.h
 floor_file=
+expect_file=
 
 die() { echo "conformance: $*" >&2; exit 2; }
 
@@ -38,10 +43,15 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --floor) [ $# -ge 2 ] || die "--floor needs a FILE"; floor_file=$2; shift 2 ;;
         --floor=*) floor_file=${1#--floor=}; shift ;;
-        -h|--help) sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) die "unknown argument: $1 (usage: run.sh [--floor FILE])" ;;
+        --expect-failed) [ $# -ge 2 ] || die "--expect-failed needs a FILE"; expect_file=$2; shift 2 ;;
+        -h|--help) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown argument: $1 (usage: run.sh [--floor FILE] [--expect-failed FILE])" ;;
     esac
 done
+if [ -n "$expect_file" ]; then
+    [ -r "$expect_file" ] || die "--expect-failed: cannot read $expect_file"
+    expect_file=$(cd "$(dirname "$expect_file")" && pwd)/$(basename "$expect_file")
+fi
 if [ -n "$floor_file" ]; then
     [ -r "$floor_file" ] || die "--floor: cannot read $floor_file"
     floor=$(grep -Eo '[0-9]+' "$floor_file" | head -1 || true)
@@ -261,6 +271,24 @@ awk -v txt="$WORK/conformance-results.txt" -v json="$WORK/conformance-results.js
 
 pass=$(cat "$WORK/pass.count")
 echo "results: $WORK/conformance-results.txt, $WORK/conformance-results.json; log: $LOG"
+echo "uAPI level: ${UIOMMU_KERNEL:-default}"
+if [ -n "$expect_file" ]; then
+    if ! python3 - "$WORK/conformance-results.json" "$expect_file" <<'PY'
+import json, sys
+got = set(json.load(open(sys.argv[1]))["failed_tests"])
+want = {l.strip() for l in open(sys.argv[2]) if l.strip() and not l.startswith("#")}
+for name, what in ((sorted(got - want), "failed, not expected to"), (sorted(want - got), "expected to fail, passed")):
+    for n in name:
+        print(f"conformance: {n}: {what}", file=sys.stderr)
+print(f"conformance: {len(got & want)} of the {len(want)} expected failures, {len(got - want)} others")
+sys.exit(0 if got == want else 1)
+PY
+    then
+        echo "conformance: FAIL: the failed tests are not those of $expect_file" >&2
+        exit 1
+    fi
+    echo "conformance: exactly the failures of $expect_file"
+fi
 echo "conformance: $(( $(date +%s) - script_start ))s in all"
 if [ -n "$floor_file" ]; then
     if [ "$pass" -lt "$floor" ]; then

@@ -147,6 +147,7 @@ pub fn json(host: &Host) -> Value {
     let users: BTreeSet<u32> = procs.iter().map(|p| p.uid).collect();
     json!({
         "instance": host.config.instance,
+        "kernel": uiommu_uapi::level::current().name(),
         "pid": std::process::id(),
         "uid": nix::unistd::geteuid().as_raw(),
         "uptime_s": host.started.elapsed().as_secs(),

@@ -133,6 +133,8 @@ fn build() -> Result<Global, String> {
                 .map_err(|e| format!("UIOMMU_PLATFORM={}: {e}", path.display()))?
         }
     };
+    // The uAPI level the program's engine follows (`uiommu run --kernel`).
+    uiommu_uapi::level::set(uiommu_uapi::level::Level::from_env()?);
     let engine = Engine::new(platform, engine_config())
         .map_err(|e| format!("cannot start the engine: {e}"))?;
     let mem = Arc::new(ProcessMemory::this().holding());

@@ -799,14 +799,21 @@ fn read_invalidation(
 
 // --- device.c --------------------------------------------------------------------------------
 
-/// IOMMU_GET_HW_INFO: unknown flags or non-zero reserved bytes EOPNOTSUPP; without
+/// IOMMU_GET_HW_INFO: unknown flags (at uAPI level 6.12 any flag) or non-zero reserved bytes
+/// EOPNOTSUPP; without
 /// IOMMU_HW_INFO_FLAG_INPUT_TYPE the type asked for is the default; the device (ENOENT). A mock
 /// device reports the selftest type and data (EOPNOTSUPP for another type asked for), other
 /// devices type NONE with no data. `min(data_len, len)` bytes are copied and the rest of the
 /// caller's buffer zeroed; `data_len` returns the full length.
 fn get_hw_info(f: &IommufdFile, c: &Caller<'_>, u: &Ucmd<'_>) -> Result<(), Errno> {
     let mut cmd: IommuHwInfo = u.cmd()?;
-    if cmd.flags & !IOMMU_HW_INFO_FLAG_INPUT_TYPE != 0 || cmd.reserved != [0; 3] {
+    // Linux 6.12 takes no flags (IOMMU_HW_INFO_FLAG_INPUT_TYPE came later).
+    let known = if crate::level::beyond_6_12() {
+        IOMMU_HW_INFO_FLAG_INPUT_TYPE
+    } else {
+        0
+    };
+    if cmd.flags & !known != 0 || cmd.reserved != [0; 3] {
         return Err(EOPNOTSUPP);
     }
     if cmd.flags & IOMMU_HW_INFO_FLAG_INPUT_TYPE == 0 {

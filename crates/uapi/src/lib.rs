@@ -21,6 +21,7 @@ pub mod abi;
 pub mod fault;
 pub mod file;
 pub mod iommufd;
+pub mod level;
 pub mod selftest;
 pub mod sysfs_tree;
 pub mod trace;

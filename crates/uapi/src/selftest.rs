@@ -23,7 +23,7 @@
 //!
 //! Unknown ops are EOPNOTSUPP, as the kernel's `iommufd_test()`. Differences from the kernel,
 //! on purpose: mock devices accept `MOCK_FLAGS_DEVICE_PASID` (a later kernel's flag the 6.12
-//! stable selftests send); `MD_CHECK_REFS` checks every page, where the kernel skips compound
+//! stable selftests send; at uAPI level 6.12, [`crate::level`], it is EINVAL as in 6.12); `MD_CHECK_REFS` checks every page, where the kernel skips compound
 //! (huge) pages; `MOCK_ACCESS_RW_SLOW_PATH` takes the same path as the fast one (there is only
 //! one); the `MOCK_FLAGS_ACCESS_SYZ` IOVA conversion (nth area, offset) is implemented as the
 //! kernel's.
@@ -141,6 +141,12 @@ fn mock_domain(ctx: &Context, u: &Ucmd<'_>, mut cmd: IommuTestCmd) -> Result<(),
     } else {
         0
     };
+    // Linux 6.12's mock devices know no PASID (MOCK_FLAGS_DEVICE_PASID came later).
+    if !crate::level::beyond_6_12()
+        && flags & uiommu_platform::devices::mock::MOCK_FLAGS_DEVICE_PASID != 0
+    {
+        return Err(EINVAL);
+    }
     let md = ctx.mock_domain(flags, ObjId(cmd.id)).map_err(eno)?;
     p.out_stdev_id = md.stdev.0;
     p.out_hwpt_id = md.hwpt.0;

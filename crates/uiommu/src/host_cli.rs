@@ -37,6 +37,8 @@ pub struct ServeArgs {
     pub mode: u32,
     pub allow_uids: Vec<u32>,
     pub spin_us: u64,
+    /// The uAPI level the engine follows.
+    pub kernel: uiommu_uapi::level::Level,
 }
 
 /// Read and check a platform file.
@@ -67,6 +69,7 @@ pub fn serve(args: ServeArgs) -> (u8, String) {
             Err(m) => return (2, m),
         },
     };
+    uiommu_uapi::level::set(args.kernel);
     let mut config = uiommu_host::Config::new(&args.instance);
     config.platform_source = source;
     config.engine = engine_config(args.as_root);
@@ -199,12 +202,13 @@ pub fn status_text(v: &serde_json::Value) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "instance {}: engine pid {}, uid {}, up {} s, platform {}, {} connection(s), {} ring(s) \
-         ({} made)",
+        "instance {}: engine pid {}, uid {}, up {} s, uAPI level {}, platform {}, \
+         {} connection(s), {} ring(s) ({} made)",
         v["instance"].as_str().unwrap_or("?"),
         v["pid"],
         v["uid"],
         v["uptime_s"],
+        v["kernel"].as_str().unwrap_or("?"),
         v["platform"].as_str().unwrap_or("?"),
         v["connections"],
         v["rings"]["serving"],
@@ -336,7 +340,11 @@ pub fn start_detached(name: &str, args: &[std::ffi::OsString]) -> Result<(), Str
 /// it; it exits after [`IDLE_GRACE`] with nothing to serve). Returns the engine's platform
 /// source as its status reports it. (`run --as-root` is granted per program, by its hello,
 /// not to the whole instance.)
-pub fn ensure_engine(name: &str, platform: Option<&Path>) -> Result<String, String> {
+pub fn ensure_engine(
+    name: &str,
+    platform: Option<&Path>,
+    kernel: uiommu_uapi::level::Level,
+) -> Result<String, String> {
     let client = client_of(name)?;
     if !client.reachable() {
         // `serve --detach` starts the engine and exits once it answers: the engine is then
@@ -349,6 +357,7 @@ pub fn ensure_engine(name: &str, platform: Option<&Path>) -> Result<String, Stri
         if let Some(p) = platform {
             cmd.arg("--platform").arg(p);
         }
+        cmd.args(["--kernel", kernel.name()]);
         let out = cmd
             .stdin(Stdio::null())
             .output()
@@ -358,6 +367,13 @@ pub fn ensure_engine(name: &str, platform: Option<&Path>) -> Result<String, Stri
         }
     }
     let status = status_json(name)?;
+    let served = status["kernel"].as_str().unwrap_or("?");
+    if served != kernel.name() {
+        return Err(format!(
+            "instance {name} is served at uAPI level {served}, not {} (use another --instance)",
+            kernel.name()
+        ));
+    }
     let source = status["platform"]
         .as_str()
         .unwrap_or("built-in")

@@ -16,7 +16,7 @@ const PRELOAD_NAME: &str = "libuiommu_preload.so";
 
 /// uiommu: the Linux iommufd security model, in userspace, over an emulated IOMMU platform.
 #[derive(Parser)]
-#[command(name = "uiommu", version, about)]
+#[command(name = "uiommu", version, long_version = long_version(), about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -79,6 +79,11 @@ enum Command {
         /// `text` (strace-like, the default) or `json` (one JSON object per line).
         #[arg(long, value_name = "FORMAT", default_value = "text")]
         trace_format: TraceFormat,
+        /// Whose uAPI the engine follows: `6.12` (Linux 6.12.y exactly: what came later is
+        /// refused) or `6.12+` (the default: 6.12 plus the later pieces the 6.12 stable
+        /// selftest uses). Default: $UIOMMU_KERNEL, else 6.12+.
+        #[arg(long, value_name = "VERSION")]
+        kernel: Option<String>,
         /// The program and its arguments (after `--`).
         #[arg(last = true, required = true, value_name = "PROGRAM")]
         command: Vec<OsString>,
@@ -111,6 +116,10 @@ enum Command {
         /// Microseconds a connection polls for the next call before sleeping (0: at once).
         #[arg(long, value_name = "US", default_value_t = uiommu_proto::DEFAULT_SPIN_US)]
         spin_us: u64,
+        /// Whose uAPI the engine follows: `6.12` or `6.12+` (as `run --kernel`). Default:
+        /// $UIOMMU_KERNEL, else 6.12+.
+        #[arg(long, value_name = "VERSION")]
+        kernel: Option<String>,
     },
     /// Show a host engine: its platform, and per security context the processes holding it,
     /// its devices, groups, objects and pinned pages.
@@ -202,10 +211,15 @@ fn main() -> ExitCode {
             allow_uid,
             detach,
             spin_us,
+            kernel,
         } => {
             let fail = |code: u8, m: String| {
                 eprintln!("uiommu serve: {m}");
                 ExitCode::from(code)
+            };
+            let kernel = match kernel_level(kernel) {
+                Ok(k) => k,
+                Err(m) => return fail(2, m),
             };
             let instance = match host_cli::instance_name(instance) {
                 Ok(n) => n,
@@ -245,6 +259,8 @@ fn main() -> ExitCode {
                 }
                 args.push("--spin-us".into());
                 args.push(spin_us.to_string().into());
+                args.push("--kernel".into());
+                args.push(kernel.name().into());
                 return match host_cli::start_detached(&instance, &args) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(m) => fail(1, m),
@@ -258,6 +274,7 @@ fn main() -> ExitCode {
                 mode,
                 allow_uids: allow_uid,
                 spin_us,
+                kernel,
             });
             fail(code, msg)
         }
@@ -392,6 +409,7 @@ fn main() -> ExitCode {
             front_end,
             trace,
             trace_format,
+            kernel,
             command,
         } => match run(
             platform,
@@ -401,6 +419,7 @@ fn main() -> ExitCode {
             instance,
             front_end,
             trace.map(|t| (t, trace_format)),
+            kernel,
             &command,
         ) {
             // `run` only returns when the program could not be started.
@@ -610,6 +629,41 @@ fn with_status(
     }
 }
 
+/// The uAPI level `--kernel` names, else `UIOMMU_KERNEL`'s, else the default; the message for
+/// a value that names none.
+fn kernel_level(flag: Option<String>) -> Result<uiommu_uapi::level::Level, String> {
+    use uiommu_uapi::level::Level;
+    match flag {
+        Some(v) => Level::parse(&v)
+            .ok_or_else(|| format!("--kernel {v}: not a uAPI level ({})", Level::names())),
+        None => Level::from_env(),
+    }
+}
+
+/// `uiommu --version`: the version and the uAPI levels.
+fn long_version() -> &'static str {
+    use uiommu_uapi::level::Level;
+    let mut s = format!(
+        "{}
+uAPI levels (--kernel):",
+        env!("CARGO_PKG_VERSION")
+    );
+    for l in Level::ALL {
+        let default = if l == Level::DEFAULT {
+            " (default)"
+        } else {
+            ""
+        };
+        s.push_str(&format!(
+            "
+  {}{default}: {}",
+            l.name(),
+            l.describe()
+        ));
+    }
+    Box::leak(s.into_boxed_str())
+}
+
 /// `run --trace-format`.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum TraceFormat {
@@ -628,9 +682,11 @@ fn run(
     instance: Option<String>,
     front_end: Option<host_cli::FrontEnd>,
     trace: Option<(PathBuf, TraceFormat)>,
+    kernel: Option<String>,
     command: &[OsString],
 ) -> Result<std::convert::Infallible, (u8, String)> {
     use host_cli::FrontEnd;
+    let kernel = kernel_level(kernel).map_err(|m| (2, m))?;
     let engine = match engine {
         Some(e) => Some(e),
         None => match std::env::var("UIOMMU_ENGINE").ok().as_deref() {
@@ -727,9 +783,11 @@ fn run(
     } else {
         cmd.env_remove("UIOMMU_TRACE");
     }
+    cmd.env("UIOMMU_KERNEL", kernel.name());
     if engine == EngineKind::Host {
         let name = host_cli::instance_name(instance).map_err(|m| (2, m))?;
-        let source = host_cli::ensure_engine(&name, platform.as_deref()).map_err(|m| (1, m))?;
+        let source =
+            host_cli::ensure_engine(&name, platform.as_deref(), kernel).map_err(|m| (1, m))?;
         // The program's view of the platform (sysfs, /dev nodes) is the engine's.
         if source != "built-in" {
             cmd.env("UIOMMU_PLATFORM", source);

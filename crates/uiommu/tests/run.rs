@@ -220,6 +220,47 @@ fn run_trace_refuses_a_bad_file_and_creates_a_good_one() {
 }
 
 #[test]
+fn the_kernel_level_is_chosen_checked_and_shown() {
+    // --version lists the levels, the default marked.
+    let v = uiommu().arg("--version").output().unwrap();
+    let text = String::from_utf8_lossy(&v.stdout);
+    assert!(text.contains("6.12: Linux 6.12.y"), "{text}");
+    assert!(text.contains("6.12+ (default)"), "{text}");
+    // A level that is none: exit 2, named, the program not run.
+    for (args, env, named) in [
+        (&["--kernel", "6.13"][..], None, "--kernel 6.13"),
+        (&[][..], Some("4.0"), "UIOMMU_KERNEL=4.0"),
+    ] {
+        let mut cmd = uiommu();
+        cmd.arg("run").args(args);
+        if let Some(e) = env {
+            cmd.env("UIOMMU_KERNEL", e);
+        }
+        let out = cmd.args(["--", "sh", "-c", "echo ran"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("ran"));
+        let why = String::from_utf8_lossy(&out.stderr);
+        assert!(why.contains(named) && why.contains("6.12, 6.12+"), "{why}");
+    }
+    // The program's engine gets the level (the preload library reads UIOMMU_KERNEL).
+    let out = uiommu()
+        .args(["run", "--preload"])
+        .arg(stand_in_library())
+        .args([
+            "--kernel",
+            "6.12.117",
+            "--",
+            "sh",
+            "-c",
+            "echo $UIOMMU_KERNEL",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "6.12");
+}
+
+#[test]
 fn ci_runs_the_readmes_two_commands() {
     // The README's "Two commands" block: the main job and the test command, which .ci/run
     // calls as they are written (it knows no more than the README).

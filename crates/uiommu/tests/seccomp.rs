@@ -473,6 +473,56 @@ fn status_svg_draws_the_group_a_program_holds_with_its_owner() {
 }
 
 #[test]
+fn a_host_engine_has_one_uapi_level_and_says_which() {
+    let s = Served::new("level");
+    assert_eq!(s.status().unwrap()["kernel"], "6.12+");
+    // A program asking for another level is not served by it: exit 1, named.
+    let out = uiommu()
+        .args([
+            "run",
+            "--engine",
+            "host",
+            "--instance",
+            &s.name,
+            "--kernel",
+            "6.12",
+        ])
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        why.contains("served at uAPI level 6.12+, not 6.12"),
+        "{why}"
+    );
+    // One started for a program that asks for 6.12 follows 6.12.
+    let name = format!("{}-612", s.name);
+    let out = uiommu()
+        .args([
+            "run",
+            "--engine",
+            "host",
+            "--instance",
+            &name,
+            "--kernel",
+            "6.12",
+        ])
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let st = uiommu()
+        .args(["status", "--json", "--instance", &name])
+        .output()
+        .unwrap();
+    // (It lives a grace of seconds after its last client.)
+    assert!(st.status.success(), "{st:?}");
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(v["kernel"], "6.12");
+}
+
+#[test]
 fn trace_follows_every_clients_calls_live_static_and_dynamic() {
     let s = Served::new("trace");
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("seccomp");
