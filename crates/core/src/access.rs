@@ -10,12 +10,12 @@
 use crate::engine::{ioas_in, Context, State};
 use crate::error::{Error, Result};
 use crate::group::CtxId;
-use crate::io_pagetable::{last_of, AccessId, PtEnv, RwBuf, UnmapStop};
+use crate::io_pagetable::{AccessId, PtEnv, RwBuf};
 use crate::object::ObjId;
 use crate::Object;
 use std::sync::Arc;
 use uiommu_platform::memory::Pfn;
-use uiommu_platform::{Iova, Range};
+use uiommu_platform::Iova;
 
 /// What the owner of an access is told.
 pub trait AccessOps: Send + Sync {
@@ -42,7 +42,7 @@ impl std::fmt::Debug for AccessObj {
 }
 
 /// The kernel gives up on an access that keeps its pins after this many notifications.
-const UNMAP_NOTIFY_ROUNDS: usize = 100;
+pub(crate) const UNMAP_NOTIFY_ROUNDS: usize = 100;
 
 fn access_obj(st: &mut State, c: CtxId, id: ObjId) -> Result<&mut AccessObj> {
     match st.ctx_mut(c)?.objects.get_mut(id)? {
@@ -62,118 +62,6 @@ fn check_len(iova: Iova, len: u64) -> Result<()> {
     }
     iova.raw().checked_add(len - 1).ok_or(Error::Overflow)?;
     Ok(())
-}
-
-/// The kernel's `iopt_unmap_iova_range` with its access notifications: the areas of
-/// `start..=last` removed in IOVA order; at an area an access holds pins in, the accesses
-/// holding pins in that area are told to let go ([`AccessOps::unmap`], outside the engine
-/// lock) and the walk goes on from it; after 100 notifications with no progress past the area
-/// (the kernel's count, started anew when the walk meets an area that does not start where it
-/// stood) EDEADLK. ENOENT at an area that sticks out of the range. The bytes unmapped come
-/// back with the outcome: areas removed before a refusal stay removed, as in the kernel.
-pub(crate) fn unmap_walk_notify(
-    ctx: &Context,
-    ioas: ObjId,
-    start: u64,
-    last: u64,
-) -> (u64, Result<()>) {
-    let mut bytes = 0u64;
-    let mut at = start;
-    let mut tries = 0usize;
-    loop {
-        let pass = ctx.with(|st, c| {
-            let State {
-                ctxs,
-                platform,
-                acct,
-                ..
-            } = st;
-            let ioas = ioas_in(ctxs, c, ioas)?;
-            Ok(ioas
-                .iopt
-                .unmap_walk(&mut PtEnv { platform, acct }, at, last))
-        });
-        let pass = match pass {
-            Ok(p) => p,
-            Err(e) => return (bytes, Err(e)),
-        };
-        bytes = bytes.saturating_add(pass.bytes);
-        if pass.new_area {
-            tries = 0;
-        }
-        let (first, len) = match pass.stop {
-            UnmapStop::Done => return (bytes, Ok(())),
-            UnmapStop::Cut => return (bytes, Err(Error::NotMapped(Range { start, last }))),
-            UnmapStop::Busy { first, len } => (first, len),
-        };
-        at = first;
-        let holders: Result<Vec<(ObjId, Arc<dyn AccessOps>)>> = ctx.with(|st, c| {
-            let ctx = st.ctx(c)?;
-            let ids = match ctx.objects.get(ioas)? {
-                Object::Ioas(i) => i.iopt.accesses_in(Iova(first), len),
-                _ => Vec::new(),
-            };
-            Ok(ids
-                .into_iter()
-                .filter_map(|a| match ctx.objects.get(ObjId(a.0)) {
-                    Ok(Object::Access(o)) => Some((ObjId(a.0), o.ops.clone())),
-                    _ => None,
-                })
-                .collect())
-        });
-        let holders = match holders {
-            Ok(h) => h,
-            Err(e) => return (bytes, Err(e)),
-        };
-        if holders.is_empty() {
-            return (
-                bytes,
-                Err(Error::Deadlock(
-                    "the area is held by pins that no access owns",
-                )),
-            );
-        }
-        for (id, ops) in holders {
-            ops.unmap(ctx, id, Iova(first), len);
-        }
-        tries += 1;
-        if tries > UNMAP_NOTIFY_ROUNDS {
-            return (
-                bytes,
-                Err(Error::Deadlock("an access did not unpin its pages")),
-            );
-        }
-    }
-}
-
-/// IOMMU_IOAS_UNMAP (the kernel's `iommufd_ioas_unmap`): `range` `None`, or iova 0 with
-/// length `u64::MAX`, unmaps everything (and succeeds on an empty IOAS); otherwise EOVERFLOW
-/// for an iova or length of `u64::MAX`, EINVAL for zero length, EOVERFLOW when the range wraps,
-/// the walk of [`unmap_walk_notify`], and ENOENT when nothing was mapped there. The IOAS is
-/// looked up first (ENOENT). The bytes unmapped; a refusal reports none, as the ioctl does
-/// (the areas it removed before stay removed).
-pub(crate) fn unmap_with_notify(
-    ctx: &Context,
-    ioas: ObjId,
-    range: Option<(Iova, u64)>,
-) -> Result<u64> {
-    ctx.with(|st, c| ioas_in(&mut st.ctxs, c, ioas).map(|_| ()))?;
-    let (start, last, all) = match range {
-        None => (0, u64::MAX, true),
-        Some((iova, len)) if iova.raw() == 0 && len == u64::MAX => (0, u64::MAX, true),
-        Some((iova, len)) => {
-            if iova.raw() == u64::MAX || len == u64::MAX {
-                return Err(Error::Overflow);
-            }
-            (iova.raw(), last_of(iova.raw(), len)?, false)
-        }
-    };
-    let (bytes, r) = unmap_walk_notify(ctx, ioas, start, last);
-    r?;
-    if !all && bytes == 0 {
-        return Err(Error::NotMapped(Range { start, last }));
-    }
-    Ok(bytes)
 }
 
 /// Unpin everything an access holds and detach it from its IOAS.

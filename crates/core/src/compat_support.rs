@@ -123,7 +123,7 @@ impl Context {
 
     /// `iopt_unmap_iova` (`range` = `Some((iova, len))`) or `iopt_unmap_all` (`None`) on
     /// `ioas`: the areas inside the range removed in IOVA order (the kernel's walk, accesses
-    /// told to let go of their pins: [`crate::access::unmap_walk_notify`]); the bytes unmapped
+    /// told to let go of their pins: [`crate::ioas::unmap_walk_notify`]); the bytes unmapped
     /// — 0, not an error, when nothing is mapped there (unlike IOMMU_IOAS_UNMAP) — with the
     /// outcome: EINVAL zero length, EOVERFLOW wrap, ENOENT at an area the range cuts,
     /// EDEADLK when an access does not let go. The bytes count also when it fails (the areas
@@ -136,7 +136,7 @@ impl Context {
                 Err(e) => return (0, Err(e)),
             },
         };
-        crate::access::unmap_walk_notify(self, ioas, start, last)
+        crate::ioas::unmap_walk_notify(self, ioas, start, last)
     }
 }
 

@@ -14,7 +14,7 @@
 use crate::coherency::RightState;
 use crate::error::{Error, Result};
 use crate::group::{CtxId, Groups};
-use crate::io_pagetable::{IoPagetable, PtEnv};
+use crate::io_pagetable::IoPagetable;
 use crate::object::{ObjId, ObjType, ObjectTable};
 use crate::pages::{AccountMode, Accounting};
 use std::collections::HashMap;
@@ -24,9 +24,8 @@ use uiommu_platform::devices::DmaFault;
 use uiommu_platform::drivers::Driver;
 use uiommu_platform::hw::FaultRecord;
 use uiommu_platform::memory::{SpaceId, UserMemory};
-use uiommu_platform::pagetable::Prot;
 use uiommu_platform::topology::{DeviceId, GroupId};
-use uiommu_platform::{Iova, Platform, Range, UserVa};
+use uiommu_platform::{Iova, Platform, Range};
 
 /// Privileges and limits of the programs using the engine (what the kernel reads from the
 /// calling task's credentials and rlimits).
@@ -566,218 +565,16 @@ impl Context {
         self.with(|st, c| crate::teardown::destroy(st, c, id))
     }
 
-    /// IOMMU_IOAS_ALLOC: a new, empty I/O address space.
-    pub fn ioas_alloc(&self) -> Result<ObjId> {
-        self.with(|st, c| {
-            st.ctx_mut(c)?
-                .objects
-                .insert(crate::Object::Ioas(Box::new(Ioas {
-                    iopt: IoPagetable::new(),
-                    hwpts: Vec::new(),
-                })))
-        })
-    }
-
-    /// IOMMU_IOAS_ALLOW_IOVAS: restrict automatic and fixed IOVAs to `ranges` (empty: no
-    /// restriction).
-    pub fn ioas_allow_iovas(&self, ioas: ObjId, ranges: &[Range]) -> Result<()> {
-        self.with(|st, c| ioas_mut(st, c, ioas)?.iopt.set_allowed(ranges))
-    }
-
-    /// IOMMU_IOAS_IOVA_RANGES: the usable IOVA ranges and the required alignment.
-    pub fn ioas_iova_ranges(&self, ioas: ObjId) -> Result<IovaRanges> {
-        self.with(|st, c| {
-            let ioas = ioas_mut(st, c, ioas)?;
-            Ok(IovaRanges {
-                ranges: ioas.iopt.iova_ranges(),
-                alignment: ioas.iopt.iova_alignment(),
-            })
-        })
-    }
-
-    /// IOMMU_IOAS_MAP: map `len` bytes of the program's memory at `uva` into the IOAS at `iova`
-    /// (or at an IOVA the allocator picks); returns the IOVA. A `len` or fixed `iova` of
-    /// `u64::MAX` is EOVERFLOW first (`iommufd_ioas_map`'s own check).
-    pub fn ioas_map(
-        &self,
-        ioas: ObjId,
-        uva: UserVa,
-        len: u64,
-        iova: Option<Iova>,
-        prot: Prot,
-    ) -> Result<Iova> {
-        if len == u64::MAX || iova.is_some_and(|i| i.raw() == u64::MAX) {
-            return Err(Error::Overflow);
-        }
-        self.map_user_pages(ioas, uva, len, iova, prot)
-    }
-
-    /// [`Context::ioas_map`] without IOMMU_IOAS_MAP's own EOVERFLOW check of `u64::MAX`
-    /// (`iommufd_ioas_map`): the kernel's `iopt_map_user_pages`, which VFIO_IOMMU_MAP_DMA calls
-    /// directly, so its size and IOVA are checked by `iopt_alloc_pages` and `iopt_check_iova`
-    /// alone.
-    pub(crate) fn map_user_pages(
-        &self,
-        ioas: ObjId,
-        uva: UserVa,
-        len: u64,
-        iova: Option<Iova>,
-        prot: Prot,
-    ) -> Result<Iova> {
-        if !prot.read && !prot.write {
-            return Err(Error::Invalid("a mapping must be readable or writable"));
-        }
-        self.with(|st, c| {
-            let ctx = st.ctx(c)?;
-            let space = CALLER_SPACE.with(|s| s.get()).unwrap_or(ctx.space);
-            let mode = if caller_caps().map_or(st.config.cap_ipc_lock, |c| c.cap_ipc_lock) {
-                AccountMode::None
-            } else {
-                ctx.account_mode
-            };
-            let State {
-                ctxs,
-                platform,
-                acct,
-                ..
-            } = st;
-            let ioas = ioas_in(ctxs, c, ioas)?;
-            let mut env = PtEnv { platform, acct };
-            ioas.iopt
-                .map_user(&mut env, space, uva, len, iova, prot, mode)
-        })
-    }
-
-    /// IOMMU_IOAS_COPY: map the pages behind `[src_iova, src_iova + len)` of `src` into `dst`
-    /// as well, sharing them (no new pins); returns the destination IOVA.
-    pub fn ioas_copy(
-        &self,
-        dst: ObjId,
-        src: ObjId,
-        src_iova: Iova,
-        len: u64,
-        dst_iova: Option<Iova>,
-        prot: Prot,
-    ) -> Result<Iova> {
-        if len == u64::MAX
-            || src_iova.raw() == u64::MAX
-            || dst_iova.is_some_and(|i| i.raw() == u64::MAX)
-        {
-            return Err(Error::Overflow);
-        }
-        if !prot.read && !prot.write {
-            return Err(Error::Invalid("a mapping must be readable or writable"));
-        }
-        self.with(|st, c| {
-            let list = ioas_in(&mut st.ctxs, c, src)?
-                .iopt
-                .get_pages(src_iova, len)?;
-            let State {
-                ctxs,
-                platform,
-                acct,
-                ..
-            } = st;
-            let dst = ioas_in(ctxs, c, dst)?;
-            let mut env = PtEnv { platform, acct };
-            dst.iopt.map_pages(&mut env, list, dst_iova, prot)
-        })
-    }
-
-    /// IOMMU_IOAS_UNMAP of `[iova, iova + len)`: the range must cover whole mappings. Accesses
-    /// holding pins in it are told to let go first. Returns the bytes unmapped.
-    pub fn ioas_unmap(&self, ioas: ObjId, iova: Iova, len: u64) -> Result<u64> {
-        crate::access::unmap_with_notify(self, ioas, Some((iova, len)))
-    }
-
-    /// IOMMU_IOAS_UNMAP of everything (iova 0, length u64::MAX). Returns the bytes unmapped.
-    pub fn ioas_unmap_all(&self, ioas: ObjId) -> Result<u64> {
-        crate::access::unmap_with_notify(self, ioas, None)
-    }
-
-    /// IOMMU_OPTION_RLIMIT_MODE get: whether pins are charged to the process (`true`) or the
-    /// user (`false`).
-    pub fn rlimit_mode_process(&self) -> Result<bool> {
-        self.with(|st, c| Ok(st.ctx(c)?.account_mode == AccountMode::Process))
-    }
-
-    /// IOMMU_OPTION_RLIMIT_MODE set. EPERM without CAP_SYS_RESOURCE, EBUSY once the context has
-    /// objects.
-    pub fn set_rlimit_mode_process(&self, process: bool) -> Result<()> {
-        self.with(|st, c| {
-            if !caller_caps().map_or(st.config.cap_sys_resource, |c| c.cap_sys_resource) {
-                return Err(Error::Permission(
-                    "setting RLIMIT_MODE needs CAP_SYS_RESOURCE",
-                ));
-            }
-            let ctx = st.ctx_mut(c)?;
-            if ctx.objects.len() != 0 {
-                return Err(Error::Busy("the context already has objects"));
-            }
-            ctx.account_mode = if process {
-                AccountMode::Process
-            } else {
-                AccountMode::User
-            };
-            Ok(())
-        })
-    }
-
-    /// IOMMU_OPTION_HUGE_PAGES get for an IOAS.
-    pub fn huge_pages(&self, ioas: ObjId) -> Result<bool> {
-        self.with(|st, c| Ok(ioas_mut(st, c, ioas)?.iopt.large_pages()))
-    }
-
-    /// IOMMU_OPTION_HUGE_PAGES set for an IOAS (disabling is EINVAL once domains hold maps).
-    pub fn set_huge_pages(&self, ioas: ObjId, enabled: bool) -> Result<()> {
-        self.with(|st, c| {
-            let State {
-                ctxs,
-                platform,
-                acct,
-                ..
-            } = st;
-            let ioas = ioas_in(ctxs, c, ioas)?;
-            ioas.iopt
-                .set_large_pages(&mut PtEnv { platform, acct }, enabled)
-        })
-    }
-
-    /// The IOAS the VFIO type1 compatibility layer uses (IOMMU_VFIO_IOAS get): ENODEV if none.
-    pub fn vfio_ioas(&self) -> Result<ObjId> {
-        self.with(|st, c| {
-            st.ctx(c)?
-                .vfio_ioas
-                .ok_or(Error::NoDevice("no VFIO compatibility IOAS"))
-        })
-    }
-
-    /// IOMMU_VFIO_IOAS set (`Some`) or clear (`None`).
-    pub fn set_vfio_ioas(&self, ioas: Option<ObjId>) -> Result<()> {
-        self.with(|st, c| {
-            if let Some(id) = ioas {
-                ioas_mut(st, c, id)?;
-            }
-            st.ctx_mut(c)?.vfio_ioas = ioas;
-            Ok(())
-        })
-    }
-
     /// The address space this context maps from.
     pub fn space(&self) -> Result<SpaceId> {
         self.with(|st, c| Ok(st.ctx(c)?.space))
-    }
-
-    /// The IOAS's mappings, ascending by IOVA.
-    pub fn ioas_areas(&self, ioas: ObjId) -> Result<Vec<crate::io_pagetable::AreaInfo>> {
-        self.with(|st, c| Ok(ioas_mut(st, c, ioas)?.iopt.areas()))
     }
 }
 
 std::thread_local! {
     /// The address space of the program making the current call on this thread, when it is
     /// not the context's own (see [`with_caller_space`]).
-    static CALLER_SPACE: std::cell::Cell<Option<SpaceId>> = const { std::cell::Cell::new(None) };
+    pub(crate) static CALLER_SPACE: std::cell::Cell<Option<SpaceId>> = const { std::cell::Cell::new(None) };
 }
 
 /// Where the current call's caller credentials come from, and what was read of them.

@@ -903,7 +903,7 @@ impl IoPagetable {
     /// u64::MAX` unmaps everything (and succeeds on an empty IOAS); otherwise EOVERFLOW for
     /// `iova` or `len` of `u64::MAX`, then [`IoPagetable::unmap_range`], and ENOENT when
     /// nothing was mapped there. (The engine's IOMMU_IOAS_UNMAP is
-    /// `access::unmap_with_notify`, the same with the notifications.)
+    /// `ioas::unmap_with_notify`, the same with the notifications.)
     pub fn unmap(&mut self, env: &mut PtEnv<'_>, iova: Iova, len: u64) -> Result<u64> {
         if iova.0 == 0 && len == u64::MAX {
             return self.unmap_all(env);

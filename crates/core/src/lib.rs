@@ -26,6 +26,7 @@ pub mod fault;
 mod group;
 pub mod invariants;
 pub mod io_pagetable;
+mod ioas;
 pub mod iova_alloc;
 pub mod object;
 pub mod pages;
