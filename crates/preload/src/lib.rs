@@ -879,6 +879,19 @@ fn vectored(
     flags: c_int,
     real_op: impl FnOnce() -> ssize_t,
 ) -> ssize_t {
+    // A panic below is EIO, not an unwind into C.
+    ffi(-1, || vectored_ours(fd, dir, iov, iovcnt, offset, flags, real_op))
+}
+
+fn vectored_ours(
+    fd: c_int,
+    dir: Dir,
+    iov: *const libc::iovec,
+    iovcnt: c_int,
+    offset: Option<i64>,
+    flags: c_int,
+    real_op: impl FnOnce() -> ssize_t,
+) -> ssize_t {
     if !fd_is_ours(fd) {
         return real_op();
     }
