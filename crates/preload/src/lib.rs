@@ -880,7 +880,9 @@ fn vectored(
     real_op: impl FnOnce() -> ssize_t,
 ) -> ssize_t {
     // A panic below is EIO, not an unwind into C.
-    ffi(-1, || vectored_ours(fd, dir, iov, iovcnt, offset, flags, real_op))
+    ffi(-1, || {
+        vectored_ours(fd, dir, iov, iovcnt, offset, flags, real_op)
+    })
 }
 
 fn vectored_ours(
