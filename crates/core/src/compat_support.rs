@@ -129,14 +129,13 @@ impl Context {
     /// EDEADLK when an access does not let go. The bytes count also when it fails (the areas
     /// before the refusal stay removed), as VFIO_IOMMU_UNMAP_DMA reports them.
     pub fn ioas_unmap_range(&self, ioas: ObjId, range: Option<(Iova, u64)>) -> (u64, Result<()>) {
-        let (start, last) = match range {
-            None => (0, u64::MAX),
-            Some((iova, len)) => match crate::io_pagetable::last_of(iova.raw(), len) {
-                Ok(last) => (iova.raw(), last),
-                Err(e) => return (0, Err(e)),
-            },
+        let bounds = match range {
+            None => Ok((0, u64::MAX)),
+            Some((iova, len)) => {
+                crate::io_pagetable::last_of(iova.raw(), len).map(|l| (iova.raw(), l))
+            }
         };
-        crate::ioas::unmap_walk_notify(self, ioas, start, last)
+        crate::ioas::unmap_walk_notify(self, ioas, bounds)
     }
 }
 

@@ -227,12 +227,19 @@ impl Context {
 /// (the kernel's count, started anew when the walk meets an area that does not start where it
 /// stood) EDEADLK. ENOENT at an area that sticks out of the range. The bytes unmapped come
 /// back with the outcome: areas removed before a refusal stay removed, as in the kernel.
+///
+/// `bounds` is the range `start..=last`, or the refusal of the caller's checks of it, which
+/// comes after the IOAS lookup (ENOENT), in the kernel's order, under the same lock.
 pub(crate) fn unmap_walk_notify(
     ctx: &Context,
     ioas: ObjId,
-    start: u64,
-    last: u64,
+    bounds: Result<(u64, u64)>,
 ) -> (u64, Result<()>) {
+    let (start, last) = match &bounds {
+        Ok(b) => *b,
+        Err(_) => (0, 0),
+    };
+    let mut bounds = Some(bounds);
     let mut bytes = 0u64;
     let mut at = start;
     let mut tries = 0usize;
@@ -245,6 +252,9 @@ pub(crate) fn unmap_walk_notify(
                 ..
             } = st;
             let ioas = ioas_in(ctxs, c, ioas)?;
+            if let Some(b) = bounds.take() {
+                b?;
+            }
             Ok(ioas
                 .iopt
                 .unmap_walk(&mut PtEnv { platform, acct }, at, last))
@@ -307,26 +317,25 @@ pub(crate) fn unmap_walk_notify(
 /// for an iova or length of `u64::MAX`, EINVAL for zero length, EOVERFLOW when the range wraps,
 /// the walk of [`unmap_walk_notify`], and ENOENT when nothing was mapped there. The IOAS is
 /// looked up first (ENOENT). The bytes unmapped; a refusal reports none, as the ioctl does
-/// (the areas it removed before stay removed).
+/// (the areas it removed before stay removed). One engine lock per pass of the walk (one in
+/// all when no access holds pins).
 pub(crate) fn unmap_with_notify(
     ctx: &Context,
     ioas: ObjId,
     range: Option<(Iova, u64)>,
 ) -> Result<u64> {
-    ctx.with(|st, c| ioas_in(&mut st.ctxs, c, ioas).map(|_| ()))?;
-    let (start, last, all) = match range {
-        None => (0, u64::MAX, true),
-        Some((iova, len)) if iova.raw() == 0 && len == u64::MAX => (0, u64::MAX, true),
-        Some((iova, len)) => {
-            if iova.raw() == u64::MAX || len == u64::MAX {
-                return Err(Error::Overflow);
-            }
-            (iova.raw(), last_of(iova.raw(), len)?, false)
+    let (bounds, all) = match range {
+        None => (Ok((0, u64::MAX)), true),
+        Some((iova, len)) if iova.raw() == 0 && len == u64::MAX => (Ok((0, u64::MAX)), true),
+        Some((iova, len)) if iova.raw() == u64::MAX || len == u64::MAX => {
+            (Err(Error::Overflow), false)
         }
+        Some((iova, len)) => (last_of(iova.raw(), len).map(|l| (iova.raw(), l)), false),
     };
-    let (bytes, r) = unmap_walk_notify(ctx, ioas, start, last);
+    let (bytes, r) = unmap_walk_notify(ctx, ioas, bounds.clone());
     r?;
     if !all && bytes == 0 {
+        let (start, last) = bounds?;
         return Err(Error::NotMapped(Range { start, last }));
     }
     Ok(bytes)

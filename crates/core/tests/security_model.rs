@@ -454,25 +454,41 @@ fn an_unmap_walks_the_areas_in_order_as_the_kernel_does() {
     let w = world();
     let ctx = w.open();
     let ioas = ctx.ioas_alloc().unwrap();
-    for i in 0..3u64 {
-        ctx.ioas_map(
-            ioas,
-            UserVa(BUF.0 + i * 0x1000),
-            0x1000,
-            Some(Iova(0x10_0000 + i * 0x1000)),
-            Prot::RW,
-        )
-        .unwrap();
-    }
-    let ops = Arc::new(Reluctant {
-        needed: 100,
-        asked: AtomicUsize::new(0),
-        pin: Mutex::new(None),
-    });
-    let acc = ctx.access_create(ops.clone()).unwrap();
-    ctx.access_attach(acc, ioas).unwrap();
-    ctx.access_pin(acc, Iova(0x10_1000), 0x1000, false).unwrap();
-    *ops.pin.lock().unwrap() = Some((acc, Iova(0x10_1000), 0x1000));
+    // Three one-page areas at 0x10_0000, 0x10_1000, 0x10_2000.
+    let map3 = || {
+        for i in 0..3u64 {
+            ctx.ioas_map(
+                ioas,
+                UserVa(BUF.0 + i * 0x1000),
+                0x1000,
+                Some(Iova(0x10_0000 + i * 0x1000)),
+                Prot::RW,
+            )
+            .unwrap();
+        }
+    };
+    // An access pinning the middle area that lets go at its `needed`-th ask.
+    let reluctant = |needed: usize| {
+        let ops = Arc::new(Reluctant {
+            needed,
+            asked: AtomicUsize::new(0),
+            pin: Mutex::new(None),
+        });
+        let acc = ctx.access_create(ops.clone()).unwrap();
+        ctx.access_attach(acc, ioas).unwrap();
+        ctx.access_pin(acc, Iova(0x10_1000), 0x1000, false).unwrap();
+        *ops.pin.lock().unwrap() = Some((acc, Iova(0x10_1000), 0x1000));
+        (acc, ops)
+    };
+    let starts = || -> Vec<u64> {
+        ctx.ioas_areas(ioas)
+            .unwrap()
+            .iter()
+            .map(|a| a.iova.start)
+            .collect()
+    };
+    map3();
+    let (_, ops) = reluctant(100);
     assert_eq!(
         ctx.ioas_unmap(ioas, Iova(0x10_0000), 0x3000).unwrap(),
         0x3000
@@ -480,49 +496,19 @@ fn an_unmap_walks_the_areas_in_order_as_the_kernel_does() {
     assert_eq!(ops.asked.load(Ordering::SeqCst), 100);
     w.ok();
     // One round more than the kernel waits: EDEADLK, the first area gone, the rest kept.
-    for i in 0..3u64 {
-        ctx.ioas_map(
-            ioas,
-            UserVa(BUF.0 + i * 0x1000),
-            0x1000,
-            Some(Iova(0x10_0000 + i * 0x1000)),
-            Prot::RW,
-        )
-        .unwrap();
-    }
-    let late = Arc::new(Reluctant {
-        needed: 102,
-        asked: AtomicUsize::new(0),
-        pin: Mutex::new(None),
-    });
-    let acc2 = ctx.access_create(late.clone()).unwrap();
-    ctx.access_attach(acc2, ioas).unwrap();
-    ctx.access_pin(acc2, Iova(0x10_1000), 0x1000, false)
-        .unwrap();
-    *late.pin.lock().unwrap() = Some((acc2, Iova(0x10_1000), 0x1000));
+    map3();
+    let (acc2, late) = reluctant(102);
     let e = ctx.ioas_unmap(ioas, Iova(0x10_0000), 0x3000).unwrap_err();
     assert_eq!(e.errno(), 35);
     assert_eq!(late.asked.load(Ordering::SeqCst), 101);
-    let left: Vec<u64> = ctx
-        .ioas_areas(ioas)
-        .unwrap()
-        .iter()
-        .map(|a| a.iova.start)
-        .collect();
-    assert_eq!(left, [0x10_1000, 0x10_2000]);
+    assert_eq!(starts(), [0x10_1000, 0x10_2000]);
     w.ok();
-    // The next ask lets go; a range that cuts the last area: the middle one goes, ENOENT.
+    // Let go; a range that cuts the last area: the middle one goes, ENOENT.
     ctx.access_unpin(acc2, Iova(0x10_1000), 0x1000).unwrap();
     late.pin.lock().unwrap().take();
     let e = ctx.ioas_unmap(ioas, Iova(0x10_1000), 0x1800).unwrap_err();
     assert_eq!(e.errno(), 2);
-    let left: Vec<u64> = ctx
-        .ioas_areas(ioas)
-        .unwrap()
-        .iter()
-        .map(|a| a.iova.start)
-        .collect();
-    assert_eq!(left, [0x10_2000]);
+    assert_eq!(starts(), [0x10_2000]);
     w.ok();
     ctx.close();
     assert_eq!(w.engine.total_pins(), 0);

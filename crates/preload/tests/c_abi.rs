@@ -107,23 +107,28 @@ fn the_dma_engine_reaches_pinned_pages_after_map_fixed_munmap_and_exec() {
     assert!(out.contains("PASS dma_pins"), "{out}");
 }
 
+/// Run C test `prog` in-process with the trace on into `path` (emptied first) in `format`; it
+/// must pass; the trace.
+fn traced(prog: &str, path: &std::path::Path, format: &str) -> String {
+    std::fs::write(path, b"").unwrap();
+    let out = Command::new(compile(prog))
+        .env("LD_PRELOAD", library())
+        .env_remove("UIOMMU_PLATFORM")
+        .env("UIOMMU_TRACE", path)
+        .env("UIOMMU_TRACE_FORMAT", format)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::fs::read_to_string(path).unwrap()
+}
+
 #[test]
 fn the_trace_has_a_line_per_call_with_its_structs_result_and_errno() {
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("trace");
     std::fs::create_dir_all(&dir).unwrap();
     for (format, file) in [("text", "vfio_dma.trace"), ("json", "vfio_dma.jsonl")] {
         let path = dir.join(file);
-        let _ = std::fs::remove_file(&path);
-        std::fs::write(&path, b"").unwrap();
-        let out = Command::new(compile("bad_inputs"))
-            .env("LD_PRELOAD", library())
-            .env_remove("UIOMMU_PLATFORM")
-            .env("UIOMMU_TRACE", &path)
-            .env("UIOMMU_TRACE_FORMAT", format)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let text = std::fs::read_to_string(&path).unwrap();
+        let text = traced("bad_inputs", &path, format);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines.len() > 50, "{text}");
         if format == "text" {
@@ -157,15 +162,7 @@ fn the_trace_has_a_line_per_call_with_its_structs_result_and_errno() {
     }
     // Region accesses: a register write with its value, a config read with the value read.
     let path = dir.join("vfio_dma_regions.trace");
-    let _ = std::fs::remove_file(&path);
-    let out = Command::new(compile("vfio_dma"))
-        .env("LD_PRELOAD", library())
-        .env_remove("UIOMMU_PLATFORM")
-        .env("UIOMMU_TRACE", &path)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let text = std::fs::read_to_string(&path).unwrap();
+    let text = traced("vfio_dma", &path, "text");
     assert!(
         text.lines()
             .any(|l| l.contains(" vfio-device [0000:01:00.0")
@@ -211,16 +208,7 @@ fn the_trace_has_a_line_per_call_with_its_structs_result_and_errno() {
     // A fault queue's file: its fault id, the records read and the responses written decoded.
     for (format, file) in [("text", "fault_poll.trace"), ("json", "fault_poll.jsonl")] {
         let path = dir.join(file);
-        let _ = std::fs::remove_file(&path);
-        let out = Command::new(compile("fault_poll"))
-            .env("LD_PRELOAD", library())
-            .env_remove("UIOMMU_PLATFORM")
-            .env("UIOMMU_TRACE", &path)
-            .env("UIOMMU_TRACE_FORMAT", format)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let text = std::fs::read_to_string(&path).unwrap();
+        let text = traced("fault_poll", &path, format);
         if format == "text" {
             let alloc = text
                 .lines()

@@ -384,66 +384,51 @@ impl Object {
         *self == Object::default()
     }
 
+    /// The ids it has, in the order lines show them: each key and its value.
+    fn parts(&self) -> impl Iterator<Item = (&'static str, Id)> {
+        let num = |v: Option<u32>| v.map(|n| Id::Num(u64::from(n)));
+        [
+            ("file", self.file.map(Id::Num)),
+            ("device", self.device.map(Id::Device)),
+            ("group", num(self.group)),
+            ("context", self.context.map(Id::Num)),
+            ("devid", num(self.devid)),
+            ("fault", num(self.fault)),
+            ("access", num(self.access)),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+    }
+
+    /// As a JSON object: `{"file":2,"device":"0000:01:00.0",...}`.
     fn json(&self, out: &mut dyn Write) {
         let mut sep = "{";
-        let mut key = |out: &mut dyn Write, k: &str, v: &dyn std::fmt::Display, quote: bool| {
-            let q = if quote { "\"" } else { "" };
-            let _ = write!(out, "{sep}\"{k}\":{q}{v}{q}");
+        for (k, v) in self.parts() {
+            let _ = match v {
+                Id::Num(n) => write!(out, "{sep}\"{k}\":{n}"),
+                Id::Device(d) => write!(out, "{sep}\"{k}\":\"{d}\""),
+            };
             sep = ",";
-        };
-        if let Some(v) = self.file {
-            key(out, "file", &v, false);
-        }
-        if let Some(v) = self.device {
-            key(out, "device", &v, true);
-        }
-        if let Some(v) = self.group {
-            key(out, "group", &v, false);
-        }
-        if let Some(v) = self.context {
-            key(out, "context", &v, false);
-        }
-        if let Some(v) = self.devid {
-            key(out, "devid", &v, false);
-        }
-        if let Some(v) = self.fault {
-            key(out, "fault", &v, false);
-        }
-        if let Some(v) = self.access {
-            key(out, "access", &v, false);
         }
         let _ = out.write_str(if sep == "{" { "{}" } else { "}" });
     }
 }
 
+/// One id of an [`Object`].
+enum Id {
+    Num(u64),
+    Device(Bdf),
+}
+
+/// `file 2, 0000:01:00.0, context 1, devid 2`: the device without its key.
 impl std::fmt::Display for Object {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut sep = "";
-        let mut part = |f: &mut std::fmt::Formatter<'_>, a: std::fmt::Arguments<'_>| {
-            let r = write!(f, "{sep}{a}");
-            sep = ", ";
-            r
-        };
-        if let Some(v) = self.file {
-            part(f, format_args!("file {v}"))?;
-        }
-        if let Some(v) = self.device {
-            part(f, format_args!("{v}"))?;
-        }
-        if let Some(v) = self.group {
-            part(f, format_args!("group {v}"))?;
-        }
-        if let Some(v) = self.context {
-            part(f, format_args!("context {v}"))?;
-        }
-        if let Some(v) = self.devid {
-            part(f, format_args!("devid {v}"))?;
-        }
-        if let Some(v) = self.fault {
-            part(f, format_args!("fault {v}"))?;
-        }
-        if let Some(v) = self.access {
-            part(f, format_args!("access {v}"))?;
+        for (i, (k, v)) in self.parts().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            match v {
+                Id::Num(n) => write!(f, "{sep}{k} {n}")?,
+                Id::Device(d) => write!(f, "{sep}{d}")?,
+            }
         }
         Ok(())
     }

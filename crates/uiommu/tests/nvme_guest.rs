@@ -18,6 +18,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use support::{not_run, uiommu};
 
+/// QEMU's arguments passing ssd0 in with the iommufd backend.
+const SSD0_IOMMUFD: [&str; 4] = [
+    "-object",
+    "iommufd,id=iommufd0",
+    "-device",
+    "vfio-pci,host=0000:09:00.0,iommufd=iommufd0",
+];
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -236,19 +244,7 @@ fn check(b: &Booted) {
 
 #[test]
 fn a_guests_nvme_driver_does_dma_through_the_iommufd_backend() {
-    let Some(b) = boot(
-        "iommufd",
-        Engine::Host,
-        &[
-            "-object",
-            "iommufd,id=iommufd0",
-            "-device",
-            "vfio-pci,host=0000:09:00.0,iommufd=iommufd0",
-        ],
-        "",
-        "",
-        64,
-    ) else {
+    let Some(b) = boot("iommufd", Engine::Host, &SSD0_IOMMUFD, "", "", 64) else {
         return;
     };
     check(&b);
@@ -258,19 +254,7 @@ fn a_guests_nvme_driver_does_dma_through_the_iommufd_backend() {
 fn a_guests_nvme_driver_does_dma_under_the_default_in_process_engine() {
     // `uiommu run -- qemu ...` as the README's first command has it: the engine in QEMU's
     // process (the one bench/nvme/run.sh finds faster than QEMU's own NVMe).
-    let Some(b) = boot(
-        "in-process",
-        Engine::InProcess,
-        &[
-            "-object",
-            "iommufd,id=iommufd0",
-            "-device",
-            "vfio-pci,host=0000:09:00.0,iommufd=iommufd0",
-        ],
-        "",
-        "",
-        64,
-    ) else {
+    let Some(b) = boot("in-process", Engine::InProcess, &SSD0_IOMMUFD, "", "", 64) else {
         return;
     };
     check(&b);
@@ -300,12 +284,7 @@ fn an_iommu_fault_on_the_guests_path_is_an_io_error_and_everyone_survives() {
     let Some(b) = boot(
         "fault",
         Engine::Host,
-        &[
-            "-object",
-            "iommufd,id=iommufd0",
-            "-device",
-            "vfio-pci,host=0000:09:00.0,iommufd=iommufd0",
-        ],
+        &SSD0_IOMMUFD,
         ", dma_fault_lba = 16384",
         "uiommu.fs=0 uiommu.faultlba=16384",
         4,
