@@ -435,6 +435,7 @@ pub(crate) fn alloc_paging(
     let dirty = dirty_capable(st, dev);
     let pt = new_page_table(st, dev);
     ioas_in(&mut st.ctxs, c, ioas_id)?;
+    crate::error::alloc_site("domain")?;
     let domain = st
         .platform
         .iommu

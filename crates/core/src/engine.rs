@@ -228,6 +228,7 @@ impl Engine {
             if st.platform.memory.space(space).is_none() {
                 return Err(Error::Invalid("unknown address space"));
             }
+            crate::error::alloc_site("context")?;
             let id = CtxId(st.next_ctx);
             st.next_ctx += 1;
             st.ctxs.insert(

@@ -121,6 +121,15 @@ impl Error {
 /// The engine's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A fault-injection site of the engine ([`uiommu_platform::fault_inject`]): the allocation of
+/// `what`, which fails with ENOMEM when the caller's `fail-nth` count says so.
+pub(crate) fn alloc_site(what: &'static str) -> Result<()> {
+    if uiommu_platform::fault_inject::should_fail(uiommu_platform::fault_inject::Site::Slab) {
+        return Err(Error::NoMemory(what));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

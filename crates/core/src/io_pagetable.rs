@@ -462,6 +462,7 @@ fn hw_error(e: HwError) -> Error {
             Error::AddressInUse("IOVA outside the domain aperture")
         }
         HwError::PageTable(_) => Error::Invalid("the page table refused the mapping"),
+        HwError::NoMemory => Error::NoMemory("page table"),
     }
 }
 
@@ -793,6 +794,10 @@ impl IoPagetable {
             return Err(Error::Invalid(
                 "length is zero or not aligned to the IOAS alignment",
             ));
+        }
+        // An area a slice, allocated before the IOVA is chosen (iopt_alloc_area_pages).
+        for _ in elems.iter() {
+            crate::error::alloc_site("area")?;
         }
         let dst = match iova {
             None => {

@@ -61,6 +61,7 @@ impl<T> Default for ObjectTable<T> {
 impl<T> ObjectTable<T> {
     /// Take the lowest free id; the object is invisible until finalized.
     pub fn reserve(&mut self) -> Result<ObjId> {
+        crate::error::alloc_site("object")?;
         let id = match self.free.pop_first() {
             Some(id) => id,
             None => {

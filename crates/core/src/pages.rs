@@ -412,6 +412,7 @@ impl Pages {
         let offset = uva.offset_in(PAGE_SIZE);
         // offset + len <= (PAGE_SIZE - 1) + (u64::MAX - PAGE_SIZE): no overflow.
         let npages = (offset + len).div_ceil(PAGE_SIZE);
+        crate::error::alloc_site("pages")?;
         Ok((
             Pages {
                 id: NEXT_PAGES_ID.fetch_add(1, Ordering::Relaxed),
@@ -527,6 +528,8 @@ impl Pages {
         if first > last || last >= self.npages {
             return Err(Error::Invalid("page range outside the pages object"));
         }
+        // The kernel's pin path allocates its batch of page frames first.
+        crate::error::alloc_site("pin batch")?;
         // Validate: the unused runs must be present in memory, and their charge fit.
         let mut needed = 0u64;
         let mut mem = None;

@@ -119,6 +119,10 @@ pub enum HwError {
     /// The page table refused the operation.
     #[error(transparent)]
     PageTable(#[from] crate::pagetable::PageTableError),
+    /// A page-table level (or the mock format's entry) could not be allocated: a fault site
+    /// failed ([`crate::fault_inject`]).
+    #[error("out of memory for the page table")]
+    NoMemory,
 }
 
 /// Number of IOTLB entries (direct-mapped slots; a power of two).
@@ -457,6 +461,17 @@ impl Iommu {
         let pt = self.paging_table_mut(id)?;
         if crate::addr::inclusive_last(iova.0, len).is_none() {
             return Err(crate::pagetable::PageTableError::InvalidRange.into());
+        }
+        // The kernel's map allocates as it goes: page-table pages for a radix table, xarray
+        // nodes for the selftest's mock format.
+        let site = match pt.format() {
+            crate::pagetable::PageTableFormat::Radix => {
+                crate::fault_inject::Site::Pages { order: 0 }
+            }
+            crate::pagetable::PageTableFormat::Mock => crate::fault_inject::Site::Slab,
+        };
+        if crate::fault_inject::should_fail(site) {
+            return Err(HwError::NoMemory);
         }
         pt.map(iova, pa, len, prot)?;
         Ok(())

@@ -14,6 +14,7 @@ pub mod addr;
 pub mod devices;
 pub mod dma;
 pub mod drivers;
+pub mod fault_inject;
 pub mod held;
 pub mod hw;
 pub mod ids;

@@ -72,6 +72,11 @@ pub trait UserMemory: Send + Sync {
     fn read(&self, va: UserVa, buf: &mut [u8]) -> Result<(), MemFault>;
     /// Copy `data` to `va`.
     fn write(&self, va: UserVa, data: &[u8]) -> Result<(), MemFault>;
+    /// [`UserMemory::read`] as the kernel's `get_user` reads: never a fault-injection site
+    /// ([`crate::fault_inject::Faulting`] counts `read` and `write` only).
+    fn read_uncounted(&self, va: UserVa, buf: &mut [u8]) -> Result<(), MemFault> {
+        self.read(va, buf)
+    }
     /// Check that every page of `[va, va + len)` is present (and writable if `write`), as
     /// pinning requires. `va` and `len` are page-aligned.
     fn probe(&self, va: UserVa, len: u64, write: bool) -> Result<(), MemFault>;

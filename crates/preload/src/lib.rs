@@ -51,6 +51,7 @@
 compile_error!("uiommu-preload supports Linux on x86-64 and AArch64 only");
 
 pub mod devdir;
+mod failnth;
 pub mod hook;
 mod host;
 pub mod inherit;
@@ -106,6 +107,30 @@ pub(crate) unsafe fn classify(path: *const c_char) -> Option<Target> {
     target_of(bytes)
 }
 
+/// The thread whose `fail-nth` file `path` names ([`failnth::path_tid`]), for the in-process
+/// engine and a program's own call.
+///
+/// # Safety
+/// `path` is null or a NUL-terminated string.
+unsafe fn fail_nth_path(path: *const c_char) -> Option<i32> {
+    const PROC: &[u8] = b"/proc/";
+    if path.is_null() {
+        return None;
+    }
+    for (i, &want) in PROC.iter().enumerate() {
+        // SAFETY: every byte before `i` matched a non-NUL byte of PROC, so the string has not
+        // ended before index `i`.
+        if unsafe { *path.add(i) } as u8 != want {
+            return None;
+        }
+    }
+    if in_hook() || host::on() {
+        return None;
+    }
+    // SAFETY: `path` is a NUL-terminated string (the caller's contract).
+    failnth::path_tid(unsafe { std::ffi::CStr::from_ptr(path) }.to_bytes())
+}
+
 /// Fail the call with `e`: errno set, -1 returned.
 pub(crate) fn fail(e: Errno) -> c_int {
     set_errno(e);
@@ -125,7 +150,7 @@ pub(crate) fn open_ours(target: Target, flags: c_int) -> Result<c_int, Errno> {
         return host::open(target, flags);
     }
     let g = global()?;
-    let (name, kind) = make_file(g, target)?;
+    let (name, kind) = failnth::call(g, |_| make_file(g, target))?;
     register(g, name, target, kind, flags)
 }
 
@@ -179,6 +204,10 @@ unsafe fn open_impl(
     real: impl FnOnce(*const c_char) -> c_int,
 ) -> c_int {
     ffi(-1, || {
+        // SAFETY: forwarded from the caller.
+        if let Some(tid) = unsafe { fail_nth_path(path) } {
+            return failnth::open(tid, flags).unwrap_or_else(fail);
+        }
         // SAFETY: forwarded from the caller.
         let Some(target) = (unsafe { classify(path) }) else {
             // SAFETY: forwarded from the caller; the real open gets the path to open (the
@@ -588,7 +617,7 @@ fn ioctl_of_ours(fd: c_int, request: c_ulong, arg: c_ulong) -> c_int {
             return remote_or_real(fd, request, arg, real_ioctl);
         };
         inherit::mark_used(fd, &file);
-        let r = file.ioctl(&g.caller(), request, arg);
+        let r = failnth::call(g, |c| file.ioctl(c, request, arg));
         stats::ioctl(g, &file.kind, request, arg, r.map(|_| ()));
         g.ready.refresh();
         match r {
@@ -735,6 +764,9 @@ fn io_untraced(
     real_op: impl FnOnce() -> ssize_t,
 ) -> ssize_t {
     ffi(-1, || {
+        if let Some(r) = failnth::io(fd, dir == Dir::Write, buf, count, offset) {
+            return r.map_or_else(fail_ssize, |n| n as ssize_t);
+        }
         if host::on() {
             return match host::io(fd, dir, buf, count, offset) {
                 None => real_op(),
@@ -754,7 +786,7 @@ fn io_untraced(
         let Some(file) = g.files.get(fd) else {
             return remote_io_or_real(fd, dir, buf, count, offset, real_op);
         };
-        let r = file_io_at(&g.caller(), &file, fd, dir, buf, count, offset);
+        let r = failnth::call(g, |c| file_io_at(c, &file, fd, dir, buf, count, offset));
         g.ready.refresh();
         match r {
             Ok(n) => n as ssize_t,

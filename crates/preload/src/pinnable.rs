@@ -233,6 +233,11 @@ pub(crate) fn read_own(addr: u64, buf: &mut [u8]) -> bool {
     copy_own(buf.as_mut_ptr() as u64, addr, buf.len() as u64)
 }
 
+/// Copy `data` to `addr` of this process; `false` on a bad (or read-only) address.
+pub(crate) fn write_own(addr: u64, data: &[u8]) -> bool {
+    copy_own(addr, data.as_ptr() as u64, data.len() as u64)
+}
+
 /// Copy `len` bytes from `src` to `dst`, both of this process, by the kernel (a bad page is a
 /// short count, never a fault here).
 fn copy_own(dst: u64, src: u64, len: u64) -> bool {

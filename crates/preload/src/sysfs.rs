@@ -107,6 +107,7 @@ pub fn build(desc: &Description) -> std::io::Result<View> {
     template.pop();
     let root = PathBuf::from(std::ffi::OsString::from_vec(template.clone()));
     let made = uiommu_uapi::sysfs_tree::fill_sys(&root, desc)
+        .and_then(|()| uiommu_uapi::sysfs_tree::fill_debugfs(&root))
         .and_then(|()| crate::devdir::fill(&root, desc.vfio_devices, &desc.vfio_groups));
     let devdir = match made {
         Ok(t) => t,
@@ -128,6 +129,14 @@ use std::os::unix::ffi::OsStringExt;
 
 /// The view's copy of `path`, if the view serves it.
 pub fn rewrite(path: &[u8]) -> Option<CString> {
+    if uiommu_uapi::sysfs_tree::is_debugfs_path(path) {
+        // The in-process engine's fault injection (`crate::failnth`); the host engine serves
+        // none, and the host's debugfs is left alone.
+        if crate::host::on() {
+            return None;
+        }
+        return rewrite_in(&view()?.root, path);
+    }
     match crate::devdir::dir_of(path) {
         Some(crate::devdir::DirPath::Dir(_)) => return rewrite_in(&view()?.root, path),
         Some(crate::devdir::DirPath::RealDev) => return Some(c"/dev".to_owned()),
@@ -144,6 +153,35 @@ pub fn rewrite(path: &[u8]) -> Option<CString> {
 /// Whether the view serves `path` (building it).
 pub(crate) fn view_path(path: &[u8]) -> Option<()> {
     rewrite(path).map(drop)
+}
+
+/// Read the view's debugfs file `rel` (below `/sys/kernel/debug/`) into `buf`: the bytes read,
+/// `None` when the view is not built or has no such file. No allocation.
+pub(crate) fn read_debugfs(rel: &str, buf: &mut [u8]) -> Option<usize> {
+    let v = built()?;
+    let mut path = [0u8; 1024];
+    let parts: [&[u8]; 4] = [
+        &v.root,
+        uiommu_uapi::sysfs_tree::DEBUGFS,
+        b"/",
+        rel.as_bytes(),
+    ];
+    let mut at = 0;
+    for p in parts {
+        path.get_mut(at..at + p.len())?.copy_from_slice(p);
+        at += p.len();
+    }
+    *path.get_mut(at)? = 0;
+    // SAFETY: `path` is NUL-terminated; the real open, read and close of a file of the view.
+    unsafe {
+        let fd = real::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC, 0);
+        if fd < 0 {
+            return None;
+        }
+        let n = real::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        real::close(fd);
+        usize::try_from(n).ok()
+    }
 }
 
 fn rewrite_in(root: &[u8], path: &[u8]) -> Option<CString> {

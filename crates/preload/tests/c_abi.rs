@@ -74,6 +74,32 @@ fn dev_vfio_and_its_devices_directory_list_the_nodes() {
 }
 
 #[test]
+fn fail_nth_counts_per_thread_and_fails_each_site_of_a_scenario_in_turn() {
+    let out = run(&compile("fail_nth"), None);
+    assert!(out.contains("sweep: "), "{out}");
+}
+
+#[test]
+fn uiommu_fail_nth_fails_the_nth_site_of_the_process_once_and_says_so() {
+    let program = compile("fail_nth");
+    for n in ["1", "3"] {
+        let out = Command::new(&program)
+            .args(["process", n])
+            .env("LD_PRELOAD", library())
+            .env("UIOMMU_FAIL_NTH", n)
+            .env_remove("UIOMMU_PLATFORM")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stdout}{stderr}");
+        assert!(stdout.contains("PASS fail_nth process"), "{stdout}");
+        let line = format!("uiommu: UIOMMU_FAIL_NTH={n}: failed an allocation (ENOMEM) in thread");
+        assert_eq!(stderr.matches(&line).count(), 1, "{stderr}");
+    }
+}
+
+#[test]
 fn fault_queue_readiness_under_poll_select_epoll_and_efault_reads() {
     run(&compile("fault_poll"), None);
 }

@@ -226,7 +226,7 @@ pub(crate) fn fault_alloc(f: &IommufdFile, c: &Caller<'_>, u: &Ucmd<'_>) -> Resu
         file.abort();
         return Err(e);
     }
-    let fd = match c.fds.install(file.clone(), true) {
+    let fd = match c.install(file.clone(), true) {
         Ok(fd) => fd,
         Err(e) => {
             file.abort();

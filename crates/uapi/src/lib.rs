@@ -88,3 +88,17 @@ pub struct Caller<'a> {
     /// The caller's open files.
     pub fds: &'a dyn FdTable,
 }
+
+impl Caller<'_> {
+    /// Give the caller a new descriptor for `file` ([`FdTable::install`]). Making the file is a
+    /// fault-injection site, as the kernel's allocation of a `struct file` is: ENOMEM.
+    pub fn install(
+        &self,
+        file: std::sync::Arc<dyn EngineFile>,
+        cloexec: bool,
+    ) -> Result<i32, Errno> {
+        use uiommu_platform::fault_inject::{check, Site};
+        check(Site::Slab)?;
+        self.fds.install(file, cloexec)
+    }
+}

@@ -386,7 +386,7 @@ fn create_access(
     ctx.access_attach(access, ObjId(cmd.id)).map_err(eno)?;
     // Writing the command back unchanged proves the reply can be written.
     u.respond(&cmd)?;
-    let fd = c.fds.install(file.clone(), true)?;
+    let fd = c.install(file.clone(), true)?;
     p.out_access_fd = fd as u32;
     set_payload(&mut cmd, &p);
     if let Err(e) = u.respond(&cmd) {

@@ -211,6 +211,67 @@ pub fn fill_sys(root: &Path, desc: &Description) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The debugfs directory of the emulated kernel's fault injection (`R/sys/kernel/debug`):
+/// listing it lists only [`DEBUGFS_DIRS`].
+pub const DEBUGFS: &[u8] = b"/sys/kernel/debug";
+
+/// The fault-injection facilities debugfs shows, each a directory of knobs.
+pub const DEBUGFS_DIRS: [&str; 3] = ["failslab", "fail_page_alloc", "fail_usercopy"];
+
+/// Whether `path` is [`DEBUGFS`] itself or lies in one of [`DEBUGFS_DIRS`].
+pub fn is_debugfs_path(path: &[u8]) -> bool {
+    let Some(rest) = path.strip_prefix(DEBUGFS) else {
+        return false;
+    };
+    if rest.is_empty() || rest == b"/" {
+        return true;
+    }
+    let Some(rest) = rest.strip_prefix(b"/") else {
+        return false;
+    };
+    let comp = rest.split(|&b| b == b'/').next().unwrap_or(rest);
+    DEBUGFS_DIRS.iter().any(|d| d.as_bytes() == comp)
+}
+
+/// Make `root/sys/kernel/debug` with the knobs of each of [`DEBUGFS_DIRS`] at Linux's defaults
+/// (`lib/fault-inject.c`'s common attributes, plus failslab's and fail_page_alloc's own), as
+/// plain files a program may write.
+pub fn fill_debugfs(root: &Path) -> std::io::Result<()> {
+    const COMMON: [(&str, &str); 13] = [
+        ("probability", "0\n"),
+        ("interval", "1\n"),
+        ("times", "1\n"),
+        ("space", "0\n"),
+        ("verbose", "2\n"),
+        ("verbose_ratelimit_interval_ms", "5000\n"),
+        ("verbose_ratelimit_burst", "10\n"),
+        ("task-filter", "N\n"),
+        ("stacktrace-depth", "32\n"),
+        ("require-start", "0x0000000000000000\n"),
+        ("require-end", "0xffffffffffffffff\n"),
+        ("reject-start", "0x0000000000000000\n"),
+        ("reject-end", "0x0000000000000000\n"),
+    ];
+    let own: [&[(&str, &str)]; 3] = [
+        &[("ignore-gfp-wait", "Y\n"), ("cache-filter", "N\n")],
+        &[
+            ("ignore-gfp-wait", "Y\n"),
+            ("ignore-gfp-highmem", "Y\n"),
+            ("min-order", "1\n"),
+        ],
+        &[],
+    ];
+    let debug = root.join("sys/kernel/debug");
+    for (name, extra) in DEBUGFS_DIRS.iter().zip(own) {
+        let dir = debug.join(name);
+        std::fs::create_dir_all(&dir)?;
+        for (file, value) in COMMON.iter().chain(extra) {
+            std::fs::write(dir.join(file), value)?;
+        }
+    }
+    Ok(())
+}
+
 /// The inode number `/dev/vfio` (`devices`: `/dev/vfio/devices`) reports: fixed, beside the
 /// nodes' numbers.
 pub fn vfio_dir_ino(devices: bool) -> u64 {

@@ -42,6 +42,17 @@ pub fn read_user(mem: &dyn UserMemory, addr: u64, buf: &mut [u8]) -> Result<(), 
     mem.read(UserVa(addr), buf).map_err(|_| EFAULT)
 }
 
+/// [`read_user`] as the kernel's `get_user` (and the reads of `check_zeroed_user`): not a
+/// fault-injection site.
+pub fn get_user(mem: &dyn UserMemory, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    let len = u64::try_from(buf.len()).map_err(|_| EFAULT)?;
+    addr.checked_add(len - 1).ok_or(EFAULT)?;
+    mem.read_uncounted(UserVa(addr), buf).map_err(|_| EFAULT)
+}
+
 /// Write `data` at `addr` of the caller's memory (EFAULT when any byte is unwritable or the
 /// range wraps). A zero-length write always succeeds.
 pub fn write_user(mem: &dyn UserMemory, addr: u64, data: &[u8]) -> Result<(), Errno> {
@@ -77,7 +88,7 @@ pub fn is_zeroed_user(mem: &dyn UserMemory, addr: u64, len: u64) -> Result<bool,
     while done < len {
         let n = usize::try_from(len - done).map_or(buf.len(), |r| r.min(buf.len()));
         let at = addr.checked_add(done).ok_or(EFAULT)?;
-        read_user(mem, at, &mut buf[..n])?;
+        get_user(mem, at, &mut buf[..n])?;
         if buf[..n].iter().any(|b| *b != 0) {
             return Ok(false);
         }
@@ -144,7 +155,9 @@ impl std::fmt::Debug for Ucmd<'_> {
 
 /// Read the leading `u32 size` of a command at `arg` (EFAULT when unreadable).
 pub fn read_size(mem: &dyn UserMemory, arg: u64) -> Result<u32, Errno> {
-    read_value::<u32>(mem, arg)
+    let mut v = [0u8; 4];
+    get_user(mem, arg, &mut v)?;
+    Ok(u32::from_ne_bytes(v))
 }
 
 impl<'a> Ucmd<'a> {
@@ -183,7 +196,9 @@ impl<'a> Ucmd<'a> {
         min_size: usize,
     ) -> Result<Ucmd<'a>, Errno> {
         let mut buf = vec![0u8; size];
-        if size >= 4 && read_user(mem, arg, &mut buf).is_ok() {
+        // Read ahead as `get_user` does (no fault site); the kernel's one copy of the struct is
+        // the site below.
+        if size >= 4 && get_user(mem, arg, &mut buf).is_ok() {
             let user_size = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
             if (user_size as usize) < min_size {
                 return Err(EINVAL);
@@ -197,6 +212,8 @@ impl<'a> Ucmd<'a> {
             } else {
                 buf[user_size as usize..].fill(0);
             }
+            uiommu_platform::fault_inject::check(uiommu_platform::fault_inject::Site::Usercopy)
+                .map_err(|_| EFAULT)?;
             return Ok(Ucmd {
                 mem,
                 arg,

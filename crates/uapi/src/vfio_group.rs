@@ -228,7 +228,7 @@ impl VfioGroupFile {
             }
         };
         drop(st);
-        let fd = caller.fds.install(file, true)?;
+        let fd = caller.install(file, true)?;
         Ok(i64::from(fd))
     }
 

@@ -84,6 +84,12 @@ enum Command {
         /// selftest uses). Default: $UIOMMU_KERNEL, else 6.12+.
         #[arg(long, value_name = "VERSION")]
         kernel: Option<String>,
+        /// Fault injection for a program that does not drive `fail-nth` itself: the N-th
+        /// fault-injection site of the engine that each process of the program passes fails
+        /// (ENOMEM for an allocation, EFAULT for a copy), once, and a line on stderr says so
+        /// (sets UIOMMU_FAIL_NTH; docs/RELIABILITY.md). The in-process engine only.
+        #[arg(long, value_name = "N")]
+        fail_nth: Option<u32>,
         /// The program and its arguments (after `--`).
         #[arg(last = true, required = true, value_name = "PROGRAM")]
         command: Vec<OsString>,
@@ -410,6 +416,7 @@ fn main() -> ExitCode {
             trace,
             trace_format,
             kernel,
+            fail_nth,
             command,
         } => match run(
             platform,
@@ -420,6 +427,7 @@ fn main() -> ExitCode {
             front_end,
             trace.map(|t| (t, trace_format)),
             kernel,
+            fail_nth,
             &command,
         ) {
             // `run` only returns when the program could not be started.
@@ -683,6 +691,7 @@ fn run(
     front_end: Option<host_cli::FrontEnd>,
     trace: Option<(PathBuf, TraceFormat)>,
     kernel: Option<String>,
+    fail_nth: Option<u32>,
     command: &[OsString],
 ) -> Result<std::convert::Infallible, (u8, String)> {
     use host_cli::FrontEnd;
@@ -784,6 +793,17 @@ fn run(
         cmd.env_remove("UIOMMU_TRACE");
     }
     cmd.env("UIOMMU_KERNEL", kernel.name());
+    if let Some(n) = fail_nth {
+        if engine == EngineKind::Host {
+            return Err((
+                2,
+                "--fail-nth: fault injection is served by the in-process engine only \
+                 (not with --engine host or the seccomp front-end)"
+                    .into(),
+            ));
+        }
+        cmd.env("UIOMMU_FAIL_NTH", n.to_string());
+    }
     if engine == EngineKind::Host {
         let name = host_cli::instance_name(instance).map_err(|m| (2, m))?;
         let source =

@@ -220,6 +220,42 @@ fn run_trace_refuses_a_bad_file_and_creates_a_good_one() {
 }
 
 #[test]
+fn run_fail_nth_sets_the_programs_count_and_is_refused_with_the_host_engine() {
+    let out = uiommu()
+        .args(["run", "--preload"])
+        .arg(stand_in_library())
+        .args([
+            "--fail-nth",
+            "17",
+            "--",
+            "sh",
+            "-c",
+            "echo $UIOMMU_FAIL_NTH",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "17");
+    let out = uiommu()
+        .args(["run", "--preload"])
+        .arg(stand_in_library())
+        .args(["--engine", "host", "--fail-nth", "1", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        why.contains("--fail-nth") && why.contains("in-process"),
+        "{why}"
+    );
+    let out = uiommu()
+        .args(["run", "--fail-nth", "x", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+#[test]
 fn the_kernel_level_is_chosen_checked_and_shown() {
     // --version lists the levels, the default marked.
     let v = uiommu().arg("--version").output().unwrap();
