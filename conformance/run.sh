@@ -18,9 +18,11 @@
 #                               under the instance's host engine (docs/HOST.md; floor-host.txt)
 #   UIOMMU_CONFORMANCE_STATIC=1 build the selftest with -static: `uiommu run` then serves it
 #                               through the seccomp front-end and the host engine (floor-host.txt)
+#   UIOMMU_CONFORMANCE_SUITE    which selftest program: `iommufd` (the default) or
+#                               `iommufd_fail_nth` (the fault-injection sweeps; floor-fail-nth.txt)
 # Results: conformance-results.txt (what is printed) and conformance-results.json
 # ({pass, fail, skip, total, per_fixture, failed_tests, ...}) in the work directory, next to the
-# run's TAP output (iommufd.log). A crashed or timed-out run is still summarised from what it
+# run's TAP output (SUITE.log). A crashed or timed-out run is still summarised from what it
 # printed; the tests it never reported count as failed.
 #
 # Exit status: 0, or 1 if --floor FILE is given and fewer tests pass than the number in FILE;
@@ -34,6 +36,11 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WORK=${UIOMMU_CONFORMANCE_DIR:-/tmp/uiommu-conformance}
 TIMEOUT=${UIOMMU_CONFORMANCE_TIMEOUT:-1200}
 FACTS=$REPO/conformance/facts.h
+SUITE=${UIOMMU_CONFORMANCE_SUITE:-iommufd}
+case "$SUITE" in
+    iommufd|iommufd_fail_nth) ;;
+    *) echo "conformance: UIOMMU_CONFORMANCE_SUITE=$SUITE: expected iommufd or iommufd_fail_nth" >&2; exit 2 ;;
+esac
 floor_file=
 expect_file=
 
@@ -124,11 +131,11 @@ if [ "${UIOMMU_CONFORMANCE_STATIC:-}" = 1 ]; then
     link=(LDFLAGS=-static)
     echo "(static: served through the seccomp front-end)"
 fi
-rm -f "$WORK/bin/iommufd"
+rm -f "$WORK/bin/$SUITE"
 make -C "$SRC/tools/testing/selftests/iommu" --no-print-directory V=1 OUTPUT="$WORK/bin" \
     KHDR_INCLUDES="-isystem $WORK/usr/include" USERCFLAGS="-include $FACTS" "${link[@]}" \
-    "$WORK/bin/iommufd"
-SELFTEST=$WORK/bin/iommufd
+    "$WORK/bin/$SUITE"
+SELFTEST=$WORK/bin/$SUITE
 
 # The expected tests, in run order, from the harness's own listing (-l only lists, runs nothing).
 # Lines are "%-20s %-25s %s" (fixture, variant, test); a fixture's first line names it.
@@ -178,7 +185,7 @@ else
 fi
 [ -x "$BIN" ] || die "no uiommu executable at $BIN"
 
-LOG=$WORK/iommufd.log
+LOG=$WORK/$SUITE.log
 mkdir -p "$WORK/run"
 echo "== conformance: $BIN run --as-root -- $SELFTEST   (timeout ${TIMEOUT}s, TAP output in $LOG)"
 run_start=$(date +%s)
@@ -210,7 +217,8 @@ tail -n 3 "$LOG" | sed 's/^/   | /'
 # test the run never reported is a failure ("not run"). If the listing failed, the plan line
 # "1..N" gives the count of unreported tests.
 awk -v txt="$WORK/conformance-results.txt" -v json="$WORK/conformance-results.json" \
-    -v countf="$WORK/pass.count" -v status="$status" -v rc="$rc" -v secs="$run_secs" -v kver="$KVER" '
+    -v countf="$WORK/pass.count" -v status="$status" -v rc="$rc" -v secs="$run_secs" -v kver="$KVER" \
+    -v suite="$SUITE" '
     function jstr(s) { gsub(/\\/, "\\\\", s); gsub(/"/, "\\\"", s); return "\"" s "\"" }
     function add(name, res,   fx) {
         if (!(name in result)) {
@@ -247,7 +255,7 @@ awk -v txt="$WORK/conformance-results.txt" -v json="$WORK/conformance-results.js
             notrun += unknown; failed[++nf] = unknown " unlisted tests (not run)"
         }
         total = tot["pass"] + tot["fail"] + tot["skip"]
-        out = "uiommu conformance: the Linux " kver " iommufd selftests (tools/testing/selftests/iommu/iommufd)\n"
+        out = "uiommu conformance: the Linux " kver " iommufd selftests (tools/testing/selftests/iommu/" suite ")\n"
         out = out "run: " status ", exit status " rc ", " secs "s; " reported + 0 " results reported, " notrun + 0 " tests not run\n"
         out = out (harness == "" ? "(the harness printed no totals)" : harness) "\n\n"
         out = out sprintf("%-26s %6s %6s %6s %6s\n", "fixture", "pass", "fail", "skip", "total")

@@ -136,6 +136,12 @@ if [ "$quick" = 0 ]; then
   # uAPI level 6.12 (uiommu run --kernel 6.12): the real Linux 6.12's result, its 26 failures.
   conformance kernel-6.12 conformance/floor-6.12.txt conformance/failed-6.12.txt UIOMMU_KERNEL=6.12 \
     UIOMMU_CONFORMANCE_DIR=/tmp/uiommu-conformance-6.12
+  # The kernel's fault-injection sweeps (iommufd_fail_nth) at both uAPI levels: 7/7, none skipped.
+  conformance fail-nth conformance/floor-fail-nth.txt UIOMMU_CONFORMANCE_SUITE=iommufd_fail_nth \
+    UIOMMU_CONFORMANCE_DIR=/tmp/uiommu-conformance-fail-nth UIOMMU_BIN=target/release/uiommu
+  conformance fail-nth-6.12 conformance/floor-fail-nth.txt UIOMMU_CONFORMANCE_SUITE=iommufd_fail_nth \
+    UIOMMU_KERNEL=6.12 UIOMMU_CONFORMANCE_DIR=/tmp/uiommu-conformance-fail-nth-6.12 \
+    UIOMMU_BIN=target/release/uiommu
   conformance host conformance/floor-host.txt UIOMMU_ENGINE=host UIOMMU_INSTANCE=test-conformance-$$ \
     UIOMMU_CONFORMANCE_DIR=/tmp/uiommu-conformance-host
   conformance static conformance/floor-host.txt UIOMMU_CONFORMANCE_STATIC=1 \
