@@ -100,6 +100,11 @@ fn uiommu_fail_nth_fails_the_nth_site_of_the_process_once_and_says_so() {
 }
 
 #[test]
+fn exhausted_fds_and_memlock_get_the_kernels_errno_and_recover_after_release() {
+    run(&compile("exhaust"), None);
+}
+
+#[test]
 fn fault_queue_readiness_under_poll_select_epoll_and_efault_reads() {
     run(&compile("fault_poll"), None);
 }
